@@ -1,0 +1,293 @@
+// `ditto sample`: one video from a caption embedding, with a sampler, CFG and timed steps;
+// writes the final latent, the video (pixel-space models) and a metrics JSON.
+#include <sys/stat.h>
+
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "launcher/common.h"
+#include "launcher/device_sync.h"
+#include "launcher/progress.h"
+#include "launcher/video_writer.h"
+#include "model/atomic_file.h"
+#include "model/error.h"
+#include "model/sampler.h"
+#include "model/safetensors.h"
+
+namespace ditto {
+
+namespace {
+
+struct Caption {
+  at::Tensor y;     // [1, 1, Lmax, Cc]
+  at::Tensor mask;  // [1, Lmax] int64
+};
+
+// Reads `y` ([L, C], [1, L, C] or [1, 1, L, C]) and optional `mask` ([L] or [1, L]); pads to the
+// model's token count with masked-out zeros.
+Caption load_caption(const std::string& path, const STDiT3Config& c) {
+  SafetensorsFile f(path);
+  if (!f.contains("y")) fail("caption embedding '", path, "' has no tensor 'y'");
+  at::Tensor y = f.tensor("y", at::TensorOptions().dtype(at::kFloat));
+  while (y.dim() > 2 && y.size(0) == 1) y = y.squeeze(0);
+  if (y.dim() != 2) fail("caption embedding '", path, "': y must be [L, C] or [1, 1, L, C], got ", y.sizes());
+  const int64_t L = y.size(0), Lmax = c.model_max_length;
+  if (y.size(1) != c.caption_channels)
+    fail("caption embedding '", path, "': y has ", y.size(1), " channels, the model's caption_channels is ",
+         c.caption_channels);
+  if (L > Lmax) fail("caption embedding '", path, "': ", L, " tokens, the model takes at most ", Lmax);
+  at::Tensor mask = at::ones({L}, at::kLong);
+  if (f.contains("mask")) {
+    mask = f.tensor("mask", at::TensorOptions().dtype(at::kLong)).reshape({-1});
+    if (mask.size(0) != L) fail("caption embedding '", path, "': mask has ", mask.size(0), " entries, y has ", L, " tokens");
+  }
+  if (mask.ne(0).sum().item<int64_t>() == 0) fail("caption embedding '", path, "': the mask has no valid token");
+  Caption cap;
+  cap.y = at::zeros({Lmax, c.caption_channels}, at::kFloat);
+  cap.y.narrow(0, 0, L).copy_(y);
+  cap.mask = at::zeros({Lmax}, at::kLong);
+  cap.mask.narrow(0, 0, L).copy_(mask);
+  cap.y = cap.y.reshape({1, 1, Lmax, c.caption_channels});
+  cap.mask = cap.mask.unsqueeze(0);
+  return cap;
+}
+
+Caption make_random_caption(int tokens, uint64_t seed, const STDiT3Config& c) {
+  if (tokens <= 0 || tokens > c.model_max_length)
+    fail("--random-caption must be in 1..", c.model_max_length, ", got ", tokens);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed ^ 0x5eedcafeull);
+  Caption cap;
+  cap.y = at::randn({1, 1, c.model_max_length, c.caption_channels}, gen, at::kFloat);
+  cap.mask = at::zeros({1, c.model_max_length}, at::kLong);
+  cap.mask.narrow(1, 0, tokens).fill_(1);
+  return cap;
+}
+
+std::vector<int64_t> shape_of(const LatentShape& s) { return {1, s.channels, s.frames, s.height, s.width}; }
+
+void make_dir(const std::string& dir) {
+  std::string path;
+  for (size_t i = 0; i <= dir.size(); ++i) {
+    if (i == dir.size() || dir[i] == '/') {
+      if (!path.empty()) ::mkdir(path.c_str(), 0755);
+    }
+    if (i < dir.size()) path += dir[i];
+  }
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) fail("cannot create output directory '", dir, "'");
+}
+
+RgbVideo to_rgb_video(const at::Tensor& z, int fps) {
+  // z: [1, 3, T, H, W] in [-1, 1]
+  at::Tensor u8 = ((z[0].clamp(-1, 1) + 1) * 127.5).round().to(at::kByte).permute({1, 2, 3, 0}).contiguous().cpu();
+  RgbVideo v;
+  v.fps = fps;
+  v.height = static_cast<int>(u8.size(1));
+  v.width = static_cast<int>(u8.size(2));
+  const size_t n = static_cast<size_t>(v.height) * v.width * 3;
+  for (int64_t t = 0; t < u8.size(0); ++t) {
+    const uint8_t* p = u8[t].data_ptr<uint8_t>();
+    v.frames.emplace_back(p, p + n);
+  }
+  return v;
+}
+
+}  // namespace
+
+int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
+  ModelOptions mo;
+  std::string caption_file, prompt, init_noise, out_dir, sampler_name;
+  int random_caption = 0, frames = 0, height = 0, width = 0, steps = 0, fps = 0;
+  double cfg_scale = 0;
+  uint64_t seed = 0;
+  bool no_transform = false, png = false, no_mp4 = false, quiet = false;
+  po::options_description desc("options");
+  add_model_options(desc, mo);
+  // clang-format off
+  desc.add_options()
+    ("caption-embedding", po::value(&caption_file), "safetensors with y [L, C] (or [1, 1, L, C]) and optional mask [L]: the text encoder's output (T5 for Open-Sora)")
+    ("random-caption", po::value(&random_caption), "use a random caption embedding with N valid tokens, drawn from --seed (benchmarks)")
+    ("prompt", po::value(&prompt), "text prompt (models with their own text encoder)")
+    ("frames", po::value(&frames)->default_value(51), "frames, in pixels' time (Open-Sora VAE: 51 -> 15 latent frames)")
+    ("height", po::value(&height)->default_value(240), "height in pixels")
+    ("width", po::value(&width)->default_value(426), "width in pixels")
+    ("steps", po::value(&steps)->default_value(30), "sampling steps")
+    ("cfg-scale", po::value(&cfg_scale)->default_value(7.0), "classifier-free guidance scale (1 turns guidance off)")
+    ("sampler", po::value(&sampler_name)->default_value("rflow"), "rflow (Open-Sora 1.2 rectified flow) | ddim (epsilon-prediction models)")
+    ("no-timestep-transform", po::bool_switch(&no_transform), "rflow without Open-Sora's resolution/length timestep transform")
+    ("seed", po::value(&seed)->default_value(42), "seed of the initial noise (drawn whole on the CPU, identical on every device)")
+    ("fps", po::value(&fps)->default_value(24), "frames per second (a model input, and the video's rate)")
+    ("init-noise", po::value(&init_noise), "start from this latent (safetensors, tensor z or z0, [1, C, T, H, W]) instead of the seeded noise")
+    ("out", po::value(&out_dir)->default_value("out"), "output directory: latent.safetensors, metrics.json, video.y4m/.mp4")
+    ("png", po::bool_switch(&png), "also write PNG frames (pixel-space models)")
+    ("no-mp4", po::bool_switch(&no_mp4), "do not encode video.mp4 even when ffmpeg is installed")
+    ("quiet", po::bool_switch(&quiet), "no progress output");
+  // clang-format on
+  po::variables_map vm;
+  if (!parse_command_line("sample", "render one video", desc, args, vm)) return 0;
+  if (mpi.size() > 1) fail("multi-rank sampling is not available yet: run ditto sample on one rank");
+
+  const auto t_start = std::chrono::steady_clock::now();
+  const at::TensorOptions options = resolve_tensor_options(mo, mpi.local_rank());
+  STDiT3 model = load_model(mo, options);
+  const STDiT3Config& cfg = model.config();
+  const auto dev = options.device();
+  const auto z_dtype = options.dtype().toScalarType() == at::kDouble ? at::kDouble : at::kFloat;
+
+  // The prompt.
+  const int sources = !caption_file.empty() + (random_caption > 0) + !prompt.empty();
+  if (sources != 1)
+    fail("give exactly one of --caption-embedding FILE, --random-caption N or --prompt TEXT");
+  if (!prompt.empty())
+    fail("this model has no text encoder of its own: pass the text encoder's output with --caption-embedding "
+         "FILE (T5 for Open-Sora), or --random-caption N");
+  Caption cap = caption_file.empty() ? make_random_caption(random_caption, seed, cfg) : load_caption(caption_file, cfg);
+
+  // The initial latent.
+  const LatentShape ls = latent_shape(cfg, frames, height, width);
+  at::Tensor z0;
+  if (!init_noise.empty()) {
+    SafetensorsFile f(init_noise);
+    const char* name = f.contains("z") ? "z" : f.contains("z0") ? "z0" : nullptr;
+    if (!name) fail("'", init_noise, "' has no tensor 'z' or 'z0'");
+    z0 = f.tensor(name, at::TensorOptions().dtype(z_dtype));
+    if (z0.dim() == 4) z0 = z0.unsqueeze(0);
+    if (z0.sizes().vec() != shape_of(ls))
+      fail("--init-noise ", z0.sizes(), " does not match the latent ", at::IntArrayRef(shape_of(ls)), " of ", frames,
+           " frames at ", height, "x", width, " (set --frames/--height/--width to the noise's video size)");
+  } else {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    z0 = at::randn(shape_of(ls), gen, at::TensorOptions().dtype(at::kFloat)).to(z_dtype);
+  }
+  z0 = z0.to(dev);
+
+  SamplerOptions so;
+  so.name = sampler_name;
+  so.steps = steps;
+  so.timestep_transform = !no_transform;
+  VideoGeometry geometry{static_cast<double>(height), static_cast<double>(width), frames, cfg.latent_space};
+  auto sampler = make_sampler(so, geometry);
+  GuidanceOptions guidance{cfg_scale, cfg.in_channels};
+  const bool cfg_on = guidance_enabled(guidance);
+
+  at::Tensor y = cap.y;
+  if (cfg_on) y = at::cat({y, model.null_caption().to(at::kFloat).cpu()}, 0);
+  ForwardArgs base;
+  base.y = y.to(dev);
+  base.mask = cap.mask.to(dev);
+  base.fps = at::full({1}, static_cast<float>(fps), at::TensorOptions().device(dev));
+  base.height = at::full({1}, static_cast<float>(height), at::TensorOptions().device(dev));
+  base.width = at::full({1}, static_cast<float>(width), at::TensorOptions().device(dev));
+  ModelFn model_fn = [&](const at::Tensor& z, const at::Tensor& t, int) {
+    ForwardArgs a = base;
+    a.x = z;
+    a.timestep = t;
+    return model.forward(a);
+  };
+
+  synchronize(dev);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  const bool talk = !quiet && mpi.rank() == 0;
+  if (talk)
+    std::cerr << "ditto sample: " << model_source(mo) << " on " << dev << " " << dtype_name(options.dtype().toScalarType())
+              << ", latent " << at::IntArrayRef(shape_of(ls)) << ", " << steps << " " << sampler->name()
+              << " steps, cfg " << cfg_scale << ", seed " << seed << "\n";
+  Progress progress(steps, "sampling", talk);
+  std::vector<double> step_s;
+  auto last = std::chrono::steady_clock::now();
+  const auto t_loop = last;
+  at::Tensor z = sample(*sampler, z0, model_fn, guidance, [&](int i, const at::Tensor&) {
+    synchronize(dev);
+    const auto now = std::chrono::steady_clock::now();
+    step_s.push_back(std::chrono::duration<double>(now - last).count());
+    last = now;
+    progress.update(i + 1, step_s.back(), std::chrono::duration<double>(now - t_loop).count());
+  });
+  progress.finish();
+  const double sample_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_loop).count();
+
+  // Outputs: written whole or not at all.
+  make_dir(out_dir);
+  nlohmann::ordered_json outputs;
+  const std::string latent_path = out_dir + "/latent.safetensors";
+  save_safetensors(latent_path, {{"z", z.cpu()}},
+                   {{"model", model_source(mo)}, {"seed", std::to_string(seed)}, {"steps", std::to_string(steps)},
+                    {"cfg_scale", std::to_string(cfg_scale)}, {"sampler", sampler->name()}});
+  outputs["latent"] = latent_path;
+  if (cfg.latent_space == LatentSpace::Pixel && cfg.in_channels == 3) {
+    RgbVideo video = to_rgb_video(z, fps);
+    write_y4m(out_dir + "/video.y4m", video);
+    outputs["y4m"] = out_dir + "/video.y4m";
+    if (!no_mp4 && ffmpeg_available()) {
+      y4m_to_mp4(out_dir + "/video.y4m", out_dir + "/video.mp4");
+      outputs["mp4"] = out_dir + "/video.mp4";
+    }
+    if (png) {
+      make_dir(out_dir + "/frames");
+      for (size_t t = 0; t < video.frames.size(); ++t) {
+        char name[64];
+        std::snprintf(name, sizeof name, "/frames/frame_%04zu.png", t);
+        write_png(out_dir + name, video.width, video.height, video.frames[t].data());
+      }
+      outputs["png_frames"] = out_dir + "/frames";
+    }
+  } else {
+    outputs["video"] = std::string("not written: the model works in the ") + latent_space_name(cfg.latent_space) +
+                       " latent space; decode latent.safetensors with its VAE";
+  }
+
+  const int64_t batch = cfg_on ? 2 : 1;
+  const int64_t caption_tokens = cap.mask.ne(0).sum().item<int64_t>();
+  const auto& p = cfg.patch_size;
+  const int64_t gt = (ls.frames + p[0] - 1) / p[0], gs = ((ls.height + p[1] - 1) / p[1]) * ((ls.width + p[2] - 1) / p[2]);
+  const double flops = stdit3_forward_flops(cfg, batch, gt, gs, caption_tokens);
+  double steady = 0;  // mean over steps after the first (warm-up)
+  for (size_t i = 1; i < step_s.size(); ++i) steady += step_s[i];
+  steady = step_s.size() > 1 ? steady / (step_s.size() - 1) : step_s.front();
+
+  nlohmann::ordered_json m;
+  m["command"] = "sample";
+  m["ditto_version"] = "0.1.0";
+  m["model"] = {{"source", model_source(mo)},
+                {"hidden_size", cfg.hidden_size},
+                {"depth", cfg.depth},
+                {"num_heads", cfg.num_heads},
+                {"patch_size", cfg.patch_size},
+                {"in_channels", cfg.in_channels},
+                {"latent_space", latent_space_name(cfg.latent_space)}};
+  m["run"] = {{"device", dev.str()},
+              {"dtype", dtype_name(options.dtype().toScalarType())},
+              {"seed", seed},
+              {"steps", steps},
+              {"sampler", sampler->name()},
+              {"timestep_transform", !no_transform},
+              {"cfg_scale", cfg_scale},
+              {"frames", frames},
+              {"height", height},
+              {"width", width},
+              {"fps", fps},
+              {"caption", caption_file.empty() ? "random:" + std::to_string(random_caption) : caption_file},
+              {"caption_tokens", caption_tokens},
+              {"init_noise", init_noise},
+              {"latent_shape", shape_of(ls)},
+              {"world", {{"size", mpi.size()}, {"dp", 1}, {"cfg", 1}, {"sp", 1}}},
+              {"cache", "none"}};
+  m["timesteps"] = sampler->timesteps();
+  m["timing"] = {{"load_s", load_s},
+                 {"sample_s", sample_s},
+                 {"step_s", step_s},
+                 {"steady_step_s", steady},
+                 {"flops_per_step", flops},
+                 {"tflops_per_s", flops / steady / 1e12},
+                 {"peak_memory_bytes", peak_memory_bytes(dev)}};
+  m["outputs"] = outputs;
+  write_file_atomic(out_dir + "/metrics.json", [&](std::ostream& os) { os << m.dump(2) << "\n"; });
+  if (talk)
+    std::cerr << "ditto sample: " << steps << " steps in " << sample_s << " s (" << steady << " s/step steady), wrote "
+              << out_dir << "/\n";
+  return 0;
+}
+
+}  // namespace ditto

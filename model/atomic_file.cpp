@@ -1,0 +1,39 @@
+// Atomic file replacement (temporary name + fsync + rename).
+#include "model/atomic_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+
+#include "model/error.h"
+
+namespace ditto {
+
+void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& write) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  try {
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      if (!out) fail("cannot open '", tmp, "' for writing: ", std::strerror(errno));
+      write(out);
+      out.flush();
+      if (!out) fail("writing '", path, "' failed: ", std::strerror(errno));
+    }
+    int fd = ::open(tmp.c_str(), O_RDONLY);
+    if (fd >= 0) {
+      ::fsync(fd);
+      ::close(fd);
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0)
+      fail("cannot rename '", tmp, "' to '", path, "': ", std::strerror(errno));
+  } catch (...) {
+    std::remove(tmp.c_str());
+    throw;
+  }
+}
+
+}  // namespace ditto

@@ -1,0 +1,162 @@
+// Parsing, validation and built-in presets of STDiT3Config.
+#include "model/config.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "model/atomic_file.h"
+#include "model/error.h"
+
+namespace ditto {
+
+const char* latent_space_name(LatentSpace s) { return s == LatentSpace::Pixel ? "pixel" : "opensora-v1.2"; }
+
+void STDiT3Config::validate() const {
+  auto positive = [](const char* name, int v) {
+    if (v <= 0) fail("config: ", name, " must be positive, got ", v);
+  };
+  positive("hidden_size", hidden_size);
+  positive("depth", depth);
+  positive("num_heads", num_heads);
+  positive("in_channels", in_channels);
+  positive("caption_channels", caption_channels);
+  positive("model_max_length", model_max_length);
+  positive("input_sq_size", input_sq_size);
+  for (int p : patch_size) positive("patch_size", p);
+  if (hidden_size % num_heads != 0)
+    fail("config: hidden_size ", hidden_size, " is not divisible by num_heads ", num_heads);
+  if (head_dim() % 2 != 0) fail("config: head dim ", head_dim(), " must be even for the temporal RoPE");
+  if (hidden_size % 4 != 0) fail("config: hidden_size ", hidden_size, " must be divisible by 4 (2D sin-cos position embedding)");
+  if (mlp_ratio <= 0) fail("config: mlp_ratio must be positive");
+}
+
+STDiT3Config load_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("cannot open model config '", path, "'");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    fail("'", path, "': malformed JSON: ", e.what());
+  }
+  if (!j.is_object()) fail("'", path, "': the config is not a JSON object");
+  STDiT3Config c;
+  auto where = [&](const char* key) { return "'" + path + "', field '" + key + "'"; };
+  auto get = [&](const char* key, auto& out) {
+    if (!j.contains(key) || j[key].is_null()) return;
+    try {
+      out = j[key].get<std::decay_t<decltype(out)>>();
+    } catch (const std::exception& e) {
+      fail(where(key), ": ", e.what());
+    }
+  };
+  if (j.contains("model_type") && j["model_type"] != "STDiT3")
+    fail(where("model_type"), ": '", j["model_type"].dump(), "' is not STDiT3");
+  get("hidden_size", c.hidden_size);
+  get("depth", c.depth);
+  get("num_heads", c.num_heads);
+  if (j.contains("patch_size")) {
+    const auto& p = j["patch_size"];
+    if (p.is_number_integer()) {
+      c.patch_size = {1, p.get<int>(), p.get<int>()};
+    } else if (p.is_array() && p.size() == 3) {
+      for (int i = 0; i < 3; ++i) c.patch_size[i] = p[i].get<int>();
+    } else {
+      fail(where("patch_size"), ": expected [t, h, w]");
+    }
+  }
+  get("in_channels", c.in_channels);
+  get("mlp_ratio", c.mlp_ratio);
+  get("pred_sigma", c.pred_sigma);
+  get("caption_channels", c.caption_channels);
+  get("model_max_length", c.model_max_length);
+  get("qk_norm", c.qk_norm);
+  get("input_sq_size", c.input_sq_size);
+  get("class_dropout_prob", c.class_dropout_prob);
+  bool skip_y = false;
+  get("skip_y_embedder", skip_y);
+  if (skip_y) fail(where("skip_y_embedder"), ": true is not supported (ditto needs the caption embedder)");
+  if (j.contains("latent_space")) {
+    const std::string s = j["latent_space"].get<std::string>();
+    if (s == "pixel") c.latent_space = LatentSpace::Pixel;
+    else if (s == "opensora-v1.2") c.latent_space = LatentSpace::OpenSoraV12;
+    else fail(where("latent_space"), ": unknown '", s, "' (known: opensora-v1.2, pixel)");
+  }
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    fail("'", path, "': ", e.what());
+  }
+  return c;
+}
+
+void save_config(const STDiT3Config& c, const std::string& path) {
+  nlohmann::ordered_json j;
+  j["architectures"] = {"STDiT3"};
+  j["model_type"] = "STDiT3";
+  j["input_size"] = {nullptr, nullptr, nullptr};
+  j["input_sq_size"] = c.input_sq_size;
+  j["in_channels"] = c.in_channels;
+  j["patch_size"] = c.patch_size;
+  j["hidden_size"] = c.hidden_size;
+  j["depth"] = c.depth;
+  j["num_heads"] = c.num_heads;
+  j["mlp_ratio"] = c.mlp_ratio;
+  j["class_dropout_prob"] = c.class_dropout_prob;
+  j["pred_sigma"] = c.pred_sigma;
+  j["drop_path"] = 0.0;
+  j["caption_channels"] = c.caption_channels;
+  j["model_max_length"] = c.model_max_length;
+  j["qk_norm"] = c.qk_norm;
+  j["enable_flash_attn"] = false;
+  j["enable_layernorm_kernel"] = false;
+  j["enable_sequence_parallelism"] = false;
+  j["only_train_temporal"] = false;
+  j["freeze_y_embedder"] = false;
+  j["skip_y_embedder"] = false;
+  j["torch_dtype"] = "float32";
+  j["latent_space"] = latent_space_name(c.latent_space);
+  write_file_atomic(path, [&](std::ostream& out) { out << j.dump(2) << "\n"; });
+}
+
+STDiT3Config builtin_config(const std::string& name) {
+  STDiT3Config c;  // defaults are STDiT3-XL/2
+  if (name == "stdit3-xl") {
+  } else if (name == "stdit3-3b") {
+    c.hidden_size = 1872;
+    c.num_heads = 26;
+  } else if (name == "stdit3-small") {  // CPU benchmarks: same structure, ~1/20 of the width
+    c.hidden_size = 256;
+    c.depth = 4;
+    c.num_heads = 4;
+    c.caption_channels = 256;
+    c.model_max_length = 32;
+  } else if (name == "stdit3-tiny") {  // unit tests
+    c.hidden_size = 64;
+    c.depth = 2;
+    c.num_heads = 4;
+    c.caption_channels = 32;
+    c.model_max_length = 8;
+  } else {
+    std::string known;
+    for (const auto& n : builtin_config_names()) known += (known.empty() ? "" : ", ") + n;
+    fail("unknown model config '", name, "' (built-in: ", known, ")");
+  }
+  c.validate();
+  return c;
+}
+
+std::vector<std::string> builtin_config_names() { return {"stdit3-xl", "stdit3-3b", "stdit3-small", "stdit3-tiny"}; }
+
+LatentShape latent_shape(const STDiT3Config& c, int frames, int height, int width) {
+  if (frames <= 0 || height <= 0 || width <= 0)
+    fail("frames, height and width must be positive (got ", frames, "x", height, "x", width, ")");
+  if (c.latent_space == LatentSpace::Pixel) return {c.in_channels, frames, height, width};
+  // Open-Sora 1.2 VAE: 8x spatial (floor), micro-batches of 17 frames -> 5 latents, and a
+  // remainder r -> ceil(r / 4) (the temporal VAE pads to a multiple of its 4x downsampling).
+  if (height < 8 || width < 8) fail("height and width must be at least 8 pixels for the Open-Sora VAE");
+  const int t = frames / 17 * 5 + (frames % 17 + 3) / 4;
+  return {c.in_channels, t, height / 8, width / 8};
+}
+
+}  // namespace ditto

@@ -1,0 +1,53 @@
+// STDiT3 model configuration: the official STDiT3Config fields (config.json names) plus ditto's
+// description of the latent space (which VAE the model works in), and the built-in named configs.
+#pragma once
+#include <array>
+#include <string>
+#include <vector>
+
+namespace ditto {
+
+// How pixels map to the model's input: Open-Sora 1.2's VAE (8x space, 17 frames -> 5 latents,
+// 4 channels), or none at all (a pixel-space model such as ditto's demo).
+enum class LatentSpace { OpenSoraV12, Pixel };
+
+struct STDiT3Config {
+  int hidden_size = 1152;
+  int depth = 28;  // block pairs: depth spatial + depth temporal blocks
+  int num_heads = 16;
+  std::array<int, 3> patch_size{1, 2, 2};
+  int in_channels = 4;
+  double mlp_ratio = 4.0;
+  bool pred_sigma = true;
+  int caption_channels = 4096;
+  int model_max_length = 300;
+  bool qk_norm = true;
+  int input_sq_size = 512;
+  double class_dropout_prob = 0.1;
+  LatentSpace latent_space = LatentSpace::OpenSoraV12;  // ditto field "latent_space"
+
+  int out_channels() const { return pred_sigma ? 2 * in_channels : in_channels; }
+  int head_dim() const { return hidden_size / num_heads; }
+  int mlp_hidden() const { return static_cast<int>(hidden_size * mlp_ratio); }
+  int patch_volume() const { return patch_size[0] * patch_size[1] * patch_size[2]; }
+  void validate() const;  // throws Error naming the inconsistent field
+};
+
+// Reads config.json (official field names; unknown fields are ignored, unsupported features are
+// an Error). Writes the same names back, plus ditto's own fields.
+STDiT3Config load_config(const std::string& path);
+void save_config(const STDiT3Config& config, const std::string& path);
+
+// Named configs for random-weight runs: stdit3-xl, stdit3-3b, stdit3-small, stdit3-tiny.
+STDiT3Config builtin_config(const std::string& name);
+std::vector<std::string> builtin_config_names();
+
+// Latent geometry for a pixel-space request (frames, height, width in pixels).
+struct LatentShape {
+  int channels, frames, height, width;
+};
+LatentShape latent_shape(const STDiT3Config& config, int frames, int height, int width);
+
+const char* latent_space_name(LatentSpace s);
+
+}  // namespace ditto

@@ -1,0 +1,108 @@
+// STDiT3 building blocks; numerics follow the Open-Sora 1.2 reference (see layers.h).
+#include "model/layers.h"
+
+#include <cmath>
+
+#include "model/error.h"
+
+namespace ditto::layers {
+
+at::Tensor timestep_embedding(const at::Tensor& t, int dim, at::ScalarType compute) {
+  const int half = dim / 2;
+  auto opts = at::TensorOptions().dtype(compute).device(t.device());
+  // exp(-ln(max_period) * k / half), computed in float32 as the reference does (float64 runs in float64).
+  at::Tensor freqs = at::exp(at::arange(0, half, opts) * (-std::log(10000.0)) / half);
+  at::Tensor args = t.to(compute).unsqueeze(1) * freqs.unsqueeze(0);
+  at::Tensor emb = at::cat({at::cos(args), at::sin(args)}, -1);
+  if (dim % 2) emb = at::cat({emb, at::zeros_like(emb.narrow(1, 0, 1))}, -1);
+  return emb;
+}
+
+at::Tensor pos_embed_2d(int h, int w, int dim, double scale, int base_size, at::ScalarType compute,
+                        const at::Device& device) {
+  auto opts = at::TensorOptions().dtype(compute).device(device);
+  const int half = dim / 2;
+  at::Tensor inv_freq = 1.0 / at::pow(10000.0, at::arange(0, half, 2, opts) / static_cast<double>(half));
+  // Same operation order as the reference: arange / scale, then * (base_size / n).
+  at::Tensor grid_h = at::arange(h, opts) / scale * (static_cast<double>(base_size) / h);
+  at::Tensor grid_w = at::arange(w, opts) / scale * (static_cast<double>(base_size) / w);
+  auto sincos = [&](const at::Tensor& coord) {  // coord: [S]
+    at::Tensor out = coord.unsqueeze(1) * inv_freq.unsqueeze(0);
+    return at::cat({at::sin(out), at::cos(out)}, -1);
+  };
+  // Token (i, j) sits at row i, column j; the column coordinate comes first.
+  at::Tensor col = grid_w.unsqueeze(0).expand({h, w}).reshape({-1});
+  at::Tensor row = grid_h.unsqueeze(1).expand({h, w}).reshape({-1});
+  return at::cat({sincos(col), sincos(row)}, -1);
+}
+
+std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& freqs, int64_t len) {
+  at::Tensor pos = at::arange(len, freqs.options());
+  at::Tensor angles = pos.unsqueeze(1) * freqs.unsqueeze(0);  // [len, D/2]
+  return {at::cos(angles), at::sin(angles)};
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  auto sizes = x.sizes().vec();
+  const int64_t d = sizes.back();
+  std::vector<int64_t> pair_shape(sizes.begin(), sizes.end() - 1);
+  pair_shape.push_back(d / 2);
+  pair_shape.push_back(2);
+  at::Tensor xp = x.reshape(pair_shape);
+  at::Tensor x0 = xp.select(-1, 0), x1 = xp.select(-1, 1);
+  at::Tensor c = cos.to(x.scalar_type()), s = sin.to(x.scalar_type());
+  at::Tensor out = at::stack({x0 * c - x1 * s, x1 * c + x0 * s}, -1);
+  return out.reshape(sizes);
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor xf = x.to(compute_type(x.scalar_type()));
+  at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+at::Tensor layer_norm(const at::Tensor& x, double eps) { return at::layer_norm(x, {x.size(-1)}, {}, {}, eps); }
+
+at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
+  return x * (1 + scale) + shift;
+}
+
+at::Tensor patch_embed(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                       const std::array<int, 3>& patch) {
+  TORCH_CHECK(x.dim() == 5, "patch_embed: x must be [B, C, T, H, W]");
+  const int64_t pt = patch[0], ph = patch[1], pw = patch[2];
+  const int64_t t = x.size(2), h = x.size(3), w = x.size(4);
+  const int64_t pad_t = (pt - t % pt) % pt, pad_h = (ph - h % ph) % ph, pad_w = (pw - w % pw) % pw;
+  at::Tensor xp = (pad_t || pad_h || pad_w) ? at::constant_pad_nd(x, {0, pad_w, 0, pad_h, 0, pad_t}, 0) : x;
+  const int64_t b = x.size(0), c = x.size(1);
+  const int64_t gt = (t + pad_t) / pt, gh = (h + pad_h) / ph, gw = (w + pad_w) / pw;
+  // [B, C, gt, pt, gh, ph, gw, pw] -> [B, gt, gh, gw, C, pt, ph, pw]: a patch's values in Conv3d weight order.
+  at::Tensor patches = xp.reshape({b, c, gt, pt, gh, ph, gw, pw})
+                           .permute({0, 2, 4, 6, 1, 3, 5, 7})
+                           .reshape({b, gt, gh * gw, c * pt * ph * pw});
+  return at::linear(patches, weight.reshape({weight.size(0), -1}), bias);
+}
+
+at::Tensor unpatchify(const at::Tensor& x, const std::array<int, 3>& patch, int64_t out_channels, int64_t grid_t,
+                      int64_t grid_h, int64_t grid_w, int64_t tx, int64_t hx, int64_t wx) {
+  const int64_t pt = patch[0], ph = patch[1], pw = patch[2];
+  const int64_t b = x.size(0);
+  // token features are ordered (pt, ph, pw, Co)
+  at::Tensor y = x.reshape({b, grid_t, grid_h, grid_w, pt, ph, pw, out_channels})
+                     .permute({0, 7, 1, 4, 2, 5, 3, 6})
+                     .reshape({b, out_channels, grid_t * pt, grid_h * ph, grid_w * pw});
+  return y.narrow(2, 0, tx).narrow(3, 0, hx).narrow(4, 0, wx);
+}
+
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_mask) {
+  if (!key_mask.defined()) return at::scaled_dot_product_attention(q, k, v);
+  at::Tensor m = key_mask.to(at::kBool).reshape({key_mask.size(0), 1, 1, key_mask.size(1)});
+  return at::scaled_dot_product_attention(q, k, v, m);
+}
+
+at::Tensor mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+               const at::Tensor& b2) {
+  return at::linear(at::gelu(at::linear(x, w1, b1), "tanh"), w2, b2);
+}
+
+}  // namespace ditto::layers

@@ -1,0 +1,53 @@
+// The functional building blocks of STDiT3 (Open-Sora 1.2 `opensora/models/layers/blocks.py`),
+// written as free functions over ATen tensors so each can be tested against a float64 reference.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <array>
+#include <utility>
+
+namespace ditto::layers {
+
+// The dtype a reduction or an embedding is computed in: float32, or float64 for a float64 run.
+inline at::ScalarType compute_type(at::ScalarType run) { return run == at::kDouble ? at::kDouble : at::kFloat; }
+
+// GLIDE/DiT sinusoid: [cos(t*f_k), sin(t*f_k)], f_k = exp(-ln(10000) k / (dim/2)). t: [N] -> [N, dim].
+at::Tensor timestep_embedding(const at::Tensor& t, int dim, at::ScalarType compute);
+
+// PositionEmbedding2D for an h x w token grid, row-major tokens: [S, dim]. The first dim/2 channels
+// encode the column (w) coordinate and the last dim/2 the row (h) coordinate, each [sin, cos],
+// with coordinates scaled as arange(n) / scale * (base_size / n).
+at::Tensor pos_embed_2d(int h, int w, int dim, double scale, int base_size, at::ScalarType compute,
+                        const at::Device& device);
+
+// RoPE (rotary-embedding-torch 0.5.3 style: interleaved pairs). freqs: [D/2]. Returns (cos, sin),
+// each [len, D/2], angle = position * freq computed in freqs' dtype.
+std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& freqs, int64_t len);
+// x: [..., len, D]; rotates each pair (x0, x1) -> (x0 c - x1 s, x1 c + x0 s).
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// LlamaRMSNorm: normalise in (at least) float32, cast back, then multiply by weight.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps = 1e-6);
+// LayerNorm over the last dim without affine parameters.
+at::Tensor layer_norm(const at::Tensor& x, double eps = 1e-6);
+// t2i_modulate: x * (1 + scale) + shift.
+at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale);
+
+// PatchEmbed3D (Conv3d with kernel = stride = patch, zero-padded right/bottom/back first),
+// as one matmul. x: [B, Cin, T, H, W] -> [B, T', H'*W', C].
+at::Tensor patch_embed(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                       const std::array<int, 3>& patch);
+// Inverse layout of patch_embed's grid for the final layer's output:
+// x: [B, T', H'*W', pt*ph*pw*Co] -> [B, Co, T'*pt, H'*ph, W'*pw], cropped to [Tx, Hx, Wx].
+at::Tensor unpatchify(const at::Tensor& x, const std::array<int, 3>& patch, int64_t out_channels, int64_t grid_t,
+                      int64_t grid_h, int64_t grid_w, int64_t tx, int64_t hx, int64_t wx);
+
+// Scaled dot-product attention with the default 1/sqrt(D) scale. q: [N, H, Lq, D], k/v: [N, H, Lk, D].
+// key_mask (optional, bool [N, Lk]): true where a key may be attended to.
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_mask = {});
+
+// timm Mlp with tanh-GELU: fc2(gelu_tanh(fc1(x))).
+at::Tensor mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+               const at::Tensor& b2);
+
+}  // namespace ditto::layers

@@ -1,0 +1,47 @@
+// Open-Sora 1.2 rectified-flow sampler (opensora/schedulers/rf), float32 arithmetic as the reference.
+#include <cmath>
+
+#include "model/error.h"
+#include "model/sampler.h"
+
+namespace ditto {
+
+float RectifiedFlow::transform(float t, const VideoGeometry& g, int num_timesteps) {
+  // Each line is one float32 tensor operation of the reference's timestep_transform.
+  const float tn = t / static_cast<float>(num_timesteps);
+  const float resolution = static_cast<float>(g.height) * static_cast<float>(g.width);
+  const float ratio_space = std::sqrt(resolution / static_cast<float>(512 * 512));
+  float frames;
+  if (g.frames == 1) {
+    frames = 1.0f;
+  } else if (g.latent_space == LatentSpace::OpenSoraV12) {
+    frames = std::floor(static_cast<float>(g.frames) / 17.0f) * 5.0f;  // the reference's num_frames // 17 * 5
+    if (frames == 0.0f)
+      fail("the Open-Sora timestep transform needs 1 frame or at least 17 (", g.frames,
+           " frames gives a zero time ratio); use more frames or --no-timestep-transform");
+  } else {
+    frames = static_cast<float>(g.frames);
+  }
+  const float ratio_time = std::sqrt(frames);
+  const float ratio = ratio_space * ratio_time;
+  const float new_t = ratio * tn / (1.0f + (ratio - 1.0f) * tn);
+  return new_t * static_cast<float>(num_timesteps);
+}
+
+RectifiedFlow::RectifiedFlow(const SamplerOptions& o, const VideoGeometry& g) : num_timesteps_(o.num_timesteps) {
+  if (o.num_timesteps <= 0) fail("num_timesteps must be positive");
+  if (o.timestep_transform && (g.height <= 0 || g.width <= 0))
+    fail("the rectified-flow timestep transform needs the video's pixel height and width");
+  for (int i = 0; i < o.steps; ++i) {
+    const float t = static_cast<float>((1.0 - static_cast<double>(i) / o.steps) * o.num_timesteps);
+    timesteps_.push_back(o.timestep_transform ? transform(t, g, o.num_timesteps) : t);
+  }
+}
+
+at::Tensor RectifiedFlow::step(int i, const at::Tensor& z, const at::Tensor& v) const {
+  const float dt_raw = i + 1 < static_cast<int>(timesteps_.size()) ? timesteps_[i] - timesteps_[i + 1] : timesteps_[i];
+  const float dt = dt_raw / static_cast<float>(num_timesteps_);
+  return z + v * static_cast<double>(dt);
+}
+
+}  // namespace ditto

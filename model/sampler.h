@@ -1,0 +1,92 @@
+// Samplers and the one sampling loop with classifier-free guidance. A sampler supplies only its
+// timesteps and its update; the loop (CFG batching, guidance, callbacks) is written once here.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace ditto {
+
+// What the resolution- and length-dependent timestep transform reads (pixel units, as the
+// reference's `height`, `width` and `num_frames` model arguments).
+struct VideoGeometry {
+  double height = 0, width = 0;
+  int frames = 1;
+  LatentSpace latent_space = LatentSpace::OpenSoraV12;
+};
+
+struct SamplerOptions {
+  std::string name = "rflow";     // rflow | ddim
+  int steps = 30;
+  int num_timesteps = 1000;
+  bool timestep_transform = true;  // rflow only (Open-Sora 1.2 samples with it)
+};
+
+class Sampler {
+ public:
+  virtual ~Sampler() = default;
+  virtual std::string name() const = 0;
+  // The model's timestep input at each step (length = steps).
+  virtual const std::vector<float>& timesteps() const = 0;
+  // The state after step i, given the guided model prediction for z.
+  virtual at::Tensor step(int i, const at::Tensor& z, const at::Tensor& prediction) const = 0;
+};
+
+// Open-Sora 1.2 rectified flow: t_i = (1 - i/N) * T, optionally transformed by
+// t' = r t / (1 + (r - 1) t) with r = sqrt(H W / 512^2) * sqrt(frames'), in float32 as the
+// reference computes it; Euler update z += v * (t_i - t_{i+1}) / T (the last step uses t_{N-1}/T).
+class RectifiedFlow : public Sampler {
+ public:
+  RectifiedFlow(const SamplerOptions& options, const VideoGeometry& geometry);
+  std::string name() const override { return "rflow"; }
+  const std::vector<float>& timesteps() const override { return timesteps_; }
+  at::Tensor step(int i, const at::Tensor& z, const at::Tensor& v) const override;
+  // The transform alone (exposed for tests): t in [0, T], returns the transformed float32 value.
+  static float transform(float t, const VideoGeometry& geometry, int num_timesteps);
+
+ private:
+  int num_timesteps_;
+  std::vector<float> timesteps_;
+};
+
+// DDIM (eta = 0) for epsilon-predicting models trained with the linear beta schedule
+// (1e-4 .. 0.02 over T steps): timesteps (N-1-i) * (T / N), the final step lands on alpha = 1.
+class DDIM : public Sampler {
+ public:
+  explicit DDIM(const SamplerOptions& options);
+  std::string name() const override { return "ddim"; }
+  const std::vector<float>& timesteps() const override { return timesteps_; }
+  at::Tensor step(int i, const at::Tensor& z, const at::Tensor& eps) const override;
+  double alpha_cumprod(int t) const { return alphas_cumprod_.at(t); }
+
+ private:
+  std::vector<float> timesteps_;
+  std::vector<double> alphas_cumprod_;
+};
+
+std::unique_ptr<Sampler> make_sampler(const SamplerOptions& options, const VideoGeometry& geometry);
+
+// The model as the loop sees it: z [B', C, T, H, W] and timesteps [B'] -> prediction whose first
+// `in_channels` channels are used (B' = 2B when guidance is on: conditional half first).
+using ModelFn = std::function<at::Tensor(const at::Tensor& z, const at::Tensor& t, int step)>;
+using StepFn = std::function<void(int step, const at::Tensor& z)>;
+
+struct GuidanceOptions {
+  double scale = 7.0;  // 1 disables guidance and the unconditional half entirely
+  int in_channels = 4;
+};
+
+// CFG combine of a batched prediction: u + s (c - u) on the first in_channels channels.
+at::Tensor guide(const at::Tensor& prediction, const GuidanceOptions& guidance);
+bool guidance_enabled(const GuidanceOptions& guidance);
+
+// Runs every step from z0; returns the final latent (same dtype as z0).
+at::Tensor sample(const Sampler& sampler, const at::Tensor& z0, const ModelFn& model,
+                  const GuidanceOptions& guidance, const StepFn& on_step = nullptr);
+
+}  // namespace ditto

@@ -1,0 +1,466 @@
+// STDiT3 parameters, checkpoint loading and forward pass (Open-Sora 1.2 numerics; see stdit3.h).
+#include "model/stdit3.h"
+
+#include <sys/stat.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "model/error.h"
+#include "model/layers.h"
+
+namespace ditto {
+
+namespace {
+
+bool file_exists(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? "," : "") << s[i];
+  os << "]";
+  return os.str();
+}
+
+const char* kind_prefix(BlockKind k) { return k == BlockKind::Spatial ? "spatial_blocks." : "temporal_blocks."; }
+
+// Repeats a [k, ...] tensor along dim 0 to batch b (k must divide b), as the reference's repeat does.
+at::Tensor repeat_to_batch(const at::Tensor& t, int64_t b, const char* what) {
+  if (t.size(0) == b) return t;
+  if (t.size(0) == 0 || b % t.size(0) != 0)
+    fail("forward: ", what, " has batch ", t.size(0), " which does not divide the batch ", b);
+  std::vector<int64_t> reps(t.dim(), 1);
+  reps[0] = b / t.size(0);
+  return t.repeat(reps);
+}
+
+}  // namespace
+
+std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& c) {
+  const int64_t C = c.hidden_size, D = c.head_dim(), M = c.mlp_hidden(), F = 256;
+  std::vector<ParamSpec> s;
+  auto add = [&](std::string name, std::vector<int64_t> shape) { s.push_back({std::move(name), std::move(shape)}); };
+  add("rope.freqs", {D / 2});
+  add("x_embedder.proj.weight", {C, c.in_channels, c.patch_size[0], c.patch_size[1], c.patch_size[2]});
+  add("x_embedder.proj.bias", {C});
+  for (const char* e : {"t_embedder", "fps_embedder"}) {
+    add(std::string(e) + ".mlp.0.weight", {C, F});
+    add(std::string(e) + ".mlp.0.bias", {C});
+    add(std::string(e) + ".mlp.2.weight", {C, C});
+    add(std::string(e) + ".mlp.2.bias", {C});
+  }
+  add("t_block.1.weight", {6 * C, C});
+  add("t_block.1.bias", {6 * C});
+  add("y_embedder.y_proj.fc1.weight", {C, c.caption_channels});
+  add("y_embedder.y_proj.fc1.bias", {C});
+  add("y_embedder.y_proj.fc2.weight", {C, C});
+  add("y_embedder.y_proj.fc2.bias", {C});
+  add("y_embedder.y_embedding", {c.model_max_length, c.caption_channels});
+  for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {
+    for (int i = 0; i < c.depth; ++i) {
+      const std::string p = kind_prefix(kind) + std::to_string(i) + ".";
+      add(p + "scale_shift_table", {6, C});
+      add(p + "attn.qkv.weight", {3 * C, C});
+      add(p + "attn.qkv.bias", {3 * C});
+      if (c.qk_norm) {
+        add(p + "attn.q_norm.weight", {D});
+        add(p + "attn.k_norm.weight", {D});
+      }
+      add(p + "attn.proj.weight", {C, C});
+      add(p + "attn.proj.bias", {C});
+      add(p + "cross_attn.q_linear.weight", {C, C});
+      add(p + "cross_attn.q_linear.bias", {C});
+      add(p + "cross_attn.kv_linear.weight", {2 * C, C});
+      add(p + "cross_attn.kv_linear.bias", {2 * C});
+      add(p + "cross_attn.proj.weight", {C, C});
+      add(p + "cross_attn.proj.bias", {C});
+      add(p + "mlp.fc1.weight", {M, C});
+      add(p + "mlp.fc1.bias", {M});
+      add(p + "mlp.fc2.weight", {C, M});
+      add(p + "mlp.fc2.bias", {C});
+    }
+  }
+  add("final_layer.scale_shift_table", {2, C});
+  add("final_layer.linear.weight", {c.patch_volume() * c.out_channels(), C});
+  add("final_layer.linear.bias", {c.patch_volume() * c.out_channels()});
+  return s;
+}
+
+std::map<std::string, at::Tensor> load_checkpoint(const std::string& dir, const STDiT3Config& config,
+                                                  const at::TensorOptions& options) {
+  // Which file holds which tensor.
+  std::vector<std::unique_ptr<SafetensorsFile>> files;
+  std::map<std::string, const SafetensorsFile*> where;
+  const std::string index_path = dir + "/model.safetensors.index.json";
+  const std::string single_path = dir + "/model.safetensors";
+  if (file_exists(index_path)) {
+    std::ifstream in(index_path);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const std::exception& e) {
+      fail("'", index_path, "': malformed JSON: ", e.what());
+    }
+    if (!j.contains("weight_map") || !j["weight_map"].is_object())
+      fail("'", index_path, "': no weight_map object");
+    std::map<std::string, const SafetensorsFile*> by_file;
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      const std::string shard = it.value().get<std::string>();
+      if (shard.find('/') != std::string::npos) fail("'", index_path, "': shard name '", shard, "' has a path");
+      if (!by_file.count(shard)) {
+        files.push_back(std::make_unique<SafetensorsFile>(dir + "/" + shard));
+        by_file[shard] = files.back().get();
+      }
+      if (!by_file[shard]->contains(it.key()))
+        fail("'", index_path, "' maps tensor '", it.key(), "' to '", shard, "', which does not contain it");
+      where[it.key()] = by_file[shard];
+    }
+    for (const auto& f : files)
+      for (const auto& e : f->entries())
+        if (!where.count(e.name)) where[e.name] = f.get();  // present but unindexed: reported as unexpected below
+  } else if (file_exists(single_path)) {
+    files.push_back(std::make_unique<SafetensorsFile>(single_path));
+    for (const auto& e : files.back()->entries()) where[e.name] = files.back().get();
+  } else {
+    fail("model directory '", dir, "' has neither model.safetensors nor model.safetensors.index.json");
+  }
+
+  std::vector<std::string> missing, wrong_shape, wrong_dtype, unexpected;
+  std::set<std::string> expected;
+  std::map<std::string, at::Tensor> out;
+  for (const auto& spec : stdit3_param_specs(config)) {
+    expected.insert(spec.name);
+    auto it = where.find(spec.name);
+    if (it == where.end()) {
+      missing.push_back(spec.name);
+      continue;
+    }
+    const SafetensorsEntry* e = it->second->find(spec.name);
+    if (e->shape != spec.shape) {
+      wrong_shape.push_back(spec.name + " " + shape_str(e->shape) + " (expected " + shape_str(spec.shape) + ")");
+      continue;
+    }
+    if (e->dtype != "F32" && e->dtype != "F16" && e->dtype != "BF16" && e->dtype != "F64") {
+      wrong_dtype.push_back(spec.name + " " + e->dtype);
+      continue;
+    }
+    out[spec.name] = it->second->tensor(spec.name, options);
+  }
+  for (const auto& [name, file] : where)
+    if (!expected.count(name)) unexpected.push_back(name);
+  if (missing.empty() && wrong_shape.empty() && wrong_dtype.empty() && unexpected.empty()) return out;
+
+  std::ostringstream os;
+  os << "checkpoint '" << dir << "' does not match its config (hidden_size=" << config.hidden_size
+     << ", depth=" << config.depth << ", num_heads=" << config.num_heads << ", in_channels=" << config.in_channels
+     << ", caption_channels=" << config.caption_channels << ")";
+  auto list = [&](const char* what, const std::vector<std::string>& names) {
+    if (names.empty()) return;
+    os << "\n  " << names.size() << " " << what << ": ";
+    for (size_t i = 0; i < names.size() && i < 12; ++i) os << (i ? ", " : "") << names[i];
+    if (names.size() > 12) os << ", ... (" << names.size() - 12 << " more)";
+  };
+  list("missing", missing);
+  list("unexpected", unexpected);
+  list("with the wrong shape", wrong_shape);
+  list("with a non-float dtype", wrong_dtype);
+  throw Error(os.str());
+}
+
+STDiT3::STDiT3(STDiT3Config config, std::map<std::string, at::Tensor> weights)
+    : config_(std::move(config)), weights_(std::move(weights)) {
+  config_.validate();
+  std::vector<std::string> missing;
+  for (const auto& spec : stdit3_param_specs(config_)) {
+    auto it = weights_.find(spec.name);
+    if (it == weights_.end()) {
+      missing.push_back(spec.name);
+    } else if (it->second.sizes().vec() != spec.shape) {
+      fail("weight '", spec.name, "' has shape ", shape_str(it->second.sizes()), ", expected ", shape_str(spec.shape));
+    }
+  }
+  if (!missing.empty()) fail("STDiT3: ", missing.size(), " weights missing, first '", missing.front(), "'");
+  options_ = weights_.at("x_embedder.proj.weight").options();
+  for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {
+    auto& vec = kind == BlockKind::Spatial ? spatial_ : temporal_;
+    for (int i = 0; i < config_.depth; ++i) {
+      const std::string p = kind_prefix(kind) + std::to_string(i) + ".";
+      BlockWeights b;
+      b.sst = w(p + "scale_shift_table");
+      b.qkv_w = w(p + "attn.qkv.weight");
+      b.qkv_b = w(p + "attn.qkv.bias");
+      if (config_.qk_norm) {
+        b.q_norm = w(p + "attn.q_norm.weight");
+        b.k_norm = w(p + "attn.k_norm.weight");
+      }
+      b.proj_w = w(p + "attn.proj.weight");
+      b.proj_b = w(p + "attn.proj.bias");
+      b.cq_w = w(p + "cross_attn.q_linear.weight");
+      b.cq_b = w(p + "cross_attn.q_linear.bias");
+      b.ckv_w = w(p + "cross_attn.kv_linear.weight");
+      b.ckv_b = w(p + "cross_attn.kv_linear.bias");
+      b.cproj_w = w(p + "cross_attn.proj.weight");
+      b.cproj_b = w(p + "cross_attn.proj.bias");
+      b.fc1_w = w(p + "mlp.fc1.weight");
+      b.fc1_b = w(p + "mlp.fc1.bias");
+      b.fc2_w = w(p + "mlp.fc2.weight");
+      b.fc2_b = w(p + "mlp.fc2.bias");
+      vec.push_back(std::move(b));
+    }
+  }
+}
+
+const at::Tensor& STDiT3::w(const std::string& name) const {
+  auto it = weights_.find(name);
+  if (it == weights_.end()) fail("STDiT3: no weight '", name, "'");
+  return it->second;
+}
+
+const STDiT3::BlockWeights& STDiT3::block_weights(BlockKind kind, int index) const {
+  const auto& v = kind == BlockKind::Spatial ? spatial_ : temporal_;
+  if (index < 0 || index >= static_cast<int>(v.size())) fail("STDiT3: block index ", index, " out of range");
+  return v[index];
+}
+
+STDiT3 STDiT3::from_pretrained(const std::string& dir, const at::TensorOptions& options) {
+  STDiT3Config config = load_config(dir + "/config.json");
+  return STDiT3(config, load_checkpoint(dir, config, options));
+}
+
+STDiT3 STDiT3::random(const STDiT3Config& config, uint64_t seed, const at::TensorOptions& options) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto f32 = at::TensorOptions().dtype(at::kFloat);
+  std::map<std::string, at::Tensor> weights;
+  const double C = config.hidden_size;
+  for (const auto& spec : stdit3_param_specs(config)) {
+    const std::string& n = spec.name;
+    auto ends_with = [&](const char* s) {
+      const std::string suf(s);
+      return n.size() >= suf.size() && n.compare(n.size() - suf.size(), suf.size(), suf) == 0;
+    };
+    at::Tensor t;
+    if (n == "rope.freqs") {
+      const double d = config.head_dim();
+      t = 1.0 / at::pow(10000.0, at::arange(0, config.head_dim(), 2, f32) / d);
+    } else if (ends_with("norm.weight")) {
+      t = 1.0 + 0.1 * at::randn(spec.shape, gen, f32);
+    } else if (ends_with("scale_shift_table")) {
+      t = at::randn(spec.shape, gen, f32) / std::sqrt(C);
+    } else if (n == "y_embedder.y_embedding") {
+      t = at::randn(spec.shape, gen, f32) / std::sqrt(static_cast<double>(config.caption_channels));
+    } else if (ends_with(".bias")) {
+      t = 0.02 * at::randn(spec.shape, gen, f32);
+    } else {  // weights: unit-variance outputs for unit-variance inputs
+      int64_t fan_in = 1;
+      for (size_t i = 1; i < spec.shape.size(); ++i) fan_in *= spec.shape[i];
+      t = at::randn(spec.shape, gen, f32) / std::sqrt(static_cast<double>(fan_in));
+    }
+    weights[n] = t.to(options);
+  }
+  return STDiT3(config, std::move(weights));
+}
+
+void STDiT3::save_pretrained(const std::string& dir) const {
+  ::mkdir(dir.c_str(), 0755);
+  save_config(config_, dir + "/config.json");
+  NamedTensors tensors;
+  for (const auto& spec : stdit3_param_specs(config_)) tensors.emplace_back(spec.name, w(spec.name));
+  save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+}
+
+at::Tensor STDiT3::null_caption() const {
+  const at::Tensor& e = w("y_embedder.y_embedding");
+  return e.unsqueeze(0).unsqueeze(0);
+}
+
+Conditioning STDiT3::condition(const ForwardArgs& a) const {
+  if (!a.x.defined() || a.x.dim() != 5) fail("forward: x must be [B, C, T, H, W]");
+  if (a.x.size(1) != config_.in_channels)
+    fail("forward: x has ", a.x.size(1), " channels, the model takes ", config_.in_channels);
+  for (auto [t, name] : {std::pair{&a.timestep, "timestep"}, {&a.y, "y"}, {&a.fps, "fps"}, {&a.height, "height"},
+                         {&a.width, "width"}})
+    if (!t->defined()) fail("forward: input '", name, "' is missing");
+  const int64_t B = a.x.size(0);
+  const auto dtype = options_.dtype().toScalarType();
+  const auto compute = layers::compute_type(dtype);
+  const auto dev = options_.device();
+  Conditioning c;
+  const auto& p = config_.patch_size;
+  c.tx = a.x.size(2);
+  c.hx = a.x.size(3);
+  c.wx = a.x.size(4);
+  c.grid_t = (c.tx + p[0] - 1) / p[0];
+  c.grid_h = (c.hx + p[1] - 1) / p[1];
+  c.grid_w = (c.wx + p[2] - 1) / p[2];
+
+  // Timestep: rounded to the model dtype first (the reference's `timestep.to(dtype)`).
+  at::Tensor ts = repeat_to_batch(a.timestep.reshape({-1}), B, "timestep").to(dev).to(dtype);
+  at::Tensor t_freq = layers::timestep_embedding(ts, 256, compute).to(dtype);
+  at::Tensor t = at::linear(at::silu(at::linear(t_freq, w("t_embedder.mlp.0.weight"), w("t_embedder.mlp.0.bias"))),
+                            w("t_embedder.mlp.2.weight"), w("t_embedder.mlp.2.bias"));
+  at::Tensor fps = repeat_to_batch(a.fps.reshape({-1}), B, "fps").to(dev).to(dtype);
+  at::Tensor f_freq = layers::timestep_embedding(fps, 256, compute).to(dtype);
+  t = t + at::linear(at::silu(at::linear(f_freq, w("fps_embedder.mlp.0.weight"), w("fps_embedder.mlp.0.bias"))),
+                     w("fps_embedder.mlp.2.weight"), w("fps_embedder.mlp.2.bias"));
+  c.t = t;
+  c.t_mlp = at::linear(at::silu(t), w("t_block.1.weight"), w("t_block.1.bias"));
+
+  // Caption: project all tokens, then attend only to the valid ones.
+  at::Tensor y = a.y;
+  if (y.dim() == 4) {
+    if (y.size(1) != 1) fail("forward: y must be [B, 1, L, C], got dim 1 = ", y.size(1));
+    y = y.squeeze(1);
+  }
+  if (y.dim() != 3) fail("forward: y must be [B, 1, L, C] or [B, L, C]");
+  if (y.size(0) != B) fail("forward: y has batch ", y.size(0), ", x has ", B);
+  if (y.size(2) != config_.caption_channels)
+    fail("forward: y has ", y.size(2), " channels, the model's caption_channels is ", config_.caption_channels);
+  c.y = layers::mlp(y.to(options_), w("y_embedder.y_proj.fc1.weight"), w("y_embedder.y_proj.fc1.bias"),
+                    w("y_embedder.y_proj.fc2.weight"), w("y_embedder.y_proj.fc2.bias"));
+  if (a.mask.defined()) {
+    at::Tensor m = a.mask;
+    while (m.dim() > 2 && m.size(1) == 1) m = m.squeeze(1);
+    if (m.dim() == 1) m = m.unsqueeze(0);
+    if (m.dim() != 2 || m.size(1) != y.size(1))
+      fail("forward: mask must be [B, L] with L = ", y.size(1), " caption tokens");
+    at::Tensor valid = repeat_to_batch(m, B, "mask").ne(0).cpu();
+    at::Tensor counts = valid.sum(1);
+    if (counts.min().item<int64_t>() == 0) fail("forward: a caption mask row has no valid token");
+    // The common case (every row the same prefix of valid tokens) needs no attention mask.
+    const int64_t first = counts[0].item<int64_t>();
+    const bool prefix = valid.narrow(1, 0, first).all().item<bool>() &&
+                        (first == valid.size(1) || !valid.narrow(1, first, valid.size(1) - first).any().item<bool>());
+    if (prefix) {
+      c.y = c.y.narrow(1, 0, first);
+    } else {
+      c.y_mask = valid.to(dev);
+    }
+  }
+  std::tie(c.rope_cos, c.rope_sin) = layers::rope_tables(w("rope.freqs"), c.grid_t);
+  return c;
+}
+
+at::Tensor STDiT3::embed(const at::Tensor& x, const ForwardArgs& a, const Conditioning& c,
+                         const Observer& observe) const {
+  at::Tensor h = layers::patch_embed(x.to(options_), w("x_embedder.proj.weight"), w("x_embedder.proj.bias"),
+                                     config_.patch_size);
+  const int64_t S = c.grid_h * c.grid_w;
+  const int base_size = static_cast<int>(std::lround(std::sqrt(static_cast<double>(S))));
+  const double hpx = a.height.reshape({-1})[0].item<double>(), wpx = a.width.reshape({-1})[0].item<double>();
+  const double scale = std::sqrt(hpx * wpx) / config_.input_sq_size;
+  at::Tensor pos = layers::pos_embed_2d(c.grid_h, c.grid_w, config_.hidden_size, scale, base_size,
+                                        layers::compute_type(options_.dtype().toScalarType()), options_.device())
+                       .to(options_.dtype());
+  if (observe) observe("pos_emb", pos.unsqueeze(0));
+  return h + pos;
+}
+
+namespace {
+
+// adaLN-single parameters of a block: 6 tensors [B, 1, 1, C] (shift/scale/gate for msa, then mlp).
+std::vector<at::Tensor> block_modulation(const at::Tensor& sst, const at::Tensor& t_mlp) {
+  const int64_t B = t_mlp.size(0), C = sst.size(1);
+  at::Tensor m = (sst.unsqueeze(0) + t_mlp.reshape({B, 6, C})).reshape({B, 6, 1, 1, C});
+  return m.unbind(1);
+}
+
+}  // namespace
+
+at::Tensor STDiT3::self_attention_residual(BlockKind kind, int index, const at::Tensor& x,
+                                           const Conditioning& c) const {
+  const BlockWeights& bw = block_weights(kind, index);
+  const auto mod = block_modulation(bw.sst, c.t_mlp);
+  const int64_t B = x.size(0), T = x.size(1), S = x.size(2), C = x.size(3);
+  const int64_t H = config_.num_heads, D = config_.head_dim();
+  at::Tensor h = layers::modulate(layers::layer_norm(x), mod[0], mod[1]);
+  // Sequences: the S tokens of a frame (spatial) or the T frames of a position (temporal).
+  at::Tensor seq = kind == BlockKind::Spatial ? h.reshape({B * T, S, C}) : h.permute({0, 2, 1, 3}).reshape({B * S, T, C});
+  const int64_t N = seq.size(0), L = seq.size(1);
+  at::Tensor qkv = at::linear(seq, bw.qkv_w, bw.qkv_b).view({N, L, 3, H, D}).permute({2, 0, 3, 1, 4});
+  at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
+  if (config_.qk_norm) {
+    q = layers::rms_norm(q, bw.q_norm);
+    k = layers::rms_norm(k, bw.k_norm);
+  }
+  if (kind == BlockKind::Temporal) {
+    q = layers::apply_rope(q, c.rope_cos, c.rope_sin);
+    k = layers::apply_rope(k, c.rope_cos, c.rope_sin);
+  }
+  at::Tensor o = layers::attention(q, k, v).transpose(1, 2).reshape({N, L, C});
+  o = at::linear(o, bw.proj_w, bw.proj_b);
+  o = kind == BlockKind::Spatial ? o.view({B, T, S, C}) : o.view({B, S, T, C}).permute({0, 2, 1, 3});
+  return mod[2] * o;
+}
+
+at::Tensor STDiT3::cross_mlp_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c) const {
+  const BlockWeights& bw = block_weights(kind, index);
+  const int64_t B = x.size(0), T = x.size(1), S = x.size(2), C = x.size(3);
+  const int64_t H = config_.num_heads, D = config_.head_dim(), L = c.y.size(1);
+  // Cross-attention: no norm, no modulation, no gate (as in the reference).
+  at::Tensor q = at::linear(x.reshape({B, T * S, C}), bw.cq_w, bw.cq_b).view({B, T * S, H, D}).transpose(1, 2);
+  at::Tensor kv = at::linear(c.y, bw.ckv_w, bw.ckv_b).view({B, L, 2, H, D});
+  at::Tensor k = kv.select(2, 0).transpose(1, 2), v = kv.select(2, 1).transpose(1, 2);
+  at::Tensor o = layers::attention(q, k, v, c.y_mask).transpose(1, 2).reshape({B, T * S, C});
+  at::Tensor cross = at::linear(o, bw.cproj_w, bw.cproj_b).view({B, T, S, C});
+  at::Tensor x1 = x + cross;
+  const auto mod = block_modulation(bw.sst, c.t_mlp);
+  at::Tensor h = layers::modulate(layers::layer_norm(x1), mod[3], mod[4]);
+  at::Tensor mlp = mod[5] * layers::mlp(h, bw.fc1_w, bw.fc1_b, bw.fc2_w, bw.fc2_b);
+  return cross + mlp;
+}
+
+at::Tensor STDiT3::block(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c) const {
+  at::Tensor x1 = x + self_attention_residual(kind, index, x, c);
+  return x1 + cross_mlp_residual(kind, index, x1, c);
+}
+
+at::Tensor STDiT3::final_layer(const at::Tensor& x, const Conditioning& c) const {
+  const int64_t B = x.size(0), C = x.size(3);
+  at::Tensor m = (w("final_layer.scale_shift_table").unsqueeze(0) + c.t.unsqueeze(1)).reshape({B, 2, 1, 1, C});
+  at::Tensor h = layers::modulate(layers::layer_norm(x), m.select(1, 0), m.select(1, 1));
+  h = at::linear(h, w("final_layer.linear.weight"), w("final_layer.linear.bias"));
+  at::Tensor out = layers::unpatchify(h, config_.patch_size, config_.out_channels(), c.grid_t, c.grid_h, c.grid_w,
+                                      c.tx, c.hx, c.wx);
+  return out.to(layers::compute_type(options_.dtype().toScalarType()));
+}
+
+at::Tensor STDiT3::forward(const ForwardArgs& args, const Observer& observe) const {
+  Conditioning c = condition(args);
+  if (observe) {
+    observe("t", c.t);
+    observe("t_mlp", c.t_mlp);
+  }
+  at::Tensor x = embed(args.x, args, c, observe);
+  auto flat = [](const at::Tensor& t) { return t.reshape({t.size(0), t.size(1) * t.size(2), t.size(3)}); };
+  if (observe) observe("x_embed", flat(x));
+  for (int i = 0; i < config_.depth; ++i) {
+    for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {
+      x = block(kind, i, x, c);
+      if (observe) observe(kind_prefix(kind) + std::to_string(i), flat(x));
+    }
+  }
+  return final_layer(x, c);
+}
+
+double stdit3_forward_flops(const STDiT3Config& c, int64_t B, int64_t T, int64_t S, int64_t L) {
+  const double C = c.hidden_size, M = c.mlp_hidden(), N = static_cast<double>(B) * T * S;
+  const double linear_per_token = 2.0 * (3 * C * C + C * C + C * C + C * C + 2 * C * M);
+  const double kv = 2.0 * B * L * 2 * C * C;
+  const double spatial_attn = 4.0 * B * T * static_cast<double>(S) * S * C;
+  const double temporal_attn = 4.0 * B * S * static_cast<double>(T) * T * C;
+  const double cross_attn = 4.0 * N * L * C;
+  const double per_pair = 2 * (N * linear_per_token + kv + cross_attn) + spatial_attn + temporal_attn;
+  const double embed = 2.0 * N * C * c.in_channels * c.patch_volume();
+  const double final = 2.0 * N * C * c.patch_volume() * c.out_channels();
+  const double caption = 2.0 * B * c.model_max_length * (c.caption_channels * C + C * C);
+  return c.depth * per_pair + embed + final + caption;
+}
+
+}  // namespace ditto

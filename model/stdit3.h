@@ -1,0 +1,108 @@
+// STDiT3 (Open-Sora 1.2 `opensora/models/stdit/stdit3.py`): parameters under the official names,
+// strict checkpoint loading, and a forward pass split into the stages the sampler, the cache and
+// sequence parallelism drive one by one (embed -> blocks -> final layer).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/safetensors.h"
+
+namespace ditto {
+
+struct ParamSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+// Every tensor of the official state dict, in its order (973 for STDiT3-XL/2).
+std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& config);
+
+// The arguments of the official forward. x: [B, Cin, T, H, W]; timestep: [B]; y: [B, 1, L, Cc]
+// (or [B, L, Cc]); mask: [B, L] or [1, L] (nonzero = valid token; undefined = all valid);
+// fps, height, width: [B] or [1] (height/width in pixels; only element 0 is used, as in the reference).
+struct ForwardArgs {
+  at::Tensor x, timestep, y, mask, fps, height, width;
+};
+
+// What a forward computes once and every block reads.
+struct Conditioning {
+  at::Tensor t;        // [B, C]    timestep + fps embedding (the final layer's modulation input)
+  at::Tensor t_mlp;    // [B, 6C]   t_block(t): the blocks' adaLN-single input
+  at::Tensor y;        // [B, L, C] projected caption tokens
+  at::Tensor y_mask;   // [B, L] bool, undefined when every token is valid
+  at::Tensor rope_cos, rope_sin;  // [T, D/2]
+  int64_t grid_t = 0, grid_h = 0, grid_w = 0;  // token grid
+  int64_t tx = 0, hx = 0, wx = 0;              // input latent size (for the crop)
+};
+
+enum class BlockKind { Spatial, Temporal };
+
+class STDiT3 {
+ public:
+  // weights: every name of stdit3_param_specs, already in the run's dtype and device.
+  STDiT3(STDiT3Config config, std::map<std::string, at::Tensor> weights);
+
+  // A Hugging Face-style directory: config.json + model.safetensors (or shards listed in
+  // model.safetensors.index.json). Strict: all problems are reported together, by name.
+  static STDiT3 from_pretrained(const std::string& dir, const at::TensorOptions& options);
+  // Random weights with no zero layer (for benchmarks and tests), deterministic from the seed.
+  static STDiT3 random(const STDiT3Config& config, uint64_t seed, const at::TensorOptions& options);
+
+  const STDiT3Config& config() const { return config_; }
+  at::TensorOptions options() const { return options_; }
+  const std::map<std::string, at::Tensor>& weights() const { return weights_; }
+  // Writes config.json + model.safetensors (float32 unless keep_dtype) into dir.
+  void save_pretrained(const std::string& dir) const;
+
+  // Observer for --dump: called with a name and a tensor at each stage of forward().
+  using Observer = std::function<void(const std::string&, const at::Tensor&)>;
+
+  // The whole official forward: returns [B, out_channels, T, H, W] in float32 (float64 for a float64 model).
+  at::Tensor forward(const ForwardArgs& args, const Observer& observe = nullptr) const;
+
+  // --- stages ---
+  Conditioning condition(const ForwardArgs& args) const;
+  // Patch + 2D position embedding: x [B, Cin, T, H, W] -> [B, T', S, C].
+  at::Tensor embed(const at::Tensor& x, const ForwardArgs& args, const Conditioning& cond,
+                   const Observer& observe = nullptr) const;
+  // One block on x [B, T, S, C] (space or frame layout does not matter to a local block).
+  at::Tensor block(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
+  // The gated self-attention residual of a block: gate_msa * attn(modulate(LN(x))).
+  at::Tensor self_attention_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
+  // Cross-attention + gated MLP residual, given x after the self-attention residual was added.
+  at::Tensor cross_mlp_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
+  // T2I final layer + unpatchify + crop: x [B, T, S, C] -> [B, Cout, Tx, Hx, Wx] (float32 or float64).
+  at::Tensor final_layer(const at::Tensor& x, const Conditioning& cond) const;
+
+  // The learned null caption (y_embedding) shaped [1, 1, L, Cc].
+  at::Tensor null_caption() const;
+
+ private:
+  struct BlockWeights {
+    at::Tensor sst, qkv_w, qkv_b, q_norm, k_norm, proj_w, proj_b;
+    at::Tensor cq_w, cq_b, ckv_w, ckv_b, cproj_w, cproj_b, fc1_w, fc1_b, fc2_w, fc2_b;
+  };
+  const BlockWeights& block_weights(BlockKind kind, int index) const;
+  const at::Tensor& w(const std::string& name) const;
+
+  STDiT3Config config_;
+  at::TensorOptions options_;
+  std::map<std::string, at::Tensor> weights_;
+  std::vector<BlockWeights> spatial_, temporal_;
+};
+
+// Reads a checkpoint directory's tensors strictly against the config's specs and converts them to
+// `options`; every missing, unexpected, wrong-shape or non-float tensor is listed in one Error.
+std::map<std::string, at::Tensor> load_checkpoint(const std::string& dir, const STDiT3Config& config,
+                                                  const at::TensorOptions& options);
+
+// FLOPs of one forward (multiply-adds x2) for a token grid, batch B and L caption tokens: the
+// performance model's figure for model FLOP utilisation.
+double stdit3_forward_flops(const STDiT3Config& config, int64_t batch, int64_t grid_t, int64_t grid_s,
+                            int64_t caption_tokens);
+
+}  // namespace ditto
