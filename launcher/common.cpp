@@ -99,7 +99,7 @@ bool parse_command_line(const std::string& command, const std::string& summary, 
     }
     po::notify(vm);
   } catch (const po::error& e) {
-    fail("ditto ", command, ": ", e.what(), " (see ditto ", command, " --help)");
+    fail(e.what(), " (see ditto ", command, " --help)");
   }
   return true;
 }

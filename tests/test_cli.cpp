@@ -1,0 +1,136 @@
+// The ditto command as a user runs it: error messages, determinism, outputs, and the CLI paths of
+// the Open-Sora parity checks.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "model/safetensors.h"
+#include "model/stdit3.h"
+#include "test_util.h"
+
+using namespace ditto;
+using ditto::test::fixture;
+using ditto::test::read_bytes;
+using ditto::test::rel_err;
+using ditto::test::run_ditto;
+using ditto::test::temp_dir;
+
+namespace {
+
+void expect_failure(const std::string& args, const std::string& needle) {
+  auto r = run_ditto(args);
+  EXPECT_NE(r.code, 0) << args;
+  EXPECT_NE(r.output.find(needle), std::string::npos) << "ditto " << args << "\nsaid: " << r.output;
+}
+
+const std::string kModel = "--config stdit3-tiny --random-weights --random-caption 4 --height 48 --width 72 --quiet ";
+const std::string kTiny = kModel + "--frames 51 --steps 3 ";
+
+}  // namespace
+
+TEST(Cli, UsageAndHelp) {
+  auto r = run_ditto("");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("usage: ditto COMMAND"), std::string::npos);
+  r = run_ditto("sample --help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* opt : {"--caption-embedding", "--init-noise", "--cfg-scale", "--random-weights", "--dtype"})
+    EXPECT_NE(r.output.find(opt), std::string::npos) << opt;
+  EXPECT_EQ(run_ditto("forward --help").code, 0);
+  expect_failure("render", "unknown command 'render'");
+}
+
+TEST(Cli, BadInputsFailWithAClearMessage) {
+  expect_failure("sample --random-caption 4", "no model: pass --model DIR");
+  expect_failure("sample --config stdit3-tiny --random-caption 4", "has no weights: pass --random-weights");
+  expect_failure("sample --config stdit3-huge --random-weights --random-caption 4", "unknown model config 'stdit3-huge'");
+  expect_failure("sample --model /nonexistent/model --random-caption 4", "/nonexistent/model/config.json");
+  expect_failure("sample " + kTiny + "--dtype float8", "--dtype: unknown 'float8'");
+  expect_failure("sample " + kTiny + "--bogus", "unrecognised option '--bogus'");
+  expect_failure("sample " + kTiny + "--device tpu", "--device: unknown 'tpu'");
+  expect_failure("sample " + kTiny + "--sampler euler", "unknown sampler 'euler'");
+  expect_failure("sample " + kModel + "--steps 0", "--steps must be positive");
+  expect_failure("sample " + kModel + "--frames 16", "needs 1 frame or at least 17");
+  expect_failure("sample --config stdit3-tiny --random-weights --prompt 'a cat'", "no text encoder");
+  expect_failure("sample --config stdit3-tiny --random-weights", "give exactly one of --caption-embedding");
+  const std::string dir = temp_dir();
+  save_safetensors(dir + "/cap.safetensors", {{"emb", at::ones({8, 32})}});
+  expect_failure("sample --config stdit3-tiny --random-weights --caption-embedding " + dir + "/cap.safetensors",
+                 "has no tensor 'y'");
+  save_safetensors(dir + "/cap.safetensors", {{"y", at::ones({8, 31})}});
+  expect_failure("sample --config stdit3-tiny --random-weights --caption-embedding " + dir + "/cap.safetensors",
+                 "caption_channels is 32");
+  save_safetensors(dir + "/noise.safetensors", {{"z", at::ones({1, 4, 3, 6, 9})}});
+  expect_failure("sample " + kTiny + "--init-noise " + dir + "/noise.safetensors", "does not match the latent");
+  save_safetensors(dir + "/in.safetensors", {{"x", at::ones({1, 4, 3, 6, 9})}});
+  expect_failure("forward --config stdit3-tiny --random-weights --inputs " + dir + "/in.safetensors --out " + dir +
+                     "/o.safetensors",
+                 "has no tensor 'timestep' (it has: x)");
+}
+
+TEST(Cli, SameSeedSameBytes) {
+  const std::string d = temp_dir();
+  ASSERT_EQ(run_ditto("sample " + kTiny + "--seed 5 --out " + d + "/a").code, 0);
+  ASSERT_EQ(run_ditto("sample " + kTiny + "--seed 5 --out " + d + "/b").code, 0);
+  ASSERT_EQ(run_ditto("sample " + kTiny + "--seed 6 --out " + d + "/c").code, 0);
+  const std::string a = read_bytes(d + "/a/latent.safetensors");
+  EXPECT_GT(a.size(), 1000u);
+  EXPECT_EQ(a, read_bytes(d + "/b/latent.safetensors"));
+  EXPECT_NE(a, read_bytes(d + "/c/latent.safetensors"));
+  auto m = nlohmann::json::parse(read_bytes(d + "/a/metrics.json"));
+  EXPECT_EQ(m["run"]["seed"], 5);
+  EXPECT_EQ(m["run"]["steps"], 3);
+  EXPECT_EQ(m["timing"]["step_s"].size(), 3u);
+  EXPECT_EQ(m["run"]["latent_shape"], nlohmann::json({1, 4, 15, 6, 9}));
+  EXPECT_GT(m["timing"]["flops_per_step"].get<double>(), 0);
+}
+
+TEST(Cli, PixelSpaceModelWritesAVideo) {
+  const std::string d = temp_dir();
+  STDiT3Config c = builtin_config("stdit3-tiny");
+  c.in_channels = 3;
+  c.latent_space = LatentSpace::Pixel;
+  STDiT3::random(c, 3, at::TensorOptions().dtype(at::kFloat)).save_pretrained(d + "/model");
+  auto r = run_ditto("sample --model " + d + "/model --random-caption 3 --frames 4 --height 10 --width 12 --steps 2 " +
+                     "--no-timestep-transform --png --no-mp4 --quiet --out " + d + "/out");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string y4m = read_bytes(d + "/out/video.y4m");
+  const std::string header = "YUV4MPEG2 W12 H10 F24:1 Ip A1:1 C444\n";
+  ASSERT_EQ(y4m.substr(0, header.size()), header);
+  EXPECT_EQ(y4m.size(), header.size() + 4 * (6 + 3 * 12 * 10));
+  for (int t = 0; t < 4; ++t) {
+    char name[64];
+    std::snprintf(name, sizeof name, "/out/frames/frame_%04d.png", t);
+    const std::string png = read_bytes(d + name);
+    ASSERT_GT(png.size(), 8u) << name;
+    EXPECT_EQ(png.substr(1, 3), "PNG");
+  }
+}
+
+TEST(OpenSoraParity, DittoForwardReproducesTheReference) {
+  const std::string d = temp_dir();
+  auto r = run_ditto("forward --model " + fixture("") + " --inputs " + fixture("forward_inputs.safetensors") +
+                     " --out " + d + "/out.safetensors --dump");
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto out = load_safetensors(d + "/out.safetensors");
+  auto ref = load_safetensors(fixture("forward_out.safetensors"));
+  for (const auto& [name, t] : ref) {
+    ASSERT_TRUE(out.count(name)) << name;
+    EXPECT_LT(rel_err(out.at(name), t), 1e-5) << name;
+  }
+  // float64 on the CPU runs too and agrees.
+  r = run_ditto("forward --dtype float64 --model " + fixture("") + " --inputs " + fixture("forward_inputs.safetensors") +
+                " --out " + d + "/out64.safetensors");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_LT(rel_err(load_safetensors(d + "/out64.safetensors").at("out"), ref.at("out")), 1e-5);
+}
+
+TEST(OpenSoraParity, DittoSampleReproducesTheReference) {
+  const std::string d = temp_dir();
+  const std::string in = fixture("sample_inputs.safetensors");
+  auto r = run_ditto("sample --model " + fixture("") + " --caption-embedding " + in + " --init-noise " + in +
+                     " --frames 51 --height 48 --width 72 --steps 5 --cfg-scale 7 --quiet --out " + d);
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto z = load_safetensors(d + "/latent.safetensors").at("z");
+  EXPECT_LT(rel_err(z, load_safetensors(fixture("sample_out.safetensors")).at("z")), 1e-5);
+}

@@ -1,0 +1,261 @@
+// The whole STDiT3: parameter inventory, checkpoints written by the test and strict-loading errors,
+// masking and batching semantics, and parity with the official Open-Sora module's saved outputs.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "model/error.h"
+#include "model/safetensors.h"
+#include "model/stdit3.h"
+#include "test_util.h"
+
+using namespace ditto;
+using ditto::test::fixture;
+using ditto::test::rel_err;
+using ditto::test::temp_dir;
+
+namespace {
+
+const at::TensorOptions kF32 = at::TensorOptions().dtype(at::kFloat);
+
+ForwardArgs tiny_inputs(const STDiT3Config& c, int64_t B, uint64_t seed) {
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
+  ForwardArgs a;
+  a.x = at::randn({B, c.in_channels, 3, 6, 9}, g, kF32);
+  a.timestep = at::rand({B}, g, kF32) * 1000;
+  a.y = at::randn({B, 1, c.model_max_length, c.caption_channels}, g, kF32);
+  a.mask = at::ones({B, c.model_max_length}, at::kLong);
+  a.fps = at::full({B}, 24.0f);
+  a.height = at::full({B}, 48.0f);
+  a.width = at::full({B}, 72.0f);
+  return a;
+}
+
+std::string expect_load_error(const std::string& dir, const STDiT3Config& c) {
+  try {
+    load_checkpoint(dir, c, kF32);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "loading " << dir << " did not fail";
+  return "";
+}
+
+}  // namespace
+
+TEST(Model, XlInventoryMatchesTheOfficialCheckpoint) {
+  // 973 tensors and 1,208,872,772 parameters: the published STDiT3-XL/2 state dict.
+  const auto specs = stdit3_param_specs(builtin_config("stdit3-xl"));
+  EXPECT_EQ(specs.size(), 973u);
+  int64_t n = 0;
+  for (const auto& s : specs) n += c10::multiply_integers(s.shape);
+  EXPECT_EQ(n, 1208872772);
+}
+
+TEST(Model, SaveLoadRoundTripIsExact) {
+  const std::string dir = temp_dir() + "/m";
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 a = STDiT3::random(c, 11, kF32);
+  a.save_pretrained(dir);
+  STDiT3 b = STDiT3::from_pretrained(dir, kF32);
+  ForwardArgs in = tiny_inputs(c, 2, 3);
+  EXPECT_TRUE(at::equal(a.forward(in), b.forward(in)));
+  // The written config.json uses the official field names.
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(dir + "/config.json"));
+  EXPECT_EQ(j["model_type"], "STDiT3");
+  EXPECT_EQ(j["hidden_size"], 64);
+  EXPECT_EQ(j["patch_size"], nlohmann::json({1, 2, 2}));
+}
+
+TEST(Model, StrictLoadingNamesEveryProblem) {
+  const std::string root = temp_dir();
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 m = STDiT3::random(c, 1, kF32);
+  NamedTensors all;
+  for (const auto& s : stdit3_param_specs(c)) all.emplace_back(s.name, m.weights().at(s.name));
+
+  auto write = [&](const std::string& name, NamedTensors t) {
+    const std::string dir = root + "/" + name;
+    std::system(("mkdir -p " + dir).c_str());
+    save_safetensors(dir + "/model.safetensors", t);
+    return dir;
+  };
+  NamedTensors t = all;
+  t.erase(t.begin() + 5);
+  std::string msg = expect_load_error(write("missing", t), c);
+  EXPECT_NE(msg.find("1 missing: " + all[5].first), std::string::npos) << msg;
+
+  t = all;
+  t.emplace_back("extra.weight", at::ones({2}));
+  msg = expect_load_error(write("unexpected", t), c);
+  EXPECT_NE(msg.find("1 unexpected: extra.weight"), std::string::npos) << msg;
+
+  t = all;
+  t[3].second = at::ones({7, 7});
+  msg = expect_load_error(write("shape", t), c);
+  EXPECT_NE(msg.find(t[3].first + " [7,7] (expected"), std::string::npos) << msg;
+
+  t = all;
+  t[2].second = t[2].second.to(at::kLong);
+  msg = expect_load_error(write("dtype", t), c);
+  EXPECT_NE(msg.find("non-float dtype: " + t[2].first + " I64"), std::string::npos) << msg;
+
+  // Several problems at once are all reported.
+  t = all;
+  t.erase(t.begin());
+  t.emplace_back("bogus", at::ones({1}));
+  msg = expect_load_error(write("several", t), c);
+  EXPECT_NE(msg.find("missing"), std::string::npos);
+  EXPECT_NE(msg.find("unexpected: bogus"), std::string::npos);
+
+  // A checkpoint for another config: every block-1 tensor is unexpected for depth 1.
+  STDiT3Config shallow = c;
+  shallow.depth = 1;
+  msg = expect_load_error(write("depth", all), shallow);
+  EXPECT_NE(msg.find("unexpected"), std::string::npos) << msg;
+
+  // Truncated file.
+  const std::string tdir = write("truncated", all);
+  const std::string bytes = ditto::test::read_bytes(tdir + "/model.safetensors");
+  ditto::test::write_bytes(tdir + "/model.safetensors", bytes.substr(0, bytes.size() - 100));
+  msg = expect_load_error(tdir, c);
+  EXPECT_NE(msg.find("truncated"), std::string::npos) << msg;
+
+  // No checkpoint at all.
+  std::system(("mkdir -p " + root + "/none").c_str());
+  msg = expect_load_error(root + "/none", c);
+  EXPECT_NE(msg.find("neither model.safetensors"), std::string::npos) << msg;
+}
+
+TEST(Model, LoadsShardsAndHalfPrecisionCheckpoints) {
+  const std::string dir = temp_dir();
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 m = STDiT3::random(c, 2, kF32);
+  NamedTensors a, b;
+  nlohmann::json index;
+  const auto specs = stdit3_param_specs(c);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const bool first = i < specs.size() / 2;
+    (first ? a : b).emplace_back(specs[i].name, m.weights().at(specs[i].name).to(at::kBFloat16));
+    index["weight_map"][specs[i].name] = first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+  }
+  save_safetensors(dir + "/model-00001-of-00002.safetensors", a);
+  save_safetensors(dir + "/model-00002-of-00002.safetensors", b);
+  std::ofstream(dir + "/model.safetensors.index.json") << index.dump();
+  auto w = load_checkpoint(dir, c, kF32);
+  EXPECT_EQ(w.size(), specs.size());
+  for (const auto& s : specs) {
+    EXPECT_EQ(w.at(s.name).scalar_type(), at::kFloat);
+    EXPECT_TRUE(at::equal(w.at(s.name), m.weights().at(s.name).to(at::kBFloat16).to(at::kFloat))) << s.name;
+  }
+  // An index that points at the wrong shard is an error naming the tensor.
+  index["weight_map"][specs[0].name] = "model-00002-of-00002.safetensors";
+  std::ofstream(dir + "/model.safetensors.index.json") << index.dump();
+  try {
+    load_checkpoint(dir, c, kF32);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(specs[0].name), std::string::npos) << e.what();
+  }
+}
+
+TEST(Model, MaskedTokensAreExactlyDroppedTokens) {
+  // The reference packs the valid tokens with masked_select: masking token k equals removing it.
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 m = STDiT3::random(c, 4, at::TensorOptions().dtype(at::kDouble));
+  ForwardArgs a = tiny_inputs(c, 1, 5);
+  a.x = a.x.to(at::kDouble);
+  a.mask = at::tensor({1, 1, 0, 1, 1, 0, 1, 0}, at::kLong).unsqueeze(0);
+  at::Tensor masked = m.forward(a);
+  ForwardArgs b = a;
+  at::Tensor keep = at::tensor({0, 1, 3, 4, 6}, at::kLong);
+  b.y = a.y.index_select(2, keep);
+  b.mask = at::Tensor();
+  EXPECT_LT(rel_err(masked, m.forward(b)), 1e-12);
+}
+
+TEST(Model, BatchElementsAreIndependent) {
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 m = STDiT3::random(c, 6, kF32);
+  ForwardArgs a = tiny_inputs(c, 2, 7);
+  a.mask[1].narrow(0, 5, 3).fill_(0);
+  at::Tensor both = m.forward(a);
+  for (int64_t i = 0; i < 2; ++i) {
+    ForwardArgs s = a;
+    s.x = a.x.narrow(0, i, 1);
+    s.timestep = a.timestep.narrow(0, i, 1);
+    s.y = a.y.narrow(0, i, 1);
+    s.mask = a.mask.narrow(0, i, 1);
+    s.fps = a.fps.narrow(0, i, 1);
+    EXPECT_LT(rel_err(m.forward(s), both.narrow(0, i, 1)), 1e-5) << "batch element " << i;
+  }
+}
+
+TEST(Model, Float32AgreesWithFloat64) {
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 m32 = STDiT3::random(c, 8, kF32);
+  std::map<std::string, at::Tensor> w64;
+  for (const auto& [k, v] : m32.weights()) w64[k] = v.to(at::kDouble);
+  STDiT3 m64(c, w64);
+  ForwardArgs a = tiny_inputs(c, 2, 9);
+  at::Tensor o64 = m64.forward(a);
+  EXPECT_EQ(o64.scalar_type(), at::kDouble);
+  EXPECT_LT(rel_err(m32.forward(a), o64), 1e-5);
+}
+
+TEST(Model, ForwardInputErrorsNameTheInput) {
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 m = STDiT3::random(c, 1, kF32);
+  ForwardArgs a = tiny_inputs(c, 1, 1);
+  ForwardArgs bad = a;
+  bad.fps = at::Tensor();
+  EXPECT_THROW(
+      try { m.forward(bad); } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("'fps'"), std::string::npos);
+        throw;
+      },
+      Error);
+  bad = a;
+  bad.y = at::randn({1, 1, 8, 33});
+  EXPECT_THROW(m.forward(bad), Error);
+  bad = a;
+  bad.mask = at::zeros({1, 8}, at::kLong);
+  EXPECT_THROW(m.forward(bad), Error);
+}
+
+TEST(Model, ConfigErrors) {
+  const std::string dir = temp_dir();
+  auto err = [&](const std::string& json) -> std::string {
+    ditto::test::write_bytes(dir + "/config.json", json);
+    try {
+      load_config(dir + "/config.json");
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(err("{not json").find("malformed JSON"), std::string::npos);
+  EXPECT_NE(err(R"({"model_type":"Latte"})").find("is not STDiT3"), std::string::npos);
+  EXPECT_NE(err(R"({"hidden_size":100,"num_heads":16})").find("not divisible by num_heads"), std::string::npos);
+  EXPECT_NE(err(R"({"hidden_size":"big"})").find("hidden_size"), std::string::npos);
+  EXPECT_NE(err(R"({"skip_y_embedder":true})").find("not supported"), std::string::npos);
+  EXPECT_EQ(err(R"({"model_type":"STDiT3","hidden_size":64,"num_heads":4,"depth":2})"), "");
+}
+
+// --- Parity with the official Open-Sora 1.2 module (fixtures: tests/fixtures/opensora_stdit3_tiny) ---
+
+TEST(OpenSoraParity, ForwardAndEveryBlockMatchTheReference) {
+  STDiT3 m = STDiT3::from_pretrained(fixture(""), kF32);
+  auto in = load_safetensors(fixture("forward_inputs.safetensors"));
+  auto ref = load_safetensors(fixture("forward_out.safetensors"));
+  ForwardArgs a{in.at("x"), in.at("timestep"), in.at("y"), in.at("mask"), in.at("fps"), in.at("height"), in.at("width")};
+  std::map<std::string, at::Tensor> seen;
+  at::Tensor out = m.forward(a, [&](const std::string& n, const at::Tensor& t) { seen[n] = t.clone(); });
+  EXPECT_LT(rel_err(out, ref.at("out")), 1e-5);
+  for (const auto& [name, t] : ref) {
+    if (name == "out") continue;
+    ASSERT_TRUE(seen.count(name)) << name;
+    EXPECT_LT(rel_err(seen.at(name), t), 1e-5) << name;
+  }
+}

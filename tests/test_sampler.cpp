@@ -1,0 +1,171 @@
+// Samplers against analytic velocity / noise fields with known exact solutions, the timestep
+// transform against hand-computed and reference values, and CFG against hand values.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "model/error.h"
+#include "model/safetensors.h"
+#include "model/sampler.h"
+#include "model/stdit3.h"
+#include "test_util.h"
+
+using namespace ditto;
+
+namespace {
+
+const at::TensorOptions kF64 = at::TensorOptions().dtype(at::kDouble);
+
+SamplerOptions rflow(int steps, bool transform) {
+  SamplerOptions o;
+  o.steps = steps;
+  o.timestep_transform = transform;
+  return o;
+}
+
+}  // namespace
+
+TEST(RectifiedFlow, UniformTimestepsWithoutTransform) {
+  RectifiedFlow rf(rflow(5, false), {});
+  EXPECT_EQ(rf.timesteps(), (std::vector<float>{1000, 800, 600, 400, 200}));
+}
+
+TEST(RectifiedFlow, TransformHandValues) {
+  // 512x512, 51 frames: r = 1 * sqrt(51 // 17 * 5) = sqrt(15); t' = r t / (1 + (r - 1) t).
+  VideoGeometry g{512, 512, 51, LatentSpace::OpenSoraV12};
+  const double r = std::sqrt(15.0);
+  EXPECT_NEAR(RectifiedFlow::transform(500.0f, g, 1000), 1000 * r * 0.5 / (1 + (r - 1) * 0.5), 1e-3);
+  EXPECT_NEAR(RectifiedFlow::transform(1000.0f, g, 1000), 1000.0, 1e-3);
+  // One frame at 512x512: r = 1, the identity.
+  EXPECT_EQ(RectifiedFlow::transform(333.0f, {512, 512, 1, LatentSpace::OpenSoraV12}, 1000), 333.0f);
+  // 256x256 one frame: r = 0.5 -> t' = 0.5 t / (1 - 0.5 t); t = 400 -> 0.2 / 0.8 = 250.
+  EXPECT_NEAR(RectifiedFlow::transform(400.0f, {256, 256, 1, LatentSpace::OpenSoraV12}, 1000), 250.0, 1e-3);
+  // Pixel-space models use the frame count itself: 512x512, 4 frames -> r = 2; t = 500 -> 1/1.5.
+  EXPECT_NEAR(RectifiedFlow::transform(500.0f, {512, 512, 4, LatentSpace::Pixel}, 1000), 1000.0 / 1.5, 1e-3);
+  // Fewer than 17 frames would zero Open-Sora's time ratio: refused, not silently collapsed.
+  EXPECT_THROW(RectifiedFlow(rflow(5, true), {512, 512, 16, LatentSpace::OpenSoraV12}), Error);
+}
+
+TEST(RectifiedFlow, TimestepsEqualTheReferenceSampler) {
+  // The official RFLOW sampler's float32 timesteps for 48x72, 51 frames, 5 steps.
+  auto in = load_safetensors(ditto::test::fixture("sample_inputs.safetensors"));
+  RectifiedFlow rf(rflow(5, true), {48, 72, 51, LatentSpace::OpenSoraV12});
+  at::Tensor ref = in.at("timesteps");
+  ASSERT_EQ(ref.numel(), 5);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(rf.timesteps()[i], ref[i].item<float>()) << "step " << i;
+}
+
+TEST(RectifiedFlow, PointMassIsExactEveryStep) {
+  // Data = a point x*. With z_t = (1 - s) x* + s n (s = t/T) the exact velocity is (x* - z) / s, and
+  // z_s - x* = (z_1 - x*) s along the flow; Euler is exact for this field at every step.
+  at::manual_seed(0);
+  at::Tensor xstar = at::randn({1, 2, 3, 4, 5}, kF64), z0 = at::randn({1, 2, 3, 4, 5}, kF64);
+  RectifiedFlow rf(rflow(7, true), {240, 426, 51, LatentSpace::OpenSoraV12});
+  ModelFn field = [&](const at::Tensor& z, const at::Tensor& t, int) {
+    return (xstar - z) / (t[0].item<double>() / 1000.0);
+  };
+  const auto& ts = rf.timesteps();
+  int checked = 0;
+  at::Tensor z = sample(rf, z0, field, {1.0, 2}, [&](int i, const at::Tensor& zi) {
+    const double s_next = i + 1 < static_cast<int>(ts.size()) ? ts[i + 1] / 1000.0 : 0.0;
+    const double s0 = ts[0] / 1000.0;
+    EXPECT_LT((zi - (xstar + (z0 - xstar) * (s_next / s0))).abs().max().item<double>(), 1e-6) << "step " << i;
+    ++checked;
+  });
+  EXPECT_EQ(checked, 7);
+  EXPECT_LT((z - xstar).abs().max().item<double>(), 1e-6);
+}
+
+TEST(RectifiedFlow, GaussianDataConvergesAtFirstOrder) {
+  // Data ~ N(0, sd^2): the exact velocity is z ((1 - s) sd^2 - s) / sigma_s^2 with
+  // sigma_s^2 = (1 - s)^2 sd^2 + s^2, and the flow maps z_1 to z_1 * sigma_0 / sigma_1 = z_1 * sd.
+  const double sd = 0.3;
+  at::manual_seed(1);
+  at::Tensor z1 = at::randn({1, 1, 2, 2, 2}, kF64);
+  ModelFn field = [&](const at::Tensor& z, const at::Tensor& t, int) {
+    const double s = t[0].item<double>() / 1000.0;
+    const double var = (1 - s) * (1 - s) * sd * sd + s * s;
+    return z * (((1 - s) * sd * sd - s) / var);
+  };
+  auto error = [&](int steps) {
+    RectifiedFlow rf(rflow(steps, false), {});
+    return (sample(rf, z1, field, {1.0, 1}) - z1 * sd).abs().max().item<double>();
+  };
+  const double e1 = error(100), e2 = error(200), e3 = error(400);
+  EXPECT_LT(e3, 1e-2);
+  EXPECT_NEAR(e1 / e2, 2.0, 0.3);  // halving the step halves the error: Euler's order 1
+  EXPECT_NEAR(e2 / e3, 2.0, 0.3);
+}
+
+TEST(DDIM, PointMassFollowsTheClosedForm) {
+  // For a point mass x* the exact noise prediction is (z - sqrt(a_t) x*) / sqrt(1 - a_t); DDIM
+  // (eta = 0) then keeps z_t = sqrt(a_t) x* + sqrt(1 - a_t) eps0 and ends exactly on x*.
+  at::manual_seed(2);
+  at::Tensor xstar = at::randn({1, 3, 2, 2, 2}, kF64), z0 = at::randn({1, 3, 2, 2, 2}, kF64);
+  SamplerOptions o;
+  o.name = "ddim";
+  o.steps = 10;
+  DDIM ddim(o);
+  EXPECT_EQ(ddim.timesteps().front(), 900.0f);
+  EXPECT_EQ(ddim.timesteps().back(), 0.0f);
+  const double a0 = ddim.alpha_cumprod(900);
+  const at::Tensor eps0 = (z0 - std::sqrt(a0) * xstar) / std::sqrt(1 - a0);
+  ModelFn eps = [&](const at::Tensor& z, const at::Tensor& t, int) {
+    const double a = ddim.alpha_cumprod(static_cast<int>(t[0].item<float>()));
+    return (z - std::sqrt(a) * xstar) / std::sqrt(1 - a);
+  };
+  at::Tensor z = sample(ddim, z0, eps, {1.0, 3}, [&](int i, const at::Tensor& zi) {
+    const double a = i + 1 < 10 ? ddim.alpha_cumprod(static_cast<int>(ddim.timesteps()[i + 1])) : 1.0;
+    EXPECT_LT((zi - (std::sqrt(a) * xstar + std::sqrt(1 - a) * eps0)).abs().max().item<double>(), 1e-10);
+  });
+  EXPECT_LT((z - xstar).abs().max().item<double>(), 1e-10);
+  // The linear schedule's first alpha_bar: 1 - 1e-4.
+  EXPECT_DOUBLE_EQ(ddim.alpha_cumprod(0), 1 - 1e-4);
+}
+
+TEST(Guidance, CombinesTheFirstChannelsOfBothHalves) {
+  // Batch [cond, uncond], 4 channels of which the first 2 are the prediction (pred_sigma).
+  at::Tensor p = at::zeros({2, 4, 1, 1, 1}, kF64);
+  p[0].fill_(3.0);  // cond
+  p[1].fill_(1.0);  // uncond
+  p[0][2].fill_(100.0);  // sigma channels are ignored
+  at::Tensor g = guide(p, {7.0, 2});
+  ASSERT_EQ(g.sizes(), at::IntArrayRef({1, 2, 1, 1, 1}));
+  EXPECT_DOUBLE_EQ(g.max().item<double>(), 1 + 7 * (3 - 1));
+  EXPECT_DOUBLE_EQ(g.min().item<double>(), 15.0);
+  // Scale 1 turns guidance off: the model sees one batch half and its prediction is used as is.
+  int batch_seen = 0;
+  ModelFn f = [&](const at::Tensor& z, const at::Tensor&, int) {
+    batch_seen = static_cast<int>(z.size(0));
+    return at::ones_like(z);
+  };
+  RectifiedFlow rf(rflow(1, false), {});
+  at::Tensor z = sample(rf, at::zeros({1, 2, 1, 1, 1}, kF64), f, {1.0, 2});
+  EXPECT_EQ(batch_seen, 1);
+  EXPECT_DOUBLE_EQ(z.max().item<double>(), 1.0);  // one step of size 1000/1000
+  sample(rf, at::zeros({1, 2, 1, 1, 1}, kF64), f, {4.5, 2});
+  EXPECT_EQ(batch_seen, 2);
+}
+
+TEST(OpenSoraParity, RectifiedFlowSamplingWithCfgMatchesTheReference) {
+  STDiT3 m = STDiT3::from_pretrained(ditto::test::fixture(""), at::TensorOptions().dtype(at::kFloat));
+  auto in = load_safetensors(ditto::test::fixture("sample_inputs.safetensors"));
+  auto ref = load_safetensors(ditto::test::fixture("sample_out.safetensors"));
+  RectifiedFlow rf(rflow(5, true), {48, 72, 51, LatentSpace::OpenSoraV12});
+  ForwardArgs base;
+  base.y = at::cat({in.at("y"), m.null_caption()}, 0);
+  base.mask = in.at("mask");
+  base.fps = at::full({1}, 24.0f);
+  base.height = at::full({1}, 48.0f);
+  base.width = at::full({1}, 72.0f);
+  ModelFn model = [&](const at::Tensor& z, const at::Tensor& t, int) {
+    ForwardArgs a = base;
+    a.x = z;
+    a.timestep = t;
+    return m.forward(a);
+  };
+  at::Tensor z = sample(rf, in.at("z0"), model, {7.0, 4}, [&](int i, const at::Tensor& zi) {
+    EXPECT_LT(ditto::test::rel_err(zi, ref.at("z_step" + std::to_string(i))), 1e-5) << "step " << i;
+  });
+  EXPECT_LT(ditto::test::rel_err(z, ref.at("z")), 1e-5);
+}
