@@ -36,7 +36,8 @@ if [ ! -f "$LIBTORCH_DIR/.ditto-complete" ]; then
   # --target keeps the wheel out of every Python environment; --python-version/--platform make the
   # choice of wheel independent of the local interpreter (only the C++ parts are used).
   $SUDO python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
-      --target "$LIBTORCH_DIR" --python-version 3.11 --platform manylinux_2_28_x86_64 --only-binary=:all: \
+      --target "$LIBTORCH_DIR" --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+      --platform manylinux_2_17_x86_64 --only-binary=:all: \
       torch==2.11.0 nvidia-cusparselt-cu13==0.8.0 nvidia-nvshmem-cu13==3.4.5 "nvidia-cufile==1.15.1.6.*"
   $SUDO touch "$LIBTORCH_DIR/.ditto-complete"
 fi
