@@ -105,6 +105,13 @@ TEST(Cli, PixelSpaceModelWritesAVideo) {
     ASSERT_GT(png.size(), 8u) << name;
     EXPECT_EQ(png.substr(1, 3), "PNG");
   }
+  if (std::system("ffmpeg -version >/dev/null 2>&1") != 0) return;  // MP4 needs an installed ffmpeg
+  r = run_ditto("sample --model " + d + "/model --random-caption 3 --frames 4 --height 10 --width 12 --steps 2 " +
+                "--no-timestep-transform --quiet --out " + d + "/mp4");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string mp4 = read_bytes(d + "/mp4/video.mp4");
+  ASSERT_GT(mp4.size(), 100u);
+  EXPECT_EQ(mp4.substr(4, 4), "ftyp");
 }
 
 TEST(OpenSoraParity, DittoForwardReproducesTheReference) {
