@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
     if (!parse_command_line("bench_forward", "time one STDiT3 forward", desc, {argv + 1, argv + argc}, vm)) return 0;
     int t = 0, h = 0, w = 0;
     if (std::sscanf(latent.c_str(), "%dx%dx%d", &t, &h, &w) != 3) fail("--latent must be TxHxW, got '", latent, "'");
-    const at::TensorOptions options = resolve_tensor_options(mo, mpi.local_rank());
+    const at::TensorOptions options = resolve_tensor_options(mo, mpi);
     STDiT3 model = load_model(mo, options);
     const STDiT3Config& c = model.config();
     const int L = tokens > 0 ? tokens : c.model_max_length;

@@ -22,7 +22,8 @@ int run_forward(const std::vector<std::string>& args, const MpiEnv& mpi) {
   po::variables_map vm;
   if (!parse_command_line("forward", "one STDiT3 forward pass on saved inputs", desc, args, vm)) return 0;
 
-  const at::TensorOptions options = resolve_tensor_options(mo, mpi.local_rank());
+  if (mpi.size() > 1) fail("ditto forward runs on one rank (it checks one forward pass); launch it without mpirun -np N");
+  const at::TensorOptions options = resolve_tensor_options(mo, mpi);
   STDiT3 model = load_model(mo, options);
   SafetensorsFile file(inputs);
   auto get = [&](const char* name, bool required) -> at::Tensor {

@@ -7,6 +7,10 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "dist/mpi_communicator.h"
+#include "dist/nccl_communicator.h"
+#include "dist/parallel_layout.h"
+#include "dist/video_sampler.h"
 #include "launcher/common.h"
 #include "launcher/device_sync.h"
 #include "launcher/progress.h"
@@ -96,11 +100,47 @@ RgbVideo to_rgb_video(const at::Tensor& z, int fps) {
 
 }  // namespace
 
+namespace {
+
+// The run's communicator for one group: the MPI group itself, or NCCL over the same ranks.
+std::unique_ptr<Communicator> group_backend(std::unique_ptr<Communicator> mpi_group, const std::string& backend,
+                                            const at::Device& device, double timeout_s) {
+  if (backend == "mpi" || mpi_group->size() == 1) return mpi_group;
+  auto* m = dynamic_cast<MpiCommunicator*>(mpi_group.get());
+  return make_nccl_communicator(m->handle(), device.index(), timeout_s);
+}
+
+nlohmann::ordered_json counters_json(const Communicator& c) {
+  nlohmann::ordered_json j;
+  j["backend"] = c.backend();
+  j["ranks"] = c.size();
+  auto one = [](const CollectiveCount& k) {
+    return nlohmann::ordered_json{{"calls", k.calls}, {"bytes", k.bytes}, {"seconds", k.seconds}};
+  };
+  const auto& k = c.counters();
+  j["all_to_all"] = one(k.all_to_all);
+  j["all_gather"] = one(k.all_gather);
+  j["all_reduce"] = one(k.all_reduce);
+  j["broadcast"] = one(k.broadcast);
+  return j;
+}
+
+// DITTO_FAULT_INJECT=RANK:STEP makes that world rank throw at the start of that step (tests of
+// the job-wide abort).
+void maybe_inject_fault(int rank, int step) {
+  const char* spec = std::getenv("DITTO_FAULT_INJECT");
+  int fr = -1, fs = -1;
+  if (spec && std::sscanf(spec, "%d:%d", &fr, &fs) == 2 && fr == rank && fs == step)
+    fail("injected fault at step ", step, " (DITTO_FAULT_INJECT=", spec, ")");
+}
+
+}  // namespace
+
 int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   ModelOptions mo;
-  std::string caption_file, prompt, init_noise, out_dir, sampler_name;
-  int random_caption = 0, frames = 0, height = 0, width = 0, steps = 0, fps = 0;
-  double cfg_scale = 0;
+  std::string caption_file, prompt, init_noise, out_dir, sampler_name, comm_name;
+  int random_caption = 0, frames = 0, height = 0, width = 0, steps = 0, fps = 0, sp = 1, cfg_parallel = 1;
+  double cfg_scale = 0, nccl_timeout = 0;
   uint64_t seed = 0;
   bool no_transform = false, png = false, no_mp4 = false, quiet = false;
   po::options_description desc("options");
@@ -117,36 +157,46 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("cfg-scale", po::value(&cfg_scale)->default_value(7.0), "classifier-free guidance scale (1 turns guidance off)")
     ("sampler", po::value(&sampler_name)->default_value("rflow"), "rflow (Open-Sora 1.2 rectified flow) | ddim (epsilon-prediction models)")
     ("no-timestep-transform", po::bool_switch(&no_transform), "rflow without Open-Sora's resolution/length timestep transform")
-    ("seed", po::value(&seed)->default_value(42), "seed of the initial noise (drawn whole on the CPU, identical on every device)")
+    ("seed", po::value(&seed)->default_value(42), "seed of the initial noise (drawn whole on the CPU, identical on every rank and device; data-parallel group g uses seed + g)")
     ("fps", po::value(&fps)->default_value(24), "frames per second (a model input, and the video's rate)")
     ("init-noise", po::value(&init_noise), "start from this latent (safetensors, tensor z or z0, [1, C, T, H, W]) instead of the seeded noise")
-    ("out", po::value(&out_dir)->default_value("out"), "output directory: latent.safetensors, metrics.json, video.y4m/.mp4")
+    ("sp", po::value(&sp)->default_value(1), "sequence-parallel ranks per video (the world is dp x cfg x sp)")
+    ("cfg-parallel", po::value(&cfg_parallel)->default_value(1), "2: conditional and unconditional branch on two ranks")
+    ("comm", po::value(&comm_name)->default_value("auto"), "communication backend: auto (nccl on CUDA, mpi on CPU) | mpi | nccl")
+    ("nccl-timeout", po::value(&nccl_timeout)->default_value(600), "seconds a NCCL collective may take before the job is ended")
+    ("out", po::value(&out_dir)->default_value("out"), "output directory: latent.safetensors, metrics.json, video.y4m/.mp4 (data-parallel groups: OUT/dpG)")
     ("png", po::bool_switch(&png), "also write PNG frames (pixel-space models)")
     ("no-mp4", po::bool_switch(&no_mp4), "do not encode video.mp4 even when ffmpeg is installed")
     ("quiet", po::bool_switch(&quiet), "no progress output");
   // clang-format on
   po::variables_map vm;
-  if (!parse_command_line("sample", "render one video", desc, args, vm)) return 0;
-  if (mpi.size() > 1) fail("multi-rank sampling is not available yet: run ditto sample on one rank");
+  if (!parse_command_line("sample", "render one video (one per data-parallel group)", desc, args, vm)) return 0;
 
+  // The layout is checked before any model work.
+  const WorldLayout wl = make_world_layout(mpi.size(), mpi.rank(), sp, cfg_parallel);
+  if (comm_name != "auto" && comm_name != "mpi" && comm_name != "nccl")
+    fail("--comm: unknown '", comm_name, "' (auto, mpi, nccl)");
+  const bool share_gpus = comm_name == "mpi";
   const auto t_start = std::chrono::steady_clock::now();
-  const at::TensorOptions options = resolve_tensor_options(mo, mpi.local_rank());
+  const at::TensorOptions options = resolve_tensor_options(mo, mpi, share_gpus);
+  const auto dev = options.device();
+  const std::string backend = comm_name == "auto" ? (dev.is_cuda() ? "nccl" : "mpi") : comm_name;
+  if (backend == "nccl" && !dev.is_cuda()) fail("--comm nccl needs --device cuda (NCCL moves GPU memory)");
+
+  const int sources = !caption_file.empty() + (random_caption > 0) + !prompt.empty();
+  if (sources != 1) fail("give exactly one of --caption-embedding FILE, --random-caption N or --prompt TEXT");
   STDiT3 model = load_model(mo, options);
   const STDiT3Config& cfg = model.config();
-  const auto dev = options.device();
-  const auto z_dtype = options.dtype().toScalarType() == at::kDouble ? at::kDouble : at::kFloat;
-
-  // The prompt.
-  const int sources = !caption_file.empty() + (random_caption > 0) + !prompt.empty();
-  if (sources != 1)
-    fail("give exactly one of --caption-embedding FILE, --random-caption N or --prompt TEXT");
   if (!prompt.empty())
     fail("this model has no text encoder of its own: pass the text encoder's output with --caption-embedding "
          "FILE (T5 for Open-Sora), or --random-caption N");
-  Caption cap = caption_file.empty() ? make_random_caption(random_caption, seed, cfg) : load_caption(caption_file, cfg);
+  const uint64_t video_seed = seed + static_cast<uint64_t>(wl.dp_index);
+  Caption cap = caption_file.empty() ? make_random_caption(random_caption, video_seed, cfg)
+                                     : load_caption(caption_file, cfg);
 
-  // The initial latent.
+  // The initial latent, drawn whole (never per shard) so the result does not depend on the layout.
   const LatentShape ls = latent_shape(cfg, frames, height, width);
+  const auto z_dtype = options.dtype().toScalarType() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor z0;
   if (!init_noise.empty()) {
     SafetensorsFile f(init_noise);
@@ -158,135 +208,155 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
       fail("--init-noise ", z0.sizes(), " does not match the latent ", at::IntArrayRef(shape_of(ls)), " of ", frames,
            " frames at ", height, "x", width, " (set --frames/--height/--width to the noise's video size)");
   } else {
-    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(video_seed);
     z0 = at::randn(shape_of(ls), gen, at::TensorOptions().dtype(at::kFloat)).to(z_dtype);
   }
-  z0 = z0.to(dev);
+  const auto& pt = cfg.patch_size;
+  const int64_t grid_t = (ls.frames + pt[0] - 1) / pt[0];
+  const int64_t grid_s = ((ls.height + pt[1] - 1) / pt[1]) * ((ls.width + pt[2] - 1) / pt[2]);
+  check_sequence_layout(sp, grid_t, grid_s);
 
   SamplerOptions so;
   so.name = sampler_name;
   so.steps = steps;
   so.timestep_transform = !no_transform;
-  VideoGeometry geometry{static_cast<double>(height), static_cast<double>(width), frames, cfg.latent_space};
-  auto sampler = make_sampler(so, geometry);
-  GuidanceOptions guidance{cfg_scale, cfg.in_channels};
-  const bool cfg_on = guidance_enabled(guidance);
+  auto sampler = make_sampler(so, {static_cast<double>(height), static_cast<double>(width), frames, cfg.latent_space});
 
-  at::Tensor y = cap.y;
-  if (cfg_on) y = at::cat({y, model.null_caption().to(at::kFloat).cpu()}, 0);
-  ForwardArgs base;
-  base.y = y.to(dev);
-  base.mask = cap.mask.to(dev);
-  base.fps = at::full({1}, static_cast<float>(fps), at::TensorOptions().device(dev));
-  base.height = at::full({1}, static_cast<float>(height), at::TensorOptions().device(dev));
-  base.width = at::full({1}, static_cast<float>(width), at::TensorOptions().device(dev));
-  ModelFn model_fn = [&](const at::Tensor& z, const at::Tensor& t, int) {
-    ForwardArgs a = base;
-    a.x = z;
-    a.timestep = t;
-    return model.forward(a);
-  };
+  // Process groups (collective over the world), then the backend for the groups that move activations.
+  MpiCommunicator world(MPI_COMM_WORLD);
+  ProcessGroups groups = make_process_groups(world, wl);
+  std::unique_ptr<Communicator> sp_comm = group_backend(std::move(groups.sp), backend, dev, nccl_timeout);
+  std::unique_ptr<Communicator> cfg_comm = group_backend(std::move(groups.cfg), backend, dev, nccl_timeout);
+  const bool root = groups.video->rank() == 0;  // writes the outputs and talks
+  const std::string video_dir = wl.dp > 1 ? out_dir + "/dp" + std::to_string(wl.dp_index) : out_dir;
+
+  VideoRequest req;
+  req.z0 = z0;
+  req.caption_y = cap.y;
+  req.caption_mask = cap.mask;
+  req.fps = static_cast<float>(fps);
+  req.height = static_cast<float>(height);
+  req.width = static_cast<float>(width);
+  req.cfg_scale = cfg_scale;
 
   synchronize(dev);
+  world.barrier();
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   const bool talk = !quiet && mpi.rank() == 0;
   if (talk)
     std::cerr << "ditto sample: " << model_source(mo) << " on " << dev << " " << dtype_name(options.dtype().toScalarType())
-              << ", latent " << at::IntArrayRef(shape_of(ls)) << ", " << steps << " " << sampler->name()
-              << " steps, cfg " << cfg_scale << ", seed " << seed << "\n";
+              << ", " << wl.describe() << " (" << backend << "), latent " << at::IntArrayRef(shape_of(ls)) << ", "
+              << steps << " " << sampler->name() << " steps, cfg " << cfg_scale << ", seed " << seed << "\n";
   Progress progress(steps, "sampling", talk);
   std::vector<double> step_s;
   auto last = std::chrono::steady_clock::now();
   const auto t_loop = last;
-  at::Tensor z = sample(*sampler, z0, model_fn, guidance, [&](int i, const at::Tensor&) {
+  sp_comm->reset_counters();
+  cfg_comm->reset_counters();
+  at::Tensor z = sample_video(model, *sampler, req, {sp_comm.get(), cfg_comm.get()}, [&](int i, const at::Tensor&) {
     synchronize(dev);
     const auto now = std::chrono::steady_clock::now();
     step_s.push_back(std::chrono::duration<double>(now - last).count());
     last = now;
     progress.update(i + 1, step_s.back(), std::chrono::duration<double>(now - t_loop).count());
+    maybe_inject_fault(mpi.rank(), i + 1);
   });
   progress.finish();
   const double sample_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_loop).count();
+  const int64_t peak = peak_memory_bytes(dev);
+  at::Tensor peaks = at::tensor({peak}, at::kLong);
+  std::vector<at::Tensor> all_peaks;
+  for (int i = 0; i < groups.video->size(); ++i) all_peaks.push_back(at::empty({1}, at::kLong));
+  groups.video->all_gather(peaks, all_peaks);
 
-  // Outputs: written whole or not at all.
-  make_dir(out_dir);
-  nlohmann::ordered_json outputs;
-  const std::string latent_path = out_dir + "/latent.safetensors";
-  save_safetensors(latent_path, {{"z", z.cpu()}},
-                   {{"model", model_source(mo)}, {"seed", std::to_string(seed)}, {"steps", std::to_string(steps)},
-                    {"cfg_scale", std::to_string(cfg_scale)}, {"sampler", sampler->name()}});
-  outputs["latent"] = latent_path;
-  if (cfg.latent_space == LatentSpace::Pixel && cfg.in_channels == 3) {
-    RgbVideo video = to_rgb_video(z, fps);
-    write_y4m(out_dir + "/video.y4m", video);
-    outputs["y4m"] = out_dir + "/video.y4m";
-    if (!no_mp4 && ffmpeg_available()) {
-      y4m_to_mp4(out_dir + "/video.y4m", out_dir + "/video.mp4");
-      outputs["mp4"] = out_dir + "/video.mp4";
-    }
-    if (png) {
-      make_dir(out_dir + "/frames");
-      for (size_t t = 0; t < video.frames.size(); ++t) {
-        char name[64];
-        std::snprintf(name, sizeof name, "/frames/frame_%04zu.png", t);
-        write_png(out_dir + name, video.width, video.height, video.frames[t].data());
+  if (root) {
+    // Outputs: written whole or not at all.
+    make_dir(video_dir);
+    nlohmann::ordered_json outputs;
+    const std::string latent_path = video_dir + "/latent.safetensors";
+    save_safetensors(latent_path, {{"z", z.cpu()}},
+                     {{"model", model_source(mo)}, {"seed", std::to_string(video_seed)}, {"steps", std::to_string(steps)},
+                      {"cfg_scale", std::to_string(cfg_scale)}, {"sampler", sampler->name()}, {"layout", wl.describe()}});
+    outputs["latent"] = latent_path;
+    if (cfg.latent_space == LatentSpace::Pixel && cfg.in_channels == 3) {
+      RgbVideo video = to_rgb_video(z, fps);
+      write_y4m(video_dir + "/video.y4m", video);
+      outputs["y4m"] = video_dir + "/video.y4m";
+      if (!no_mp4 && ffmpeg_available()) {
+        y4m_to_mp4(video_dir + "/video.y4m", video_dir + "/video.mp4");
+        outputs["mp4"] = video_dir + "/video.mp4";
       }
-      outputs["png_frames"] = out_dir + "/frames";
+      if (png) {
+        make_dir(video_dir + "/frames");
+        for (size_t t = 0; t < video.frames.size(); ++t) {
+          char name[64];
+          std::snprintf(name, sizeof name, "/frames/frame_%04zu.png", t);
+          write_png(video_dir + name, video.width, video.height, video.frames[t].data());
+        }
+        outputs["png_frames"] = video_dir + "/frames";
+      }
+    } else {
+      outputs["video"] = std::string("not written: the model works in the ") + latent_space_name(cfg.latent_space) +
+                         " latent space; decode latent.safetensors with its VAE";
     }
-  } else {
-    outputs["video"] = std::string("not written: the model works in the ") + latent_space_name(cfg.latent_space) +
-                       " latent space; decode latent.safetensors with its VAE";
+
+    const bool guided = guidance_enabled(cfg_scale);
+    const int64_t batch = guided && cfg_parallel == 1 ? 2 : 1;
+    const int64_t caption_tokens = cap.mask.ne(0).sum().item<int64_t>();
+    const double flops = stdit3_forward_flops(cfg, batch, grid_t, grid_s, caption_tokens) / sp;
+    double steady = 0;  // mean over steps after the first (warm-up)
+    for (size_t i = 1; i < step_s.size(); ++i) steady += step_s[i];
+    steady = step_s.size() > 1 ? steady / (step_s.size() - 1) : step_s.front();
+
+    nlohmann::ordered_json m;
+    m["command"] = "sample";
+    m["ditto_version"] = "0.1.0";
+    m["model"] = {{"source", model_source(mo)},
+                  {"hidden_size", cfg.hidden_size},
+                  {"depth", cfg.depth},
+                  {"num_heads", cfg.num_heads},
+                  {"patch_size", cfg.patch_size},
+                  {"in_channels", cfg.in_channels},
+                  {"latent_space", latent_space_name(cfg.latent_space)}};
+    m["run"] = {{"device", dev.str()},
+                {"dtype", dtype_name(options.dtype().toScalarType())},
+                {"seed", video_seed},
+                {"steps", steps},
+                {"sampler", sampler->name()},
+                {"timestep_transform", !no_transform},
+                {"cfg_scale", cfg_scale},
+                {"frames", frames},
+                {"height", height},
+                {"width", width},
+                {"fps", fps},
+                {"caption", caption_file.empty() ? "random:" + std::to_string(random_caption) : caption_file},
+                {"caption_tokens", caption_tokens},
+                {"init_noise", init_noise},
+                {"latent_shape", shape_of(ls)},
+                {"token_grid", {grid_t, grid_s}},
+                {"world", {{"size", wl.world}, {"dp", wl.dp}, {"cfg", wl.cfg}, {"sp", wl.sp}, {"dp_index", wl.dp_index}}},
+                {"comm_backend", backend},
+                {"cache", "none"}};
+    m["timesteps"] = sampler->timesteps();
+    std::vector<int64_t> peak_list;
+    for (const auto& t : all_peaks) peak_list.push_back(t.item<int64_t>());
+    m["timing"] = {{"load_s", load_s},
+                   {"sample_s", sample_s},
+                   {"step_s", step_s},
+                   {"steady_step_s", steady},
+                   {"flops_per_step_per_rank", flops},
+                   {"tflops_per_s_per_rank", flops / steady / 1e12},
+                   {"peak_memory_bytes_per_rank", peak_list}};
+    m["communication"] = {{"sp", counters_json(*sp_comm)},
+                          {"cfg", counters_json(*cfg_comm)},
+                          {"sp_bytes_per_step", steps ? sp_comm->counters().total_bytes() / steps : 0}};
+    m["outputs"] = outputs;
+    write_file_atomic(video_dir + "/metrics.json", [&](std::ostream& os) { os << m.dump(2) << "\n"; });
+    if (talk || (!quiet && wl.dp > 1))
+      std::cerr << "ditto sample: " << steps << " steps in " << sample_s << " s (" << steady
+                << " s/step steady), wrote " << video_dir << "/\n";
   }
-
-  const int64_t batch = cfg_on ? 2 : 1;
-  const int64_t caption_tokens = cap.mask.ne(0).sum().item<int64_t>();
-  const auto& p = cfg.patch_size;
-  const int64_t gt = (ls.frames + p[0] - 1) / p[0], gs = ((ls.height + p[1] - 1) / p[1]) * ((ls.width + p[2] - 1) / p[2]);
-  const double flops = stdit3_forward_flops(cfg, batch, gt, gs, caption_tokens);
-  double steady = 0;  // mean over steps after the first (warm-up)
-  for (size_t i = 1; i < step_s.size(); ++i) steady += step_s[i];
-  steady = step_s.size() > 1 ? steady / (step_s.size() - 1) : step_s.front();
-
-  nlohmann::ordered_json m;
-  m["command"] = "sample";
-  m["ditto_version"] = "0.1.0";
-  m["model"] = {{"source", model_source(mo)},
-                {"hidden_size", cfg.hidden_size},
-                {"depth", cfg.depth},
-                {"num_heads", cfg.num_heads},
-                {"patch_size", cfg.patch_size},
-                {"in_channels", cfg.in_channels},
-                {"latent_space", latent_space_name(cfg.latent_space)}};
-  m["run"] = {{"device", dev.str()},
-              {"dtype", dtype_name(options.dtype().toScalarType())},
-              {"seed", seed},
-              {"steps", steps},
-              {"sampler", sampler->name()},
-              {"timestep_transform", !no_transform},
-              {"cfg_scale", cfg_scale},
-              {"frames", frames},
-              {"height", height},
-              {"width", width},
-              {"fps", fps},
-              {"caption", caption_file.empty() ? "random:" + std::to_string(random_caption) : caption_file},
-              {"caption_tokens", caption_tokens},
-              {"init_noise", init_noise},
-              {"latent_shape", shape_of(ls)},
-              {"world", {{"size", mpi.size()}, {"dp", 1}, {"cfg", 1}, {"sp", 1}}},
-              {"cache", "none"}};
-  m["timesteps"] = sampler->timesteps();
-  m["timing"] = {{"load_s", load_s},
-                 {"sample_s", sample_s},
-                 {"step_s", step_s},
-                 {"steady_step_s", steady},
-                 {"flops_per_step", flops},
-                 {"tflops_per_s", flops / steady / 1e12},
-                 {"peak_memory_bytes", peak_memory_bytes(dev)}};
-  m["outputs"] = outputs;
-  write_file_atomic(out_dir + "/metrics.json", [&](std::ostream& os) { os << m.dump(2) << "\n"; });
-  if (talk)
-    std::cerr << "ditto sample: " << steps << " steps in " << sample_s << " s (" << steady << " s/step steady), wrote "
-              << out_dir << "/\n";
+  world.barrier();
   return 0;
 }
 

@@ -67,20 +67,29 @@ at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tens
   return x * (1 + scale) + shift;
 }
 
-at::Tensor patch_embed(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                       const std::array<int, 3>& patch) {
-  TORCH_CHECK(x.dim() == 5, "patch_embed: x must be [B, C, T, H, W]");
+at::Tensor patchify(const at::Tensor& x, const std::array<int, 3>& patch) {
+  TORCH_CHECK(x.dim() == 5, "patchify: x must be [B, C, T, H, W]");
   const int64_t pt = patch[0], ph = patch[1], pw = patch[2];
   const int64_t t = x.size(2), h = x.size(3), w = x.size(4);
   const int64_t pad_t = (pt - t % pt) % pt, pad_h = (ph - h % ph) % ph, pad_w = (pw - w % pw) % pw;
   at::Tensor xp = (pad_t || pad_h || pad_w) ? at::constant_pad_nd(x, {0, pad_w, 0, pad_h, 0, pad_t}, 0) : x;
   const int64_t b = x.size(0), c = x.size(1);
   const int64_t gt = (t + pad_t) / pt, gh = (h + pad_h) / ph, gw = (w + pad_w) / pw;
-  // [B, C, gt, pt, gh, ph, gw, pw] -> [B, gt, gh, gw, C, pt, ph, pw]: a patch's values in Conv3d weight order.
-  at::Tensor patches = xp.reshape({b, c, gt, pt, gh, ph, gw, pw})
-                           .permute({0, 2, 4, 6, 1, 3, 5, 7})
-                           .reshape({b, gt, gh * gw, c * pt * ph * pw});
-  return at::linear(patches, weight.reshape({weight.size(0), -1}), bias);
+  // [B, C, gt, pt, gh, ph, gw, pw] -> [B, gt, gh, gw, pt, ph, pw, C]
+  return xp.reshape({b, c, gt, pt, gh, ph, gw, pw})
+      .permute({0, 2, 4, 6, 3, 5, 7, 1})
+      .reshape({b, gt, gh * gw, pt * ph * pw * c});
+}
+
+at::Tensor embed_patches(const at::Tensor& tokens, const at::Tensor& weight, const at::Tensor& bias) {
+  // Conv3d weight [C, Cin, pt, ph, pw] -> [C, (pt, ph, pw, Cin)] to match the token order.
+  at::Tensor w = weight.permute({0, 2, 3, 4, 1}).reshape({weight.size(0), -1});
+  return at::linear(tokens, w, bias);
+}
+
+at::Tensor patch_embed(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                       const std::array<int, 3>& patch) {
+  return embed_patches(patchify(x, patch), weight, bias);
 }
 
 at::Tensor unpatchify(const at::Tensor& x, const std::array<int, 3>& patch, int64_t out_channels, int64_t grid_t,

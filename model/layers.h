@@ -33,8 +33,14 @@ at::Tensor layer_norm(const at::Tensor& x, double eps = 1e-6);
 // t2i_modulate: x * (1 + scale) + shift.
 at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale);
 
-// PatchEmbed3D (Conv3d with kernel = stride = patch, zero-padded right/bottom/back first),
-// as one matmul. x: [B, Cin, T, H, W] -> [B, T', H'*W', C].
+// Cuts a video into patch tokens, zero-padding right/bottom/back first:
+// x: [B, C, T, H, W] -> [B, T', H'*W', pt*ph*pw*C], each token's values ordered (pt, ph, pw, C)
+// (the order unpatchify reads, so a latent can live in token form across sampling steps).
+at::Tensor patchify(const at::Tensor& x, const std::array<int, 3>& patch);
+// PatchEmbed3D's Conv3d (kernel = stride = patch) applied to patchify's tokens, as one matmul:
+// tokens [..., pt*ph*pw*Cin] -> [..., C]. weight: [C, Cin, pt, ph, pw].
+at::Tensor embed_patches(const at::Tensor& tokens, const at::Tensor& weight, const at::Tensor& bias);
+// PatchEmbed3D on a video: x [B, Cin, T, H, W] -> [B, T', H'*W', C].
 at::Tensor patch_embed(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                        const std::array<int, 3>& patch);
 // Inverse layout of patch_embed's grid for the final layer's output:

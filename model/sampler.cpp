@@ -5,25 +5,25 @@
 
 namespace ditto {
 
-bool guidance_enabled(const GuidanceOptions& g) { return g.scale != 1.0; }
-
-at::Tensor guide(const at::Tensor& prediction, const GuidanceOptions& g) {
-  at::Tensor p = prediction.narrow(1, 0, g.in_channels);
-  if (!guidance_enabled(g)) return p;
-  auto halves = p.chunk(2, 0);
-  return halves[1] + g.scale * (halves[0] - halves[1]);
+at::Tensor cfg_combine(const at::Tensor& batched, double scale) {
+  auto halves = batched.chunk(2, 0);
+  return halves[1] + scale * (halves[0] - halves[1]);
 }
 
-at::Tensor sample(const Sampler& sampler, const at::Tensor& z0, const ModelFn& model, const GuidanceOptions& g,
-                  const StepFn& on_step) {
+GuidedFn batched_guidance(ModelFn model, double scale) {
+  return [model = std::move(model), scale](const at::Tensor& z, float t, int step) {
+    const bool cfg = guidance_enabled(scale);
+    at::Tensor z_in = cfg ? at::cat({z, z}, 0) : z;
+    at::Tensor pred = model(z_in, at::full({z_in.size(0)}, t, z.options().dtype(at::kFloat)), step);
+    return cfg ? cfg_combine(pred, scale) : pred;
+  };
+}
+
+at::Tensor sample(const Sampler& sampler, const at::Tensor& z0, const GuidedFn& model, const StepFn& on_step) {
   const auto& ts = sampler.timesteps();
   at::Tensor z = z0;
-  const bool cfg = guidance_enabled(g);
   for (int i = 0; i < static_cast<int>(ts.size()); ++i) {
-    at::Tensor z_in = cfg ? at::cat({z, z}, 0) : z;
-    at::Tensor t = at::full({z_in.size(0)}, ts[i], z.options().dtype(at::kFloat));
-    at::Tensor pred = guide(model(z_in, t, i), g);
-    z = sampler.step(i, z, pred.to(z.scalar_type()));
+    z = sampler.step(i, z, model(z, ts[i], i).to(z.scalar_type()));
     if (on_step) on_step(i, z);
   }
   return z;

@@ -71,22 +71,22 @@ class DDIM : public Sampler {
 
 std::unique_ptr<Sampler> make_sampler(const SamplerOptions& options, const VideoGeometry& geometry);
 
-// The model as the loop sees it: z [B', C, T, H, W] and timesteps [B'] -> prediction whose first
-// `in_channels` channels are used (B' = 2B when guidance is on: conditional half first).
+// The model as the loop sees it: z [B', ...] and timesteps [B'] -> the prediction for z with the
+// same shape as z (the caller drops pred_sigma channels). B' = 2B when guidance is batched:
+// conditional half first.
 using ModelFn = std::function<at::Tensor(const at::Tensor& z, const at::Tensor& t, int step)>;
+// One guided prediction for z at a timestep: what a sampler step consumes.
+using GuidedFn = std::function<at::Tensor(const at::Tensor& z, float t, int step)>;
 using StepFn = std::function<void(int step, const at::Tensor& z)>;
 
-struct GuidanceOptions {
-  double scale = 7.0;  // 1 disables guidance and the unconditional half entirely
-  int in_channels = 4;
-};
+// Classifier-free guidance u + s (c - u) of a batched prediction [cond; uncond] (dim 0 halves).
+at::Tensor cfg_combine(const at::Tensor& batched, double scale);
+// Guidance is off at scale 1: the unconditional branch is not computed at all.
+inline bool guidance_enabled(double scale) { return scale != 1.0; }
+// Batched CFG (Open-Sora's way): one model call on [z; z], then combine.
+GuidedFn batched_guidance(ModelFn model, double scale);
 
-// CFG combine of a batched prediction: u + s (c - u) on the first in_channels channels.
-at::Tensor guide(const at::Tensor& prediction, const GuidanceOptions& guidance);
-bool guidance_enabled(const GuidanceOptions& guidance);
-
-// Runs every step from z0; returns the final latent (same dtype as z0).
-at::Tensor sample(const Sampler& sampler, const at::Tensor& z0, const ModelFn& model,
-                  const GuidanceOptions& guidance, const StepFn& on_step = nullptr);
+// Runs every step from z0; returns the final state (same dtype as z0).
+at::Tensor sample(const Sampler& sampler, const at::Tensor& z0, const GuidedFn& model, const StepFn& on_step = nullptr);
 
 }  // namespace ditto

@@ -344,22 +344,21 @@ Conditioning STDiT3::condition(const ForwardArgs& a) const {
     }
   }
   std::tie(c.rope_cos, c.rope_sin) = layers::rope_tables(w("rope.freqs"), c.grid_t);
+  const double hpx = a.height.reshape({-1})[0].item<double>(), wpx = a.width.reshape({-1})[0].item<double>();
+  c.pos_scale = std::sqrt(hpx * wpx) / config_.input_sq_size;
   return c;
 }
 
-at::Tensor STDiT3::embed(const at::Tensor& x, const ForwardArgs& a, const Conditioning& c,
-                         const Observer& observe) const {
-  at::Tensor h = layers::patch_embed(x.to(options_), w("x_embedder.proj.weight"), w("x_embedder.proj.bias"),
-                                     config_.patch_size);
-  const int64_t S = c.grid_h * c.grid_w;
-  const int base_size = static_cast<int>(std::lround(std::sqrt(static_cast<double>(S))));
-  const double hpx = a.height.reshape({-1})[0].item<double>(), wpx = a.width.reshape({-1})[0].item<double>();
-  const double scale = std::sqrt(hpx * wpx) / config_.input_sq_size;
-  at::Tensor pos = layers::pos_embed_2d(c.grid_h, c.grid_w, config_.hidden_size, scale, base_size,
-                                        layers::compute_type(options_.dtype().toScalarType()), options_.device())
-                       .to(options_.dtype());
-  if (observe) observe("pos_emb", pos.unsqueeze(0));
-  return h + pos;
+at::Tensor STDiT3::pos_embedding(const Conditioning& c) const {
+  const int base_size = static_cast<int>(std::lround(std::sqrt(static_cast<double>(c.grid_s()))));
+  return layers::pos_embed_2d(c.grid_h, c.grid_w, config_.hidden_size, c.pos_scale, base_size,
+                              layers::compute_type(options_.dtype().toScalarType()), options_.device())
+      .to(options_.dtype());
+}
+
+at::Tensor STDiT3::embed_tokens(const at::Tensor& tokens, int64_t s_begin, const Conditioning& c) const {
+  at::Tensor h = layers::embed_patches(tokens.to(options_), w("x_embedder.proj.weight"), w("x_embedder.proj.bias"));
+  return h + pos_embedding(c).narrow(0, s_begin, tokens.size(2));
 }
 
 namespace {
@@ -373,13 +372,16 @@ std::vector<at::Tensor> block_modulation(const at::Tensor& sst, const at::Tensor
 
 }  // namespace
 
-at::Tensor STDiT3::self_attention_residual(BlockKind kind, int index, const at::Tensor& x,
-                                           const Conditioning& c) const {
+at::Tensor STDiT3::self_attention_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c,
+                                           SequenceLayout* layout) const {
   const BlockWeights& bw = block_weights(kind, index);
   const auto mod = block_modulation(bw.sst, c.t_mlp);
-  const int64_t B = x.size(0), T = x.size(1), S = x.size(2), C = x.size(3);
-  const int64_t H = config_.num_heads, D = config_.head_dim();
   at::Tensor h = layers::modulate(layers::layer_norm(x), mod[0], mod[1]);
+  // Spatial attention needs whole frames: the only place activations change layout.
+  const bool switch_layout = layout && kind == BlockKind::Spatial;
+  if (switch_layout) h = layout->to_frames(h);
+  const int64_t B = h.size(0), T = h.size(1), S = h.size(2), C = h.size(3);
+  const int64_t H = config_.num_heads, D = config_.head_dim();
   // Sequences: the S tokens of a frame (spatial) or the T frames of a position (temporal).
   at::Tensor seq = kind == BlockKind::Spatial ? h.reshape({B * T, S, C}) : h.permute({0, 2, 1, 3}).reshape({B * S, T, C});
   const int64_t N = seq.size(0), L = seq.size(1);
@@ -396,6 +398,7 @@ at::Tensor STDiT3::self_attention_residual(BlockKind kind, int index, const at::
   at::Tensor o = layers::attention(q, k, v).transpose(1, 2).reshape({N, L, C});
   o = at::linear(o, bw.proj_w, bw.proj_b);
   o = kind == BlockKind::Spatial ? o.view({B, T, S, C}) : o.view({B, S, T, C}).permute({0, 2, 1, 3});
+  if (switch_layout) o = layout->to_space(o);
   return mod[2] * o;
 }
 
@@ -416,19 +419,42 @@ at::Tensor STDiT3::cross_mlp_residual(BlockKind kind, int index, const at::Tenso
   return cross + mlp;
 }
 
-at::Tensor STDiT3::block(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c) const {
-  at::Tensor x1 = x + self_attention_residual(kind, index, x, c);
+at::Tensor STDiT3::block(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c,
+                         SequenceLayout* layout) const {
+  at::Tensor x1 = x + self_attention_residual(kind, index, x, c, layout);
   return x1 + cross_mlp_residual(kind, index, x1, c);
 }
 
-at::Tensor STDiT3::final_layer(const at::Tensor& x, const Conditioning& c) const {
+at::Tensor STDiT3::final_tokens(const at::Tensor& x, const Conditioning& c) const {
   const int64_t B = x.size(0), C = x.size(3);
   at::Tensor m = (w("final_layer.scale_shift_table").unsqueeze(0) + c.t.unsqueeze(1)).reshape({B, 2, 1, 1, C});
   at::Tensor h = layers::modulate(layers::layer_norm(x), m.select(1, 0), m.select(1, 1));
   h = at::linear(h, w("final_layer.linear.weight"), w("final_layer.linear.bias"));
-  at::Tensor out = layers::unpatchify(h, config_.patch_size, config_.out_channels(), c.grid_t, c.grid_h, c.grid_w,
-                                      c.tx, c.hx, c.wx);
-  return out.to(layers::compute_type(options_.dtype().toScalarType()));
+  return h.to(layers::compute_type(options_.dtype().toScalarType()));
+}
+
+at::Tensor STDiT3::prediction_channels(const at::Tensor& out) const {
+  std::vector<int64_t> shape = out.sizes().vec();
+  shape.back() = config_.patch_volume();
+  shape.push_back(config_.out_channels());
+  at::Tensor t = out.reshape(shape).narrow(-1, 0, config_.in_channels);
+  shape.pop_back();
+  shape.back() = config_.patch_volume() * config_.in_channels;
+  return t.reshape(shape);
+}
+
+at::Tensor STDiT3::forward_tokens(const at::Tensor& tokens, int64_t s_begin, const Conditioning& c,
+                                  SequenceLayout* layout, const Observer& observe) const {
+  at::Tensor x = embed_tokens(tokens, s_begin, c);
+  auto flat = [](const at::Tensor& t) { return t.reshape({t.size(0), t.size(1) * t.size(2), t.size(3)}); };
+  if (observe) observe("x_embed", flat(x));
+  for (int i = 0; i < config_.depth; ++i) {
+    for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {
+      x = block(kind, i, x, c, layout);
+      if (observe) observe(kind_prefix(kind) + std::to_string(i), flat(x));
+    }
+  }
+  return final_tokens(x, c);
 }
 
 at::Tensor STDiT3::forward(const ForwardArgs& args, const Observer& observe) const {
@@ -436,17 +462,11 @@ at::Tensor STDiT3::forward(const ForwardArgs& args, const Observer& observe) con
   if (observe) {
     observe("t", c.t);
     observe("t_mlp", c.t_mlp);
+    observe("pos_emb", pos_embedding(c).unsqueeze(0));
   }
-  at::Tensor x = embed(args.x, args, c, observe);
-  auto flat = [](const at::Tensor& t) { return t.reshape({t.size(0), t.size(1) * t.size(2), t.size(3)}); };
-  if (observe) observe("x_embed", flat(x));
-  for (int i = 0; i < config_.depth; ++i) {
-    for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {
-      x = block(kind, i, x, c);
-      if (observe) observe(kind_prefix(kind) + std::to_string(i), flat(x));
-    }
-  }
-  return final_layer(x, c);
+  at::Tensor out = forward_tokens(layers::patchify(args.x, config_.patch_size), 0, c, nullptr, observe);
+  return layers::unpatchify(out, config_.patch_size, config_.out_channels(), c.grid_t, c.grid_h, c.grid_w, c.tx, c.hx,
+                            c.wx);
 }
 
 double stdit3_forward_flops(const STDiT3Config& c, int64_t B, int64_t T, int64_t S, int64_t L) {

@@ -11,6 +11,7 @@
 
 #include "model/config.h"
 #include "model/safetensors.h"
+#include "model/sequence_layout.h"
 
 namespace ditto {
 
@@ -37,6 +38,8 @@ struct Conditioning {
   at::Tensor rope_cos, rope_sin;  // [T, D/2]
   int64_t grid_t = 0, grid_h = 0, grid_w = 0;  // token grid
   int64_t tx = 0, hx = 0, wx = 0;              // input latent size (for the crop)
+  double pos_scale = 1;                        // sqrt(height * width) / input_sq_size (pixels)
+  int64_t grid_s() const { return grid_h * grid_w; }
 };
 
 enum class BlockKind { Spatial, Temporal };
@@ -65,18 +68,30 @@ class STDiT3 {
   at::Tensor forward(const ForwardArgs& args, const Observer& observe = nullptr) const;
 
   // --- stages ---
+  // Everything computed once per forward from timestep, fps, caption and sizes. x is only read for its shape.
   Conditioning condition(const ForwardArgs& args) const;
-  // Patch + 2D position embedding: x [B, Cin, T, H, W] -> [B, T', S, C].
-  at::Tensor embed(const at::Tensor& x, const ForwardArgs& args, const Conditioning& cond,
-                   const Observer& observe = nullptr) const;
-  // One block on x [B, T, S, C] (space or frame layout does not matter to a local block).
-  at::Tensor block(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
+  // The 2D sin-cos position embedding of the whole token grid: [S, C].
+  at::Tensor pos_embedding(const Conditioning& cond) const;
+  // Patch tokens (layers::patchify order) of spatial positions [s_begin, s_begin + S_r) -> [B, T', S_r, C].
+  at::Tensor embed_tokens(const at::Tensor& tokens, int64_t s_begin, const Conditioning& cond) const;
+  // One block on x [B, T, S_r, C] in space layout. `layout` (null on one rank) moves spatial
+  // self-attention to the frame layout and back; everything else is local to the shard.
+  at::Tensor block(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond,
+                   SequenceLayout* layout = nullptr) const;
   // The gated self-attention residual of a block: gate_msa * attn(modulate(LN(x))).
-  at::Tensor self_attention_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
+  at::Tensor self_attention_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond,
+                                     SequenceLayout* layout = nullptr) const;
   // Cross-attention + gated MLP residual, given x after the self-attention residual was added.
   at::Tensor cross_mlp_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
-  // T2I final layer + unpatchify + crop: x [B, T, S, C] -> [B, Cout, Tx, Hx, Wx] (float32 or float64).
-  at::Tensor final_layer(const at::Tensor& x, const Conditioning& cond) const;
+  // T2I final layer on x [B, T', S_r, C] -> output tokens [B, T', S_r, pt*ph*pw*Cout] (float32/float64).
+  at::Tensor final_tokens(const at::Tensor& x, const Conditioning& cond) const;
+  // Embedding, every block and the final layer on a shard of patch tokens (the sequence-parallel
+  // forward; on one rank s_begin = 0 and layout = null).
+  at::Tensor forward_tokens(const at::Tensor& tokens, int64_t s_begin, const Conditioning& cond,
+                            SequenceLayout* layout = nullptr, const Observer& observe = nullptr) const;
+  // The first in_channels of every output token (the sampler's prediction; pred_sigma's half dropped):
+  // [..., pt*ph*pw*Cout] -> [..., pt*ph*pw*Cin].
+  at::Tensor prediction_channels(const at::Tensor& out_tokens) const;
 
   // The learned null caption (y_embedding) shaped [1, 1, L, Cc].
   at::Tensor null_caption() const;

@@ -82,7 +82,7 @@ TEST(Cli, SameSeedSameBytes) {
   EXPECT_EQ(m["run"]["steps"], 3);
   EXPECT_EQ(m["timing"]["step_s"].size(), 3u);
   EXPECT_EQ(m["run"]["latent_shape"], nlohmann::json({1, 4, 15, 6, 9}));
-  EXPECT_GT(m["timing"]["flops_per_step"].get<double>(), 0);
+  EXPECT_GT(m["timing"]["flops_per_step_per_rank"].get<double>(), 0);
 }
 
 TEST(Cli, PixelSpaceModelWritesAVideo) {

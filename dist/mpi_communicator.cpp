@@ -1,0 +1,148 @@
+// MPI collectives over ATen tensors (see mpi_communicator.h).
+#include "dist/mpi_communicator.h"
+
+#include <chrono>
+#include <climits>
+
+#include "model/error.h"
+
+namespace ditto {
+
+namespace {
+
+void check(int rc, const char* what) {
+  if (rc != MPI_SUCCESS) {
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    fail("MPI ", what, " failed: ", std::string(msg, len));
+  }
+}
+
+int byte_count(int64_t bytes, const char* what) {
+  if (bytes > INT_MAX) fail("MPI ", what, ": a message of ", bytes, " bytes exceeds MPI's int count");
+  return static_cast<int>(bytes);
+}
+
+int64_t nbytes(const at::Tensor& t) { return t.numel() * t.element_size(); }
+
+// Host copies of device tensors (MPI sees only host memory); CPU tensors are used in place.
+at::Tensor host(const at::Tensor& t) { return t.is_cpu() ? t.contiguous() : t.to(at::kCPU).contiguous(); }
+
+class Timer {
+ public:
+  explicit Timer(CollectiveCount& c) : c_(c), t0_(std::chrono::steady_clock::now()) { ++c_.calls; }
+  ~Timer() { c_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
+
+ private:
+  CollectiveCount& c_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (owned_ && !finalized) MPI_Comm_free(&comm_);
+}
+
+void MpiCommunicator::all_to_all(const std::vector<at::Tensor>& send, std::vector<at::Tensor>& recv) {
+  if (static_cast<int>(send.size()) != size_ || static_cast<int>(recv.size()) != size_)
+    fail("all_to_all: need ", size_, " send and receive tensors, got ", send.size(), " and ", recv.size());
+  Timer timer(counters_.all_to_all);
+  std::vector<int> scount(size_), sdispl(size_), rcount(size_), rdispl(size_);
+  int64_t stotal = 0, rtotal = 0;
+  for (int j = 0; j < size_; ++j) {
+    if (send[j].scalar_type() != recv[j].scalar_type()) fail("all_to_all: send and receive dtypes differ");
+    scount[j] = byte_count(nbytes(send[j]), "all_to_all");
+    rcount[j] = byte_count(nbytes(recv[j]), "all_to_all");
+    sdispl[j] = byte_count(stotal, "all_to_all");
+    rdispl[j] = byte_count(rtotal, "all_to_all");
+    stotal += scount[j];
+    rtotal += rcount[j];
+    if (j != rank_) counters_.all_to_all.bytes += scount[j];
+  }
+  // Pack into one host buffer each way.
+  std::vector<at::Tensor> flat_send;
+  for (const auto& s : send) flat_send.push_back(host(s).view({-1}).view(at::kByte));
+  at::Tensor sbuf = flat_send.empty() ? at::empty({0}, at::kByte) : at::cat(flat_send);
+  at::Tensor rbuf = at::empty({rtotal}, at::kByte);
+  check(MPI_Alltoallv(sbuf.data_ptr(), scount.data(), sdispl.data(), MPI_BYTE, rbuf.data_ptr(), rcount.data(),
+                      rdispl.data(), MPI_BYTE, comm_),
+        "all_to_all");
+  for (int j = 0; j < size_; ++j) {
+    if (!recv[j].is_contiguous()) fail("all_to_all: receive tensors must be contiguous");
+    at::Tensor part = rbuf.narrow(0, rdispl[j], rcount[j]).view(recv[j].scalar_type()).view(recv[j].sizes());
+    recv[j].copy_(part);
+  }
+}
+
+void MpiCommunicator::all_gather(const at::Tensor& send, std::vector<at::Tensor>& recv) {
+  if (static_cast<int>(recv.size()) != size_) fail("all_gather: need ", size_, " receive tensors");
+  Timer timer(counters_.all_gather);
+  at::Tensor s = host(send);
+  std::vector<int> rcount(size_), rdispl(size_);
+  int64_t total = 0;
+  for (int j = 0; j < size_; ++j) {
+    rcount[j] = byte_count(nbytes(recv[j]), "all_gather");
+    rdispl[j] = byte_count(total, "all_gather");
+    total += rcount[j];
+  }
+  if (rcount[rank_] != nbytes(s)) fail("all_gather: this rank's receive slot does not match its send size");
+  counters_.all_gather.bytes += nbytes(s) * (size_ - 1);
+  at::Tensor rbuf = at::empty({total}, at::kByte);
+  check(MPI_Allgatherv(s.data_ptr(), byte_count(nbytes(s), "all_gather"), MPI_BYTE, rbuf.data_ptr(), rcount.data(),
+                       rdispl.data(), MPI_BYTE, comm_),
+        "all_gather");
+  for (int j = 0; j < size_; ++j)
+    recv[j].copy_(rbuf.narrow(0, rdispl[j], rcount[j]).view(recv[j].scalar_type()).view(recv[j].sizes()));
+}
+
+void MpiCommunicator::all_reduce(at::Tensor& t, ReduceOp op) {
+  Timer timer(counters_.all_reduce);
+  counters_.all_reduce.bytes += nbytes(t);
+  // Reduce in a type MPI knows: half types go through float32.
+  at::Tensor h = host(t);
+  if (h.scalar_type() == at::kHalf || h.scalar_type() == at::kBFloat16) h = h.to(at::kFloat);
+  MPI_Datatype type;
+  switch (h.scalar_type()) {
+    case at::kFloat: type = MPI_FLOAT; break;
+    case at::kDouble: type = MPI_DOUBLE; break;
+    case at::kLong: type = MPI_INT64_T; break;
+    case at::kInt: type = MPI_INT32_T; break;
+    default: fail("all_reduce: unsupported dtype ", c10::toString(h.scalar_type()));
+  }
+  at::Tensor out = at::empty_like(h);
+  check(MPI_Allreduce(h.data_ptr(), out.data_ptr(), byte_count(h.numel(), "all_reduce"), type,
+                      op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, comm_),
+        "all_reduce");
+  t.copy_(out);
+}
+
+void MpiCommunicator::broadcast(at::Tensor& t, int root) {
+  Timer timer(counters_.broadcast);
+  if (rank_ == root) counters_.broadcast.bytes += nbytes(t) * (size_ - 1);
+  at::Tensor h = host(t);
+  if (h.data_ptr() == t.data_ptr() && !t.is_contiguous()) h = h.clone();
+  check(MPI_Bcast(h.data_ptr(), byte_count(nbytes(h), "broadcast"), MPI_BYTE, root, comm_), "broadcast");
+  if (h.data_ptr() != t.data_ptr()) t.copy_(h);
+}
+
+void MpiCommunicator::barrier() {
+  Timer timer(counters_.barrier);
+  check(MPI_Barrier(comm_), "barrier");
+}
+
+std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
+  MPI_Comm sub;
+  check(MPI_Comm_split(comm_, color, key, &sub), "split");
+  return std::make_unique<MpiCommunicator>(sub, /*owned=*/true);
+}
+
+}  // namespace ditto

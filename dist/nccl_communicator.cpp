@@ -1,0 +1,253 @@
+// NCCL collectives over CUDA tensors (see nccl_communicator.h).
+#include "dist/nccl_communicator.h"
+
+#include "model/error.h"
+
+#ifdef DITTO_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+namespace ditto {
+
+namespace {
+
+void check_nccl(ncclResult_t r, const char* what) {
+  if (r != ncclSuccess) fail("NCCL ", what, " failed: ", ncclGetErrorString(r));
+}
+
+void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("CUDA ", what, " failed: ", cudaGetErrorString(e));
+}
+
+ncclDataType_t nccl_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return ncclFloat32;
+    case at::kDouble: return ncclFloat64;
+    case at::kHalf: return ncclFloat16;
+    case at::kBFloat16: return ncclBfloat16;
+    case at::kLong: return ncclInt64;
+    case at::kInt: return ncclInt32;
+    case at::kByte: return ncclUint8;
+    case at::kChar: return ncclInt8;
+    default: fail("NCCL: unsupported dtype ", c10::toString(t));
+  }
+}
+
+int64_t nbytes(const at::Tensor& t) { return t.numel() * t.element_size(); }
+
+class NcclCommunicator : public Communicator {
+ public:
+  NcclCommunicator(MPI_Comm mpi_comm, int device, double timeout_s)
+      : device_(device), timeout_s_(timeout_s), stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device)) {
+    MPI_Comm_dup(mpi_comm, &mpi_comm_);
+    MPI_Comm_rank(mpi_comm_, &rank_);
+    MPI_Comm_size(mpi_comm_, &size_);
+    c10::cuda::CUDAGuard guard(device_);
+    ncclUniqueId id;
+    if (rank_ == 0) check_nccl(ncclGetUniqueId(&id), "get unique id");
+    MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, mpi_comm_);
+    check_nccl(ncclCommInitRank(&comm_, size_, id, rank_), "init");
+    watchdog_ = std::thread([this] { watch(); });
+  }
+
+  ~NcclCommunicator() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    watchdog_.join();
+    ncclCommDestroy(comm_);
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Comm_free(&mpi_comm_);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "nccl"; }
+
+  void all_to_all(const std::vector<at::Tensor>& send, std::vector<at::Tensor>& recv) override {
+    if (static_cast<int>(send.size()) != size_ || static_cast<int>(recv.size()) != size_)
+      fail("all_to_all: need ", size_, " send and receive tensors");
+    run("all_to_all", counters_.all_to_all, [&] {
+      std::vector<at::Tensor> keep;
+      check_nccl(ncclGroupStart(), "group start");
+      for (int j = 0; j < size_; ++j) {
+        at::Tensor s = send[j].contiguous();
+        keep.push_back(s);
+        if (j != rank_) counters_.all_to_all.bytes += nbytes(s);
+        if (s.numel()) check_nccl(ncclSend(s.data_ptr(), nbytes(s), ncclUint8, j, comm_, stream_), "send");
+        if (recv[j].numel())
+          check_nccl(ncclRecv(recv[j].data_ptr(), nbytes(recv[j]), ncclUint8, j, comm_, stream_), "recv");
+      }
+      check_nccl(ncclGroupEnd(), "group end");
+      return keep;
+    });
+  }
+
+  void all_gather(const at::Tensor& send, std::vector<at::Tensor>& recv) override {
+    if (static_cast<int>(recv.size()) != size_) fail("all_gather: need ", size_, " receive tensors");
+    run("all_gather", counters_.all_gather, [&] {
+      at::Tensor s = send.contiguous();
+      counters_.all_gather.bytes += nbytes(s) * (size_ - 1);
+      check_nccl(ncclGroupStart(), "group start");
+      for (int j = 0; j < size_; ++j)  // per-rank sizes: one broadcast per root
+        if (recv[j].numel())
+          check_nccl(ncclBroadcast(s.data_ptr(), recv[j].data_ptr(), nbytes(recv[j]), ncclUint8, j, comm_, stream_),
+                     "broadcast");
+      check_nccl(ncclGroupEnd(), "group end");
+      return std::vector<at::Tensor>{s};
+    });
+  }
+
+  void all_reduce(at::Tensor& t, ReduceOp op) override {
+    if (!t.is_contiguous()) fail("all_reduce: the tensor must be contiguous");
+    run("all_reduce", counters_.all_reduce, [&] {
+      counters_.all_reduce.bytes += nbytes(t);
+      check_nccl(ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t.scalar_type()),
+                               op == ReduceOp::Sum ? ncclSum : ncclMax, comm_, stream_),
+                 "all_reduce");
+      return std::vector<at::Tensor>{};
+    });
+  }
+
+  void broadcast(at::Tensor& t, int root) override {
+    if (!t.is_contiguous()) fail("broadcast: the tensor must be contiguous");
+    run("broadcast", counters_.broadcast, [&] {
+      if (rank_ == root) counters_.broadcast.bytes += nbytes(t) * (size_ - 1);
+      check_nccl(ncclBroadcast(t.data_ptr(), t.data_ptr(), nbytes(t), ncclUint8, root, comm_, stream_), "broadcast");
+      return std::vector<at::Tensor>{};
+    });
+  }
+
+  void barrier() override {
+    at::Tensor one = at::ones({1}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA, device_));
+    all_reduce(one, ReduceOp::Sum);
+    check_cuda(cudaStreamSynchronize(c10::cuda::getCurrentCUDAStream(device_)), "barrier sync");
+    ++counters_.barrier.calls;
+  }
+
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    MPI_Comm sub;
+    MPI_Comm_split(mpi_comm_, color, key, &sub);
+    auto c = std::make_unique<NcclCommunicator>(sub, device_, timeout_s_);
+    MPI_Comm_free(&sub);
+    return c;
+  }
+
+ private:
+  // Enqueues `body` on the communication stream after the compute stream's pending work, makes the
+  // compute stream wait for it, and hands the completion event to the watchdog.
+  template <typename Body>
+  void run(const char* what, CollectiveCount& count, Body body) {
+    const auto t0 = std::chrono::steady_clock::now();
+    ++count.calls;
+    c10::cuda::CUDAGuard guard(device_);
+    c10::cuda::CUDAStream compute = c10::cuda::getCurrentCUDAStream(device_);
+    cudaEvent_t ready, done;
+    check_cuda(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "event");
+    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "event");
+    check_cuda(cudaEventRecord(ready, compute.stream()), "event record");
+    check_cuda(cudaStreamWaitEvent(stream_.stream(), ready, 0), "stream wait");
+    auto keep_alive = body();
+    check_cuda(cudaEventRecord(done, stream_.stream()), "event record");
+    check_cuda(cudaStreamWaitEvent(compute.stream(), done, 0), "stream wait");
+    // Inputs used on the communication stream must not be freed before it is done with them.
+    for (auto& t : keep_alive) c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), stream_);
+    cudaEventDestroy(ready);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      pending_.push_back({done, std::chrono::steady_clock::now(), what});
+    }
+    cv_.notify_all();
+    count.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  void watch() {
+    cudaSetDevice(device_);
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stop_) {
+      cv_.wait_for(lock, std::chrono::milliseconds(100));
+      ncclResult_t async = ncclSuccess;
+      ncclCommGetAsyncError(comm_, &async);
+      if (async != ncclSuccess) die(std::string("asynchronous NCCL error: ") + ncclGetErrorString(async));
+      while (!pending_.empty()) {
+        auto& p = pending_.front();
+        const cudaError_t q = cudaEventQuery(p.done);
+        if (q == cudaSuccess) {
+          cudaEventDestroy(p.done);
+          pending_.pop_front();
+          continue;
+        }
+        if (q != cudaErrorNotReady) die(std::string("CUDA error in ") + p.what + ": " + cudaGetErrorString(q));
+        const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - p.enqueued).count();
+        if (waited > timeout_s_)
+          die(std::string(p.what) + " did not finish within " + std::to_string(timeout_s_) +
+              " s (a peer rank died or hangs)");
+        break;
+      }
+    }
+  }
+
+  [[noreturn]] void die(const std::string& why) {
+    std::fprintf(stderr, "[rank %d] error: NCCL communicator: %s\n", rank_, why.c_str());
+    std::fflush(stderr);
+    ncclCommAbort(comm_);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    std::abort();
+  }
+
+  struct Pending {
+    cudaEvent_t done;
+    std::chrono::steady_clock::time_point enqueued;
+    const char* what;
+  };
+
+  int device_;
+  double timeout_s_;
+  c10::cuda::CUDAStream stream_;
+  MPI_Comm mpi_comm_;
+  int rank_ = 0, size_ = 1;
+  ncclComm_t comm_ = nullptr;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending> pending_;
+  bool stop_ = false;
+  std::thread watchdog_;
+};
+
+}  // namespace
+
+bool nccl_available() { return true; }
+
+std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm mpi_comm, int device, double timeout_s) {
+  return std::make_unique<NcclCommunicator>(mpi_comm, device, timeout_s);
+}
+
+}  // namespace ditto
+
+#else  // CPU-only build
+
+namespace ditto {
+
+bool nccl_available() { return false; }
+
+std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm, int, double) {
+  fail("this ditto was built without CUDA (DITTO_CUDA=OFF): the NCCL backend is not available; use --comm mpi");
+}
+
+}  // namespace ditto
+
+#endif

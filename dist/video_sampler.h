@@ -1,0 +1,32 @@
+// Sampling one video on the ranks that share it: sequence parallelism over the spatial tokens
+// (the latent stays sharded in token form across steps and is gathered once at the end) and
+// optionally CFG parallelism (conditional and unconditional branch on two ranks, one exchange of
+// predictions per step). With no groups it is the single-rank sampler; the loop is the same.
+#pragma once
+#include <ATen/ATen.h>
+
+#include "dist/communicator.h"
+#include "model/sampler.h"
+#include "model/stdit3.h"
+
+namespace ditto {
+
+struct VideoRequest {
+  at::Tensor z0;            // [1, C, T, H, W] initial latent, identical on every rank of the video
+  at::Tensor caption_y;     // [1, 1, L, Cc] conditional caption embedding
+  at::Tensor caption_mask;  // [1, L] (nonzero = valid); the unconditional branch uses it too
+  float fps = 24, height = 0, width = 0;  // model inputs (pixels)
+  double cfg_scale = 7.0;
+};
+
+struct VideoGroups {
+  Communicator* sp = nullptr;   // null or size 1: no sequence parallelism
+  Communicator* cfg = nullptr;  // null or size 1: batched CFG; size 2: rank 0 conditional, rank 1 unconditional
+};
+
+// Every rank of the video's groups calls this with the same request. Returns the final latent
+// [1, C, T, H, W] (float32; float64 for a float64 model) on every rank of the video.
+at::Tensor sample_video(const STDiT3& model, const Sampler& sampler, const VideoRequest& request,
+                        const VideoGroups& groups, const StepFn& on_step = nullptr);
+
+}  // namespace ditto
