@@ -38,15 +38,24 @@ struct RunResult {
   std::string output;  // stdout + stderr
 };
 
-// Runs the ditto executable with the given arguments.
-inline RunResult run_ditto(const std::string& args) {
-  const std::string cmd = std::string(DITTO_BINARY) + " " + args + " 2>&1";
+// Runs a shell command line, capturing stdout and stderr.
+inline RunResult run_command(const std::string& command_line) {
+  const std::string cmd = command_line + " 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   std::string out;
   char buf[4096];
   while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
   const int status = ::pclose(p);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// Runs the ditto executable with the given arguments.
+inline RunResult run_ditto(const std::string& args) { return run_command(std::string(DITTO_BINARY) + " " + args); }
+
+// Runs ditto under mpirun with np ranks (oversubscribed: CI has 2 cores).
+inline RunResult run_ditto_mpi(int np, const std::string& args, const std::string& env = "") {
+  return run_command("env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 " + env +
+                     " mpirun --oversubscribe -np " + std::to_string(np) + " " + DITTO_BINARY + " " + args);
 }
 
 inline std::string fixture(const std::string& name) {

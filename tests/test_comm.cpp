@@ -1,0 +1,234 @@
+// Communicators, process groups, the DSP layout switches and sequence/CFG-parallel sampling, run
+// under mpirun at several world sizes; each P is checked against a single-rank computation.
+#include <gtest/gtest.h>
+
+#include "dist/dsp_layout.h"
+#include "dist/mpi_communicator.h"
+#include "dist/nccl_communicator.h"
+#include "dist/parallel_layout.h"
+#include "dist/video_sampler.h"
+#include "model/error.h"
+#include "model/layers.h"
+#include "model/stdit3.h"
+#include "test_util.h"
+
+using namespace ditto;
+
+namespace {
+
+MpiCommunicator& world() {
+  static MpiCommunicator w(MPI_COMM_WORLD);
+  return w;
+}
+
+const at::TensorOptions kF32 = at::TensorOptions().dtype(at::kFloat);
+
+// Rank r sends rank j a [(r + 2j) % 4, 3] block filled with 100 r + j (some blocks are empty).
+void check_all_to_all(Communicator& c, const at::Device& dev) {
+  const int P = c.size(), r = c.rank();
+  std::vector<at::Tensor> send, recv;
+  int64_t expected_bytes = 0;
+  for (int j = 0; j < P; ++j) {
+    send.push_back(at::full({(r + 2 * j) % 4, 3}, 100.0 * r + j, kF32.device(dev)));
+    recv.push_back(at::empty({(j + 2 * r) % 4, 3}, kF32.device(dev)));
+    if (j != r) expected_bytes += send.back().numel() * 4;
+  }
+  c.reset_counters();
+  c.all_to_all(send, recv);
+  for (int j = 0; j < P; ++j) {
+    EXPECT_EQ(recv[j].size(0), (j + 2 * r) % 4);
+    if (recv[j].numel()) {
+      EXPECT_EQ(recv[j].min().item<float>(), 100.0f * j + r);
+      EXPECT_EQ(recv[j].max().item<float>(), 100.0f * j + r);
+    }
+  }
+  EXPECT_EQ(c.counters().all_to_all.calls, 1);
+  EXPECT_EQ(c.counters().all_to_all.bytes, expected_bytes);
+}
+
+void check_other_collectives(Communicator& c, const at::Device& dev) {
+  const int P = c.size(), r = c.rank();
+  // all_gather with per-rank sizes
+  std::vector<at::Tensor> parts;
+  for (int j = 0; j < P; ++j) parts.push_back(at::empty({j + 1}, kF32.device(dev)));
+  c.all_gather(at::full({r + 1}, static_cast<float>(r), kF32.device(dev)), parts);
+  for (int j = 0; j < P; ++j) EXPECT_EQ(parts[j].sum().item<float>(), static_cast<float>(j * (j + 1)));
+  // all_reduce sum and max over several dtypes
+  for (auto type : {at::kFloat, at::kDouble, at::kLong, at::kBFloat16}) {
+    at::Tensor t = at::full({3}, r + 1, at::TensorOptions().dtype(type).device(dev));
+    c.all_reduce(t, ReduceOp::Sum);
+    EXPECT_EQ(t[1].item<double>(), P * (P + 1) / 2.0) << c10::toString(type);
+    t.fill_(r);
+    c.all_reduce(t, ReduceOp::Max);
+    EXPECT_EQ(t[2].item<double>(), P - 1.0) << c10::toString(type);
+  }
+  // broadcast from the last rank
+  at::Tensor b = at::full({2, 2}, static_cast<float>(r), kF32.device(dev));
+  c.broadcast(b, P - 1);
+  EXPECT_EQ(b.sum().item<float>(), 4.0f * (P - 1));
+  c.barrier();
+}
+
+}  // namespace
+
+TEST(Comm, MpiAllToAllUnevenCounts) { check_all_to_all(world(), at::kCPU); }
+
+TEST(Comm, MpiOtherCollectives) { check_other_collectives(world(), at::kCPU); }
+
+TEST(Comm, MpiStagesCudaTensors) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA GPU visible";
+  const at::Device dev(at::kCUDA, world().rank() % static_cast<int>(at::getNumGPUs()));
+  check_all_to_all(world(), dev);
+  check_other_collectives(world(), dev);
+}
+
+TEST(Comm, NcclBackendOneRankPerGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA GPU visible";
+  // NCCL refuses two ranks on one GPU: each rank gets a communicator of its own.
+  auto c = make_nccl_communicator(MPI_COMM_SELF, world().rank() % static_cast<int>(at::getNumGPUs()), 60);
+  const at::Device dev(at::kCUDA, world().rank() % static_cast<int>(at::getNumGPUs()));
+  check_all_to_all(*c, dev);
+  check_other_collectives(*c, dev);
+}
+
+TEST(Comm, SplitMakesSubGroups) {
+  const int r = world().rank(), P = world().size();
+  auto sub = world().split(r % 2, r);
+  int expected_size = 0, expected_sum = 0;
+  for (int j = 0; j < P; ++j)
+    if (j % 2 == r % 2) ++expected_size, expected_sum += j;
+  EXPECT_EQ(sub->size(), expected_size);
+  EXPECT_EQ(sub->rank(), r / 2);
+  at::Tensor t = at::full({1}, r, at::kLong);
+  sub->all_reduce(t, ReduceOp::Sum);
+  EXPECT_EQ(t.item<int64_t>(), expected_sum);
+}
+
+TEST(Layout, WorldLayoutAndGroups) {
+  const int P = world().size();
+  EXPECT_THROW(make_world_layout(P, 0, P + 1, 1), Error);
+  EXPECT_THROW(make_world_layout(P, 0, 1, 3), Error);
+  EXPECT_THROW(make_world_layout(6, 0, 4, 1), Error);
+  EXPECT_THROW(check_sequence_layout(16, 15, 15), Error);
+  const WorldLayout l = make_world_layout(8, 5, 2, 2);  // rank 5 = dp 1, cfg 0, sp 1
+  EXPECT_EQ(l.dp, 2);
+  EXPECT_EQ(l.dp_index, 1);
+  EXPECT_EQ(l.cfg_index, 0);
+  EXPECT_EQ(l.sp_index, 1);
+  if (P % 2 == 0) {
+    const WorldLayout w = make_world_layout(P, world().rank(), P / 2, 2);
+    ProcessGroups g = make_process_groups(world(), w);
+    EXPECT_EQ(g.sp->size(), P / 2);
+    EXPECT_EQ(g.cfg->size(), 2);
+    EXPECT_EQ(g.video->size(), P);
+    EXPECT_EQ(g.dp->size(), 1);
+    EXPECT_EQ(g.sp->rank(), w.sp_index);
+    EXPECT_EQ(g.cfg->rank(), w.cfg_index);
+  }
+}
+
+TEST(Dsp, SwitchesAreExactSlicesAndCountTheirBytes) {
+  const int P = world().size(), r = world().rank();
+  const int64_t B = 2, T = 7, S = 5, C = 3;  // neither T nor S divisible by 2, 3 or 4
+  at::Tensor full = at::arange(B * T * S * C, kF32).reshape({B, T, S, C});
+  DspLayout layout(world(), T, S);
+  const Split& t = layout.frames();
+  const Split& s = layout.positions();
+  at::Tensor space = full.narrow(2, s.offsets[r], s.counts[r]).contiguous();
+  world().reset_counters();
+  at::Tensor frames = layout.to_frames(space);
+  EXPECT_TRUE(at::equal(frames, full.narrow(1, t.offsets[r], t.counts[r])));
+  EXPECT_TRUE(at::equal(layout.to_space(frames), space));
+  // Bytes sent by this rank: its positions of the other ranks' frames, then the reverse.
+  int64_t expected = 0;
+  for (int j = 0; j < P; ++j)
+    if (j != r) expected += (t.counts[j] * s.counts[r] + t.counts[r] * s.counts[j]) * B * C * 4;
+  EXPECT_EQ(world().counters().all_to_all.bytes, expected);
+  EXPECT_EQ(world().counters().all_to_all.calls, 2);
+}
+
+TEST(SequenceParallel, ForwardMatchesOneRankAndMovesTheAnalyticBytes) {
+  const int P = world().size(), r = world().rank();
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 m = STDiT3::random(c, 3, kF32);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(4);
+  ForwardArgs a;
+  a.x = at::randn({2, 4, 5, 6, 9}, gen, kF32);  // T' = 5, S = 3 x 5 = 15
+  a.timestep = at::tensor({700.0f, 300.0f});
+  a.y = at::randn({2, 1, 8, 32}, gen, kF32);
+  a.mask = at::tensor({1, 1, 1, 1, 0, 0, 0, 0}, at::kLong).reshape({1, 8});
+  a.fps = at::full({1}, 24.0f);
+  a.height = at::full({1}, 48.0f);
+  a.width = at::full({1}, 72.0f);
+  const Conditioning cond = m.condition(a);
+  at::Tensor tokens = layers::patchify(a.x, c.patch_size);
+  at::Tensor reference = m.forward_tokens(tokens, 0, cond);  // one rank, whole grid
+  DspLayout layout(world(), cond.grid_t, cond.grid_s());
+  const Split& s = layout.positions();
+  world().reset_counters();
+  at::Tensor out = m.forward_tokens(tokens.narrow(2, s.offsets[r], s.counts[r]), s.offsets[r], cond, &layout);
+  EXPECT_LT(ditto::test::rel_err(out, reference.narrow(2, s.offsets[r], s.counts[r])), 1e-5);
+  // Two all-to-alls per block pair; summed over ranks they move 2 (TS - sum_r T_r S_r) B C e bytes
+  // per pair, which is 2 (P - 1) / P |x| when both T and S divide evenly.
+  EXPECT_EQ(world().counters().all_to_all.calls, 2 * c.depth);
+  at::Tensor bytes = at::tensor({world().counters().all_to_all.bytes}, at::kLong);
+  world().all_reduce(bytes, ReduceOp::Sum);
+  int64_t diag = 0;
+  for (int j = 0; j < P; ++j) diag += layout.frames().counts[j] * s.counts[j];
+  const int64_t elem = 2 * c.hidden_size * 4;  // B * C * sizeof(float)
+  EXPECT_EQ(bytes.item<int64_t>(), c.depth * 2 * (cond.grid_t * cond.grid_s() - diag) * elem);
+}
+
+TEST(SequenceParallel, EvenSplitMovesTwoPMinusOneOverPOfTheActivation) {
+  const int P = world().size();
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 m = STDiT3::random(c, 5, kF32);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(6);
+  const int64_t T = 12, H = 2, W = 24;  // T' = 12 and S = 12 divide by 1, 2, 3, 4
+  ForwardArgs a;
+  a.x = at::randn({1, 4, T, H, W}, gen, kF32);
+  a.timestep = at::tensor({500.0f});
+  a.y = at::randn({1, 1, 8, 32}, gen, kF32);
+  a.fps = at::full({1}, 24.0f);
+  a.height = at::full({1}, 16.0f);
+  a.width = at::full({1}, 192.0f);
+  const Conditioning cond = m.condition(a);
+  DspLayout layout(world(), cond.grid_t, cond.grid_s());
+  const Split& s = layout.positions();
+  at::Tensor tokens = layers::patchify(a.x, c.patch_size);
+  world().reset_counters();
+  m.forward_tokens(tokens.narrow(2, s.offsets[world().rank()], s.counts[world().rank()]), s.offsets[world().rank()],
+                   cond, &layout);
+  at::Tensor bytes = at::tensor({world().counters().all_to_all.bytes}, at::kLong);
+  world().all_reduce(bytes, ReduceOp::Sum);
+  const int64_t activation = 1 * cond.grid_t * cond.grid_s() * c.hidden_size * 4;  // |x| in bytes
+  EXPECT_EQ(bytes.item<int64_t>() * P, c.depth * 2 * (P - 1) * activation);
+}
+
+TEST(SequenceParallel, SamplingMatchesOneRankWithAndWithoutCfgParallel) {
+  const int P = world().size(), r = world().rank();
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 m = STDiT3::random(c, 7, kF32);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(8);
+  VideoRequest req;
+  req.z0 = at::randn({1, 4, 15, 5, 9}, gen, kF32);  // padded to a 3 x 5 token grid
+  req.caption_y = at::randn({1, 1, 8, 32}, gen, kF32);
+  req.caption_mask = at::tensor({1, 1, 1, 1, 1, 1, 0, 0}, at::kLong).reshape({1, 8});
+  req.height = 40;
+  req.width = 72;
+  req.cfg_scale = 6.0;
+  SamplerOptions so;
+  so.steps = 3;
+  RectifiedFlow rf(so, {40, 72, 51, LatentSpace::OpenSoraV12});
+  const at::Tensor reference = sample_video(m, rf, req, {});
+  at::Tensor z = sample_video(m, rf, req, {&world(), nullptr});
+  EXPECT_LT(ditto::test::rel_err(z, reference), 1e-5) << "sp " << P;
+  if (P % 2 == 0) {
+    const WorldLayout w = make_world_layout(P, r, P / 2, 2);
+    ProcessGroups g = make_process_groups(world(), w);
+    g.cfg->reset_counters();
+    at::Tensor zc = sample_video(m, rf, req, {g.sp.get(), g.cfg.get()});
+    EXPECT_LT(ditto::test::rel_err(zc, reference), 1e-5) << "cfg 2 x sp " << P / 2;
+    EXPECT_EQ(g.cfg->counters().all_gather.calls, so.steps);  // one exchange of predictions per step
+  }
+}
