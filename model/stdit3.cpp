@@ -376,7 +376,7 @@ at::Tensor STDiT3::self_attention_residual(BlockKind kind, int index, const at::
                                            SequenceLayout* layout) const {
   const BlockWeights& bw = block_weights(kind, index);
   const auto mod = block_modulation(bw.sst, c.t_mlp);
-  at::Tensor h = layers::modulate(layers::layer_norm(x), mod[0], mod[1]);
+  at::Tensor h = modulated_input(kind, index, x, c);
   // Spatial attention needs whole frames: the only place activations change layout.
   const bool switch_layout = layout && kind == BlockKind::Spatial;
   if (switch_layout) h = layout->to_frames(h);
@@ -402,27 +402,36 @@ at::Tensor STDiT3::self_attention_residual(BlockKind kind, int index, const at::
   return mod[2] * o;
 }
 
-at::Tensor STDiT3::cross_mlp_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c) const {
+at::Tensor STDiT3::cross_attention_residual(BlockKind kind, int index, const at::Tensor& x,
+                                            const Conditioning& c) const {
   const BlockWeights& bw = block_weights(kind, index);
   const int64_t B = x.size(0), T = x.size(1), S = x.size(2), C = x.size(3);
   const int64_t H = config_.num_heads, D = config_.head_dim(), L = c.y.size(1);
-  // Cross-attention: no norm, no modulation, no gate (as in the reference).
+  // No norm, no modulation, no gate (as in the reference).
   at::Tensor q = at::linear(x.reshape({B, T * S, C}), bw.cq_w, bw.cq_b).view({B, T * S, H, D}).transpose(1, 2);
   at::Tensor kv = at::linear(c.y, bw.ckv_w, bw.ckv_b).view({B, L, 2, H, D});
   at::Tensor k = kv.select(2, 0).transpose(1, 2), v = kv.select(2, 1).transpose(1, 2);
   at::Tensor o = layers::attention(q, k, v, c.y_mask).transpose(1, 2).reshape({B, T * S, C});
-  at::Tensor cross = at::linear(o, bw.cproj_w, bw.cproj_b).view({B, T, S, C});
-  at::Tensor x1 = x + cross;
+  return at::linear(o, bw.cproj_w, bw.cproj_b).view({B, T, S, C});
+}
+
+at::Tensor STDiT3::mlp_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c) const {
+  const BlockWeights& bw = block_weights(kind, index);
   const auto mod = block_modulation(bw.sst, c.t_mlp);
-  at::Tensor h = layers::modulate(layers::layer_norm(x1), mod[3], mod[4]);
-  at::Tensor mlp = mod[5] * layers::mlp(h, bw.fc1_w, bw.fc1_b, bw.fc2_w, bw.fc2_b);
-  return cross + mlp;
+  at::Tensor h = layers::modulate(layers::layer_norm(x), mod[3], mod[4]);
+  return mod[5] * layers::mlp(h, bw.fc1_w, bw.fc1_b, bw.fc2_w, bw.fc2_b);
+}
+
+at::Tensor STDiT3::modulated_input(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c) const {
+  const auto mod = block_modulation(block_weights(kind, index).sst, c.t_mlp);
+  return layers::modulate(layers::layer_norm(x), mod[0], mod[1]);
 }
 
 at::Tensor STDiT3::block(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c,
                          SequenceLayout* layout) const {
-  at::Tensor x1 = x + self_attention_residual(kind, index, x, c, layout);
-  return x1 + cross_mlp_residual(kind, index, x1, c);
+  at::Tensor h = x + self_attention_residual(kind, index, x, c, layout);
+  h = h + cross_attention_residual(kind, index, h, c);
+  return h + mlp_residual(kind, index, h, c);
 }
 
 at::Tensor STDiT3::final_tokens(const at::Tensor& x, const Conditioning& c) const {

@@ -81,8 +81,12 @@ class STDiT3 {
   // The gated self-attention residual of a block: gate_msa * attn(modulate(LN(x))).
   at::Tensor self_attention_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond,
                                      SequenceLayout* layout = nullptr) const;
-  // Cross-attention + gated MLP residual, given x after the self-attention residual was added.
-  at::Tensor cross_mlp_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
+  // The cross-attention residual, given x after the self-attention residual was added.
+  at::Tensor cross_attention_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
+  // The gated MLP residual, given x after the cross-attention residual was added.
+  at::Tensor mlp_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
+  // modulate(LN(x), shift_msa, scale_msa): the self-attention's input (TeaCache's indicator at block 0).
+  at::Tensor modulated_input(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
   // T2I final layer on x [B, T', S_r, C] -> output tokens [B, T', S_r, pt*ph*pw*Cout] (float32/float64).
   at::Tensor final_tokens(const at::Tensor& x, const Conditioning& cond) const;
   // Embedding, every block and the final layer on a shard of patch tokens (the sequence-parallel
