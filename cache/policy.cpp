@@ -1,37 +1,154 @@
-// Cache policy registry and the `none` reference policy.
+// Cache policy registry and option parsing.
 #include "cache/policy.h"
 
+#include <cmath>
+#include <cstring>
+#include <set>
+#include <sstream>
+
+#include "cache/adacache.h"
+#include "cache/schedule_policies.h"
+#include "cache/threshold_policies.h"
 #include "model/error.h"
 
 namespace ditto {
 
+std::string unit_name(const UnitId& u) {
+  static const char* units[] = {"attn", "cross_attn", "mlp"};
+  return std::string(u.block_kind == BlockKind::Spatial ? "spatial_blocks." : "temporal_blocks.") +
+         std::to_string(u.block) + "." + units[static_cast<int>(u.unit)];
+}
+
+int64_t pack_double(double v) {
+  int64_t i;
+  std::memcpy(&i, &v, sizeof i);
+  return i;
+}
+
+double unpack_double(int64_t i) {
+  double v;
+  std::memcpy(&v, &i, sizeof v);
+  return v;
+}
+
+PolicyOptions parse_policy_options(const std::vector<std::string>& items) {
+  PolicyOptions o;
+  for (const auto& item : items) {
+    const auto eq = item.find('=');
+    if (eq == std::string::npos || eq == 0) fail("--cache-opt '", item, "' is not KEY=VALUE");
+    o[item.substr(0, eq)] = item.substr(eq + 1);
+  }
+  return o;
+}
+
+std::vector<std::string> cache_policy_names() { return {"none", "static", "pab", "adacache", "teacache", "fbcache"}; }
+
 namespace {
 
-class NonePolicy : public CachePolicy {
+// Typed access to the options, refusing unknown keys.
+class Options {
  public:
-  std::string name() const override { return "none"; }
-  void reset(int steps) override {
-    steps_ = steps;
-    computed_ = 0;
+  Options(std::string policy, const PolicyOptions& o, std::set<std::string> known)
+      : policy_(std::move(policy)), o_(o) {
+    for (const auto& [k, v] : o_)
+      if (!known.count(k)) {
+        std::string list;
+        for (const auto& n : known) list += (list.empty() ? "" : ", ") + n;
+        fail("cache policy '", policy_, "' has no option '", k, "'", known.empty() ? " (it takes none)" : " (options: " + list + ")");
+      }
   }
-  bool compute(int) override {
-    ++computed_;
-    return true;
+  bool has(const std::string& k) const { return o_.count(k) > 0; }
+  std::string str(const std::string& k, const std::string& def) const { return has(k) ? o_.at(k) : def; }
+  double num(const std::string& k, double def) const {
+    if (!has(k)) return def;
+    try {
+      size_t used = 0;
+      const double v = std::stod(o_.at(k), &used);
+      if (used != o_.at(k).size()) throw std::invalid_argument("trailing");
+      return v;
+    } catch (const std::exception&) {
+      fail("cache policy '", policy_, "': option ", k, "=", o_.at(k), " is not a number");
+    }
   }
-  nlohmann::json report() const override {
-    return {{"policy", "none"}, {"steps_computed", computed_}, {"steps_total", steps_}};
+  int integer(const std::string& k, int def) const {
+    const double v = num(k, def);
+    if (v != std::floor(v)) fail("cache policy '", policy_, "': option ", k, " must be an integer");
+    return static_cast<int>(v);
+  }
+  std::pair<double, double> range(const std::string& k, double lo, double hi) const {
+    if (!has(k)) return {lo, hi};
+    double a = 0, b = 0;
+    char colon = 0;
+    std::stringstream ss(o_.at(k));
+    if (!(ss >> a >> colon >> b) || colon != ':') fail("cache policy '", policy_, "': option ", k, " must be A:B");
+    return {a, b};
   }
 
  private:
-  int steps_ = 0, computed_ = 0;
+  std::string policy_;
+  const PolicyOptions& o_;
 };
+
+UnitId parse_metric_unit(const std::string& residual, int block, int depth) {
+  if (block < 0 || block >= depth) fail("adacache: block ", block, " is outside 0..", depth - 1);
+  if (residual == "t-attn") return {BlockKind::Temporal, block, UnitKind::SelfAttn};
+  if (residual == "s-attn") return {BlockKind::Spatial, block, UnitKind::SelfAttn};
+  if (residual == "t-cross") return {BlockKind::Temporal, block, UnitKind::CrossAttn};
+  if (residual == "t-mlp") return {BlockKind::Temporal, block, UnitKind::Mlp};
+  fail("adacache: residual '", residual, "' unknown (t-attn, s-attn, t-cross, t-mlp)");
+}
 
 }  // namespace
 
-std::vector<std::string> cache_policy_names() { return {"none"}; }
-
-std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name) {
-  if (name == "none") return std::make_unique<NonePolicy>();
+std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const PolicyOptions& o, int depth, int steps) {
+  if (name == "none") {
+    Options opt(name, o, {});
+    return std::make_unique<NonePolicy>();
+  }
+  if (name == "static") {
+    Options opt(name, o, {"interval", "first", "last"});
+    return std::make_unique<StaticPolicy>(opt.integer("interval", 2), opt.integer("first", 1), opt.integer("last", 0));
+  }
+  if (name == "pab") {
+    Options opt(name, o, {"spatial", "temporal", "cross", "mlp", "window"});
+    const auto [lo, hi] = opt.range("window", 450, 930);  // Open-Sora's defaults (VideoSys)
+    return std::make_unique<PabPolicy>(depth, opt.integer("spatial", 2), opt.integer("temporal", 4),
+                                       opt.integer("cross", 6), opt.integer("mlp", 0), lo, hi);
+  }
+  if (name == "adacache") {
+    Options opt(name, o, {"preset", "codebook", "block", "residual", "moreg", "moreg_window"});
+    // The published codebooks are for 100 and 30 steps; other counts use the nearer one.
+    const std::string speed = opt.str("preset", "fast");
+    std::string preset = speed;
+    if (speed == "fast" || speed == "slow") preset = (steps >= 65 ? "100-" : "30-") + speed;
+    if (preset == "100-slow") fail("adacache: there is no published 100-step slow codebook; give codebook=...");
+    Codebook cb = opt.has("codebook") ? Codebook::parse(opt.str("codebook", "")) : adacache_preset(preset);
+    MoRegParams moreg;
+    moreg.enabled = opt.integer("moreg", 0) != 0;
+    // Released windows: steps 10-90 of 100 and 4-26 of 30; other counts scale 10-90 %.
+    const double a = steps == 30 ? 4 : std::round(0.1 * steps), b = steps == 30 ? 26 : std::round(0.9 * steps);
+    const auto [first, last] = opt.range("moreg_window", a, b);
+    moreg.first = static_cast<int>(first);
+    moreg.last = static_cast<int>(last);
+    const UnitId metric = parse_metric_unit(opt.str("residual", "t-attn"), opt.integer("block", depth / 2 - (depth > 1)), depth);
+    return std::make_unique<AdaCachePolicy>(cb, metric, moreg, opt.has("codebook") ? "custom" : preset);
+  }
+  if (name == "teacache") {
+    Options opt(name, o, {"threshold", "coefficients"});
+    // Open-Sora 1.2's fitted polynomial (TeaCache); thresholds 0.1 (slow) and 0.2 (fast).
+    std::vector<double> coef = {2.17546007e+02, -1.18329252e+02, 2.68662585e+01, -4.59364272e-02, 4.84426240e-02};
+    if (opt.has("coefficients")) {
+      coef.clear();
+      std::stringstream ss(opt.str("coefficients", ""));
+      std::string c;
+      while (std::getline(ss, c, '/')) coef.push_back(std::stod(c));
+    }
+    return std::make_unique<TeaCachePolicy>(opt.num("threshold", 0.1), coef);
+  }
+  if (name == "fbcache") {
+    Options opt(name, o, {"threshold"});
+    return std::make_unique<FirstBlockCachePolicy>(opt.num("threshold", 0.08));
+  }
   std::string known;
   for (const auto& n : cache_policy_names()) known += (known.empty() ? "" : ", ") + n;
   fail("unknown cache policy '", name, "' (available: ", known, ")");

@@ -32,4 +32,12 @@ at::Tensor DspLayout::to_space(const at::Tensor& x) {
   return at::cat(recv, 1);
 }
 
+int64_t DspLayout::round_trip_bytes(int64_t batch, int64_t channels, int64_t element_size) const {
+  const int P = comm_.size(), r = comm_.rank();
+  int64_t elements = 0;
+  for (int j = 0; j < P; ++j)
+    if (j != r) elements += t_.counts[j] * s_.counts[r] + t_.counts[r] * s_.counts[j];
+  return elements * batch * channels * element_size;
+}
+
 }  // namespace ditto

@@ -12,6 +12,7 @@ class DspLayout : public SequenceLayout {
   DspLayout(Communicator& comm, int64_t grid_t, int64_t grid_s);
   at::Tensor to_frames(const at::Tensor& x) override;  // [B, T, S_r, C] -> [B, T_r, S, C]
   at::Tensor to_space(const at::Tensor& x) override;   // [B, T_r, S, C] -> [B, T, S_r, C]
+  int64_t round_trip_bytes(int64_t batch, int64_t channels, int64_t element_size) const override;
 
   const Split& frames() const { return t_; }
   const Split& positions() const { return s_; }

@@ -11,7 +11,7 @@
 namespace ditto {
 
 at::Tensor sample_video(const STDiT3& model, const Sampler& sampler, const VideoRequest& req, const VideoGroups& g,
-                        const StepFn& on_step) {
+                        const StepFn& on_step, const TokenForward& forward) {
   const STDiT3Config& cfg = model.config();
   const at::Device dev = model.options().device();
   const auto state_type = model.options().dtype().toScalarType() == at::kDouble ? at::kDouble : at::kFloat;
@@ -54,12 +54,14 @@ at::Tensor sample_video(const STDiT3& model, const Sampler& sampler, const Video
   base.width = on_dev(req.width);
   base.x = z0.to(dev).expand({batch, -1, -1, -1, -1});  // read for its shape only
 
-  GuidedFn guided_prediction = [&](const at::Tensor& zt, float t, int) {
+  GuidedFn guided_prediction = [&](const at::Tensor& zt, float t, int step) {
     ForwardArgs a = base;
     a.timestep = at::full({batch}, t, at::TensorOptions().dtype(at::kFloat).device(dev));
     const Conditioning c = model.condition(a);
     at::Tensor in = batch == 2 && !cfg_parallel ? at::cat({zt, zt}, 0) : zt;
-    at::Tensor pred = model.prediction_channels(model.forward_tokens(in, positions.offsets[r], c, layout.get()));
+    at::Tensor out = forward ? forward(in, positions.offsets[r], c, layout.get(), step)
+                             : model.forward_tokens(in, positions.offsets[r], c, layout.get());
+    at::Tensor pred = model.prediction_channels(out);
     if (cfg_parallel) {  // one exchange of predictions per step: [cond; uncond] on both ranks
       std::vector<at::Tensor> both = {at::empty_like(pred), at::empty_like(pred)};
       g.cfg->all_gather(pred, both);

@@ -24,9 +24,15 @@ struct VideoGroups {
   Communicator* cfg = nullptr;  // null or size 1: batched CFG; size 2: rank 0 conditional, rank 1 unconditional
 };
 
+// The model call of one step on this rank's tokens (default: STDiT3::forward_tokens); a caching
+// runner plugs in here.
+using TokenForward = std::function<at::Tensor(const at::Tensor& tokens, int64_t s_begin, const Conditioning& cond,
+                                              SequenceLayout* layout, int step)>;
+
 // Every rank of the video's groups calls this with the same request. Returns the final latent
 // [1, C, T, H, W] (float32; float64 for a float64 model) on every rank of the video.
 at::Tensor sample_video(const STDiT3& model, const Sampler& sampler, const VideoRequest& request,
-                        const VideoGroups& groups, const StepFn& on_step = nullptr);
+                        const VideoGroups& groups, const StepFn& on_step = nullptr,
+                        const TokenForward& forward = nullptr);
 
 }  // namespace ditto

@@ -7,6 +7,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "cache/cache_runner.h"
 #include "dist/mpi_communicator.h"
 #include "dist/nccl_communicator.h"
 #include "dist/parallel_layout.h"
@@ -138,7 +139,8 @@ void maybe_inject_fault(int rank, int step) {
 
 int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   ModelOptions mo;
-  std::string caption_file, prompt, init_noise, out_dir, sampler_name, comm_name;
+  std::string caption_file, prompt, init_noise, out_dir, sampler_name, comm_name, cache_name;
+  std::vector<std::string> cache_opts;
   int random_caption = 0, frames = 0, height = 0, width = 0, steps = 0, fps = 0, sp = 1, cfg_parallel = 1;
   double cfg_scale = 0, nccl_timeout = 0;
   uint64_t seed = 0;
@@ -162,6 +164,8 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("init-noise", po::value(&init_noise), "start from this latent (safetensors, tensor z or z0, [1, C, T, H, W]) instead of the seeded noise")
     ("sp", po::value(&sp)->default_value(1), "sequence-parallel ranks per video (the world is dp x cfg x sp)")
     ("cfg-parallel", po::value(&cfg_parallel)->default_value(1), "2: conditional and unconditional branch on two ranks")
+    ("cache", po::value(&cache_name)->default_value("none"), "caching policy: none | static | pab | adacache | teacache | fbcache")
+    ("cache-opt", po::value(&cache_opts)->composing(), "a policy option KEY=VALUE (repeatable), e.g. preset=slow, moreg=1, threshold=0.2, interval=3")
     ("comm", po::value(&comm_name)->default_value("auto"), "communication backend: auto (nccl on CUDA, mpi on CPU) | mpi | nccl")
     ("nccl-timeout", po::value(&nccl_timeout)->default_value(600), "seconds a NCCL collective may take before the job is ended")
     ("out", po::value(&out_dir)->default_value("out"), "output directory: latent.safetensors, metrics.json, video.y4m/.mp4 (data-parallel groups: OUT/dpG)")
@@ -221,6 +225,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   so.steps = steps;
   so.timestep_transform = !no_transform;
   auto sampler = make_sampler(so, {static_cast<double>(height), static_cast<double>(width), frames, cfg.latent_space});
+  auto policy = make_cache_policy(cache_name, parse_policy_options(cache_opts), cfg.depth, steps);
 
   // Process groups (collective over the world), then the backend for the groups that move activations.
   MpiCommunicator world(MPI_COMM_WORLD);
@@ -253,6 +258,12 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const auto t_loop = last;
   sp_comm->reset_counters();
   cfg_comm->reset_counters();
+  CacheRunner cache(model, *policy, groups.video.get());
+  cache.begin_video(sampler->timesteps());
+  TokenForward cached_forward = [&](const at::Tensor& tokens, int64_t s_begin, const Conditioning& c,
+                                    SequenceLayout* layout, int step) {
+    return cache.forward(tokens, s_begin, c, layout, step);
+  };
   at::Tensor z = sample_video(model, *sampler, req, {sp_comm.get(), cfg_comm.get()}, [&](int i, const at::Tensor&) {
     synchronize(dev);
     const auto now = std::chrono::steady_clock::now();
@@ -260,7 +271,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
     last = now;
     progress.update(i + 1, step_s.back(), std::chrono::duration<double>(now - t_loop).count());
     maybe_inject_fault(mpi.rank(), i + 1);
-  });
+  }, cached_forward);
   progress.finish();
   const double sample_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_loop).count();
   const int64_t peak = peak_memory_bytes(dev);
@@ -335,8 +346,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
                 {"latent_shape", shape_of(ls)},
                 {"token_grid", {grid_t, grid_s}},
                 {"world", {{"size", wl.world}, {"dp", wl.dp}, {"cfg", wl.cfg}, {"sp", wl.sp}, {"dp_index", wl.dp_index}}},
-                {"comm_backend", backend},
-                {"cache", "none"}};
+                {"comm_backend", backend}};
     m["timesteps"] = sampler->timesteps();
     std::vector<int64_t> peak_list;
     for (const auto& t : all_peaks) peak_list.push_back(t.item<int64_t>());
@@ -350,6 +360,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
     m["communication"] = {{"sp", counters_json(*sp_comm)},
                           {"cfg", counters_json(*cfg_comm)},
                           {"sp_bytes_per_step", steps ? sp_comm->counters().total_bytes() / steps : 0}};
+    m["cache"] = cache.report();
     m["outputs"] = outputs;
     write_file_atomic(video_dir + "/metrics.json", [&](std::ostream& os) { os << m.dump(2) << "\n"; });
     if (talk || (!quiet && wl.dp > 1))

@@ -478,17 +478,24 @@ at::Tensor STDiT3::forward(const ForwardArgs& args, const Observer& observe) con
                             c.wx);
 }
 
-double stdit3_forward_flops(const STDiT3Config& c, int64_t B, int64_t T, int64_t S, int64_t L) {
+UnitFlops stdit3_unit_flops(const STDiT3Config& c, int64_t B, int64_t T, int64_t S, int64_t L) {
   const double C = c.hidden_size, M = c.mlp_hidden(), N = static_cast<double>(B) * T * S;
-  const double linear_per_token = 2.0 * (3 * C * C + C * C + C * C + C * C + 2 * C * M);
-  const double kv = 2.0 * B * L * 2 * C * C;
-  const double spatial_attn = 4.0 * B * T * static_cast<double>(S) * S * C;
-  const double temporal_attn = 4.0 * B * S * static_cast<double>(T) * T * C;
-  const double cross_attn = 4.0 * N * L * C;
-  const double per_pair = 2 * (N * linear_per_token + kv + cross_attn) + spatial_attn + temporal_attn;
-  const double embed = 2.0 * N * C * c.in_channels * c.patch_volume();
-  const double final = 2.0 * N * C * c.patch_volume() * c.out_channels();
-  const double caption = 2.0 * B * c.model_max_length * (c.caption_channels * C + C * C);
+  UnitFlops f;
+  const double qkv_proj = N * 2 * 4 * C * C;
+  f.spatial_attn = qkv_proj + 4.0 * B * T * static_cast<double>(S) * S * C;
+  f.temporal_attn = qkv_proj + 4.0 * B * S * static_cast<double>(T) * T * C;
+  f.cross_attn = N * 2 * 2 * C * C + 2.0 * B * L * 2 * C * C + 4.0 * N * L * C;
+  f.mlp = N * 2 * 2 * C * M;
+  return f;
+}
+
+double stdit3_forward_flops(const STDiT3Config& c, int64_t B, int64_t T, int64_t S, int64_t L) {
+  const UnitFlops u = stdit3_unit_flops(c, B, T, S, L);
+  const double N = static_cast<double>(B) * T * S;
+  const double per_pair = u.spatial_attn + u.temporal_attn + 2 * (u.cross_attn + u.mlp);
+  const double embed = 2.0 * N * c.hidden_size * c.in_channels * c.patch_volume();
+  const double final = 2.0 * N * c.hidden_size * c.patch_volume() * c.out_channels();
+  const double caption = 2.0 * B * c.model_max_length * (c.caption_channels * c.hidden_size + c.hidden_size * c.hidden_size);
   return c.depth * per_pair + embed + final + caption;
 }
 

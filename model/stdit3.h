@@ -119,8 +119,16 @@ class STDiT3 {
 std::map<std::string, at::Tensor> load_checkpoint(const std::string& dir, const STDiT3Config& config,
                                                   const at::TensorOptions& options);
 
-// FLOPs of one forward (multiply-adds x2) for a token grid, batch B and L caption tokens: the
-// performance model's figure for model FLOP utilisation.
+// FLOPs (multiply-adds x2) of one unit of one block over a whole video's token grid: what caching
+// a unit saves, and the parts of the performance model.
+struct UnitFlops {
+  double spatial_attn = 0, temporal_attn = 0, cross_attn = 0, mlp = 0;
+};
+UnitFlops stdit3_unit_flops(const STDiT3Config& config, int64_t batch, int64_t grid_t, int64_t grid_s,
+                            int64_t caption_tokens);
+
+// FLOPs of one forward for a token grid, batch B and L caption tokens: the performance model's
+// figure for model FLOP utilisation.
 double stdit3_forward_flops(const STDiT3Config& config, int64_t batch, int64_t grid_t, int64_t grid_s,
                             int64_t caption_tokens);
 

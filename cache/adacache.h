@@ -1,0 +1,62 @@
+// AdaCache (Kahatapitiya et al. 2024) as released for Open-Sora 1.2: one compute rate for the whole
+// stack chosen by a codebook from the relative L1 change of one unit's residual between computed
+// steps, per step since the last compute, optionally scaled by motion regularisation (MoReg).
+#pragma once
+#include <vector>
+
+#include "cache/policy.h"
+
+namespace ditto {
+
+struct Codebook {
+  std::vector<double> thresholds;
+  std::vector<int> rates;
+  // rates[first i < n-1 with d < thresholds[i]], else the last rate (the catch-all entry).
+  int lookup(double d) const;
+  static Codebook parse(const std::string& text);  // "0.08:6/0.16:5/.../1.00:1"
+  std::string str() const;
+};
+
+// Published codebooks: "100-fast", "30-fast", "30-slow".
+Codebook adacache_preset(const std::string& name);
+
+struct MoRegParams {
+  bool enabled = false;
+  int first = 0, last = 0;  // 1-based step window (inclusive)
+  double scale = 0.385, power = 8, divisor = 1, grad_mul = 10;
+};
+
+// MoReg's transformed motion score from the frame-difference sums (whole-tensor L1 norms):
+// m = diff / (next + prev); returns (m / scale)^power / divisor.
+double moreg_score(double diff, double next, double prev, const MoRegParams& p);
+
+class AdaCachePolicy : public CachePolicy {
+ public:
+  AdaCachePolicy(Codebook codebook, UnitId metric, MoRegParams moreg, std::string preset);
+  std::string name() const override { return "adacache"; }
+  nlohmann::json params() const override;
+  void reset(const std::vector<float>& timesteps) override;
+  StepPlan plan(int step) override;
+  std::optional<UnitId> metric_unit() const override { return metric_; }
+  std::vector<double> partial_sums(const at::Tensor& residual, int step) override;
+  std::vector<int64_t> decide(const std::vector<double>& sums, int step) override;
+  size_t decision_size() const override { return 4; }
+  void apply(const std::vector<int64_t>& decision, int step) override;
+  nlohmann::json log_entry(int step) const override;
+
+  int rate() const { return rate_; }
+
+ private:
+  Codebook codebook_;
+  UnitId metric_;
+  MoRegParams moreg_;
+  std::string preset_;
+  int steps_ = 0;
+  int rate_ = 1, prev_compute_ = 0;  // 1-based step of the last compute (0: none yet)
+  double moreg_prev_ = 1.0;
+  bool have_prev_ = false;
+  at::Tensor prev_residual_;  // this rank's shard of the metric residual at the last compute
+  nlohmann::json last_log_;
+};
+
+}  // namespace ditto
