@@ -2,6 +2,7 @@
 // under mpirun at several world sizes; each P is checked against a single-rank computation.
 #include <gtest/gtest.h>
 
+#include "cache/cache_runner.h"
 #include "dist/dsp_layout.h"
 #include "dist/mpi_communicator.h"
 #include "dist/nccl_communicator.h"
@@ -230,5 +231,69 @@ TEST(SequenceParallel, SamplingMatchesOneRankWithAndWithoutCfgParallel) {
     at::Tensor zc = sample_video(m, rf, req, {g.sp.get(), g.cfg.get()});
     EXPECT_LT(ditto::test::rel_err(zc, reference), 1e-5) << "cfg 2 x sp " << P / 2;
     EXPECT_EQ(g.cfg->counters().all_gather.calls, so.steps);  // one exchange of predictions per step
+  }
+}
+
+TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
+  const int P = world().size(), r = world().rank();
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 m = STDiT3::random(c, 11, kF32);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(12);
+  VideoRequest req;
+  req.z0 = at::randn({1, 4, 15, 5, 9}, gen, kF32);
+  req.caption_y = at::randn({1, 1, 8, 32}, gen, kF32);
+  req.caption_mask = at::ones({1, 8}, at::kLong);
+  req.height = 40;
+  req.width = 72;
+  SamplerOptions so;
+  so.steps = 14;
+  RectifiedFlow rf(so, {40, 72, 51, LatentSpace::OpenSoraV12});
+  // Thresholds loose enough that the random model skips steps under every adaptive policy.
+  const std::vector<std::pair<std::string, PolicyOptions>> policies = {
+      {"none", {}},
+      {"static", {{"interval", "3"}}},
+      {"pab", {{"window", "0:1001"}}},
+      {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}, {"moreg", "1"}}},
+      {"teacache", {{"threshold", "2.5"}}},
+      {"fbcache", {{"threshold", "0.6"}}}};
+  for (const auto& [name, options] : policies) {
+    auto run = [&](const VideoGroups& g, Communicator* video, Communicator* watch, std::vector<int64_t>* a2a_per_step) {
+      auto policy = make_cache_policy(name, options, c.depth, so.steps);
+      CacheRunner runner(m, *policy, video);
+      runner.begin_video(rf.timesteps());
+      TokenForward f = [&](const at::Tensor& t, int64_t s0, const Conditioning& cond, SequenceLayout* l, int step) {
+        return runner.forward(t, s0, cond, l, step);
+      };
+      int64_t before = watch ? watch->counters().all_to_all.calls : 0;
+      StepFn on_step = [&](int, const at::Tensor&) {
+        if (!watch) return;
+        a2a_per_step->push_back(watch->counters().all_to_all.calls - before);
+        before = watch->counters().all_to_all.calls;
+      };
+      at::Tensor z = sample_video(m, rf, req, g, on_step, f);
+      return std::make_pair(z, runner.report());
+    };
+    auto [z1, rep1] = run({}, nullptr, nullptr, nullptr);
+    std::vector<int64_t> a2a;
+    auto [zp, repp] = run({&world(), nullptr}, &world(), &world(), &a2a);
+    EXPECT_LT(ditto::test::rel_err(zp, z1), 1e-5) << name << " sp " << P;
+    EXPECT_EQ(repp["decisions"].size(), rep1["decisions"].size()) << name;
+    for (size_t i = 0; i < rep1["decisions"].size(); ++i) {
+      EXPECT_EQ(repp["decisions"][i]["mode"], rep1["decisions"][i]["mode"]) << name << " step " << i + 1;
+      EXPECT_EQ(repp["decisions"][i]["units"], rep1["decisions"][i]["units"]) << name << " step " << i + 1;
+      // A reused stack issues no all-to-all (first-block cache still runs its probe, spatial block 0).
+      if (P > 1 && rep1["decisions"][i]["mode"] == "reuse")
+        EXPECT_EQ(a2a[i], name == "fbcache" ? 2 : 0) << name << " step " << i + 1;
+      if (P > 1 && rep1["decisions"][i]["mode"] == "compute") EXPECT_EQ(a2a[i], 2 * c.depth) << name;
+    }
+    if (name != "none") EXPECT_LT(rep1["units_computed"], rep1["units_total"]) << name << " skipped nothing";
+    if (P % 2 == 0) {  // CFG-parallel pairs: the metric covers both halves, as batched CFG's does
+      const WorldLayout w = make_world_layout(P, r, P / 2, 2);
+      ProcessGroups g = make_process_groups(world(), w);
+      auto [zc, repc] = run({g.sp.get(), g.cfg.get()}, g.video.get(), nullptr, nullptr);
+      EXPECT_LT(ditto::test::rel_err(zc, z1), 1e-5) << name << " cfg 2 x sp " << P / 2;
+      for (size_t i = 0; i < rep1["decisions"].size(); ++i)
+        EXPECT_EQ(repc["decisions"][i]["mode"], rep1["decisions"][i]["mode"]) << name << " cfg step " << i + 1;
+    }
   }
 }
