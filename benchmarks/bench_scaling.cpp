@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
     po::variables_map vm;
     if (!parse_command_line("bench_scaling", "sequence-parallel scaling", desc, {argv + 1, argv + argc}, vm)) return 0;
     if (steps < 2) fail("--steps must be at least 2 (the first step is warm-up)");
-    const at::TensorOptions options = resolve_tensor_options(mo, mpi, backend == "mpi");
+    const at::TensorOptions options = resolve_tensor_options(mo, mpi);
     STDiT3 model = load_model(mo, options);
     const STDiT3Config& cfg = model.config();
     const LatentShape ls = latent_shape(cfg, frames, height, width);

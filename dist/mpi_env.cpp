@@ -13,7 +13,8 @@ MpiEnv::MpiEnv(int* argc, char*** argv) {
   MPI_Initialized(&initialized);
   if (!initialized) {
     int provided = 0;
-    MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+    // The NCCL watchdog thread may call MPI_Abort.
+    MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided);
     finalize_ = true;
   }
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);

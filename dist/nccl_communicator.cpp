@@ -10,7 +10,9 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <atomic>
+#include <exception>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -54,6 +56,7 @@ class NcclCommunicator : public Communicator {
     MPI_Comm_rank(mpi_comm_, &rank_);
     MPI_Comm_size(mpi_comm_, &size_);
     c10::cuda::CUDAGuard guard(device_);
+    check_distinct_gpus();
     ncclUniqueId id;
     if (rank_ == 0) check_nccl(ncclGetUniqueId(&id), "get unique id");
     MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, mpi_comm_);
@@ -68,7 +71,9 @@ class NcclCommunicator : public Communicator {
     }
     cv_.notify_all();
     watchdog_.join();
-    ncclCommDestroy(comm_);
+    // While an exception unwinds, collectives may still be in flight: abort instead of waiting.
+    if (std::uncaught_exceptions() > 0) ncclCommAbort(comm_);
+    else ncclCommDestroy(comm_);
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized) MPI_Comm_free(&mpi_comm_);
@@ -81,54 +86,57 @@ class NcclCommunicator : public Communicator {
   void all_to_all(const std::vector<at::Tensor>& send, std::vector<at::Tensor>& recv) override {
     if (static_cast<int>(send.size()) != size_ || static_cast<int>(recv.size()) != size_)
       fail("all_to_all: need ", size_, " send and receive tensors");
-    run("all_to_all", counters_.all_to_all, [&] {
-      std::vector<at::Tensor> keep;
+    // Contiguous copies are made on the compute stream before the communication stream waits on it.
+    std::vector<at::Tensor> keep;
+    for (int j = 0; j < size_; ++j) {
+      keep.push_back(device_tensor(send[j], "all_to_all").contiguous());
+      device_tensor(recv[j], "all_to_all");
+      if (!recv[j].is_contiguous()) fail("NCCL all_to_all: receive tensors must be contiguous");
+      if (j != rank_) counters_.all_to_all.bytes += nbytes(keep[j]);
+    }
+    run("all_to_all", counters_.all_to_all, keep, [&] {
       check_nccl(ncclGroupStart(), "group start");
       for (int j = 0; j < size_; ++j) {
-        at::Tensor s = send[j].contiguous();
-        keep.push_back(s);
-        if (j != rank_) counters_.all_to_all.bytes += nbytes(s);
-        if (s.numel()) check_nccl(ncclSend(s.data_ptr(), nbytes(s), ncclUint8, j, comm_, stream_), "send");
+        if (keep[j].numel()) check_nccl(ncclSend(keep[j].data_ptr(), nbytes(keep[j]), ncclUint8, j, comm_, stream_), "send");
         if (recv[j].numel())
           check_nccl(ncclRecv(recv[j].data_ptr(), nbytes(recv[j]), ncclUint8, j, comm_, stream_), "recv");
       }
       check_nccl(ncclGroupEnd(), "group end");
-      return keep;
     });
   }
 
   void all_gather(const at::Tensor& send, std::vector<at::Tensor>& recv) override {
     if (static_cast<int>(recv.size()) != size_) fail("all_gather: need ", size_, " receive tensors");
-    run("all_gather", counters_.all_gather, [&] {
-      at::Tensor s = send.contiguous();
-      counters_.all_gather.bytes += nbytes(s) * (size_ - 1);
+    at::Tensor s = device_tensor(send, "all_gather").contiguous();
+    if (nbytes(s) != nbytes(recv[rank_])) fail("NCCL all_gather: this rank's receive slot does not match its send size");
+    for (auto& t : recv)
+      if (!device_tensor(t, "all_gather").is_contiguous()) fail("NCCL all_gather: receive tensors must be contiguous");
+    counters_.all_gather.bytes += nbytes(s) * (size_ - 1);
+    run("all_gather", counters_.all_gather, {s}, [&] {
       check_nccl(ncclGroupStart(), "group start");
       for (int j = 0; j < size_; ++j)  // per-rank sizes: one broadcast per root
         if (recv[j].numel())
           check_nccl(ncclBroadcast(s.data_ptr(), recv[j].data_ptr(), nbytes(recv[j]), ncclUint8, j, comm_, stream_),
                      "broadcast");
       check_nccl(ncclGroupEnd(), "group end");
-      return std::vector<at::Tensor>{s};
     });
   }
 
   void all_reduce(at::Tensor& t, ReduceOp op) override {
-    if (!t.is_contiguous()) fail("all_reduce: the tensor must be contiguous");
-    run("all_reduce", counters_.all_reduce, [&] {
-      counters_.all_reduce.bytes += nbytes(t);
+    if (!device_tensor(t, "all_reduce").is_contiguous()) fail("NCCL all_reduce: the tensor must be contiguous");
+    counters_.all_reduce.bytes += nbytes(t);
+    run("all_reduce", counters_.all_reduce, {}, [&] {
       check_nccl(ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t.scalar_type()),
                                op == ReduceOp::Sum ? ncclSum : ncclMax, comm_, stream_),
                  "all_reduce");
-      return std::vector<at::Tensor>{};
     });
   }
 
   void broadcast(at::Tensor& t, int root) override {
-    if (!t.is_contiguous()) fail("broadcast: the tensor must be contiguous");
-    run("broadcast", counters_.broadcast, [&] {
-      if (rank_ == root) counters_.broadcast.bytes += nbytes(t) * (size_ - 1);
+    if (!device_tensor(t, "broadcast").is_contiguous()) fail("NCCL broadcast: the tensor must be contiguous");
+    if (rank_ == root) counters_.broadcast.bytes += nbytes(t) * (size_ - 1);
+    run("broadcast", counters_.broadcast, {}, [&] {
       check_nccl(ncclBroadcast(t.data_ptr(), t.data_ptr(), nbytes(t), ncclUint8, root, comm_, stream_), "broadcast");
-      return std::vector<at::Tensor>{};
     });
   }
 
@@ -148,10 +156,18 @@ class NcclCommunicator : public Communicator {
   }
 
  private:
-  // Enqueues `body` on the communication stream after the compute stream's pending work, makes the
-  // compute stream wait for it, and hands the completion event to the watchdog.
+  const at::Tensor& device_tensor(const at::Tensor& t, const char* what) const {
+    if (!t.is_cuda() || t.get_device() != device_)
+      fail("NCCL ", what, ": tensors must be on cuda:", device_, " (got ", t.device().str(), ")");
+    return t;
+  }
+
+  // Enqueues `body` on the communication stream after the compute stream's pending work (inputs
+  // are final by then), makes the compute stream wait for it, and hands the completion event to
+  // the watchdog. The pending record is registered before `body`, so a hang inside the NCCL call
+  // itself (a peer that never arrives) is also caught by the timeout.
   template <typename Body>
-  void run(const char* what, CollectiveCount& count, Body body) {
+  void run(const char* what, CollectiveCount& count, const std::vector<at::Tensor>& inputs, Body body) {
     const auto t0 = std::chrono::steady_clock::now();
     ++count.calls;
     c10::cuda::CUDAGuard guard(device_);
@@ -161,18 +177,34 @@ class NcclCommunicator : public Communicator {
     check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "event");
     check_cuda(cudaEventRecord(ready, compute.stream()), "event record");
     check_cuda(cudaStreamWaitEvent(stream_.stream(), ready, 0), "stream wait");
-    auto keep_alive = body();
-    check_cuda(cudaEventRecord(done, stream_.stream()), "event record");
-    check_cuda(cudaStreamWaitEvent(compute.stream(), done, 0), "stream wait");
-    // Inputs used on the communication stream must not be freed before it is done with them.
-    for (auto& t : keep_alive) c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), stream_);
-    cudaEventDestroy(ready);
+    std::shared_ptr<std::atomic<bool>> enqueued = std::make_shared<std::atomic<bool>>(false);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      pending_.push_back({done, std::chrono::steady_clock::now(), what});
+      pending_.push_back({done, std::chrono::steady_clock::now(), what, enqueued});
     }
+    body();
+    check_cuda(cudaEventRecord(done, stream_.stream()), "event record");
+    enqueued->store(true);
+    check_cuda(cudaStreamWaitEvent(compute.stream(), done, 0), "stream wait");
+    // Inputs used on the communication stream must not be reused before it is done with them.
+    for (const auto& t : inputs) c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), stream_);
+    cudaEventDestroy(ready);
     cv_.notify_all();
     count.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  // NCCL refuses two ranks on one GPU with an obscure error: say which ranks share which GPU.
+  void check_distinct_gpus() {
+    cudaDeviceProp prop;
+    check_cuda(cudaGetDeviceProperties(&prop, device_), "device properties");
+    std::vector<char> all(16 * size_);
+    MPI_Allgather(prop.uuid.bytes, 16, MPI_BYTE, all.data(), 16, MPI_BYTE, mpi_comm_);
+    // Every rank sees every UUID, so every rank reaches the same verdict.
+    for (int i = 0; i < size_; ++i)
+      for (int j = i + 1; j < size_; ++j)
+        if (std::equal(all.begin() + 16 * i, all.begin() + 16 * i + 16, all.begin() + 16 * j))
+          fail("ranks ", i, " and ", j, " of a NCCL group share one GPU: NCCL needs one GPU per rank; ",
+               "launch at most one rank per GPU, or use --comm mpi");
   }
 
   void watch() {
@@ -185,6 +217,11 @@ class NcclCommunicator : public Communicator {
       if (async != ncclSuccess) die(std::string("asynchronous NCCL error: ") + ncclGetErrorString(async));
       while (!pending_.empty()) {
         auto& p = pending_.front();
+        const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - p.enqueued).count();
+        if (!p.recorded->load()) {  // still inside the NCCL call on the host
+          if (waited > timeout_s_) die(std::string(p.what) + " did not return within " + std::to_string(timeout_s_) + " s");
+          break;
+        }
         const cudaError_t q = cudaEventQuery(p.done);
         if (q == cudaSuccess) {
           cudaEventDestroy(p.done);
@@ -192,7 +229,6 @@ class NcclCommunicator : public Communicator {
           continue;
         }
         if (q != cudaErrorNotReady) die(std::string("CUDA error in ") + p.what + ": " + cudaGetErrorString(q));
-        const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - p.enqueued).count();
         if (waited > timeout_s_)
           die(std::string(p.what) + " did not finish within " + std::to_string(timeout_s_) +
               " s (a peer rank died or hangs)");
@@ -213,6 +249,7 @@ class NcclCommunicator : public Communicator {
     cudaEvent_t done;
     std::chrono::steady_clock::time_point enqueued;
     const char* what;
+    std::shared_ptr<std::atomic<bool>> recorded;  // the completion event has been recorded
   };
 
   int device_;

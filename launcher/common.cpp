@@ -40,7 +40,7 @@ std::string dtype_name(at::ScalarType t) {
   }
 }
 
-at::TensorOptions resolve_tensor_options(const ModelOptions& o, const MpiEnv& mpi, bool share_gpus) {
+at::TensorOptions resolve_tensor_options(const ModelOptions& o, const MpiEnv& mpi) {
   if (o.threads > 0) at::set_num_threads(o.threads);
   at::Device device(at::kCPU);
   std::string dev = o.device.empty() ? (at::hasCUDA() ? "cuda" : "cpu") : o.device;
@@ -48,10 +48,9 @@ at::TensorOptions resolve_tensor_options(const ModelOptions& o, const MpiEnv& mp
     device = at::Device(at::kCPU);
   } else if (dev.rfind("cuda", 0) == 0) {
     if (!at::hasCUDA()) fail("--device ", dev, ": no CUDA GPU is visible to this process");
+    // Local rank r takes visible GPU r (mod the count: with per-rank binding each rank sees one).
+    // Two NCCL ranks on one GPU are refused by the NCCL communicator, which names them.
     const int gpus = static_cast<int>(at::getNumGPUs());
-    if (mpi.local_size() > gpus && !share_gpus)
-      fail(mpi.local_size(), " ranks on this node but ", gpus, " GPU(s) visible: NCCL needs one GPU per rank ",
-           "(launch at most ", gpus, " ranks per node, or use --comm mpi to share GPUs)");
     int index = mpi.local_rank() % gpus;
     if (dev.size() > 4) {
       if (dev[4] != ':') fail("--device: unknown '", dev, "' (cpu, cuda, cuda:N)");

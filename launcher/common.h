@@ -27,9 +27,8 @@ struct ModelOptions {
 };
 
 void add_model_options(po::options_description& desc, ModelOptions& o);
-// Device and dtype from the options (validated); under MPI the node-local rank picks the GPU. More
-// ranks than GPUs on a node is an error unless share_gpus (the MPI backend can share a GPU).
-at::TensorOptions resolve_tensor_options(const ModelOptions& o, const MpiEnv& mpi, bool share_gpus = false);
+// Device and dtype from the options (validated); under MPI the node-local rank picks the GPU.
+at::TensorOptions resolve_tensor_options(const ModelOptions& o, const MpiEnv& mpi);
 // Loads --model DIR, or builds --config NAME with --random-weights; refuses anything else.
 STDiT3 load_model(const ModelOptions& o, const at::TensorOptions& options);
 // A short description of where the weights came from, for logs and metrics.

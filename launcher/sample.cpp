@@ -180,9 +180,8 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const WorldLayout wl = make_world_layout(mpi.size(), mpi.rank(), sp, cfg_parallel);
   if (comm_name != "auto" && comm_name != "mpi" && comm_name != "nccl")
     fail("--comm: unknown '", comm_name, "' (auto, mpi, nccl)");
-  const bool share_gpus = comm_name == "mpi";
   const auto t_start = std::chrono::steady_clock::now();
-  const at::TensorOptions options = resolve_tensor_options(mo, mpi, share_gpus);
+  const at::TensorOptions options = resolve_tensor_options(mo, mpi);
   const auto dev = options.device();
   const std::string backend = comm_name == "auto" ? (dev.is_cuda() ? "nccl" : "mpi") : comm_name;
   if (backend == "nccl" && !dev.is_cuda()) fail("--comm nccl needs --device cuda (NCCL moves GPU memory)");
@@ -224,7 +223,9 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   so.name = sampler_name;
   so.steps = steps;
   so.timestep_transform = !no_transform;
-  auto sampler = make_sampler(so, {static_cast<double>(height), static_cast<double>(width), frames, cfg.latent_space});
+  const auto run_dtype = options.dtype().toScalarType();
+  auto sampler = make_sampler(so, {static_cast<double>(height), static_cast<double>(width), frames, cfg.latent_space,
+                                   run_dtype == at::kDouble ? at::kFloat : run_dtype});
   auto policy = make_cache_policy(cache_name, parse_policy_options(cache_opts), cfg.depth, steps);
 
   // Process groups (collective over the world), then the backend for the groups that move activations.
@@ -239,7 +240,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   req.z0 = z0;
   req.caption_y = cap.y;
   req.caption_mask = cap.mask;
-  req.fps = static_cast<float>(fps);
+  req.fps = frames == 1 ? 120.0f : static_cast<float>(fps);  // the reference's IMG_FPS for single images
   req.height = static_cast<float>(height);
   req.width = static_cast<float>(width);
   req.cfg_scale = cfg_scale;

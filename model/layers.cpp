@@ -19,10 +19,11 @@ at::Tensor timestep_embedding(const at::Tensor& t, int dim, at::ScalarType compu
 }
 
 at::Tensor pos_embed_2d(int h, int w, int dim, double scale, int base_size, at::ScalarType compute,
-                        const at::Device& device) {
+                        const at::Device& device, at::ScalarType freq_dtype) {
   auto opts = at::TensorOptions().dtype(compute).device(device);
   const int half = dim / 2;
   at::Tensor inv_freq = 1.0 / at::pow(10000.0, at::arange(0, half, 2, opts) / static_cast<double>(half));
+  if (freq_dtype == at::kBFloat16 || freq_dtype == at::kHalf) inv_freq = inv_freq.to(freq_dtype).to(compute);
   // Same operation order as the reference: arange / scale, then * (base_size / n).
   at::Tensor grid_h = at::arange(h, opts) / scale * (static_cast<double>(base_size) / h);
   at::Tensor grid_w = at::arange(w, opts) / scale * (static_cast<double>(base_size) / w);
@@ -101,6 +102,13 @@ at::Tensor unpatchify(const at::Tensor& x, const std::array<int, 3>& patch, int6
                      .permute({0, 7, 1, 4, 2, 5, 3, 6})
                      .reshape({b, out_channels, grid_t * pt, grid_h * ph, grid_w * pw});
   return y.narrow(2, 0, tx).narrow(3, 0, hx).narrow(4, 0, wx);
+}
+
+at::Tensor attention_math(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  at::Tensor attn = at::matmul(q * scale, k.transpose(-2, -1));
+  attn = attn.to(compute_type(attn.scalar_type())).softmax(-1).to(q.scalar_type());
+  return at::matmul(attn, v);
 }
 
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_mask) {

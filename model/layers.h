@@ -17,8 +17,10 @@ at::Tensor timestep_embedding(const at::Tensor& t, int dim, at::ScalarType compu
 // PositionEmbedding2D for an h x w token grid, row-major tokens: [S, dim]. The first dim/2 channels
 // encode the column (w) coordinate and the last dim/2 the row (h) coordinate, each [sin, cos],
 // with coordinates scaled as arange(n) / scale * (base_size / n).
+// freq_dtype: the reference keeps the frequencies in a buffer cast to the model dtype, so 16-bit
+// models see them rounded; the angles and sin/cos are then computed in `compute`.
 at::Tensor pos_embed_2d(int h, int w, int dim, double scale, int base_size, at::ScalarType compute,
-                        const at::Device& device);
+                        const at::Device& device, at::ScalarType freq_dtype = at::kFloat);
 
 // RoPE (rotary-embedding-torch 0.5.3 style: interleaved pairs). freqs: [D/2]. Returns (cos, sin),
 // each [len, D/2], angle = position * freq computed in freqs' dtype.
@@ -47,6 +49,10 @@ at::Tensor patch_embed(const at::Tensor& x, const at::Tensor& weight, const at::
 // x: [B, T', H'*W', pt*ph*pw*Co] -> [B, Co, T'*pt, H'*ph, W'*pw], cropped to [Tx, Hx, Wx].
 at::Tensor unpatchify(const at::Tensor& x, const std::array<int, 3>& patch, int64_t out_channels, int64_t grid_t,
                       int64_t grid_h, int64_t grid_w, int64_t tx, int64_t hx, int64_t wx);
+
+// The reference's explicit attention (its path for temporal attention): (q * scale) k^T in the
+// input dtype, softmax in float32, cast back, then @ v.
+at::Tensor attention_math(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
 // Scaled dot-product attention with the default 1/sqrt(D) scale. q: [N, H, Lq, D], k/v: [N, H, Lk, D].
 // key_mask (optional, bool [N, Lk]): true where a key may be attended to.

@@ -22,8 +22,15 @@ float RectifiedFlow::transform(float t, const VideoGeometry& g, int num_timestep
   } else {
     frames = static_cast<float>(g.frames);
   }
-  const float ratio_time = std::sqrt(frames);
-  const float ratio = ratio_space * ratio_time;
+  float ratio = ratio_space * std::sqrt(frames);
+  if (g.size_dtype == at::kBFloat16 || g.size_dtype == at::kHalf) {
+    // The same operations on 16-bit tensors (each rounds to the dtype).
+    auto q = [&](double v) { return at::scalar_tensor(v, at::TensorOptions().dtype(g.size_dtype)); };
+    at::Tensor n = q(g.frames);
+    n = g.frames == 1 ? at::ones_like(n)
+        : g.latent_space == LatentSpace::OpenSoraV12 ? at::floor_divide(n, 17) * 5 : n;
+    ratio = ((q(g.height) * q(g.width) / 262144).sqrt() * n.sqrt()).item<float>();
+  }
   const float new_t = ratio * tn / (1.0f + (ratio - 1.0f) * tn);
   return new_t * static_cast<float>(num_timesteps);
 }

@@ -132,8 +132,11 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     if (e.end > data_size)
       fail(where(), ": data_offsets end ", e.end, " lies past the data section (", data_size,
            " bytes): the file is truncated or the header lies");
-    if (e.end - e.begin != numel * d->size)
-      fail(where(), ": ", e.end - e.begin, " bytes stored but dtype ", e.dtype, " and shape need ", numel * d->size);
+    // numel * size may not fit in 64 bits.
+    const bool overflow = numel > UINT64_MAX / d->size;
+    if (overflow || e.end - e.begin != numel * d->size)
+      fail(where(), ": ", e.end - e.begin, " bytes stored but dtype ", e.dtype, " and shape need ",
+           overflow ? std::string("more than 2^64") : std::to_string(numel * d->size));
     entries_.push_back(std::move(e));
   }
   // Tensors must not overlap (the format also forbids holes; a hole wastes bytes but hides nothing).
@@ -141,9 +144,13 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   for (const auto& e : entries_) by_offset.push_back(&e);
   std::sort(by_offset.begin(), by_offset.end(),
             [](const auto* a, const auto* b) { return a->begin < b->begin || (a->begin == b->begin && a->end < b->end); });
-  for (size_t i = 1; i < by_offset.size(); ++i)
-    if (by_offset[i]->begin < by_offset[i - 1]->end && by_offset[i]->begin != by_offset[i]->end)
-      fail("'", path, "': tensors '", by_offset[i - 1]->name, "' and '", by_offset[i]->name, "' overlap");
+  const SafetensorsEntry* reach = nullptr;  // the entry reaching furthest so far
+  for (const auto* e : by_offset) {
+    if (e->begin == e->end) continue;  // empty tensors occupy nothing
+    if (reach && e->begin < reach->end)
+      fail("'", path, "': tensors '", reach->name, "' and '", e->name, "' overlap");
+    if (!reach || e->end > reach->end) reach = e;
+  }
   for (size_t i = 0; i < entries_.size(); ++i) index_[entries_[i].name] = i;
 }
 

@@ -18,6 +18,9 @@ struct VideoGeometry {
   double height = 0, width = 0;
   int frames = 1;
   LatentSpace latent_space = LatentSpace::OpenSoraV12;
+  // The dtype the reference holds these sizes in (its model dtype): a bf16 model computes the
+  // transform's ratio in bf16 arithmetic, as Open-Sora's sampler does.
+  at::ScalarType size_dtype = at::kFloat;
 };
 
 struct SamplerOptions {
@@ -38,8 +41,8 @@ class Sampler {
 };
 
 // Open-Sora 1.2 rectified flow: t_i = (1 - i/N) * T, optionally transformed by
-// t' = r t / (1 + (r - 1) t) with r = sqrt(H W / 512^2) * sqrt(frames'), in float32 as the
-// reference computes it; Euler update z += v * (t_i - t_{i+1}) / T (the last step uses t_{N-1}/T).
+// t' = r t / (1 + (r - 1) t) with r = sqrt(H W / 512^2) * sqrt(frames') (r in the sizes' dtype,
+// the rest in float32, as the reference computes it); Euler update z += v * (t_i - t_{i+1}) / T (the last step uses t_{N-1}/T).
 class RectifiedFlow : public Sampler {
  public:
   RectifiedFlow(const SamplerOptions& options, const VideoGeometry& geometry);

@@ -344,16 +344,19 @@ Conditioning STDiT3::condition(const ForwardArgs& a) const {
     }
   }
   std::tie(c.rope_cos, c.rope_sin) = layers::rope_tables(w("rope.freqs"), c.grid_t);
-  const double hpx = a.height.reshape({-1})[0].item<double>(), wpx = a.width.reshape({-1})[0].item<double>();
+  // The reference holds the sizes as model-dtype tensors (bf16 rounds a width of 854 to 856).
+  const double hpx = a.height.reshape({-1})[0].to(dtype).item<double>();
+  const double wpx = a.width.reshape({-1})[0].to(dtype).item<double>();
   c.pos_scale = std::sqrt(hpx * wpx) / config_.input_sq_size;
   return c;
 }
 
 at::Tensor STDiT3::pos_embedding(const Conditioning& c) const {
   const int base_size = static_cast<int>(std::lround(std::sqrt(static_cast<double>(c.grid_s()))));
+  const auto dtype = options_.dtype().toScalarType();
   return layers::pos_embed_2d(c.grid_h, c.grid_w, config_.hidden_size, c.pos_scale, base_size,
-                              layers::compute_type(options_.dtype().toScalarType()), options_.device())
-      .to(options_.dtype());
+                              layers::compute_type(dtype), options_.device(), dtype)
+      .to(dtype);
 }
 
 at::Tensor STDiT3::embed_tokens(const at::Tensor& tokens, int64_t s_begin, const Conditioning& c) const {
@@ -395,7 +398,13 @@ at::Tensor STDiT3::self_attention_residual(BlockKind kind, int index, const at::
     q = layers::apply_rope(q, c.rope_cos, c.rope_sin);
     k = layers::apply_rope(k, c.rope_cos, c.rope_sin);
   }
-  at::Tensor o = layers::attention(q, k, v).transpose(1, 2).reshape({N, L, C});
+  // 16-bit runs follow the reference's kernels: its explicit math path for temporal attention
+  // (flash attention only pays off for long sequences).
+  const bool half_precision = q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf;
+  at::Tensor o = (kind == BlockKind::Temporal && half_precision ? layers::attention_math(q, k, v)
+                                                                : layers::attention(q, k, v))
+                     .transpose(1, 2)
+                     .reshape({N, L, C});
   o = at::linear(o, bw.proj_w, bw.proj_b);
   o = kind == BlockKind::Spatial ? o.view({B, T, S, C}) : o.view({B, S, T, C}).permute({0, 2, 1, 3});
   if (switch_layout) o = layout->to_space(o);

@@ -86,6 +86,14 @@ TEST(Safetensors, RejectsMalformedFiles) {
   write_bytes(d + "/overlap", header_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                                           R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12));
   expect_error(d + "/overlap", "overlap");
+  // An empty tensor between two overlapping ones must not hide the overlap.
+  write_bytes(d + "/overlap2", header_file(R"({"a":{"dtype":"U8","shape":[100],"data_offsets":[0,100]},)"
+                                           R"("z":{"dtype":"U8","shape":[0],"data_offsets":[50,50]},)"
+                                           R"("c":{"dtype":"U8","shape":[40],"data_offsets":[60,100]}})", 100));
+  expect_error(d + "/overlap2", "overlap");
+  // A shape whose byte size wraps around 64 bits (2^40 x 2^21 x 8 bytes = 2^64 = 0).
+  write_bytes(d + "/wrap", header_file(R"({"a":{"dtype":"F64","shape":[1099511627776,2097152],"data_offsets":[0,0]}})", 8));
+  expect_error(d + "/wrap", "more than 2^64");
   write_bytes(d + "/backwards", header_file(R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,4]}})", 8));
   expect_error(d + "/backwards", "backwards");
   write_bytes(d + "/negative", header_file(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4));
