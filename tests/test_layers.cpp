@@ -163,3 +163,23 @@ TEST(Layers, UnpatchifyInvertsPatchLayoutAndCrops) {
   EXPECT_EQ(cropped.sizes(), at::IntArrayRef({B, Co, gt, 5, 7}));
   EXPECT_EQ(max_abs_diff(cropped, full.narrow(3, 0, 5).narrow(4, 0, 7)), 0.0);
 }
+
+TEST(Layers, MathAttentionMatchesNaiveSoftmax) {
+  at::manual_seed(8);
+  at::Tensor q = at::randn({3, 2, 5, 8}, f64()), k = at::randn({3, 2, 5, 8}, f64()), v = at::randn({3, 2, 5, 8}, f64());
+  at::Tensor ref = naive_attention(q, k, v, {});
+  EXPECT_LT(max_abs_diff(layers::attention_math(q, k, v), ref), 1e-12);
+  // bf16 inputs: softmax in float32, products in bf16 (the reference's temporal path).
+  at::Tensor b = layers::attention_math(q.to(at::kBFloat16), k.to(at::kBFloat16), v.to(at::kBFloat16));
+  EXPECT_EQ(b.scalar_type(), at::kBFloat16);
+  EXPECT_LT(max_abs_diff(b, ref), 0.1);
+}
+
+TEST(Layers, PositionEmbeddingWithBf16Frequencies) {
+  // dim 8: frequencies 1 and 0.01; bf16 holds 0.01 as 0.010009765625 (= 41 / 4096).
+  at::Tensor e = layers::pos_embed_2d(1, 3, 8, 1.0, 2, at::kDouble, at::kCPU, at::kBFloat16);
+  const double col = 2 * (2.0 / 3);  // token j = 2: 2 / scale * (base / w)
+  EXPECT_NEAR(e[2][1].item<double>(), std::sin(col * 0.010009765625), 1e-15);
+  EXPECT_NEAR(e[2][3].item<double>(), std::cos(col * 0.010009765625), 1e-15);
+  EXPECT_NEAR(e[2][0].item<double>(), std::sin(col), 1e-15);
+}

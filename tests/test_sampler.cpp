@@ -169,3 +169,15 @@ TEST(OpenSoraParity, RectifiedFlowSamplingWithCfgMatchesTheReference) {
   });
   EXPECT_LT(ditto::test::rel_err(z, ref.at("z")), 1e-5);
 }
+
+TEST(RectifiedFlow, Bf16SizesRoundTheRatioAsTheReferenceDoes) {
+  // 720p, 51 frames: sqrt(720 * 1280 / 512^2) = 1.875 and sqrt(15) = 3.873 -> 3.875 in bf16;
+  // 1.875 * 3.875 = 7.265625 rounds (to even) to 7.25 in bf16. The rest is float32.
+  VideoGeometry g{720, 1280, 51, LatentSpace::OpenSoraV12, at::kBFloat16};
+  const float tn = 600.0f / 1000.0f, r = 7.25f;
+  EXPECT_EQ(RectifiedFlow::transform(600.0f, g, 1000), r * tn / (1.0f + (r - 1.0f) * tn) * 1000.0f);
+  // float32 sizes keep the exact ratio 1.875 * sqrt(15).
+  g.size_dtype = at::kFloat;
+  const float r32 = 1.875f * std::sqrt(15.0f);
+  EXPECT_EQ(RectifiedFlow::transform(600.0f, g, 1000), r32 * tn / (1.0f + (r32 - 1.0f) * tn) * 1000.0f);
+}
