@@ -3,6 +3,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <fstream>
 #include <iostream>
 
 #include "model/error.h"
@@ -68,6 +69,13 @@ at::TensorOptions resolve_tensor_options(const ModelOptions& o, const MpiEnv& mp
   return at::TensorOptions().device(device).dtype(dtype);
 }
 
+std::string demo_model_dir() {
+  if (const char* env = std::getenv("DITTO_DEMO_MODEL")) return env;
+  return std::string(DITTO_SOURCE_DIR) + "/models/ditto-demo";
+}
+
+bool demo_model_available() { return std::ifstream(demo_model_dir() + "/config.json").good(); }
+
 std::string model_source(const ModelOptions& o) {
   return o.model_dir.empty() ? "random:" + o.config_name + ":seed" + std::to_string(o.weights_seed) : o.model_dir;
 }
@@ -114,7 +122,8 @@ void print_usage(std::ostream& os) {
         "usage: ditto COMMAND [options]     (ditto COMMAND --help for its options)\n\n"
         "commands:\n"
         "  sample    render one video from a caption embedding (or random caption) with a sampler\n"
-        "  forward   one model forward pass on saved inputs, to check against another implementation\n";
+        "  forward   one model forward pass on saved inputs, to check against another implementation\n"
+        "  train     train the demo text-to-video model on generated clips\n";
 }
 
 }  // namespace
@@ -133,6 +142,7 @@ int run_command(int argc, char** argv, const MpiEnv& mpi) {
   try {
     if (cmd == "sample") return run_sample(args, mpi);
     if (cmd == "forward") return run_forward(args, mpi);
+    if (cmd == "train") return run_train(args, mpi);
     fail("unknown command '", cmd, "' (ditto --help lists the commands)");
   } catch (const std::exception& e) {
     if (mpi.size() > 1) mpi.abort(e.what());

@@ -31,6 +31,10 @@ void add_model_options(po::options_description& desc, ModelOptions& o);
 at::TensorOptions resolve_tensor_options(const ModelOptions& o, const MpiEnv& mpi);
 // Loads --model DIR, or builds --config NAME with --random-weights; refuses anything else.
 STDiT3 load_model(const ModelOptions& o, const at::TensorOptions& options);
+// The shipped demo model (models/ditto-demo in the source tree, or DITTO_DEMO_MODEL).
+std::string demo_model_dir();
+bool demo_model_available();
+
 // A short description of where the weights came from, for logs and metrics.
 std::string model_source(const ModelOptions& o);
 
@@ -45,6 +49,7 @@ bool parse_command_line(const std::string& command, const std::string& summary, 
 // Command entry points. Each returns the process exit code; errors are thrown as ditto::Error.
 int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi);
 int run_forward(const std::vector<std::string>& args, const MpiEnv& mpi);
+int run_train(const std::vector<std::string>& args, const MpiEnv& mpi);
 
 // `ditto COMMAND ...`: dispatches to a command and turns exceptions into a message and exit code
 // (ending every rank of a multi-rank job).

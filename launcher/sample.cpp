@@ -20,6 +20,7 @@
 #include "model/error.h"
 #include "model/sampler.h"
 #include "model/safetensors.h"
+#include "model/text_encoder.h"
 
 namespace ditto {
 
@@ -188,14 +189,31 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
 
   const int sources = !caption_file.empty() + (random_caption > 0) + !prompt.empty();
   if (sources != 1) fail("give exactly one of --caption-embedding FILE, --random-caption N or --prompt TEXT");
+  if (mo.model_dir.empty() && mo.config_name.empty()) {
+    if (!demo_model_available())
+      fail("no model: pass --model DIR or --config NAME --random-weights (the demo model is not installed at ",
+           demo_model_dir(), ")");
+    mo.model_dir = demo_model_dir();
+  }
   STDiT3 model = load_model(mo, options);
   const STDiT3Config& cfg = model.config();
-  if (!prompt.empty())
-    fail("this model has no text encoder of its own: pass the text encoder's output with --caption-embedding "
-         "FILE (T5 for Open-Sora), or --random-caption N");
+  if (cfg.latent_space == LatentSpace::Pixel) {  // pixel models: their training geometry by default
+    if (vm["frames"].defaulted()) frames = 16;
+    if (vm["height"].defaulted()) height = 32;
+    if (vm["width"].defaulted()) width = 32;
+  }
   const uint64_t video_seed = seed + static_cast<uint64_t>(wl.dp_index);
-  Caption cap = caption_file.empty() ? make_random_caption(random_caption, video_seed, cfg)
-                                     : load_caption(caption_file, cfg);
+  Caption cap;
+  if (!prompt.empty()) {
+    if (mo.model_dir.empty() || !TextEncoder::present(mo.model_dir))
+      fail("this model has no text encoder of its own: pass the text encoder's output with --caption-embedding "
+           "FILE (T5 for Open-Sora), or --random-caption N");
+    TextEncoder text = TextEncoder::load(mo.model_dir, at::TensorOptions().dtype(at::kFloat));
+    if (text.config().dim != cfg.caption_channels) fail("the text encoder's width does not match the model's caption_channels");
+    std::tie(cap.y, cap.mask) = text.encode({prompt});
+  } else {
+    cap = caption_file.empty() ? make_random_caption(random_caption, video_seed, cfg) : load_caption(caption_file, cfg);
+  }
 
   // The initial latent, drawn whole (never per shard) so the result does not depend on the layout.
   const LatentShape ls = latent_shape(cfg, frames, height, width);
@@ -222,7 +240,8 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   SamplerOptions so;
   so.name = sampler_name;
   so.steps = steps;
-  so.timestep_transform = !no_transform;
+  // Open-Sora's transform is part of its sampling recipe; pixel-space models are sampled without it.
+  so.timestep_transform = !no_transform && cfg.latent_space == LatentSpace::OpenSoraV12;
   const auto run_dtype = options.dtype().toScalarType();
   auto sampler = make_sampler(so, {static_cast<double>(height), static_cast<double>(width), frames, cfg.latent_space,
                                    run_dtype == at::kDouble ? at::kFloat : run_dtype});
@@ -335,7 +354,8 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
                 {"seed", video_seed},
                 {"steps", steps},
                 {"sampler", sampler->name()},
-                {"timestep_transform", !no_transform},
+                {"timestep_transform", so.timestep_transform},
+                {"prompt", prompt},
                 {"cfg_scale", cfg_scale},
                 {"frames", frames},
                 {"height", height},

@@ -137,6 +137,17 @@ STDiT3Config builtin_config(const std::string& name) {
     c.num_heads = 4;
     c.caption_channels = 32;
     c.model_max_length = 8;
+  } else if (name == "ditto-demo" || name == "ditto-demo-tiny") {  // pixel space, 16 x 32 x 32 RGB clips
+    c.latent_space = LatentSpace::Pixel;
+    c.in_channels = 3;
+    c.pred_sigma = false;
+    c.patch_size = {1, 4, 4};
+    c.hidden_size = name == "ditto-demo" ? 128 : 32;
+    c.depth = name == "ditto-demo" ? 4 : 1;
+    c.num_heads = 4;
+    c.caption_channels = name == "ditto-demo" ? 64 : 16;
+    c.model_max_length = 12;
+    c.input_sq_size = 32;
   } else {
     std::string known;
     for (const auto& n : builtin_config_names()) known += (known.empty() ? "" : ", ") + n;
@@ -146,7 +157,9 @@ STDiT3Config builtin_config(const std::string& name) {
   return c;
 }
 
-std::vector<std::string> builtin_config_names() { return {"stdit3-xl", "stdit3-3b", "stdit3-small", "stdit3-tiny"}; }
+std::vector<std::string> builtin_config_names() {
+  return {"stdit3-xl", "stdit3-3b", "stdit3-small", "stdit3-tiny", "ditto-demo", "ditto-demo-tiny"};
+}
 
 LatentShape latent_shape(const STDiT3Config& c, int frames, int height, int width) {
   if (frames <= 0 || height <= 0 || width <= 0)

@@ -1,0 +1,30 @@
+// Quality measures: PSNR and SSIM of a video against a reference, and the demo's prompt-adherence
+// checker (colour segmentation + centroid tracking) that tells whether a generated clip shows the
+// prompted colour, shape, direction and speed.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "model/demo_data.h"
+
+namespace ditto {
+
+// Videos [C, T, H, W] (or [1, C, T, H, W]); data_range: max - min of the signal (2 for [-1, 1]).
+double psnr(const at::Tensor& video, const at::Tensor& reference, double data_range);
+// Mean SSIM over frames and channels (11 x 11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03).
+double ssim(const at::Tensor& video, const at::Tensor& reference, double data_range);
+
+struct Adherence {
+  bool color = false, shape = false, direction = false, speed = false, background = false;
+  std::string seen_color, seen_shape, seen_direction, seen_speed;
+  double fill = 0, velocity = 0;  // measured: area / bounding box, pixels per frame
+  bool ok() const { return color && shape && direction && speed && background; }
+  nlohmann::json json() const;
+};
+
+// video [3, T, H, W] in [-1, 1].
+Adherence check_adherence(const at::Tensor& video, const DemoAttributes& expected);
+
+}  // namespace ditto
