@@ -1,0 +1,169 @@
+// Every cache policy preset side by side on the same prompts and seeds: wall-clock speedup against
+// `none`, the fraction of block-stack compute skipped, PSNR and SSIM of the result against the
+// uncached one and, on the demo model, prompt adherence. Prints one table, writes JSON rows.
+// Launch under mpirun to measure with sequence parallelism (every rank shares each video).
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "cache/cache_runner.h"
+#include "dist/mpi_communicator.h"
+#include "dist/video_sampler.h"
+#include "launcher/common.h"
+#include "launcher/device_sync.h"
+#include "launcher/quality.h"
+#include "model/demo_data.h"
+#include "model/error.h"
+#include "model/text_encoder.h"
+
+using namespace ditto;
+
+namespace {
+
+struct Preset {
+  std::string label, policy;
+  PolicyOptions options;
+};
+
+std::vector<Preset> presets() {
+  return {{"none", "none", {}},
+          {"static interval=2", "static", {{"interval", "2"}}},
+          {"static interval=3", "static", {{"interval", "3"}}},
+          {"pab 2/4/6", "pab", {}},
+          {"adacache fast", "adacache", {{"preset", "fast"}}},
+          {"adacache slow", "adacache", {{"preset", "slow"}}},
+          {"adacache fast+moreg", "adacache", {{"preset", "fast"}, {"moreg", "1"}}},
+          {"teacache 0.1", "teacache", {{"threshold", "0.1"}}},
+          {"teacache 0.2", "teacache", {{"threshold", "0.2"}}},
+          {"fbcache 0.08", "fbcache", {{"threshold", "0.08"}}}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MpiEnv mpi(&argc, &argv);
+  ModelOptions mo;
+  int steps = 0, videos = 0, frames = 0, height = 0, width = 0;
+  double cfg_scale = 0;
+  std::string json_path;
+  po::options_description desc("options");
+  add_model_options(desc, mo);
+  // clang-format off
+  desc.add_options()
+    ("steps", po::value(&steps)->default_value(30), "sampling steps")
+    ("videos", po::value(&videos)->default_value(8), "prompts x seeds per policy (demo prompts, or random captions)")
+    ("cfg-scale", po::value(&cfg_scale)->default_value(7.0), "guidance scale")
+    ("frames", po::value(&frames)->default_value(0), "frames (0: the model's default: 16 pixel / 51 Open-Sora)")
+    ("height", po::value(&height)->default_value(0), "height in pixels (0: model default)")
+    ("width", po::value(&width)->default_value(0), "width in pixels (0: model default)")
+    ("json", po::value(&json_path), "write the rows as JSON here");
+  // clang-format on
+  try {
+    po::variables_map vm;
+    if (!parse_command_line("bench_cache", "cache policies side by side", desc, {argv + 1, argv + argc}, vm)) return 0;
+    if (mo.model_dir.empty() && mo.config_name.empty()) mo.model_dir = demo_model_dir();
+    const at::TensorOptions options = resolve_tensor_options(mo, mpi);
+    STDiT3 model = load_model(mo, options);
+    const STDiT3Config& cfg = model.config();
+    const bool pixel = cfg.latent_space == LatentSpace::Pixel;
+    const bool demo = pixel && !mo.model_dir.empty() && TextEncoder::present(mo.model_dir);
+    if (!frames) frames = pixel ? 16 : 51;
+    if (!height) height = pixel ? 32 : 240;
+    if (!width) width = pixel ? 32 : 426;
+    const LatentShape ls = latent_shape(cfg, frames, height, width);
+    SamplerOptions so;
+    so.steps = steps;
+    so.timestep_transform = !pixel;
+    RectifiedFlow rf(so, {double(height), double(width), frames, cfg.latent_space});
+    MpiCommunicator world(MPI_COMM_WORLD);
+    Communicator* sp = world.size() > 1 ? &world : nullptr;
+
+    // The same requests for every policy.
+    std::vector<VideoRequest> requests;
+    std::vector<DemoAttributes> attributes;
+    const auto all = all_demo_attributes();
+    std::unique_ptr<TextEncoder> text;
+    if (demo) text = std::make_unique<TextEncoder>(TextEncoder::load(mo.model_dir, at::TensorOptions().dtype(at::kFloat)));
+    for (int v = 0; v < videos; ++v) {
+      VideoRequest req;
+      at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1000 + v);
+      req.z0 = at::randn({1, ls.channels, ls.frames, ls.height, ls.width}, gen, at::kFloat);
+      if (demo) {
+        attributes.push_back(all[(v * 97) % all.size()]);
+        std::tie(req.caption_y, req.caption_mask) = text->encode({demo_prompt(attributes.back())});
+      } else {
+        req.caption_y = at::randn({1, 1, cfg.model_max_length, cfg.caption_channels}, gen, at::kFloat);
+        req.caption_mask = at::ones({1, cfg.model_max_length}, at::kLong);
+      }
+      req.height = float(height);
+      req.width = float(width);
+      req.cfg_scale = cfg_scale;
+      requests.push_back(req);
+    }
+    std::vector<at::Tensor> reference;
+    nlohmann::ordered_json rows = nlohmann::json::array();
+    double base_s = 0;
+    if (world.rank() == 0) {
+      std::printf("# cache policies: %s, latent %dx%dx%d, %d steps, cfg %.1f, %d videos, %s %s, %d rank(s)\n",
+                  model_source(mo).c_str(), ls.frames, ls.height, ls.width, steps, cfg_scale, videos,
+                  options.device().str().c_str(), dtype_name(options.dtype().toScalarType()).c_str(), world.size());
+      std::printf("| policy | compute | speedup | PSNR (dB) | SSIM |%s\n", demo ? " adherence |" : "");
+      std::printf("|---|---|---|---|---|%s\n", demo ? "---|" : "");
+    }
+    for (const auto& preset : presets()) {
+      auto policy = make_cache_policy(preset.policy, preset.options, cfg.depth, steps);
+      CacheRunner runner(model, *policy, sp);
+      double seconds = 0, psnr_sum = 0, ssim_sum = 0, computed = 0, total = 0;
+      int adherent = 0, finite = 0;
+      for (int v = 0; v < videos; ++v) {
+        runner.begin_video(rf.timesteps());
+        TokenForward f = [&](const at::Tensor& t, int64_t s0, const Conditioning& c, SequenceLayout* l, int step) {
+          return runner.forward(t, s0, c, l, step);
+        };
+        world.barrier();
+        const auto t0 = std::chrono::steady_clock::now();
+        at::Tensor z = sample_video(model, rf, requests[v], {sp, nullptr}, nullptr, f);
+        synchronize(options.device());
+        seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const auto rep = runner.report();
+        computed += rep["units_computed"].get<double>();
+        total += rep["units_total"].get<double>();
+        if (preset.policy == "none") reference.push_back(z);
+        const at::Tensor& ref = reference[v];
+        const double range = pixel ? 2.0 : (ref.max() - ref.min()).item<double>();
+        const at::Tensor zz = pixel ? z.clamp(-1, 1) : z, rr = pixel ? ref.clamp(-1, 1) : ref;
+        const double p = psnr(zz, rr, range);
+        if (std::isfinite(p)) psnr_sum += p, ++finite;
+        ssim_sum += ssim(zz, rr, range);
+        if (demo) adherent += check_adherence(z[0], attributes[v]).ok();
+      }
+      at::Tensor slowest = at::tensor({seconds}, at::kDouble);
+      world.all_reduce(slowest, ReduceOp::Max);
+      seconds = slowest.item<double>();
+      if (preset.policy == "none") base_s = seconds;
+      const double psnr_mean = finite ? psnr_sum / finite : INFINITY;
+      nlohmann::ordered_json row = {{"policy", preset.label},         {"compute_fraction", computed / total},
+                                    {"seconds", seconds},             {"speedup", base_s / seconds},
+                                    {"psnr_db", finite ? psnr_mean : -1}, {"ssim", ssim_sum / videos}};
+      if (demo) row["adherence"] = static_cast<double>(adherent) / videos;
+      rows.push_back(row);
+      if (world.rank() == 0) {
+        char adh[32] = "";
+        if (demo) std::snprintf(adh, sizeof adh, " %d/%d |", adherent, videos);
+        std::printf("| %s | %.1f%% | %.2fx | %s | %.4f |%s\n", preset.label.c_str(), 100 * computed / total,
+                    base_s / seconds, finite ? std::to_string(psnr_mean).substr(0, 5).c_str() : "inf",
+                    ssim_sum / videos, adh);
+        std::fflush(stdout);
+      }
+    }
+    if (world.rank() == 0 && !json_path.empty())
+      std::ofstream(json_path) << nlohmann::ordered_json{{"model", model_source(mo)}, {"steps", steps},
+                                                         {"videos", videos}, {"ranks", world.size()},
+                                                         {"rows", rows}}.dump(2)
+                               << "\n";
+  } catch (const std::exception& e) {
+    mpi.abort(std::string("bench_cache: ") + e.what());
+  }
+  return 0;
+}
