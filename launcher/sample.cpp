@@ -301,8 +301,10 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   groups.video->all_gather(peaks, all_peaks);
 
   if (root) {
-    // Outputs: written whole or not at all.
+    // Outputs: each file written whole or not at all, and metrics.json last: it lists this run's
+    // files, so a directory whose metrics.json is missing holds no finished run.
     make_dir(video_dir);
+    std::remove((video_dir + "/metrics.json").c_str());
     nlohmann::ordered_json outputs;
     const std::string latent_path = video_dir + "/latent.safetensors";
     save_safetensors(latent_path, {{"z", z.cpu()}},
