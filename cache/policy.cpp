@@ -1,7 +1,9 @@
 // Cache policy registry and option parsing.
 #include "cache/policy.h"
 
+#include <cctype>
 #include <cmath>
+#include <fstream>
 #include <cstring>
 #include <set>
 #include <sstream>
@@ -122,7 +124,15 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
     std::string preset = speed;
     if (speed == "fast" || speed == "slow") preset = (steps >= 65 ? "100-" : "30-") + speed;
     if (preset == "100-slow") fail("adacache: there is no published 100-step slow codebook; give codebook=...");
-    Codebook cb = opt.has("codebook") ? Codebook::parse(opt.str("codebook", "")) : adacache_preset(preset);
+    // codebook=0.08:6/.../1.00:1, or codebook=@FILE holding the same text.
+    std::string text = opt.str("codebook", "");
+    if (!text.empty() && text[0] == '@') {
+      std::ifstream in(text.substr(1));
+      if (!in) fail("adacache: cannot read the codebook file '", text.substr(1), "'");
+      std::getline(in, text, '\0');
+      while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
+    }
+    Codebook cb = opt.has("codebook") ? Codebook::parse(text) : adacache_preset(preset);
     MoRegParams moreg;
     moreg.enabled = opt.integer("moreg", 0) != 0;
     // Released windows: steps 10-90 of 100 and 4-26 of 30; other counts scale 10-90 %.

@@ -233,4 +233,8 @@ TEST(CachePolicies, UnknownNamesAndOptionsAreErrors) {
   EXPECT_EQ(p->params()["codebook"], "0.08:3/0.16:2/0.24:1/0.32:1/0.4:1/1:1");
   EXPECT_EQ(p->params()["metric_unit"], "temporal_blocks.13.attn");  // the released cache_loc
   EXPECT_EQ(p->params()["moreg_window"], nlohmann::json({4, 26}));
+  const std::string file = ditto::test::temp_dir() + "/codebook.txt";
+  ditto::test::write_bytes(file, "0.05:5/0.5:2/1:1\n");
+  EXPECT_EQ(make_cache_policy("adacache", {{"codebook", "@" + file}}, 28, 30)->params()["codebook"], "0.05:5/0.5:2/1:1");
+  EXPECT_THROW(make_cache_policy("adacache", {{"codebook", "@/nonexistent"}}, 28, 30), Error);
 }
