@@ -46,7 +46,7 @@ int main(int argc, char** argv) {
   ModelOptions mo;
   int steps = 0, videos = 0, frames = 0, height = 0, width = 0;
   double cfg_scale = 0;
-  std::string json_path;
+  std::string json_path, only;
   po::options_description desc("options");
   add_model_options(desc, mo);
   // clang-format off
@@ -57,6 +57,7 @@ int main(int argc, char** argv) {
     ("frames", po::value(&frames)->default_value(0), "frames (0: the model's default: 16 pixel / 51 Open-Sora)")
     ("height", po::value(&height)->default_value(0), "height in pixels (0: model default)")
     ("width", po::value(&width)->default_value(0), "width in pixels (0: model default)")
+    ("only", po::value(&only), "run only these policies (comma-separated names; none always runs first)")
     ("json", po::value(&json_path), "write the rows as JSON here");
   // clang-format on
   try {
@@ -112,6 +113,8 @@ int main(int argc, char** argv) {
       std::printf("|---|---|---|---|---|%s\n", demo ? "---|" : "");
     }
     for (const auto& preset : presets()) {
+      if (!only.empty() && preset.policy != "none" && ("," + only + ",").find("," + preset.policy + ",") == std::string::npos)
+        continue;
       auto policy = make_cache_policy(preset.policy, preset.options, cfg.depth, steps);
       CacheRunner runner(model, *policy, sp);
       double seconds = 0, psnr_sum = 0, ssim_sum = 0, computed = 0, total = 0;

@@ -85,9 +85,13 @@ void make_dir(const std::string& dir) {
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) fail("cannot create output directory '", dir, "'");
 }
 
-RgbVideo to_rgb_video(const at::Tensor& z, int fps) {
-  // z: [1, 3, T, H, W] in [-1, 1]
-  at::Tensor u8 = ((z[0].clamp(-1, 1) + 1) * 127.5).round().to(at::kByte).permute({1, 2, 3, 0}).contiguous().cpu();
+// z: [1, 3, T, H, W] in [-1, 1]; each pixel becomes an upscale x upscale block (0: enough to make
+// the shorter side at least 256 pixels, so a 32 x 32 demo clip is watchable).
+RgbVideo to_rgb_video(const at::Tensor& z, int fps, int upscale) {
+  if (upscale <= 0) upscale = std::max<int64_t>(1, (256 + std::min(z.size(3), z.size(4)) - 1) / std::min(z.size(3), z.size(4)));
+  at::Tensor u8 = ((z[0].clamp(-1, 1) + 1) * 127.5).round().to(at::kByte).permute({1, 2, 3, 0}).cpu();
+  if (upscale > 1) u8 = u8.repeat_interleave(upscale, 1).repeat_interleave(upscale, 2);
+  u8 = u8.contiguous();
   RgbVideo v;
   v.fps = fps;
   v.height = static_cast<int>(u8.size(1));
@@ -146,6 +150,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   double cfg_scale = 0, nccl_timeout = 0;
   uint64_t seed = 0;
   bool no_transform = false, png = false, no_mp4 = false, quiet = false;
+  int upscale = 0;
   po::options_description desc("options");
   add_model_options(desc, mo);
   // clang-format off
@@ -171,6 +176,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("nccl-timeout", po::value(&nccl_timeout)->default_value(600), "seconds a NCCL collective may take before the job is ended")
     ("out", po::value(&out_dir)->default_value("out"), "output directory: latent.safetensors, metrics.json, video.y4m/.mp4 (data-parallel groups: OUT/dpG)")
     ("png", po::bool_switch(&png), "also write PNG frames (pixel-space models)")
+    ("upscale", po::value(&upscale)->default_value(0), "pixel-space videos: enlarge each pixel N x N in the video files (0: to at least 256 px)")
     ("no-mp4", po::bool_switch(&no_mp4), "do not encode video.mp4 even when ffmpeg is installed")
     ("quiet", po::bool_switch(&quiet), "no progress output");
   // clang-format on
@@ -312,7 +318,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
                       {"cfg_scale", std::to_string(cfg_scale)}, {"sampler", sampler->name()}, {"layout", wl.describe()}});
     outputs["latent"] = latent_path;
     if (cfg.latent_space == LatentSpace::Pixel && cfg.in_channels == 3) {
-      RgbVideo video = to_rgb_video(z, fps);
+      RgbVideo video = to_rgb_video(z, fps, upscale);
       write_y4m(video_dir + "/video.y4m", video);
       outputs["y4m"] = video_dir + "/video.y4m";
       if (!no_mp4 && ffmpeg_available()) {

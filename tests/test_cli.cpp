@@ -92,7 +92,7 @@ TEST(Cli, PixelSpaceModelWritesAVideo) {
   c.latent_space = LatentSpace::Pixel;
   STDiT3::random(c, 3, at::TensorOptions().dtype(at::kFloat)).save_pretrained(d + "/model");
   auto r = run_ditto("sample --model " + d + "/model --random-caption 3 --frames 4 --height 10 --width 12 --steps 2 " +
-                     "--no-timestep-transform --png --no-mp4 --quiet --out " + d + "/out");
+                     "--no-timestep-transform --png --no-mp4 --upscale 1 --quiet --out " + d + "/out");
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string y4m = read_bytes(d + "/out/video.y4m");
   const std::string header = "YUV4MPEG2 W12 H10 F24:1 Ip A1:1 C444\n";
@@ -108,6 +108,8 @@ TEST(Cli, PixelSpaceModelWritesAVideo) {
   if (std::system("ffmpeg -version >/dev/null 2>&1") != 0) return;  // MP4 needs an installed ffmpeg
   r = run_ditto("sample --model " + d + "/model --random-caption 3 --frames 4 --height 10 --width 12 --steps 2 " +
                 "--no-timestep-transform --quiet --out " + d + "/mp4");
+  // The default upscale makes the shorter side at least 256 pixels: 10 px -> x26.
+  EXPECT_EQ(read_bytes(d + "/mp4/video.y4m").substr(0, 22), "YUV4MPEG2 W312 H260 F2");
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string mp4 = read_bytes(d + "/mp4/video.mp4");
   ASSERT_GT(mp4.size(), 100u);
