@@ -138,7 +138,9 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     at::Tensor x0 = at::stack(clips).to(options);
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
     at::Tensor noise = at::randn(x0.sizes(), gen, at::kFloat).to(options.device());
-    at::Tensor t = at::sigmoid(at::randn({batch}, gen, at::kFloat)).to(options.device());  // logit-normal
+    // Uniform t, as Open-Sora's rectified flow trains: every sampling step's noise level gets trained,
+    // the near-pure-noise start included (where the layout of the clip is decided).
+    at::Tensor t = at::rand({batch}, gen, at::kFloat).to(options.device());
     at::Tensor drop = (at::rand({batch}, gen, at::kFloat) < dropout).to(options.device());
     auto [y, mask] = text.encode(prompts);
     y = at::where(drop.view({batch, 1, 1, 1}), null_y.expand_as(y), y);
