@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
   desc.add_options()
     ("steps", po::value(&steps)->default_value(30), "sampling steps")
     ("videos", po::value(&videos)->default_value(8), "prompts x seeds per policy (demo prompts, or random captions)")
-    ("cfg-scale", po::value(&cfg_scale)->default_value(7.0), "guidance scale")
+    ("cfg-scale", po::value(&cfg_scale)->default_value(0), "guidance scale (0: 2.5 for pixel-space models, else 7)")
     ("frames", po::value(&frames)->default_value(0), "frames (0: the model's default: 16 pixel / 51 Open-Sora)")
     ("height", po::value(&height)->default_value(0), "height in pixels (0: model default)")
     ("width", po::value(&width)->default_value(0), "width in pixels (0: model default)")
@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
     const STDiT3Config& cfg = model.config();
     const bool pixel = cfg.latent_space == LatentSpace::Pixel;
     const bool demo = pixel && !mo.model_dir.empty() && TextEncoder::present(mo.model_dir);
+    if (cfg_scale == 0) cfg_scale = pixel ? 2.5 : 7.0;
     if (!frames) frames = pixel ? 16 : 51;
     if (!height) height = pixel ? 32 : 240;
     if (!width) width = pixel ? 32 : 426;

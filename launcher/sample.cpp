@@ -162,7 +162,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("height", po::value(&height)->default_value(240), "height in pixels")
     ("width", po::value(&width)->default_value(426), "width in pixels")
     ("steps", po::value(&steps)->default_value(30), "sampling steps")
-    ("cfg-scale", po::value(&cfg_scale)->default_value(7.0), "classifier-free guidance scale (1 turns guidance off)")
+    ("cfg-scale", po::value(&cfg_scale)->default_value(7.0), "classifier-free guidance scale (1 turns guidance off; pixel-space models default to 2.5)")
     ("sampler", po::value(&sampler_name)->default_value("rflow"), "rflow (Open-Sora 1.2 rectified flow) | ddim (epsilon-prediction models)")
     ("no-timestep-transform", po::bool_switch(&no_transform), "rflow without Open-Sora's resolution/length timestep transform")
     ("seed", po::value(&seed)->default_value(42), "seed of the initial noise (drawn whole on the CPU, identical on every rank and device; data-parallel group g uses seed + g)")
@@ -207,6 +207,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
     if (vm["frames"].defaulted()) frames = 16;
     if (vm["height"].defaulted()) height = 32;
     if (vm["width"].defaulted()) width = 32;
+    if (vm["cfg-scale"].defaulted()) cfg_scale = 2.5;  // 7 (Open-Sora's) over-saturates the small demo
   }
   const uint64_t video_seed = seed + static_cast<uint64_t>(wl.dp_index);
   Caption cap;
