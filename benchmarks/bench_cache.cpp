@@ -122,12 +122,9 @@ int main(int argc, char** argv) {
       int adherent = 0, finite = 0;
       for (int v = 0; v < videos; ++v) {
         runner.begin_video(rf.timesteps());
-        TokenForward f = [&](const at::Tensor& t, int64_t s0, const Conditioning& c, SequenceLayout* l, int step) {
-          return runner.forward(t, s0, c, l, step);
-        };
         world.barrier();
         const auto t0 = std::chrono::steady_clock::now();
-        at::Tensor z = sample_video(model, rf, requests[v], {sp, nullptr}, nullptr, f);
+        at::Tensor z = sample_video(model, rf, requests[v], {sp, nullptr}, nullptr, runner.token_forward());
         synchronize(options.device());
         seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         const auto rep = runner.report();

@@ -8,6 +8,7 @@
 
 #include "cache/policy.h"
 #include "dist/communicator.h"
+#include "dist/video_sampler.h"
 #include "model/stdit3.h"
 
 namespace ditto {
@@ -22,6 +23,12 @@ class CacheRunner {
   // The model call of step `step` (0-based) on this rank's tokens; returns output tokens.
   at::Tensor forward(const at::Tensor& tokens, int64_t s_begin, const Conditioning& cond, SequenceLayout* layout,
                      int step);
+  // forward() as the video sampler's model call.
+  TokenForward token_forward() {
+    return [this](const at::Tensor& t, int64_t s0, const Conditioning& c, SequenceLayout* l, int step) {
+      return forward(t, s0, c, l, step);
+    };
+  }
   // Units computed / total, FLOPs and bytes saved, the per-step decision log.
   nlohmann::json report() const;
   // Units computed in the last step (for tests).

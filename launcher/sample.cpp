@@ -287,10 +287,6 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   cfg_comm->reset_counters();
   CacheRunner cache(model, *policy, groups.video.get());
   cache.begin_video(sampler->timesteps());
-  TokenForward cached_forward = [&](const at::Tensor& tokens, int64_t s_begin, const Conditioning& c,
-                                    SequenceLayout* layout, int step) {
-    return cache.forward(tokens, s_begin, c, layout, step);
-  };
   at::Tensor z = sample_video(model, *sampler, req, {sp_comm.get(), cfg_comm.get()}, [&](int i, const at::Tensor&) {
     synchronize(dev);
     const auto now = std::chrono::steady_clock::now();
@@ -298,7 +294,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
     last = now;
     progress.update(i + 1, step_s.back(), std::chrono::duration<double>(now - t_loop).count());
     maybe_inject_fault(mpi.rank(), i + 1);
-  }, cached_forward);
+  }, cache.token_forward());
   progress.finish();
   const double sample_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_loop).count();
   const int64_t peak = peak_memory_bytes(dev);

@@ -173,10 +173,7 @@ TEST(CacheRunner, NoneIsTheUncachedModelAndStateResetsBetweenVideos) {
     CacheRunner runner(m, *policy, nullptr);
     auto run = [&] {
       runner.begin_video(rf.timesteps());
-      TokenForward f = [&](const at::Tensor& t, int64_t s0, const Conditioning& cond, SequenceLayout* l, int step) {
-        return runner.forward(t, s0, cond, l, step);
-      };
-      at::Tensor z = sample_video(m, rf, req, {}, nullptr, f);
+      at::Tensor z = sample_video(m, rf, req, {}, nullptr, runner.token_forward());
       return std::make_pair(z, runner.report());
     };
     auto [z1, r1] = run();

@@ -261,16 +261,13 @@ TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
       auto policy = make_cache_policy(name, options, c.depth, so.steps);
       CacheRunner runner(m, *policy, video);
       runner.begin_video(rf.timesteps());
-      TokenForward f = [&](const at::Tensor& t, int64_t s0, const Conditioning& cond, SequenceLayout* l, int step) {
-        return runner.forward(t, s0, cond, l, step);
-      };
       int64_t before = watch ? watch->counters().all_to_all.calls : 0;
       StepFn on_step = [&](int, const at::Tensor&) {
         if (!watch) return;
         a2a_per_step->push_back(watch->counters().all_to_all.calls - before);
         before = watch->counters().all_to_all.calls;
       };
-      at::Tensor z = sample_video(m, rf, req, g, on_step, f);
+      at::Tensor z = sample_video(m, rf, req, g, on_step, runner.token_forward());
       return std::make_pair(z, runner.report());
     };
     auto [z1, rep1] = run({}, nullptr, nullptr, nullptr);
