@@ -10,7 +10,6 @@ CacheRunner::CacheRunner(const STDiT3& model, CachePolicy& policy, Communicator*
 
 void CacheRunner::begin_video(const std::vector<float>& timesteps) {
   policy_.reset(timesteps);
-  steps_ = static_cast<int>(timesteps.size());
   unit_cache_.assign(unit_count(model_.config().depth), at::Tensor());
   stack_residual_ = metric_residual_ = at::Tensor();
   units_computed_ = units_total_ = bytes_saved_ = 0;

@@ -47,7 +47,7 @@ class CacheRunner {
   std::vector<at::Tensor> unit_cache_;  // per unit_index (policies that reuse single units)
   at::Tensor stack_residual_;           // x_out - x_in of the skippable part of the stack
   at::Tensor metric_residual_;
-  int steps_ = 0, last_units_ = 0;
+  int last_units_ = 0;
   int64_t units_computed_ = 0, units_total_ = 0, bytes_saved_ = 0;
   double flops_computed_ = 0, flops_total_ = 0;
   nlohmann::json log_ = nlohmann::json::array();
