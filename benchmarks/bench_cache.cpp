@@ -53,8 +53,8 @@ int main(int argc, char** argv) {
   desc.add_options()
     ("steps", po::value(&steps)->default_value(30), "sampling steps")
     ("videos", po::value(&videos)->default_value(8), "prompts x seeds per policy (demo prompts, or random captions)")
-    ("cfg-scale", po::value(&cfg_scale)->default_value(0), "guidance scale (0: 2.5 for pixel-space models, else 7)")
-    ("frames", po::value(&frames)->default_value(0), "frames (0: the model's default: 16 pixel / 51 Open-Sora)")
+    ("cfg-scale", po::value(&cfg_scale)->default_value(0), "guidance scale (0: the model's default, see ditto sample --help)")
+    ("frames", po::value(&frames)->default_value(0), "frames (0: the model's default)")
     ("height", po::value(&height)->default_value(0), "height in pixels (0: model default)")
     ("width", po::value(&width)->default_value(0), "width in pixels (0: model default)")
     ("only", po::value(&only), "run only these policies (comma-separated names; none always runs first)")
@@ -69,14 +69,15 @@ int main(int argc, char** argv) {
     const STDiT3Config& cfg = model.config();
     const bool pixel = cfg.latent_space == LatentSpace::Pixel;
     const bool demo = pixel && !mo.model_dir.empty() && TextEncoder::present(mo.model_dir);
-    if (cfg_scale == 0) cfg_scale = pixel ? 2.5 : 7.0;
-    if (!frames) frames = pixel ? 16 : 51;
-    if (!height) height = pixel ? 32 : 240;
-    if (!width) width = pixel ? 32 : 426;
+    const SamplingDefaults defaults = sampling_defaults(cfg);
+    if (cfg_scale == 0) cfg_scale = defaults.cfg_scale;
+    if (!frames) frames = defaults.frames;
+    if (!height) height = defaults.height;
+    if (!width) width = defaults.width;
     const LatentShape ls = latent_shape(cfg, frames, height, width);
     SamplerOptions so;
     so.steps = steps;
-    so.timestep_transform = !pixel;
+    so.timestep_transform = defaults.timestep_transform;
     RectifiedFlow rf(so, {double(height), double(width), frames, cfg.latent_space});
     MpiCommunicator world(MPI_COMM_WORLD);
     Communicator* sp = world.size() > 1 ? &world : nullptr;

@@ -76,6 +76,11 @@ std::string demo_model_dir() {
 
 bool demo_model_available() { return std::ifstream(demo_model_dir() + "/config.json").good(); }
 
+SamplingDefaults sampling_defaults(const STDiT3Config& c) {
+  if (c.latent_space == LatentSpace::Pixel) return {16, 32, 32, 2.5, false};
+  return {51, 240, 426, 7.0, true};
+}
+
 std::string model_source(const ModelOptions& o) {
   return o.model_dir.empty() ? "random:" + o.config_name + ":seed" + std::to_string(o.weights_seed) : o.model_dir;
 }

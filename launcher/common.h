@@ -35,6 +35,16 @@ STDiT3 load_model(const ModelOptions& o, const at::TensorOptions& options);
 std::string demo_model_dir();
 bool demo_model_available();
 
+// How a model is sampled when the user does not say: Open-Sora latent models 51 frames at 240 x 426,
+// CFG 7 and Open-Sora's timestep transform; pixel-space models (the demo) their training geometry
+// 16 x 32 x 32, CFG 2.5 (7 over-saturates the small demo) and no transform.
+struct SamplingDefaults {
+  int frames, height, width;
+  double cfg_scale;
+  bool timestep_transform;
+};
+SamplingDefaults sampling_defaults(const STDiT3Config& config);
+
 // A short description of where the weights came from, for logs and metrics.
 std::string model_source(const ModelOptions& o);
 

@@ -203,12 +203,11 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   }
   STDiT3 model = load_model(mo, options);
   const STDiT3Config& cfg = model.config();
-  if (cfg.latent_space == LatentSpace::Pixel) {  // pixel models: their training geometry by default
-    if (vm["frames"].defaulted()) frames = 16;
-    if (vm["height"].defaulted()) height = 32;
-    if (vm["width"].defaulted()) width = 32;
-    if (vm["cfg-scale"].defaulted()) cfg_scale = 2.5;  // 7 (Open-Sora's) over-saturates the small demo
-  }
+  const SamplingDefaults defaults = sampling_defaults(cfg);
+  if (vm["frames"].defaulted()) frames = defaults.frames;
+  if (vm["height"].defaulted()) height = defaults.height;
+  if (vm["width"].defaulted()) width = defaults.width;
+  if (vm["cfg-scale"].defaulted()) cfg_scale = defaults.cfg_scale;
   const uint64_t video_seed = seed + static_cast<uint64_t>(wl.dp_index);
   Caption cap;
   if (!prompt.empty()) {
@@ -247,8 +246,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   SamplerOptions so;
   so.name = sampler_name;
   so.steps = steps;
-  // Open-Sora's transform is part of its sampling recipe; pixel-space models are sampled without it.
-  so.timestep_transform = !no_transform && cfg.latent_space == LatentSpace::OpenSoraV12;
+  so.timestep_transform = !no_transform && defaults.timestep_transform;
   const auto run_dtype = options.dtype().toScalarType();
   auto sampler = make_sampler(so, {static_cast<double>(height), static_cast<double>(width), frames, cfg.latent_space,
                                    run_dtype == at::kDouble ? at::kFloat : run_dtype});

@@ -11,6 +11,7 @@
 #include "dist/video_sampler.h"
 #include "model/error.h"
 #include "test_util.h"
+#include "tiny_video.h"
 
 using namespace ditto;
 
@@ -157,13 +158,7 @@ TEST(FirstBlockCache, ComparesWithTheLastComputedStep) {
 TEST(CacheRunner, NoneIsTheUncachedModelAndStateResetsBetweenVideos) {
   const STDiT3Config c = builtin_config("stdit3-tiny");
   STDiT3 m = STDiT3::random(c, 3, at::TensorOptions().dtype(at::kFloat));
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(4);
-  VideoRequest req;
-  req.z0 = at::randn({1, 4, 15, 6, 9}, gen, at::kFloat);
-  req.caption_y = at::randn({1, 1, 8, 32}, gen, at::kFloat);
-  req.caption_mask = at::ones({1, 8}, at::kLong);
-  req.height = 48;
-  req.width = 72;
+  const VideoRequest req = ditto::test::tiny_video_request(4, 48, 72);
   SamplerOptions so;
   so.steps = 12;
   RectifiedFlow rf(so, {48, 72, 51, LatentSpace::OpenSoraV12});

@@ -12,6 +12,7 @@
 #include "model/layers.h"
 #include "model/stdit3.h"
 #include "test_util.h"
+#include "tiny_video.h"
 
 using namespace ditto;
 
@@ -210,13 +211,7 @@ TEST(SequenceParallel, SamplingMatchesOneRankWithAndWithoutCfgParallel) {
   const int P = world().size(), r = world().rank();
   const STDiT3Config c = builtin_config("stdit3-tiny");
   STDiT3 m = STDiT3::random(c, 7, kF32);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(8);
-  VideoRequest req;
-  req.z0 = at::randn({1, 4, 15, 5, 9}, gen, kF32);  // padded to a 3 x 5 token grid
-  req.caption_y = at::randn({1, 1, 8, 32}, gen, kF32);
-  req.caption_mask = at::tensor({1, 1, 1, 1, 1, 1, 0, 0}, at::kLong).reshape({1, 8});
-  req.height = 40;
-  req.width = 72;
+  VideoRequest req = ditto::test::tiny_video_request(8, 40, 72, /*valid_tokens=*/6);  // 5 x 9: padded to 3 x 5 tokens
   req.cfg_scale = 6.0;
   SamplerOptions so;
   so.steps = 3;
@@ -238,13 +233,7 @@ TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
   const int P = world().size(), r = world().rank();
   const STDiT3Config c = builtin_config("stdit3-tiny");
   STDiT3 m = STDiT3::random(c, 11, kF32);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(12);
-  VideoRequest req;
-  req.z0 = at::randn({1, 4, 15, 5, 9}, gen, kF32);
-  req.caption_y = at::randn({1, 1, 8, 32}, gen, kF32);
-  req.caption_mask = at::ones({1, 8}, at::kLong);
-  req.height = 40;
-  req.width = 72;
+  const VideoRequest req = ditto::test::tiny_video_request(12, 40, 72);
   SamplerOptions so;
   so.steps = 14;
   RectifiedFlow rf(so, {40, 72, 51, LatentSpace::OpenSoraV12});

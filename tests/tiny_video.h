@@ -1,0 +1,20 @@
+// The random tiny-model video request the cache and parallel tests sample (stdit3-tiny: 4 latent
+// channels, 8 caption tokens of 32 channels; 51 frames -> 15 latent frames).
+#pragma once
+#include "dist/video_sampler.h"
+
+namespace ditto::test {
+
+inline VideoRequest tiny_video_request(uint64_t seed, int height_px, int width_px, int valid_tokens = 8) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  VideoRequest req;
+  req.z0 = at::randn({1, 4, 15, height_px / 8, width_px / 8}, gen, at::kFloat);
+  req.caption_y = at::randn({1, 1, 8, 32}, gen, at::kFloat);
+  req.caption_mask = at::zeros({1, 8}, at::kLong);
+  req.caption_mask.narrow(1, 0, valid_tokens).fill_(1);
+  req.height = static_cast<float>(height_px);
+  req.width = static_cast<float>(width_px);
+  return req;
+}
+
+}  // namespace ditto::test
