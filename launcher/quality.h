@@ -18,13 +18,14 @@ double ssim(const at::Tensor& video, const at::Tensor& reference, double data_ra
 
 struct Adherence {
   bool color = false, shape = false, direction = false, speed = false, background = false;
-  std::string seen_color, seen_shape, seen_direction, seen_speed;
-  double fill = 0, velocity = 0;  // measured: area / bounding box, pixels per frame
+  std::string seen_color, seen_shape, seen_direction, seen_speed, seen_background;  // "x + y" for two objects
+  double fill = 0, velocity = 0;  // the first object's: area / bounding box, pixels per frame
   bool ok() const { return color && shape && direction && speed && background; }
   nlohmann::json json() const;
 };
 
-// video [3, T, H, W] in [-1, 1].
+// video [3, T, H, W] in [-1, 1]. Every prompted object is checked (two objects by their colours);
+// a prompt without a background accepts any.
 Adherence check_adherence(const at::Tensor& video, const DemoAttributes& expected);
 
 }  // namespace ditto

@@ -3,8 +3,10 @@
 // weights, periodic checkpoints and resume.
 #include <sys/stat.h>
 
+#include <ATen/autocast_mode.h>
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <iostream>
@@ -27,20 +29,12 @@ struct Trainable {
   bool decay;  // weight decay on matrices only
 };
 
-std::vector<std::string> demo_vocabulary() {
-  std::vector<std::string> v = {"a", "moving", "still", "on", "background"};
-  for (const auto* list : {&demo_colors(), &demo_shapes(), &demo_directions(), &demo_speeds(), &demo_backgrounds()})
-    for (const auto& w : *list)
-      if (std::find(v.begin(), v.end(), w) == v.end()) v.push_back(w);
-  return v;
-}
-
 }  // namespace
 
 int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   std::string out_dir, resume, config_name;
   int steps = 0, batch = 0, checkpoint_every = 0, threads = 0, warmup = 0, log_every = 0;
-  double lr = 0, ema_decay = 0, dropout = 0, wd = 0;
+  double lr = 0, ema_decay = 0, dropout = 0, wd = 0, two_objects = 0, final_lr = 0;
   uint64_t seed = 0;
   bool quiet = false, fixed_batch = false;
   po::options_description desc("options");
@@ -52,6 +46,8 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("batch", po::value(&batch)->default_value(8), "clips per step")
     ("lr", po::value(&lr)->default_value(5e-4), "AdamW learning rate (after a linear warm-up)")
     ("warmup", po::value(&warmup)->default_value(100), "warm-up steps")
+    ("final-lr", po::value(&final_lr)->default_value(0.1), "the learning rate at the last step, as a fraction of --lr (cosine decay after the warm-up)")
+    ("two-objects", po::value(&two_objects)->default_value(0.3), "fraction of clips with two objects")
     ("weight-decay", po::value(&wd)->default_value(0.01), "AdamW weight decay (matrices only)")
     ("ema", po::value(&ema_decay)->default_value(0.995), "EMA decay of the exported weights")
     ("caption-dropout", po::value(&dropout)->default_value(0.1), "probability of training a clip with the null caption (for CFG)")
@@ -116,7 +112,6 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     save_safetensors(path, t, {{"step", std::to_string(step)}, {"loss", std::to_string(loss)}, {"config", config_name}});
   };
 
-  const auto all = all_demo_attributes();
   const at::Tensor null_y = model.null_caption().detach();  // [1, 1, L, D]
   Progress progress(steps - start, "training", !quiet);
   const auto t0 = std::chrono::steady_clock::now();
@@ -128,12 +123,11 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     std::vector<at::Tensor> clips;
     std::vector<std::string> prompts;
     for (int b = 0; b < batch; ++b) {
-      const DemoAttributes a = all[rng() % all.size()];
+      DemoAttributes a = random_demo_attributes(rng(), two_objects);
       clips.push_back(render_demo_clip(a, rng()));
-      std::string prompt = demo_prompt(a);
       // Some prompts leave the background out ("a red circle moving right slow"): any background fits.
-      if (rng() % 4 == 0) prompt = prompt.substr(0, prompt.find(" on a "));
-      prompts.push_back(prompt);
+      if (rng() % 4 == 0) a.background = -1;
+      prompts.push_back(demo_prompt(a));
     }
     at::Tensor x0 = at::stack(clips).to(options);
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
@@ -153,7 +147,21 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     a.fps = at::full({1}, 24.0f, options);
     a.height = at::full({1}, 32.0f, options);
     a.width = at::full({1}, 32.0f, options);
-    at::Tensor loss = (model.forward(a) - (x0 - noise)).pow(2).mean();
+    at::Tensor loss;
+    {
+      // bf16 autocast on the GPU (the weights, Adam moments and EMA stay float32).
+      const bool cuda = options.device().is_cuda();
+      if (cuda) {
+        at::autocast::set_autocast_enabled(at::kCUDA, true);
+        at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+      }
+      at::Tensor pred = model.forward(a);
+      if (cuda) {
+        at::autocast::set_autocast_enabled(at::kCUDA, false);
+        at::autocast::clear_cache();
+      }
+      loss = (pred.to(at::kFloat) - (x0 - noise)).pow(2).mean();
+    }
     for (auto& p : params) p.param.mutable_grad() = at::Tensor();
     loss.backward();
     {
@@ -162,7 +170,10 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
       double norm2 = 0;
       for (auto& p : params) norm2 += p.param.grad().pow(2).sum().item<double>();
       const double clip = std::min(1.0, 1.0 / (std::sqrt(norm2) + 1e-6));
-      const double rate = lr * std::min(1.0, (step + 1.0) / warmup);
+      // Linear warm-up, then cosine decay from lr to final_lr * lr at the last step.
+      const double progress_frac = steps > warmup ? std::clamp((step + 1.0 - warmup) / (steps - warmup), 0.0, 1.0) : 1.0;
+      const double cosine = final_lr + (1 - final_lr) * 0.5 * (1 + std::cos(M_PI * progress_frac));
+      const double rate = lr * std::min(1.0, (step + 1.0) / warmup) * (step + 1 < warmup ? 1.0 : cosine);
       const double b1 = 0.9, b2 = 0.999, k = step + 1;
       for (auto& p : params) {
         at::Tensor g = p.param.grad() * clip;

@@ -146,7 +146,7 @@ STDiT3Config builtin_config(const std::string& name) {
     c.depth = name == "ditto-demo" ? 4 : 1;
     c.num_heads = 4;
     c.caption_channels = name == "ditto-demo" ? 64 : 16;
-    c.model_max_length = 12;
+    c.model_max_length = 18;  // the longest demo prompt (two objects and a background) has 17 words
     c.input_sq_size = 32;
   } else {
     std::string known;

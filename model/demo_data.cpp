@@ -1,6 +1,7 @@
 // Procedural clips and prompts for the demo model (see demo_data.h).
 #include "model/demo_data.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <sstream>
@@ -26,26 +27,61 @@ const std::vector<std::string>& demo_speeds() {
   return v;
 }
 const std::vector<std::string>& demo_backgrounds() {
-  static const std::vector<std::string> v = {"black", "gray"};
+  static const std::vector<std::string> v = {"black", "gray", "checkered", "striped"};
   return v;
 }
 
-bool DemoAttributes::is_still() const { return direction == 4; }
+std::vector<DemoObject> DemoAttributes::objects() const {
+  std::vector<DemoObject> o = {static_cast<const DemoObject&>(*this)};
+  if (second) o.push_back(*second);
+  return o;
+}
 
 std::array<uint8_t, 3> demo_color_rgb(int c) {
   static const std::array<uint8_t, 3> rgb[] = {{230, 40, 40}, {40, 200, 60}, {50, 90, 240}, {235, 215, 40}, {245, 245, 245}};
   return rgb[c];
 }
-std::array<uint8_t, 3> demo_background_rgb(int b) {
-  static const std::array<uint8_t, 3> rgb[] = {{10, 10, 10}, {110, 110, 110}};
-  return rgb[b];
+
+namespace {
+const std::array<uint8_t, 3> kBlack = {10, 10, 10}, kGray = {110, 110, 110}, kCheckDark = {30, 30, 30},
+                             kCheckLight = {90, 90, 90}, kStripeDark = {45, 45, 45}, kStripeLight = {150, 150, 150};
 }
+
+std::array<uint8_t, 3> demo_background_rgb(int b, int x, int y) {
+  switch (b) {
+    case 0: return kBlack;
+    case 1: return kGray;
+    case 2: return ((x / 4 + y / 4) % 2) ? kCheckLight : kCheckDark;  // 4 x 4 pixel cells
+    case 3: return (y / 2) % 2 ? kStripeLight : kStripeDark;          // 2-pixel horizontal stripes
+    default: fail("demo background index ", b, " out of range");
+  }
+}
+std::vector<std::array<uint8_t, 3>> demo_background_palette() {
+  return {kBlack, kGray, kCheckDark, kCheckLight, kStripeDark, kStripeLight};
+}
+
 double demo_speed_pixels(int speed) { return speed == 0 ? 0.5 : 1.25; }
 
+std::vector<std::string> demo_vocabulary() {
+  std::vector<std::string> v = {"a", "moving", "still", "and", "on", "background"};
+  for (const auto* list : {&demo_colors(), &demo_shapes(), &demo_directions(), &demo_speeds(), &demo_backgrounds()})
+    for (const auto& w : *list)
+      if (std::find(v.begin(), v.end(), w) == v.end()) v.push_back(w);
+  return v;
+}
+
+namespace {
+std::string object_phrase(const DemoObject& o) {
+  std::string s = "a " + demo_colors()[o.color] + " " + demo_shapes()[o.shape];
+  return s + (o.is_still() ? " still" : " moving " + demo_directions()[o.direction] + " " + demo_speeds()[o.speed]);
+}
+}  // namespace
+
 std::string demo_prompt(const DemoAttributes& a) {
-  std::string s = "a " + demo_colors()[a.color] + " " + demo_shapes()[a.shape];
-  s += a.is_still() ? " still" : " moving " + demo_directions()[a.direction] + " " + demo_speeds()[a.speed];
-  return s + " on a " + demo_backgrounds()[a.background] + " background";
+  std::string s = object_phrase(a);
+  if (a.second) s += " and " + object_phrase(*a.second);
+  if (a.background >= 0) s += " on a " + demo_backgrounds()[a.background] + " background";
+  return s;
 }
 
 DemoAttributes parse_demo_prompt(const std::string& prompt) {
@@ -61,37 +97,79 @@ DemoAttributes parse_demo_prompt(const std::string& prompt) {
   auto expect = [&](size_t i, const char* word) {
     if (i >= w.size() || w[i] != word) fail("prompt '", prompt, "': expected '", word, "' at word ", i + 1);
   };
-  DemoAttributes a;
-  expect(0, "a");
-  a.color = index(demo_colors(), 1, "colour");
-  a.shape = index(demo_shapes(), 2, "shape");
-  size_t i = 3;
-  if (i < w.size() && w[i] == "still") {
-    a.direction = 4;
-    i += 1;
-  } else {
-    expect(i, "moving");
-    a.direction = index(demo_directions(), i + 1, "direction");
-    if (a.direction == 4) fail("prompt '", prompt, "': say 'still', not 'moving still'");
-    a.speed = index(demo_speeds(), i + 2, "speed");
+  size_t i = 0;
+  auto object = [&] {
+    DemoObject o;
+    expect(i, "a");
+    o.color = index(demo_colors(), i + 1, "colour");
+    o.shape = index(demo_shapes(), i + 2, "shape");
     i += 3;
+    if (i < w.size() && w[i] == "still") {
+      o.direction = 4;
+      i += 1;
+    } else {
+      expect(i, "moving");
+      o.direction = index(demo_directions(), i + 1, "direction");
+      if (o.direction == 4) fail("prompt '", prompt, "': say 'still', not 'moving still'");
+      o.speed = index(demo_speeds(), i + 2, "speed");
+      i += 3;
+    }
+    return o;
+  };
+  DemoAttributes a;
+  static_cast<DemoObject&>(a) = object();
+  if (i < w.size() && w[i] == "and") {
+    ++i;
+    a.second = object();
+    if (a.second->color == a.color) fail("prompt '", prompt, "': the two objects must have different colours");
   }
-  expect(i, "on");
-  expect(i + 1, "a");
-  a.background = index(demo_backgrounds(), i + 2, "background");
-  expect(i + 3, "background");
-  if (w.size() != i + 4) fail("prompt '", prompt, "': unexpected words after 'background'");
+  a.background = -1;
+  if (i < w.size()) {
+    expect(i, "on");
+    expect(i + 1, "a");
+    a.background = index(demo_backgrounds(), i + 2, "background");
+    expect(i + 3, "background");
+    if (w.size() != i + 4) fail("prompt '", prompt, "': unexpected words after 'background'");
+  }
   return a;
 }
 
-std::vector<DemoAttributes> all_demo_attributes() {
-  std::vector<DemoAttributes> out;
+namespace {
+std::vector<DemoObject> all_objects() {
+  std::vector<DemoObject> out;
   for (int c = 0; c < 5; ++c)
     for (int s = 0; s < 3; ++s)
       for (int d = 0; d < 5; ++d)
-        for (int v = 0; v < (d == 4 ? 1 : 2); ++v)
-          for (int b = 0; b < 2; ++b) out.push_back({c, s, d, v, b});
+        for (int v = 0; v < (d == 4 ? 1 : 2); ++v) out.push_back({c, s, d, v});
   return out;
+}
+}  // namespace
+
+std::vector<DemoAttributes> all_demo_attributes() {
+  std::vector<DemoAttributes> out;
+  for (const DemoObject& o : all_objects())
+    for (int b = 0; b < static_cast<int>(demo_backgrounds().size()); ++b) {
+      DemoAttributes a;
+      static_cast<DemoObject&>(a) = o;
+      a.background = b;
+      out.push_back(a);
+    }
+  return out;
+}
+
+DemoAttributes random_demo_attributes(uint64_t seed, double two_objects) {
+  static const std::vector<DemoObject> objects = all_objects();
+  std::mt19937_64 rng(seed);
+  DemoAttributes a;
+  static_cast<DemoObject&>(a) = objects[rng() % objects.size()];
+  a.background = static_cast<int>(rng() % demo_backgrounds().size());
+  if (std::uniform_real_distribution<double>(0, 1)(rng) < two_objects) {
+    DemoObject o;
+    do o = objects[rng() % objects.size()];
+    while (o.color == a.color);
+    a.second = o;
+  }
+  return a;
 }
 
 namespace {
@@ -113,46 +191,65 @@ bool inside(int shape, double px, double py, double cx, double cy, double r) {
 }  // namespace
 
 at::Tensor render_demo_clip(const DemoAttributes& a, uint64_t seed, const DemoClipSettings& s) {
+  if (a.background < 0 || a.background >= static_cast<int>(demo_backgrounds().size()))
+    fail("render_demo_clip: the scene needs a background");
   std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> u(0, 1);
-  const double r = s.radius, speed = a.is_still() ? 0 : demo_speed_pixels(a.speed);
-  const double travel = speed * (s.frames - 1);
-  double vx = 0, vy = 0;
-  if (a.direction == 0) vx = -speed;
-  if (a.direction == 1) vx = speed;
-  if (a.direction == 2) vy = -speed;
-  if (a.direction == 3) vy = speed;
-  // Start so that the whole path fits when possible: behind the direction of motion.
-  auto start = [&](double v) {
-    const double lo = r + 1, hi = s.size - r - 1;
-    if (v > 0) return lo + u(rng) * std::max(0.0, hi - lo - travel);
-    if (v < 0) return hi - u(rng) * std::max(0.0, hi - lo - travel);
-    return lo + u(rng) * (hi - lo);
+  std::uniform_real_distribution<double> jitter(-1, 1);
+  const std::vector<DemoObject> objects = a.objects();
+  const double r = s.radius, centre = s.size / 2.0;
+  struct Path {
+    double x, y, vx, vy;
   };
-  double cx = start(vx), cy = start(vy);
-  const auto fg = demo_color_rgb(a.color), bg = demo_background_rgb(a.background);
+  std::vector<Path> paths;
+  for (size_t k = 0; k < objects.size(); ++k) {
+    const DemoObject& o = objects[k];
+    const double speed = o.is_still() ? 0 : demo_speed_pixels(o.speed);
+    Path p{0, 0, 0, 0};
+    if (o.direction == 0) p.vx = -speed;
+    if (o.direction == 1) p.vx = speed;
+    if (o.direction == 2) p.vy = -speed;
+    if (o.direction == 3) p.vy = speed;
+    // Across the motion: the frame's centre line for one object, lanes at +-0.22 size for two.
+    const double lane = objects.size() == 1 ? centre : centre + (k == 0 ? -0.22 : 0.22) * s.size;
+    const double spread = objects.size() == 1 ? 3 : 2;
+    const bool horizontal = o.direction <= 1;
+    // Along the motion: a path centred in the frame (a still object sits at the centre).
+    const double along = centre - (p.vx + p.vy) * (s.frames - 1) / 2 + 2 * jitter(rng);
+    const double across = lane + spread * jitter(rng);
+    p.x = horizontal ? along : across;
+    p.y = horizontal ? across : along;
+    paths.push_back(p);
+  }
   at::Tensor clip = at::empty({3, s.frames, s.size, s.size}, at::kFloat);
   auto acc = clip.accessor<float, 4>();
   for (int t = 0; t < s.frames; ++t) {
     for (int y = 0; y < s.size; ++y)
       for (int x = 0; x < s.size; ++x) {
-        int hits = 0;  // 2 x 2 supersampling for smooth edges
-        for (int sy = 0; sy < 2; ++sy)
-          for (int sx = 0; sx < 2; ++sx) hits += inside(a.shape, x + 0.25 + 0.5 * sx, y + 0.25 + 0.5 * sy, cx, cy, r);
-        const double cover = hits / 4.0;
-        for (int ch = 0; ch < 3; ++ch)
-          acc[ch][t][y][x] = static_cast<float>((cover * fg[ch] + (1 - cover) * bg[ch]) / 127.5 - 1.0);
+        const auto bg = demo_background_rgb(a.background, x, y);
+        double rgb[3] = {double(bg[0]), double(bg[1]), double(bg[2])};
+        for (size_t k = 0; k < objects.size(); ++k) {  // the second object is drawn over the first
+          int hits = 0;                                 // 2 x 2 supersampling for smooth edges
+          for (int sy = 0; sy < 2; ++sy)
+            for (int sx = 0; sx < 2; ++sx)
+              hits += inside(objects[k].shape, x + 0.25 + 0.5 * sx, y + 0.25 + 0.5 * sy, paths[k].x, paths[k].y, r);
+          const double cover = hits / 4.0;
+          const auto fg = demo_color_rgb(objects[k].color);
+          for (int ch = 0; ch < 3; ++ch) rgb[ch] = cover * fg[ch] + (1 - cover) * rgb[ch];
+        }
+        for (int ch = 0; ch < 3; ++ch) acc[ch][t][y][x] = static_cast<float>(rgb[ch] / 127.5 - 1.0);
       }
     // Move, bouncing off the edges.
-    cx += vx;
-    cy += vy;
-    if (cx < r || cx > s.size - r) {
-      vx = -vx;
-      cx += 2 * vx;
-    }
-    if (cy < r || cy > s.size - r) {
-      vy = -vy;
-      cy += 2 * vy;
+    for (Path& p : paths) {
+      p.x += p.vx;
+      p.y += p.vy;
+      if (p.x < r || p.x > s.size - r) {
+        p.vx = -p.vx;
+        p.x += 2 * p.vx;
+      }
+      if (p.y < r || p.y > s.size - r) {
+        p.vy = -p.vy;
+        p.y += 2 * p.vy;
+      }
     }
   }
   return clip;

@@ -1,52 +1,71 @@
-// The demo model's training data: procedurally generated clips of one shape of one colour moving
-// in a direction at a speed over a plain background, each with the prompt that describes it.
-// Deterministic from a seed.
+// The demo model's training data: procedurally generated clips of one or two shapes, each of one
+// colour moving in a direction at a speed, over a plain or textured background, each clip with the
+// prompt that describes it. Deterministic from a seed.
 #pragma once
 #include <ATen/ATen.h>
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace ditto {
 
-struct DemoAttributes {
-  int color = 0;       // index into demo_colors()
-  int shape = 0;       // index into demo_shapes()
-  int direction = 0;   // index into demo_directions(); "still" has no speed
-  int speed = 0;       // index into demo_speeds() (unused when still)
-  int background = 0;  // index into demo_backgrounds()
-  bool operator==(const DemoAttributes& o) const {
-    return color == o.color && shape == o.shape && direction == o.direction && background == o.background &&
-           (is_still() || speed == o.speed);
+struct DemoObject {
+  int color = 0;      // index into demo_colors()
+  int shape = 0;      // index into demo_shapes()
+  int direction = 0;  // index into demo_directions(); "still" has no speed
+  int speed = 0;      // index into demo_speeds() (unused when still)
+  bool is_still() const { return direction == 4; }
+  bool operator==(const DemoObject& o) const {
+    return color == o.color && shape == o.shape && direction == o.direction && (is_still() || speed == o.speed);
   }
-  bool is_still() const;
+};
+
+// A scene: the first object (the base), the background and an optional second object of another colour.
+struct DemoAttributes : DemoObject {
+  int background = 0;  // index into demo_backgrounds(); -1: the prompt names none (any fits)
+  std::optional<DemoObject> second;
+  std::vector<DemoObject> objects() const;
+  bool operator==(const DemoAttributes& o) const {
+    return DemoObject::operator==(o) && background == o.background && second == o.second;
+  }
 };
 
 const std::vector<std::string>& demo_colors();       // red green blue yellow white
 const std::vector<std::string>& demo_shapes();       // circle square triangle
 const std::vector<std::string>& demo_directions();   // left right up down still
 const std::vector<std::string>& demo_speeds();       // slow fast
-const std::vector<std::string>& demo_backgrounds();  // black gray
+const std::vector<std::string>& demo_backgrounds();  // black gray checkered striped
 std::array<uint8_t, 3> demo_color_rgb(int color);
-std::array<uint8_t, 3> demo_background_rgb(int background);
+// The background's colour at pixel (x, y) (textured backgrounds are fixed patterns).
+std::array<uint8_t, 3> demo_background_rgb(int background, int x, int y);
+// Every colour a background pixel can have.
+std::vector<std::array<uint8_t, 3>> demo_background_palette();
 double demo_speed_pixels(int speed);  // pixels per frame
+// Every word a demo prompt can use.
+std::vector<std::string> demo_vocabulary();
 
 struct DemoClipSettings {
   int frames = 16, size = 32;
-  double radius = 5;  // half the object's extent in pixels
+  double radius = 5;  // half an object's extent in pixels
 };
 
-// "a red square moving left fast on a gray background" / "a red square still on a black background"
+// "a red square moving left fast on a gray background", "a red square still and a blue circle
+// moving up slow on a striped background", "a red circle moving right slow" (no background named).
 std::string demo_prompt(const DemoAttributes& a);
 // The inverse of demo_prompt; throws an Error naming the first word it does not understand.
 DemoAttributes parse_demo_prompt(const std::string& prompt);
-// Every attribute combination, in a fixed order (270 of them).
+// Every one-object scene with a named background, in a fixed order (540 of them).
 std::vector<DemoAttributes> all_demo_attributes();
+// The training distribution: a one-object scene, or with probability `two_objects` a two-object
+// scene (two different colours), uniformly over the attributes.
+DemoAttributes random_demo_attributes(uint64_t seed, double two_objects);
 
-// A clip [3, frames, size, size] in [-1, 1]. `seed` picks the start position (chosen so the
-// object stays inside the frame; it bounces off an edge if it would leave).
+// A clip [3, frames, size, size] in [-1, 1]. Layout: one object's path is centred in the frame;
+// two objects travel in lanes a third of the frame apart. `seed` jitters each start position by a
+// few pixels; an object that reaches an edge bounces off it.
 at::Tensor render_demo_clip(const DemoAttributes& a, uint64_t seed, const DemoClipSettings& s = {});
 
 }  // namespace ditto

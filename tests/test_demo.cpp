@@ -3,8 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <regex>
+#include <sstream>
 
 #include "launcher/quality.h"
+#include "model/config.h"
 #include "model/demo_data.h"
 #include "model/error.h"
 #include "model/text_encoder.h"
@@ -14,12 +16,12 @@ using namespace ditto;
 
 TEST(DemoData, DeterministicAndEncodesItsAttributes) {
   const auto all = all_demo_attributes();
-  EXPECT_EQ(all.size(), 270u);
+  EXPECT_EQ(all.size(), 540u);  // 5 colours x 3 shapes x 9 motions x 4 backgrounds
   for (const auto& a : all) {
     const std::string p = demo_prompt(a);
     EXPECT_TRUE(parse_demo_prompt(p) == a) << p;
   }
-  const DemoAttributes a{0, 1, 1, 1, 1};  // a red square moving right fast on a gray background
+  const DemoAttributes a{{0, 1, 1, 1}, 1, std::nullopt};  // a red square moving right fast on a gray background
   EXPECT_EQ(demo_prompt(a), "a red square moving right fast on a gray background");
   EXPECT_TRUE(at::equal(render_demo_clip(a, 7), render_demo_clip(a, 7)));
   EXPECT_FALSE(at::equal(render_demo_clip(a, 7), render_demo_clip(a, 8)));
@@ -27,8 +29,48 @@ TEST(DemoData, DeterministicAndEncodesItsAttributes) {
   EXPECT_EQ(clip.sizes(), at::IntArrayRef({3, 16, 32, 32}));
   EXPECT_GE(clip.min().item<float>(), -1.0f);
   EXPECT_LE(clip.max().item<float>(), 1.0f);
+  // The background's pixels: gray is flat, checkered alternates 4 x 4 cells (corner pixels are
+  // background: the object's path runs through the middle).
+  auto pixel = [](const at::Tensor& c, int t, int y, int x) { return std::lround((c[0][t][y][x].item<float>() + 1) * 127.5); };
+  EXPECT_EQ(pixel(clip, 0, 0, 0), 110);
+  DemoAttributes checkered = a;
+  checkered.background = 2;
+  at::Tensor cc = render_demo_clip(checkered, 7);
+  EXPECT_EQ(pixel(cc, 3, 0, 0), 30);
+  EXPECT_EQ(pixel(cc, 3, 0, 4), 90);
+  EXPECT_EQ(pixel(cc, 3, 4, 4), 30);
+  // Two objects and no background phrase.
+  const DemoAttributes two = parse_demo_prompt("a red square still and a blue circle moving up slow");
+  ASSERT_TRUE(two.second.has_value());
+  EXPECT_EQ(two.background, -1);
+  EXPECT_EQ(two.second->color, 2);
+  EXPECT_EQ(two.second->direction, 2);
+  EXPECT_EQ(demo_prompt(two), "a red square still and a blue circle moving up slow");
+  EXPECT_THROW(render_demo_clip(two, 1), Error);  // a clip needs a background
   EXPECT_THROW(parse_demo_prompt("a purple square still on a black background"), Error);
   EXPECT_THROW(parse_demo_prompt("a red square moving sideways fast on a black background"), Error);
+  EXPECT_THROW(parse_demo_prompt("a red square still and a red circle still"), Error);
+  // The training distribution: deterministic, about the asked share of two-object scenes.
+  int pairs = 0;
+  for (uint64_t s = 0; s < 1000; ++s) {
+    const DemoAttributes r = random_demo_attributes(s, 0.3);
+    EXPECT_TRUE(r == random_demo_attributes(s, 0.3));
+    if (r.second) {
+      EXPECT_NE(r.second->color, r.color);
+    }
+    pairs += r.second.has_value();
+  }
+  EXPECT_NEAR(pairs, 300, 60);
+  // Every prompt fits the demo config's caption length.
+  size_t longest = 0;
+  for (uint64_t s = 0; s < 1000; ++s) {
+    std::istringstream in(demo_prompt(random_demo_attributes(s, 1.0)));
+    size_t n = 0;
+    for (std::string w; in >> w;) ++n;
+    longest = std::max(longest, n);
+  }
+  EXPECT_EQ(longest, 17u);
+  EXPECT_GE(builtin_config("ditto-demo").model_max_length, 17);
 }
 
 TEST(Adherence, PassesEveryTrueClipAndFailsWrongOnes) {
@@ -45,8 +87,10 @@ TEST(Adherence, PassesEveryTrueClipAndFailsWrongOnes) {
     w.shape = (a.shape + 1) % 3;
     EXPECT_FALSE(check_adherence(clip, w).shape) << demo_prompt(a);
     w = a;
-    w.background = 1 - a.background;
+    w.background = (a.background + 1) % 4;
     EXPECT_FALSE(check_adherence(clip, w).background) << demo_prompt(a);
+    w.background = -1;  // no background named: any fits
+    EXPECT_TRUE(check_adherence(clip, w).background) << demo_prompt(a);
     if (!a.is_still()) {
       w = a;
       w.direction = a.direction ^ 1;  // left <-> right, up <-> down
@@ -59,6 +103,30 @@ TEST(Adherence, PassesEveryTrueClipAndFailsWrongOnes) {
     }
     ++checked;
   }
+  // Two-object scenes: both objects are read; a wrong second object or a missing one fails.
+  int passed = 0;
+  const int scenes = 150;
+  for (uint64_t s = 0; s < scenes; ++s) {
+    const DemoAttributes a = random_demo_attributes(5000 + s, 1.0);
+    const at::Tensor clip = render_demo_clip(a, s);
+    const Adherence ok = check_adherence(clip, a);
+    passed += ok.ok();
+    EXPECT_TRUE(ok.color) << demo_prompt(a) << " -> " << ok.json().dump();
+    DemoAttributes w = a;
+    w.second->shape = (a.second->shape + 1) % 3;
+    EXPECT_FALSE(check_adherence(clip, w).ok()) << demo_prompt(a);
+    w = a;
+    w.second->color = (a.second->color + 1) % 5;
+    if (w.second->color == a.color) w.second->color = (w.second->color + 1) % 5;
+    EXPECT_FALSE(check_adherence(clip, w).color) << demo_prompt(a);
+    w = a;
+    w.second.reset();
+    w.color = 0;  // a one-object prompt whose colour is not shown
+    while (w.color == a.color || w.color == a.second->color) ++w.color;
+    EXPECT_FALSE(check_adherence(clip, w).color) << demo_prompt(a);
+  }
+  // Where the objects cross, one hides part of the other: nearly every scene still reads right.
+  EXPECT_GE(passed, scenes * 9 / 10) << passed << " of " << scenes;
   // Noise shows nothing.
   at::manual_seed(0);
   EXPECT_FALSE(check_adherence(at::rand({3, 16, 32, 32}) * 2 - 1, all_demo_attributes()[0]).ok());
