@@ -127,6 +127,7 @@ void print_usage(std::ostream& os) {
         "usage: ditto COMMAND [options]     (ditto COMMAND --help for its options)\n\n"
         "commands:\n"
         "  sample    render one video from a caption embedding (or random caption) with a sampler\n"
+        "  render    render a job file (JSON Lines) of videos over data-parallel groups, resumable\n"
         "  forward   one model forward pass on saved inputs, to check against another implementation\n"
         "  train     train the demo text-to-video model on generated clips\n";
 }
@@ -148,6 +149,7 @@ int run_command(int argc, char** argv, const MpiEnv& mpi) {
     if (cmd == "sample") return run_sample(args, mpi);
     if (cmd == "forward") return run_forward(args, mpi);
     if (cmd == "train") return run_train(args, mpi);
+    if (cmd == "render") return run_render(args, mpi);
     fail("unknown command '", cmd, "' (ditto --help lists the commands)");
   } catch (const std::exception& e) {
     if (mpi.size() > 1) mpi.abort(e.what());

@@ -60,6 +60,7 @@ bool parse_command_line(const std::string& command, const std::string& summary, 
 int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi);
 int run_forward(const std::vector<std::string>& args, const MpiEnv& mpi);
 int run_train(const std::vector<std::string>& args, const MpiEnv& mpi);
+int run_render(const std::vector<std::string>& args, const MpiEnv& mpi);
 
 // `ditto COMMAND ...`: dispatches to a command and turns exceptions into a message and exit code
 // (ending every rank of a multi-rank job).
