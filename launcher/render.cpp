@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <mpi.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -369,9 +370,14 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
   int skipped = 0, recovered = 0, total_lines = 0;
   const std::string manifest = out_dir + "/manifest.jsonl", failures = out_dir + "/failures.jsonl";
   std::string setup_error;
+  int lock_fd = -1;
   if (root) {
     try {
       make_dir(out_dir);
+      // One render per output directory at a time (the lock goes with the process, even on SIGKILL).
+      lock_fd = ::open((out_dir + "/render.lock").c_str(), O_RDWR | O_CREAT, 0644);
+      if (lock_fd < 0 || ::flock(lock_fd, LOCK_EX | LOCK_NB) != 0)
+        fail("another ditto render is writing to '", out_dir, "' (", out_dir, "/render.lock is held)");
       std::istringstream in(read_text(jobs_file));
       std::string text;
       std::map<std::string, std::vector<int>> by_name;
@@ -644,6 +650,8 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
       std::cerr << "  summary: " << out_dir << "/summary.json\n";
     }
     code = failed.load() + rejected == 0 ? 0 : 1;
+    ::unlink((out_dir + "/render.lock").c_str());
+    ::close(lock_fd);
   }
   at::Tensor c = at::tensor({static_cast<double>(code)}, at::kDouble);
   world.broadcast(c, 0);
