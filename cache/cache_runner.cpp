@@ -73,6 +73,7 @@ at::Tensor CacheRunner::run_blocks(at::Tensor x, const Conditioning& c, Sequence
                                         : model_.mlp_residual(kind, i, x, c);
         if (keep_units) unit_cache_[idx] = r;
         if (metric && unit_index(*metric) == idx) metric_residual_ = r;
+        if (observer_) observer_(idx, step, r);
       } else {
         r = unit_cache_[idx];
         if (!r.defined()) fail("cache policy '", policy_.name(), "' reused ", unit_name(u), " at step ", step + 1,

@@ -4,6 +4,7 @@
 // adaptive policies: partial sums -> one all-reduce over the video's ranks -> rank 0 decides ->
 // broadcast -> every rank applies the broadcast decision.
 #pragma once
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "cache/policy.h"
@@ -31,6 +32,9 @@ class CacheRunner {
   }
   // Units computed / total, FLOPs and bytes saved, the per-step decision log.
   nlohmann::json report() const;
+  // Called with every computed unit's residual (this rank's shard) and the step (profiling).
+  using UnitObserver = std::function<void(int unit, int step, const at::Tensor& residual)>;
+  void set_unit_observer(UnitObserver f) { observer_ = std::move(f); }
   // Units computed in the last step (for tests).
   int last_step_units() const { return last_units_; }
 
@@ -52,6 +56,7 @@ class CacheRunner {
   double flops_computed_ = 0, flops_total_ = 0;
   nlohmann::json log_ = nlohmann::json::array();
   nlohmann::json step_log_;
+  UnitObserver observer_;
 };
 
 }  // namespace ditto

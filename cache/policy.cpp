@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "cache/adacache.h"
+#include "cache/block_schedule.h"
 #include "cache/schedule_policies.h"
 #include "cache/threshold_policies.h"
 #include "model/error.h"
@@ -43,7 +44,9 @@ PolicyOptions parse_policy_options(const std::vector<std::string>& items) {
   return o;
 }
 
-std::vector<std::string> cache_policy_names() { return {"none", "static", "pab", "adacache", "teacache", "fbcache"}; }
+std::vector<std::string> cache_policy_names() {
+  return {"none", "static", "pab", "adacache", "teacache", "fbcache", "blockcache"};
+}
 
 namespace {
 
@@ -158,6 +161,17 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
   if (name == "fbcache") {
     Options opt(name, o, {"threshold"});
     return std::make_unique<FirstBlockCachePolicy>(opt.num("threshold", 0.08));
+  }
+  if (name == "blockcache") {
+    Options opt(name, o, {"schedule"});
+    if (!opt.has("schedule")) fail("cache policy 'blockcache' needs a schedule: --schedule FILE (made by ditto profile)");
+    const std::string path = opt.str("schedule", "");
+    BlockSchedule s = BlockSchedule::load(path);
+    if (depth > 0 && s.depth != depth)
+      fail("block-cache schedule '", path, "' is for a depth-", s.depth, " model, this one has depth ", depth);
+    if (steps > 0 && s.steps != steps)
+      fail("block-cache schedule '", path, "' is for ", s.steps, " steps, the run has ", steps);
+    return std::make_unique<BlockCachePolicy>(std::move(s), path);
   }
   std::string known;
   for (const auto& n : cache_policy_names()) known += (known.empty() ? "" : ", ") + n;

@@ -33,6 +33,7 @@
 #include "launcher/common.h"
 #include "launcher/video_job.h"
 #include "model/atomic_file.h"
+#include "model/config.h"
 #include "model/error.h"
 #include "model/text_encoder.h"
 
@@ -163,8 +164,6 @@ JobLine parse_job(const std::string& text, int line, const Defaults& d) {
   str("output", jl.output);
   if (!is_safe_name(jl.output))
     fail("output name '", jl.output, "' must be letters, digits, '-', '_' or '.', not start with '.', at most 200 characters");
-  // Policy names and options are checked now (a model's depth only matters to per-block options).
-  make_cache_policy(v.cache, parse_policy_options(v.cache_opts), 28, v.steps);
   jl.spec = j;
   return jl;
 }
@@ -316,7 +315,7 @@ class Board {
 int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
   ModelOptions mo;
   Defaults d;
-  std::string jobs_file, out_dir, comm_name, summary_path;
+  std::string jobs_file, out_dir, comm_name, summary_path, schedule;
   int sp = 1, cfg_parallel = 1;
   double nccl_timeout = 0;
   bool no_mp4 = false, quiet = false;
@@ -339,6 +338,7 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("sampler", po::value(&d.job.sampler)->default_value("rflow"), "default sampler: rflow | ddim")
     ("cache", po::value(&d.job.cache)->default_value("none"), "default caching policy: none | static | pab | adacache | teacache | fbcache")
     ("cache-opt", po::value(&d.job.cache_opts)->composing(), "default policy option KEY=VALUE (repeatable)")
+    ("schedule", po::value(&schedule), "block-cache schedule file (made by ditto profile) for --cache blockcache; the same as --cache-opt schedule=FILE")
     ("upscale", po::value(&d.job.upscale)->default_value(0), "pixel-space videos: enlarge each pixel N x N (0: to at least 256 px)")
     ("png", po::bool_switch(&d.job.png), "also write PNG frames")
     ("no-mp4", po::bool_switch(&no_mp4), "do not encode video.mp4 even when ffmpeg is installed")
@@ -350,6 +350,7 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
   po::variables_map vm;
   if (!parse_command_line("render", "render a job file of videos over data-parallel groups", desc, args, vm)) return 0;
   d.job.mp4 = !no_mp4;
+  if (!schedule.empty()) d.job.cache_opts.push_back("schedule=" + schedule);
   const WorldLayout wl = make_world_layout(mpi.size(), mpi.rank(), sp, cfg_parallel);
   const at::TensorOptions options = resolve_tensor_options(mo, mpi);
   const auto dev = options.device();
@@ -395,6 +396,11 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
             if (!enc) enc = std::make_unique<TextEncoder>(TextEncoder::load(jl.model, at::TensorOptions().dtype(at::kFloat)));
             enc->tokenize(jl.job.prompt);
           }
+          // The cache policy and its options, against the job's model's depth and steps.
+          int depth = 0;
+          if (!jl.model.empty() && file_exists(jl.model + "/config.json")) depth = load_config(jl.model + "/config.json").depth;
+          else if (jl.model.empty() && !mo.config_name.empty()) depth = builtin_config(mo.config_name).depth;
+          if (depth > 0) make_cache_policy(jl.job.cache, parse_policy_options(jl.job.cache_opts), depth, jl.job.steps);
           by_name[jl.output].push_back(line);
           jobs.push_back(std::move(jl));
         } catch (const std::exception& e) {

@@ -27,7 +27,7 @@ namespace ditto {
 
 int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   ModelOptions mo;
-  std::string caption_file, prompt, init_noise, out_dir, sampler_name, comm_name, cache_name;
+  std::string caption_file, prompt, init_noise, out_dir, sampler_name, comm_name, cache_name, schedule;
   std::vector<std::string> cache_opts;
   int random_caption = 0, frames = 0, height = 0, width = 0, steps = 0, fps = 0, sp = 1, cfg_parallel = 1;
   double cfg_scale = 0, nccl_timeout = 0;
@@ -53,8 +53,9 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("init-noise", po::value(&init_noise), "start from this latent (safetensors, tensor z or z0, [1, C, T, H, W]) instead of the seeded noise")
     ("sp", po::value(&sp)->default_value(1), "sequence-parallel ranks per video (the world is dp x cfg x sp)")
     ("cfg-parallel", po::value(&cfg_parallel)->default_value(1), "2: conditional and unconditional branch on two ranks")
-    ("cache", po::value(&cache_name)->default_value("none"), "caching policy: none | static | pab | adacache | teacache | fbcache")
+    ("cache", po::value(&cache_name)->default_value("none"), "caching policy: none | static | pab | adacache | teacache | fbcache | blockcache")
     ("cache-opt", po::value(&cache_opts)->composing(), "a policy option KEY=VALUE (repeatable), e.g. preset=slow, moreg=1, threshold=0.2, interval=3")
+    ("schedule", po::value(&schedule), "block-cache schedule file (made by ditto profile) for --cache blockcache; the same as --cache-opt schedule=FILE")
     ("comm", po::value(&comm_name)->default_value("auto"), "communication backend: auto (nccl on CUDA, mpi on CPU) | mpi | nccl")
     ("nccl-timeout", po::value(&nccl_timeout)->default_value(600), "seconds a NCCL collective may take before the job is ended")
     ("out", po::value(&out_dir)->default_value("out"), "output directory: latent.safetensors, metrics.json, video.y4m/.mp4 (data-parallel groups: OUT/dpG)")
@@ -98,6 +99,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   job.timestep_transform = !no_transform;
   job.cache = cache_name;
   job.cache_opts = cache_opts;
+  if (!schedule.empty()) job.cache_opts.push_back("schedule=" + schedule);
   job.upscale = upscale;
   job.png = png;
   job.mp4 = !no_mp4;

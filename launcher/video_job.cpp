@@ -160,7 +160,8 @@ std::string resolve_backend(const std::string& name, const at::Device& device) {
 
 RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, const std::string& model_description,
                            const at::TensorOptions& options, const WorldLayout& wl, const VideoJob& job_in,
-                           const VideoGroupComms& comms, const StepHook& on_step) {
+                           const VideoGroupComms& comms, const StepHook& on_step,
+                           const UnitResidualObserver& observer) {
   const STDiT3Config& cfg = model.config();
   const auto dev = options.device();
   VideoJob job = job_in;
@@ -219,6 +220,7 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
   comms.sp->reset_counters();
   comms.cfg->reset_counters();
   CacheRunner cache(model, *policy, comms.video);
+  if (observer) cache.set_unit_observer(observer);
   cache.begin_video(sampler->timesteps());
   at::Tensor z = sample_video(model, *sampler, req, {comms.sp, comms.cfg}, [&](int i, const at::Tensor&) {
     synchronize(dev);

@@ -1,0 +1,208 @@
+// Change curves, schedules and the Block Caching policy (see block_schedule.h).
+#include "cache/block_schedule.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "model/atomic_file.h"
+#include "model/error.h"
+
+namespace ditto {
+
+double l1_rel(const at::Tensor& cur, const at::Tensor& prev) {
+  if (cur.sizes() != prev.sizes()) fail("l1_rel: shapes differ (", cur.sizes(), " vs ", prev.sizes(), ")");
+  const at::Tensor c = cur.to(at::kDouble);
+  const double num = (c - prev.to(at::kDouble)).abs().sum().item<double>(), den = c.abs().sum().item<double>();
+  return den > 0 ? num / den : (num > 0 ? INFINITY : 0.0);
+}
+
+nlohmann::ordered_json ChangeCurves::to_json() const {
+  nlohmann::ordered_json j;
+  j["format"] = "ditto-change-curves";
+  j["version"] = 1;
+  j["depth"] = depth;
+  j["steps"] = steps;
+  j["runs"] = runs;
+  j["timesteps"] = timesteps;
+  j["source"] = source;
+  j["units"] = nlohmann::ordered_json::array();
+  for (size_t u = 0; u < units.size(); ++u) j["units"].push_back({{"name", units[u]}, {"l1rel", l1rel[u]}});
+  return j;
+}
+
+ChangeCurves ChangeCurves::from_json(const nlohmann::json& j) {
+  if (j.value("format", "") != "ditto-change-curves") fail("not a ditto change-curves file (format field)");
+  ChangeCurves c;
+  c.depth = j.at("depth");
+  c.steps = j.at("steps");
+  c.runs = j.at("runs");
+  c.timesteps = j.at("timesteps").get<std::vector<float>>();
+  c.source = j.value("source", nlohmann::json::object());
+  for (const auto& u : j.at("units")) {
+    c.units.push_back(u.at("name"));
+    c.l1rel.push_back(u.at("l1rel").get<std::vector<double>>());
+    if (static_cast<int>(c.l1rel.back().size()) != c.steps) fail("change curve of ", c.units.back(), " has the wrong length");
+  }
+  if (static_cast<int>(c.units.size()) != unit_count(c.depth)) fail("change curves: ", c.units.size(), " units for depth ", c.depth);
+  return c;
+}
+
+std::string ChangeCurves::to_csv() const {
+  std::ostringstream os;
+  os << "unit";
+  for (int t = 1; t <= steps; ++t) os << ",step" << t;
+  os << "\n";
+  os.precision(9);
+  for (size_t u = 0; u < units.size(); ++u) {
+    os << units[u];
+    for (double v : l1rel[u]) os << "," << v;
+    os << "\n";
+  }
+  return os.str();
+}
+
+std::vector<uint8_t> ChangeCurves::heatmap(int cell, int* width, int* height) const {
+  const int W = steps * cell, H = static_cast<int>(units.size()) * cell;
+  std::vector<uint8_t> rgb(static_cast<size_t>(W) * H * 3, 0);
+  // A dark-blue -> teal -> yellow ramp over log10(L1rel) in [-3, 0].
+  auto colour = [](double v, uint8_t* p) {
+    const double x = std::clamp((std::log10(std::max(v, 1e-12)) + 3.0) / 3.0, 0.0, 1.0);
+    const double stops[3][3] = {{40, 20, 90}, {30, 150, 140}, {250, 230, 40}};
+    const double s = x * 2;
+    const int k = std::min(1, static_cast<int>(s));
+    const double f = s - k;
+    for (int ch = 0; ch < 3; ++ch) p[ch] = static_cast<uint8_t>(std::lround(stops[k][ch] * (1 - f) + stops[k + 1][ch] * f));
+  };
+  for (size_t u = 0; u < units.size(); ++u)
+    for (int t = 0; t < steps; ++t) {
+      uint8_t c[3] = {0, 0, 0};
+      if (t > 0) colour(l1rel[u][t], c);  // step 1 has no change: black
+      for (int y = 0; y < cell; ++y)
+        for (int x = 0; x < cell; ++x) {
+          uint8_t* p = &rgb[(static_cast<size_t>(u * cell + y) * W + t * cell + x) * 3];
+          p[0] = c[0], p[1] = c[1], p[2] = c[2];
+        }
+    }
+  *width = W;
+  *height = H;
+  return rgb;
+}
+
+std::vector<uint8_t> derive_unit_schedule(const std::vector<double>& curve, double delta) {
+  const size_t n = curve.size();
+  std::vector<uint8_t> compute(n, 0);
+  if (n == 0) return compute;
+  compute[0] = 1;
+  double acc = 0;
+  for (size_t t = 1; t + 1 < n; ++t) {
+    if (acc + curve[t] > delta) {
+      compute[t] = 1;
+      acc = 0;
+    } else {
+      acc += curve[t];
+    }
+  }
+  compute[n - 1] = 1;
+  return compute;
+}
+
+double BlockSchedule::compute_fraction() const {
+  double c = 0, total = 0;
+  for (const auto& u : compute)
+    for (uint8_t v : u) c += v, total += 1;
+  return total > 0 ? c / total : 1.0;
+}
+
+nlohmann::ordered_json BlockSchedule::to_json() const {
+  nlohmann::ordered_json j;
+  j["format"] = "ditto-blockcache-schedule";
+  j["version"] = 1;
+  j["depth"] = depth;
+  j["steps"] = steps;
+  j["delta"] = delta;
+  j["compute_fraction"] = compute_fraction();
+  j["source"] = source;
+  j["units"] = nlohmann::ordered_json::array();
+  for (int u = 0; u < static_cast<int>(compute.size()); ++u) {
+    std::vector<int> steps_on;  // 1-based steps that compute
+    for (int t = 0; t < steps; ++t)
+      if (compute[u][t]) steps_on.push_back(t + 1);
+    const int b = u / 3;
+    j["units"].push_back({{"name", unit_name({b % 2 ? BlockKind::Temporal : BlockKind::Spatial, b / 2,
+                                              static_cast<UnitKind>(u % 3)})},
+                          {"compute_steps", steps_on}});
+  }
+  return j;
+}
+
+BlockSchedule BlockSchedule::from_json(const nlohmann::json& j) {
+  if (j.value("format", "") != "ditto-blockcache-schedule") fail("not a ditto block-cache schedule (format field)");
+  BlockSchedule s;
+  s.depth = j.at("depth");
+  s.steps = j.at("steps");
+  s.delta = j.at("delta");
+  s.source = j.value("source", nlohmann::json::object());
+  const auto& units = j.at("units");
+  if (static_cast<int>(units.size()) != unit_count(s.depth))
+    fail("block-cache schedule: ", units.size(), " units, a depth-", s.depth, " model has ", unit_count(s.depth));
+  for (int u = 0; u < static_cast<int>(units.size()); ++u) {
+    std::vector<uint8_t> c(s.steps, 0);
+    for (int step : units[u].at("compute_steps").get<std::vector<int>>()) {
+      if (step < 1 || step > s.steps) fail("block-cache schedule: unit ", u, " computes at step ", step, ", outside 1..", s.steps);
+      c[step - 1] = 1;
+    }
+    if (!c.front() || !c.back())
+      fail("block-cache schedule: unit ", units[u].value("name", std::to_string(u)), " must compute the first and the last step");
+    s.compute.push_back(c);
+  }
+  return s;
+}
+
+BlockSchedule BlockSchedule::load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("cannot read the block-cache schedule '", path, "'");
+  try {
+    return from_json(nlohmann::json::parse(in));
+  } catch (const nlohmann::json::exception& e) {
+    fail("block-cache schedule '", path, "': ", e.what());
+  } catch (const Error& e) {
+    fail("'", path, "': ", e.what());
+  }
+}
+
+void BlockSchedule::save(const std::string& path) const {
+  write_file_atomic(path, [&](std::ostream& os) { os << to_json().dump(2) << "\n"; });
+}
+
+BlockSchedule derive_schedule(const ChangeCurves& curves, double delta) {
+  if (!(delta >= 0)) fail("block-cache delta must be >= 0, got ", delta);
+  BlockSchedule s;
+  s.depth = curves.depth;
+  s.steps = curves.steps;
+  s.delta = delta;
+  s.source = {{"curves", curves.source}, {"runs", curves.runs}};
+  for (const auto& c : curves.l1rel) s.compute.push_back(derive_unit_schedule(c, delta));
+  return s;
+}
+
+BlockCachePolicy::BlockCachePolicy(BlockSchedule schedule, std::string path) : s_(std::move(schedule)), path_(std::move(path)) {}
+
+nlohmann::json BlockCachePolicy::params() const {
+  return {{"schedule", path_}, {"delta", s_.delta}, {"compute_fraction", s_.compute_fraction()}};
+}
+
+void BlockCachePolicy::reset(const std::vector<float>& timesteps) {
+  if (static_cast<int>(timesteps.size()) != s_.steps)
+    fail("block-cache schedule '", path_, "' is for ", s_.steps, " steps, the sampler runs ", timesteps.size());
+}
+
+StepPlan BlockCachePolicy::plan(int step) {
+  StepPlan p;
+  p.compute.resize(s_.compute.size());
+  for (size_t u = 0; u < s_.compute.size(); ++u) p.compute[u] = s_.compute[u][step];
+  return p;
+}
+
+}  // namespace ditto

@@ -1,0 +1,155 @@
+// `ditto profile`: runs the model uncached over prompts x seeds, records every unit's relative
+// residual change per step, L1rel(i, t) = ||o_t - o_{t-1}||_1 / ||o_t||_1, averages it over the runs,
+// and writes the curves (JSON, CSV, a units x steps heatmap PNG) and a Block Caching schedule per
+// threshold delta. Runs under mpirun like sample: sequence/CFG-parallel groups, data-parallel groups
+// split the runs; the sums are exact over shards (all-reduced), so every layout profiles alike.
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "cache/block_schedule.h"
+#include "dist/mpi_communicator.h"
+#include "launcher/common.h"
+#include "launcher/video_job.h"
+#include "launcher/video_writer.h"
+#include "model/atomic_file.h"
+#include "model/demo_data.h"
+#include "model/error.h"
+#include "model/text_encoder.h"
+
+namespace ditto {
+
+int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
+  ModelOptions mo;
+  VideoJob base;
+  std::string out_dir, deltas_text, comm_name;
+  int prompts = 0, seeds = 0, sp = 1, cfg_parallel = 1;
+  bool quiet = false;
+  po::options_description desc("options");
+  add_model_options(desc, mo);
+  // clang-format off
+  desc.add_options()
+    ("prompts", po::value(&prompts)->default_value(32), "prompts (the demo's fixed prompt set; random captions for models without a text encoder)")
+    ("seeds", po::value(&seeds)->default_value(2), "seeds per prompt")
+    ("steps", po::value(&base.steps)->default_value(30), "sampling steps (a schedule is for this step count)")
+    ("cfg-scale", po::value(&base.cfg_scale)->default_value(NAN, "model's"), "CFG scale")
+    ("frames", po::value(&base.frames)->default_value(0), "frames (0: the model's)")
+    ("height", po::value(&base.height)->default_value(0), "height (0: the model's)")
+    ("width", po::value(&base.width)->default_value(0), "width (0: the model's)")
+    ("deltas", po::value(&deltas_text)->default_value("0.05,0.1,0.2,0.4"), "thresholds: one schedule file per delta")
+    ("sp", po::value(&sp)->default_value(1), "sequence-parallel ranks per video")
+    ("cfg-parallel", po::value(&cfg_parallel)->default_value(1), "2: conditional and unconditional branch on two ranks")
+    ("comm", po::value(&comm_name)->default_value("auto"), "communication backend: auto | mpi | nccl")
+    ("out", po::value(&out_dir)->default_value("profile"), "output directory: curves.json, curves.csv, heatmap.png, schedule-delta-D.json")
+    ("quiet", po::bool_switch(&quiet), "no progress output");
+  // clang-format on
+  po::variables_map vm;
+  if (!parse_command_line("profile", "profile per-unit change curves and derive Block Caching schedules", desc, args, vm))
+    return 0;
+  if (prompts <= 0 || seeds <= 0) fail("--prompts and --seeds must be positive");
+  std::vector<double> deltas;
+  {
+    std::stringstream ss(deltas_text);
+    for (std::string d; std::getline(ss, d, ',');) {
+      try {
+        deltas.push_back(std::stod(d));
+      } catch (const std::exception&) {
+        fail("--deltas: '", d, "' is not a number");
+      }
+      if (!(deltas.back() >= 0)) fail("--deltas: thresholds must be >= 0");
+    }
+  }
+  const WorldLayout wl = make_world_layout(mpi.size(), mpi.rank(), sp, cfg_parallel);
+  const at::TensorOptions options = resolve_tensor_options(mo, mpi);
+  const std::string backend = resolve_backend(comm_name, options.device());
+  if (mo.model_dir.empty() && mo.config_name.empty()) {
+    if (!demo_model_available()) fail("no model: pass --model DIR or --config NAME --random-weights");
+    mo.model_dir = demo_model_dir();
+  }
+  STDiT3 model = load_model(mo, options);
+  const STDiT3Config& cfg = model.config();
+  const bool has_text = !mo.model_dir.empty() && TextEncoder::present(mo.model_dir);
+  const auto demo_set = all_demo_attributes();
+
+  MpiCommunicator world(MPI_COMM_WORLD);
+  ProcessGroups groups = make_process_groups(world, wl);
+  auto sp_comm = group_backend(std::move(groups.sp), backend, options.device(), 600);
+  auto cfg_comm = group_backend(std::move(groups.cfg), backend, options.device(), 600);
+  const int units = unit_count(cfg.depth), steps = base.steps;
+  // Sum over this group's runs of each run's L1rel(unit, step).
+  at::Tensor curve_sum = at::zeros({units, steps}, at::kDouble);
+  std::vector<float> timesteps;
+  const int runs = prompts * seeds;
+  const bool talk = !quiet && mpi.rank() == 0;
+  if (talk)
+    std::cerr << "ditto profile: " << model_source(mo) << ", " << runs << " uncached runs (" << prompts << " prompts x "
+              << seeds << " seeds) of " << steps << " steps, " << wl.describe() << "\n";
+  for (int run = wl.dp_index; run < runs; run += wl.dp) {
+    VideoJob job = base;
+    const int p = run / seeds, s = run % seeds;
+    job.seed = 1000 + s;
+    if (has_text) job.prompt = demo_prompt(demo_set[(static_cast<size_t>(p) * 97) % demo_set.size()]);
+    else job.random_caption = std::max(1, cfg.model_max_length / 2), job.seed = 1000 + run;
+    // Per run: sums of |o_t - o_{t-1}| and |o_t| of this rank's shard, reduced over the group after.
+    at::Tensor num = at::zeros({units, steps}, at::kDouble), den = at::zeros({units, steps}, at::kDouble);
+    std::vector<at::Tensor> prev(units);
+    RenderedVideo v = render_video(model, mo.model_dir, model_source(mo), options, wl, job,
+                                   {sp_comm.get(), cfg_comm.get(), groups.video.get(), backend}, nullptr,
+                                   [&](int unit, int step, const at::Tensor& r) {
+                                     const at::Tensor cur = r.detach().to(at::kDouble);
+                                     if (prev[unit].defined()) {
+                                       num[unit][step] = (cur - prev[unit]).abs().sum().item<double>();
+                                       den[unit][step] = cur.abs().sum().item<double>();
+                                     }
+                                     prev[unit] = cur;
+                                   });
+    groups.video->all_reduce(num, ReduceOp::Sum);
+    groups.video->all_reduce(den, ReduceOp::Sum);
+    curve_sum += at::where(den > 0, num / den.clamp_min(1e-300), at::zeros_like(num));
+    if (timesteps.empty()) timesteps = v.metrics["timesteps"].get<std::vector<float>>();
+    if (talk) std::cerr << "profile run " << run + 1 << "/" << runs << "\n";
+  }
+  // Every group's sums (a group's video ranks hold the same values; count each group once).
+  if (groups.video->rank() != 0) curve_sum.zero_();
+  world.all_reduce(curve_sum, ReduceOp::Sum);
+  at::Tensor ts = at::tensor(timesteps.empty() ? std::vector<float>(steps, 0.f) : timesteps, at::kFloat).to(at::kDouble);
+  world.all_reduce(ts, ReduceOp::Max);
+
+  if (mpi.rank() == 0) {
+    ChangeCurves c;
+    c.depth = cfg.depth;
+    c.steps = steps;
+    c.runs = runs;
+    for (int t = 0; t < steps; ++t) c.timesteps.push_back(static_cast<float>(ts[t].item<double>()));
+    c.source = {{"model", model_source(mo)}, {"prompts", prompts}, {"seeds", seeds}, {"steps", steps},
+                {"prompt_set", has_text ? "demo (attributes k * 97 mod 540)" : "random captions"}};
+    for (int u = 0; u < units; ++u) {
+      const int b = u / 3;
+      c.units.push_back(unit_name({b % 2 ? BlockKind::Temporal : BlockKind::Spatial, b / 2, static_cast<UnitKind>(u % 3)}));
+      std::vector<double> curve(steps);
+      for (int t = 0; t < steps; ++t) curve[t] = curve_sum[u][t].item<double>() / runs;
+      c.l1rel.push_back(curve);
+    }
+    make_dir(out_dir);
+    write_file_atomic(out_dir + "/curves.json", [&](std::ostream& os) { os << c.to_json().dump(2) << "\n"; });
+    write_file_atomic(out_dir + "/curves.csv", [&](std::ostream& os) { os << c.to_csv(); });
+    int w = 0, h = 0;
+    const auto rgb = c.heatmap(12, &w, &h);
+    write_png(out_dir + "/heatmap.png", w, h, rgb.data());
+    if (!quiet) std::cerr << "ditto profile: wrote " << out_dir << "/curves.json, curves.csv, heatmap.png (units x steps)\n";
+    for (double d : deltas) {
+      BlockSchedule s = derive_schedule(c, d);
+      char name[64];
+      std::snprintf(name, sizeof name, "/schedule-delta-%g.json", d);
+      s.save(out_dir + name);
+      if (!quiet)
+        std::fprintf(stderr, "  delta %-6g computes %5.1f%% of the units: %s%s\n", d, 100 * s.compute_fraction(),
+                     out_dir.c_str(), name);
+    }
+  }
+  world.barrier();
+  return 0;
+}
+
+}  // namespace ditto
