@@ -37,7 +37,8 @@ TEST(Cli, UsageAndHelp) {
   for (const char* opt : {"--caption-embedding", "--init-noise", "--cfg-scale", "--random-weights", "--dtype"})
     EXPECT_NE(r.output.find(opt), std::string::npos) << opt;
   EXPECT_EQ(run_ditto("forward --help").code, 0);
-  expect_failure("render", "unknown command 'render'");
+  expect_failure("teleport", "unknown command 'teleport'");
+  expect_failure("render", "the option '--jobs' is required");
 }
 
 TEST(Cli, BadInputsFailWithAClearMessage) {
@@ -54,7 +55,7 @@ TEST(Cli, BadInputsFailWithAClearMessage) {
   expect_failure("sample " + kTiny + "--bogus", "unrecognised option '--bogus'");
   expect_failure("sample " + kTiny + "--device tpu", "--device: unknown 'tpu'");
   expect_failure("sample " + kTiny + "--sampler euler", "unknown sampler 'euler'");
-  expect_failure("sample " + kModel + "--steps 0", "--steps must be positive");
+  expect_failure("sample " + kModel + "--steps 0", "steps must be positive, got 0");
   expect_failure("sample " + kModel + "--frames 16", "needs 1 frame or at least 17");
   expect_failure("sample --config stdit3-tiny --random-weights --prompt 'a cat'", "no text encoder");
   expect_failure("sample --config stdit3-tiny --random-weights", "give exactly one of --caption-embedding");
