@@ -8,6 +8,7 @@
 
 #include "model/atomic_file.h"
 #include "model/error.h"
+#include "model/safetensors.h"
 
 namespace ditto {
 
@@ -129,10 +130,7 @@ nlohmann::ordered_json BlockSchedule::to_json() const {
     std::vector<int> steps_on;  // 1-based steps that compute
     for (int t = 0; t < steps; ++t)
       if (compute[u][t]) steps_on.push_back(t + 1);
-    const int b = u / 3;
-    j["units"].push_back({{"name", unit_name({b % 2 ? BlockKind::Temporal : BlockKind::Spatial, b / 2,
-                                              static_cast<UnitKind>(u % 3)})},
-                          {"compute_steps", steps_on}});
+    j["units"].push_back({{"name", unit_name(unit_id(u))}, {"compute_steps", steps_on}});
   }
   return j;
 }
@@ -187,10 +185,76 @@ BlockSchedule derive_schedule(const ChangeCurves& curves, double delta) {
   return s;
 }
 
-BlockCachePolicy::BlockCachePolicy(BlockSchedule schedule, std::string path) : s_(std::move(schedule)), path_(std::move(path)) {}
+ScaleShift ScaleShift::identity(const BlockSchedule& s, int hidden) {
+  ScaleShift ss;
+  for (int u = 0; u < static_cast<int>(s.compute.size()); ++u)
+    if (std::find(s.compute[u].begin(), s.compute[u].end(), 0) != s.compute[u].end())
+      ss.params_[u] = {at::zeros({2 * hidden, hidden}, at::kFloat), at::zeros({2 * hidden}, at::kFloat)};
+  return ss;
+}
+
+ScaleShift ScaleShift::load(const std::string& path, int depth, int hidden) {
+  ScaleShift ss;
+  std::map<std::string, int> by_name;
+  for (int u = 0; u < unit_count(depth); ++u) by_name[unit_name(unit_id(u))] = u;
+  for (auto& [key, t] : load_safetensors(path)) {
+    const auto dot = key.rfind('.');
+    if (key.rfind("unit.", 0) != 0 || dot == std::string::npos || dot <= 5)
+      fail("calibration '", path, "': unexpected tensor '", key, "'");
+    const std::string name = key.substr(5, dot - 5), what = key.substr(dot + 1);
+    auto it = by_name.find(name);
+    if (it == by_name.end()) fail("calibration '", path, "': unit '", name, "' is not in a depth-", depth, " model");
+    auto& p = ss.params_[it->second];
+    if (what == "weight") {
+      if (t.sizes() != at::IntArrayRef({2 * hidden, hidden}))
+        fail("calibration '", path, "': ", key, " is ", t.sizes(), ", the model needs [", 2 * hidden, ", ", hidden, "]");
+      p.first = t.to(at::kFloat);
+    } else if (what == "bias") {
+      if (t.sizes() != at::IntArrayRef({2 * hidden})) fail("calibration '", path, "': ", key, " is ", t.sizes(), ", expected [", 2 * hidden, "]");
+      p.second = t.to(at::kFloat);
+    } else {
+      fail("calibration '", path, "': unexpected tensor '", key, "'");
+    }
+  }
+  for (const auto& [u, p] : ss.params_)
+    if (!p.first.defined() || !p.second.defined()) fail("calibration '", path, "': ", unit_name(unit_id(u)), " lacks its weight or bias");
+  return ss;
+}
+
+void ScaleShift::save(const std::string& path, const std::map<std::string, std::string>& metadata) const {
+  NamedTensors t;
+  for (const auto& [u, p] : params_) {
+    t.emplace_back("unit." + unit_name(unit_id(u)) + ".weight", p.first.detach().to(at::kFloat).cpu().contiguous());
+    t.emplace_back("unit." + unit_name(unit_id(u)) + ".bias", p.second.detach().to(at::kFloat).cpu().contiguous());
+  }
+  save_safetensors(path, t, metadata);
+}
+
+at::Tensor ScaleShift::apply(int unit, const at::Tensor& r, const at::Tensor& t) const {
+  auto it = params_.find(unit);
+  if (it == params_.end()) return r;
+  const auto& [w, b] = it->second;
+  const int64_t C = w.size(1);
+  const at::Tensor st = at::linear(t.to(w.device(), w.scalar_type()), w, b);  // [B, 2C]
+  std::vector<int64_t> shape(r.dim(), 1);
+  shape.front() = st.size(0);
+  shape.back() = C;
+  const at::Tensor scale = st.narrow(1, 0, C).reshape(shape), shift = st.narrow(1, C, C).reshape(shape);
+  return (r.to(w.device(), w.scalar_type()) * (1 + scale) + shift).to(r.device(), r.scalar_type());
+}
+
+BlockCachePolicy::BlockCachePolicy(BlockSchedule schedule, std::string path, ScaleShift calibration,
+                                   std::string calibration_path)
+    : s_(std::move(schedule)), path_(std::move(path)), calibration_(std::move(calibration)),
+      calibration_path_(std::move(calibration_path)) {}
 
 nlohmann::json BlockCachePolicy::params() const {
-  return {{"schedule", path_}, {"delta", s_.delta}, {"compute_fraction", s_.compute_fraction()}};
+  return {{"schedule", path_}, {"delta", s_.delta}, {"compute_fraction", s_.compute_fraction()},
+          {"calibration", calibration_path_}};
+}
+
+at::Tensor BlockCachePolicy::adjust_reused(int unit, const at::Tensor& cached, const Conditioning& c) const {
+  return calibration_.apply(unit, cached, c.t);
 }
 
 void BlockCachePolicy::reset(const std::vector<float>& timesteps) {

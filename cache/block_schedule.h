@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -49,19 +50,42 @@ struct BlockSchedule {
 };
 BlockSchedule derive_schedule(const ChangeCurves& curves, double delta);
 
-// `--cache blockcache --cache-opt schedule=FILE`: the schedule's units computed per step.
+// Scale-shift calibration of reused residuals (the paper's section 3.3): per unit, a linear layer
+// from the timestep embedding t [B, C] to a per-channel scale and shift, r' = r * (1 + scale) + shift.
+// Zero weights are the identity.
+class ScaleShift {
+ public:
+  // Zero-initialised layers for every unit the schedule reuses at some step.
+  static ScaleShift identity(const BlockSchedule& s, int hidden);
+  // Tensors "unit.<name>.weight" [2C, C] and ".bias" [2C] (float32); checked against depth and C.
+  static ScaleShift load(const std::string& path, int depth, int hidden);
+  void save(const std::string& path, const std::map<std::string, std::string>& metadata) const;
+  bool has(int unit) const { return params_.count(unit) > 0; }
+  // r [B, ..., C] (a reused residual), t [B, C].
+  at::Tensor apply(int unit, const at::Tensor& r, const at::Tensor& t) const;
+  std::map<int, std::pair<at::Tensor, at::Tensor>>& params() { return params_; }  // unit -> (weight, bias)
+
+ private:
+  std::map<int, std::pair<at::Tensor, at::Tensor>> params_;
+};
+
+// `--cache blockcache --cache-opt schedule=FILE [--cache-opt calibration=FILE]`: the schedule's
+// units computed per step; reused residuals scale-shifted when calibrated.
 class BlockCachePolicy : public CachePolicy {
  public:
-  BlockCachePolicy(BlockSchedule schedule, std::string path);
+  BlockCachePolicy(BlockSchedule schedule, std::string path, ScaleShift calibration = {}, std::string calibration_path = "");
   std::string name() const override { return "blockcache"; }
   nlohmann::json params() const override;
   void reset(const std::vector<float>& timesteps) override;
   StepPlan plan(int step) override;
   bool reuses_units() const override { return true; }
+  at::Tensor adjust_reused(int unit, const at::Tensor& cached, const Conditioning& c) const override;
 
  private:
   BlockSchedule s_;
   std::string path_;
+  ScaleShift calibration_;
+  std::string calibration_path_;
 };
 
 }  // namespace ditto

@@ -55,6 +55,15 @@ void CacheRunner::coordinate(const at::Tensor& local, int step) {
   step_log_["decision"] = policy_.log_entry(step);
 }
 
+at::Tensor CacheRunner::compute_unit(const UnitId& u, const at::Tensor& x, const Conditioning& c,
+                                     SequenceLayout* layout) const {
+  switch (u.unit) {
+    case UnitKind::SelfAttn: return model_.self_attention_residual(u.block_kind, u.block, x, c, layout);
+    case UnitKind::CrossAttn: return model_.cross_attention_residual(u.block_kind, u.block, x, c);
+    default: return model_.mlp_residual(u.block_kind, u.block, x, c);
+  }
+}
+
 at::Tensor CacheRunner::run_blocks(at::Tensor x, const Conditioning& c, SequenceLayout* layout,
                                    const std::vector<uint8_t>& mask, int first, int last, int step) {
   const bool keep_units = policy_.reuses_units();
@@ -68,9 +77,7 @@ at::Tensor CacheRunner::run_blocks(at::Tensor x, const Conditioning& c, Sequence
       const bool compute = mask.empty() || mask[idx];
       at::Tensor r;
       if (compute) {
-        r = uk == UnitKind::SelfAttn    ? model_.self_attention_residual(kind, i, x, c, layout)
-            : uk == UnitKind::CrossAttn ? model_.cross_attention_residual(kind, i, x, c)
-                                        : model_.mlp_residual(kind, i, x, c);
+        r = compute_unit(u, x, c, layout);
         if (keep_units) unit_cache_[idx] = r;
         if (metric && unit_index(*metric) == idx) metric_residual_ = r;
         if (observer_) observer_(idx, step, r);
@@ -78,6 +85,7 @@ at::Tensor CacheRunner::run_blocks(at::Tensor x, const Conditioning& c, Sequence
         r = unit_cache_[idx];
         if (!r.defined()) fail("cache policy '", policy_.name(), "' reused ", unit_name(u), " at step ", step + 1,
                                " before it was ever computed");
+        r = reuse_hook_ ? reuse_hook_(u, step, r, x, c, layout) : policy_.adjust_reused(idx, r, c);
       }
       count_unit(u, compute, c, layout, x.size(0));
       x = x + r;

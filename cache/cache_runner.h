@@ -32,6 +32,13 @@ class CacheRunner {
   }
   // Units computed / total, FLOPs and bytes saved, the per-step decision log.
   nlohmann::json report() const;
+  // Replaces how a reused unit's residual is made (calibration training: the teacher's residual is
+  // computed from x, the student's own input to the unit); default: the policy's adjust_reused.
+  using ReuseHook = std::function<at::Tensor(const UnitId& unit, int step, const at::Tensor& cached, const at::Tensor& x,
+                                             const Conditioning& c, SequenceLayout* layout)>;
+  void set_reuse_hook(ReuseHook f) { reuse_hook_ = std::move(f); }
+  // One unit's residual for input x (what a computed unit adds).
+  at::Tensor compute_unit(const UnitId& u, const at::Tensor& x, const Conditioning& c, SequenceLayout* layout) const;
   // Called with every computed unit's residual (this rank's shard) and the step (profiling).
   using UnitObserver = std::function<void(int unit, int step, const at::Tensor& residual)>;
   void set_unit_observer(UnitObserver f) { observer_ = std::move(f); }
@@ -57,6 +64,7 @@ class CacheRunner {
   nlohmann::json log_ = nlohmann::json::array();
   nlohmann::json step_log_;
   UnitObserver observer_;
+  ReuseHook reuse_hook_;
 };
 
 }  // namespace ditto

@@ -105,7 +105,8 @@ UnitId parse_metric_unit(const std::string& residual, int block, int depth) {
 
 }  // namespace
 
-std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const PolicyOptions& o, int depth, int steps) {
+std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const PolicyOptions& o, int depth, int steps,
+                                               int hidden) {
   if (name == "none") {
     Options opt(name, o, {});
     return std::make_unique<NonePolicy>();
@@ -163,7 +164,7 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
     return std::make_unique<FirstBlockCachePolicy>(opt.num("threshold", 0.08));
   }
   if (name == "blockcache") {
-    Options opt(name, o, {"schedule"});
+    Options opt(name, o, {"schedule", "calibration"});
     if (!opt.has("schedule")) fail("cache policy 'blockcache' needs a schedule: --schedule FILE (made by ditto profile)");
     const std::string path = opt.str("schedule", "");
     BlockSchedule s = BlockSchedule::load(path);
@@ -171,7 +172,13 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
       fail("block-cache schedule '", path, "' is for a depth-", s.depth, " model, this one has depth ", depth);
     if (steps > 0 && s.steps != steps)
       fail("block-cache schedule '", path, "' is for ", s.steps, " steps, the run has ", steps);
-    return std::make_unique<BlockCachePolicy>(std::move(s), path);
+    ScaleShift calibration;
+    const std::string cal = opt.str("calibration", "");
+    if (!cal.empty()) {
+      if (hidden <= 0) fail("blockcache: calibration needs the model's width");
+      calibration = ScaleShift::load(cal, s.depth, hidden);
+    }
+    return std::make_unique<BlockCachePolicy>(std::move(s), path, std::move(calibration), cal);
   }
   std::string known;
   for (const auto& n : cache_policy_names()) known += (known.empty() ? "" : ", ") + n;

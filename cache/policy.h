@@ -27,6 +27,10 @@ inline int unit_index(const UnitId& u) {
   return (u.block * 2 + (u.block_kind == BlockKind::Temporal ? 1 : 0)) * 3 + static_cast<int>(u.unit);
 }
 inline int unit_count(int depth) { return depth * 6; }
+inline UnitId unit_id(int index) {
+  const int block = index / 3;
+  return {block % 2 ? BlockKind::Temporal : BlockKind::Spatial, block / 2, static_cast<UnitKind>(index % 3)};
+}
 std::string unit_name(const UnitId& u);
 
 enum class StepMode {
@@ -77,14 +81,17 @@ class CachePolicy {
   virtual void apply(const std::vector<int64_t>& decision, int step) {}
   // For probes: did the applied decision say to compute the rest of this step?
   virtual bool probe_says_compute() const { return true; }
+  // A reused unit's cached residual as the step uses it (calibrated policies adjust it).
+  virtual at::Tensor adjust_reused(int unit, const at::Tensor& cached, const Conditioning& c) const { return cached; }
   // Extra fields for this step's decision-log entry.
   virtual nlohmann::json log_entry(int step) const { return nlohmann::json::object(); }
 };
 
 // `none`, `static`, `pab`, `adacache`, `teacache`, `fbcache`; unknown names or options are an Error
 // that lists what is known.
+// `hidden` (the model's width) is needed only to check a calibration file.
 std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const PolicyOptions& options, int depth,
-                                               int steps);
+                                               int steps, int hidden = 0);
 std::vector<std::string> cache_policy_names();
 // Parses "key=value" strings (the --cache-opt values).
 PolicyOptions parse_policy_options(const std::vector<std::string>& items);

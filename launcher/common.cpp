@@ -129,6 +129,7 @@ void print_usage(std::ostream& os) {
         "  sample    render one video from a caption embedding (or random caption) with a sampler\n"
         "  render    render a job file (JSON Lines) of videos over data-parallel groups, resumable\n"
         "  profile   per-unit change curves (JSON, CSV, heatmap) and Block Caching schedules\n"
+        "  calibrate train Block Caching's scale-shift layers for a schedule (base model frozen)\n"
         "  forward   one model forward pass on saved inputs, to check against another implementation\n"
         "  train     train the demo text-to-video model on generated clips\n";
 }
@@ -152,6 +153,7 @@ int run_command(int argc, char** argv, const MpiEnv& mpi) {
     if (cmd == "train") return run_train(args, mpi);
     if (cmd == "render") return run_render(args, mpi);
     if (cmd == "profile") return run_profile(args, mpi);
+    if (cmd == "calibrate") return run_calibrate(args, mpi);
     fail("unknown command '", cmd, "' (ditto --help lists the commands)");
   } catch (const std::exception& e) {
     if (mpi.size() > 1) mpi.abort(e.what());

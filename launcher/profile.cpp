@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "cache/block_schedule.h"
+#include "cache/cache_runner.h"
 #include "dist/mpi_communicator.h"
 #include "launcher/common.h"
 #include "launcher/video_job.h"
@@ -96,13 +97,15 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
     std::vector<at::Tensor> prev(units);
     RenderedVideo v = render_video(model, mo.model_dir, model_source(mo), options, wl, job,
                                    {sp_comm.get(), cfg_comm.get(), groups.video.get(), backend}, nullptr,
-                                   [&](int unit, int step, const at::Tensor& r) {
-                                     const at::Tensor cur = r.detach().to(at::kDouble);
-                                     if (prev[unit].defined()) {
-                                       num[unit][step] = (cur - prev[unit]).abs().sum().item<double>();
-                                       den[unit][step] = cur.abs().sum().item<double>();
-                                     }
-                                     prev[unit] = cur;
+                                   [&](CacheRunner& runner) {
+                                     runner.set_unit_observer([&](int unit, int step, const at::Tensor& r) {
+                                       const at::Tensor cur = r.detach().to(at::kDouble);
+                                       if (prev[unit].defined()) {
+                                         num[unit][step] = (cur - prev[unit]).abs().sum().item<double>();
+                                         den[unit][step] = cur.abs().sum().item<double>();
+                                       }
+                                       prev[unit] = cur;
+                                     });
                                    });
     groups.video->all_reduce(num, ReduceOp::Sum);
     groups.video->all_reduce(den, ReduceOp::Sum);
@@ -125,8 +128,7 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
     c.source = {{"model", model_source(mo)}, {"prompts", prompts}, {"seeds", seeds}, {"steps", steps},
                 {"prompt_set", has_text ? "demo (attributes k * 97 mod 540)" : "random captions"}};
     for (int u = 0; u < units; ++u) {
-      const int b = u / 3;
-      c.units.push_back(unit_name({b % 2 ? BlockKind::Temporal : BlockKind::Spatial, b / 2, static_cast<UnitKind>(u % 3)}));
+      c.units.push_back(unit_name(unit_id(u)));
       std::vector<double> curve(steps);
       for (int t = 0; t < steps; ++t) curve[t] = curve_sum[u][t].item<double>() / runs;
       c.l1rel.push_back(curve);

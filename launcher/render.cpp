@@ -23,6 +23,7 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -397,10 +398,10 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
             enc->tokenize(jl.job.prompt);
           }
           // The cache policy and its options, against the job's model's depth and steps.
-          int depth = 0;
-          if (!jl.model.empty() && file_exists(jl.model + "/config.json")) depth = load_config(jl.model + "/config.json").depth;
-          else if (jl.model.empty() && !mo.config_name.empty()) depth = builtin_config(mo.config_name).depth;
-          if (depth > 0) make_cache_policy(jl.job.cache, parse_policy_options(jl.job.cache_opts), depth, jl.job.steps);
+          std::optional<STDiT3Config> mc;
+          if (!jl.model.empty() && file_exists(jl.model + "/config.json")) mc = load_config(jl.model + "/config.json");
+          else if (jl.model.empty() && !mo.config_name.empty()) mc = builtin_config(mo.config_name);
+          if (mc) make_cache_policy(jl.job.cache, parse_policy_options(jl.job.cache_opts), mc->depth, jl.job.steps, mc->hidden_size);
           by_name[jl.output].push_back(line);
           jobs.push_back(std::move(jl));
         } catch (const std::exception& e) {

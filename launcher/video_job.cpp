@@ -161,7 +161,7 @@ std::string resolve_backend(const std::string& name, const at::Device& device) {
 RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, const std::string& model_description,
                            const at::TensorOptions& options, const WorldLayout& wl, const VideoJob& job_in,
                            const VideoGroupComms& comms, const StepHook& on_step,
-                           const UnitResidualObserver& observer) {
+                           const RunnerSetup& setup) {
   const STDiT3Config& cfg = model.config();
   const auto dev = options.device();
   VideoJob job = job_in;
@@ -202,7 +202,7 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
   const auto run_dtype = options.dtype().toScalarType();
   auto sampler = make_sampler(so, {static_cast<double>(job.height), static_cast<double>(job.width), job.frames,
                                    cfg.latent_space, run_dtype == at::kDouble ? at::kFloat : run_dtype});
-  auto policy = make_cache_policy(job.cache, parse_policy_options(job.cache_opts), cfg.depth, job.steps);
+  auto policy = make_cache_policy(job.cache, parse_policy_options(job.cache_opts), cfg.depth, job.steps, cfg.hidden_size);
 
   VideoRequest req;
   req.z0 = z0;
@@ -220,7 +220,7 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
   comms.sp->reset_counters();
   comms.cfg->reset_counters();
   CacheRunner cache(model, *policy, comms.video);
-  if (observer) cache.set_unit_observer(observer);
+  if (setup) setup(cache);
   cache.begin_video(sampler->timesteps());
   at::Tensor z = sample_video(model, *sampler, req, {comms.sp, comms.cfg}, [&](int i, const at::Tensor&) {
     synchronize(dev);

@@ -53,12 +53,14 @@ using StepHook = std::function<void(int, int, double, double)>;
 
 // Renders `job` on every rank of the group. The model's geometry defaults fill the job's zeros.
 // Throws an Error for a bad job (unknown words, caption mismatch, layout); "nan_in_latent" too.
-// `observer` (optional) sees every computed unit's residual shard: (unit index, step, residual).
-using UnitResidualObserver = std::function<void(int, int, const at::Tensor&)>;
+class CacheRunner;
+// `setup` (optional) configures the video's cache runner before sampling (profiling observers,
+// calibration hooks).
+using RunnerSetup = std::function<void(CacheRunner&)>;
 RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, const std::string& model_description,
                            const at::TensorOptions& options, const WorldLayout& layout, const VideoJob& job,
                            const VideoGroupComms& comms, const StepHook& on_step,
-                           const UnitResidualObserver& observer = nullptr);
+                           const RunnerSetup& setup = nullptr);
 
 // Writes the outputs into `dir` (created): latent.safetensors, video.y4m (+ .mp4, PNG frames) for
 // RGB pixel-space models, and metrics.json last, listing the files. Returns the metrics written.

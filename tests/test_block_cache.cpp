@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <regex>
 
 #include "cache/block_schedule.h"
 #include "model/error.h"
@@ -150,4 +151,47 @@ TEST(BlockCache, ProfileThenSampleWithTheSchedule) {
                 "/p/schedule-delta-0.5.json --out " + d + "/x");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("is for 8 steps, the run has 9"), std::string::npos) << r.output;
+}
+
+TEST(BlockCache, CalibrationLowersItsLossAndTheIdentityChangesNothing) {
+  const std::string d = temp_dir();
+  const std::string model = "--config ditto-demo-tiny --random-weights --weights-seed 3 ";
+  auto r = run_ditto("profile " + model + "--prompts 2 --seeds 1 --steps 10 --deltas 0.3 --quiet --out " + d + "/p");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string schedule = d + "/p/schedule-delta-0.3.json";
+  r = run_ditto("calibrate " + model + "--schedule " + schedule + " --prompts 4 --epochs 5 --lr 3e-3 --out " + d + "/c.safetensors");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::regex line(R"(calibrate epoch (\d+)/5 loss ([0-9.eE+-]+) \(uncalibrated reuse ([0-9.eE+-]+))");
+  std::vector<double> loss, uncalibrated;
+  for (std::sregex_iterator it(r.output.begin(), r.output.end(), line), end; it != end; ++it) {
+    loss.push_back(std::stod((*it)[2]));
+    uncalibrated.push_back(std::stod((*it)[3]));
+  }
+  ASSERT_EQ(loss.size(), 5u) << r.output;
+  EXPECT_LT(loss.back(), 0.8 * loss.front()) << r.output;
+  EXPECT_LT(loss.back(), uncalibrated.back()) << r.output;  // better than reusing as is
+  // The layers load for the schedule's units only and are not the identity.
+  const auto cal = load_safetensors(d + "/c.safetensors");
+  ASSERT_FALSE(cal.empty());
+  for (const auto& [name, t] : cal) {
+    EXPECT_EQ(name.rfind("unit.", 0), 0u) << name;
+    EXPECT_GT(t.abs().max().item<double>(), 0.0) << name;
+  }
+  // Sampling with the identity (zero) layers equals sampling without calibration; trained ones differ.
+  r = run_ditto("calibrate " + model + "--schedule " + schedule + " --epochs 0 --quiet --out " + d + "/id.safetensors");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string sample = "sample " + model + "--random-caption 4 --steps 10 --quiet --no-mp4 --cache blockcache --schedule " + schedule + " ";
+  r = run_ditto(sample + "--out " + d + "/plain");
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_ditto(sample + "--cache-opt calibration=" + d + "/id.safetensors --out " + d + "/identity");
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_ditto(sample + "--cache-opt calibration=" + d + "/c.safetensors --out " + d + "/calibrated");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const at::Tensor plain = load_safetensors(d + "/plain/latent.safetensors").at("z");
+  EXPECT_TRUE(at::equal(load_safetensors(d + "/identity/latent.safetensors").at("z"), plain));
+  EXPECT_FALSE(at::equal(load_safetensors(d + "/calibrated/latent.safetensors").at("z"), plain));
+  // A calibration for another model is refused by name.
+  r = run_ditto("sample --config ditto-demo --random-weights --random-caption 4 --steps 10 --quiet --cache blockcache "
+                "--schedule " + schedule + " --out " + d + "/x");
+  EXPECT_NE(r.output.find("is for a depth-1 model, this one has depth 4"), std::string::npos) << r.output;
 }
