@@ -133,4 +133,86 @@ void AdaCachePolicy::apply(const std::vector<int64_t>& decision, int step) {
 
 nlohmann::json AdaCachePolicy::log_entry(int) const { return last_log_; }
 
+AdaCacheUnitPolicy::AdaCacheUnitPolicy(Codebook codebook, int depth, Grouping grouping, std::string preset)
+    : codebook_(std::move(codebook)), depth_(depth),
+      groups_(grouping == Grouping::Unit ? unit_count(depth) : 2 * depth), grouping_(grouping), preset_(std::move(preset)) {}
+
+nlohmann::json AdaCacheUnitPolicy::params() const {
+  return {{"preset", preset_}, {"codebook", codebook_.str()}, {"per", grouping_ == Grouping::Unit ? "unit" : "block"},
+          {"groups", groups_}};
+}
+
+void AdaCacheUnitPolicy::reset(const std::vector<float>& timesteps) {
+  steps_ = static_cast<int>(timesteps.size());
+  last_.assign(groups_, 0);
+  next_.assign(groups_, 1);
+  prev_.assign(unit_count(depth_), at::Tensor());
+  num_.assign(groups_, 0);
+  den_.assign(groups_, 0);
+  computed_.assign(groups_, 0);
+  last_log_ = nlohmann::json::object();
+}
+
+StepPlan AdaCacheUnitPolicy::plan(int step) {
+  const int s = step + 1;
+  const bool forced = s <= 2 || s >= steps_ - 1;
+  StepPlan p;
+  p.compute.resize(unit_count(depth_));
+  for (int u = 0; u < unit_count(depth_); ++u) p.compute[u] = forced || s >= next_[group_of(u)];
+  return p;
+}
+
+void AdaCacheUnitPolicy::observe_unit(int unit, const at::Tensor& r, int) {
+  const int g = group_of(unit);
+  if (prev_[unit].defined()) {
+    num_[g] += (prev_[unit] - r).abs().sum(at::kDouble).item<double>();
+    den_[g] += prev_[unit].abs().sum(at::kDouble).item<double>();
+  }
+  prev_[unit] = r;
+  computed_[g] = 1;
+}
+
+std::vector<double> AdaCacheUnitPolicy::partial_sums(const at::Tensor&, int) {
+  // [num per group, den per group, computed per group]; the flags are alike on every rank.
+  std::vector<double> s;
+  s.insert(s.end(), num_.begin(), num_.end());
+  s.insert(s.end(), den_.begin(), den_.end());
+  s.insert(s.end(), computed_.begin(), computed_.end());
+  std::fill(num_.begin(), num_.end(), 0.0);
+  std::fill(den_.begin(), den_.end(), 0.0);
+  std::fill(computed_.begin(), computed_.end(), 0.0);
+  return s;
+}
+
+std::vector<int64_t> AdaCacheUnitPolicy::decide(const std::vector<double>& sums, int step) {
+  const int s = step + 1;
+  std::vector<int64_t> d(2 * groups_, 0);  // [rate (0: not computed this step), metric]
+  for (int g = 0; g < groups_; ++g) {
+    if (sums[2 * groups_ + g] <= 0) continue;
+    double metric = -1;
+    int rate = 1;
+    if (last_[g] > 0 && sums[groups_ + g] > 0) {
+      metric = sums[g] / sums[groups_ + g] / (s - last_[g]);
+      rate = codebook_.lookup(metric);
+    }
+    d[g] = rate;
+    d[groups_ + g] = pack_double(metric);
+  }
+  return d;
+}
+
+void AdaCacheUnitPolicy::apply(const std::vector<int64_t>& d, int step) {
+  const int s = step + 1;
+  nlohmann::json rates = nlohmann::json::array(), metrics = nlohmann::json::array();
+  for (int g = 0; g < groups_; ++g) {
+    if (d[g] > 0) {
+      last_[g] = s;
+      next_[g] = s + static_cast<int>(d[g]);
+    }
+    rates.push_back(d[g]);
+    metrics.push_back(unpack_double(d[groups_ + g]));
+  }
+  last_log_ = {{"next_rates", rates}, {"metrics", metrics}};
+}
+
 }  // namespace ditto

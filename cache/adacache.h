@@ -59,4 +59,38 @@ class AdaCachePolicy : public CachePolicy {
   nlohmann::json last_log_;
 };
 
+// AdaCache with per-unit rates (a step past the paper): every group of units (one unit, or one
+// block's three) has its own metric, the relative L1 change of its residuals between its computed
+// steps per step elapsed, and its own rate from the codebook. Steps 1, 2, N-1 and N compute all.
+// Decisions are coordinated like AdaCache's: sums from every rank, rank 0 decides, all apply.
+class AdaCacheUnitPolicy : public CachePolicy {
+ public:
+  enum class Grouping { Unit, Block };
+  AdaCacheUnitPolicy(Codebook codebook, int depth, Grouping grouping, std::string preset);
+  std::string name() const override { return "adacache"; }
+  nlohmann::json params() const override;
+  void reset(const std::vector<float>& timesteps) override;
+  StepPlan plan(int step) override;
+  bool reuses_units() const override { return true; }
+  bool observes_units() const override { return true; }
+  void observe_unit(int unit, const at::Tensor& residual, int step) override;
+  std::vector<double> partial_sums(const at::Tensor& unused, int step) override;
+  std::vector<int64_t> decide(const std::vector<double>& sums, int step) override;
+  size_t decision_size() const override { return 2 * groups_; }
+  void apply(const std::vector<int64_t>& decision, int step) override;
+  nlohmann::json log_entry(int step) const override { return last_log_; }
+  int group_of(int unit) const { return grouping_ == Grouping::Unit ? unit : unit / 3; }
+
+ private:
+  Codebook codebook_;
+  int depth_, groups_;
+  Grouping grouping_;
+  std::string preset_;
+  int steps_ = 0;
+  std::vector<int> last_, next_;               // 1-based step of the group's last / next compute
+  std::vector<at::Tensor> prev_;               // per unit: this rank's residual at its last compute
+  std::vector<double> num_, den_, computed_;   // this step's local sums per group
+  nlohmann::json last_log_;
+};
+
 }  // namespace ditto

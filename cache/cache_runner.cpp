@@ -81,6 +81,7 @@ at::Tensor CacheRunner::run_blocks(at::Tensor x, const Conditioning& c, Sequence
         if (keep_units) unit_cache_[idx] = r;
         if (metric && unit_index(*metric) == idx) metric_residual_ = r;
         if (observer_) observer_(idx, step, r);
+        if (policy_.observes_units()) policy_.observe_unit(idx, r, step);
       } else {
         r = unit_cache_[idx];
         if (!r.defined()) fail("cache policy '", policy_.name(), "' reused ", unit_name(u), " at step ", step + 1,
@@ -127,6 +128,7 @@ at::Tensor CacheRunner::forward(const at::Tensor& tokens, int64_t s_begin, const
     x = run_blocks(x, c, layout, plan.compute, first, blocks, step);
     if (!policy_.reuses_units()) stack_residual_ = x - x_in;
     if (policy_.metric_unit() && metric_residual_.defined()) coordinate(metric_residual_, step);
+    if (policy_.observes_units()) coordinate(at::Tensor(), step);
     step_log_["mode"] = last_units_ == 3 * blocks ? "compute" : "partial";
   }
   step_log_["units"] = last_units_;

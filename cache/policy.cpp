@@ -122,7 +122,7 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
                                        opt.integer("cross", 6), opt.integer("mlp", 0), lo, hi);
   }
   if (name == "adacache") {
-    Options opt(name, o, {"preset", "codebook", "block", "residual", "moreg", "moreg_window"});
+    Options opt(name, o, {"preset", "codebook", "block", "residual", "moreg", "moreg_window", "per"});
     // The published codebooks are for 100 and 30 steps; other counts use the nearer one.
     const std::string speed = opt.str("preset", "fast");
     std::string preset = speed;
@@ -137,6 +137,17 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
       while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
     }
     Codebook cb = opt.has("codebook") ? Codebook::parse(text) : adacache_preset(preset);
+    // per=unit / per=block: a rate per unit or per block instead of one for the stack.
+    const std::string per = opt.str("per", "stack");
+    if (per == "unit" || per == "block") {
+      for (const char* k : {"moreg", "moreg_window", "block", "residual"})
+        if (opt.has(k)) fail("adacache: option ", k, " is for per=stack (each unit is its own metric with per=", per, ")");
+      return std::make_unique<AdaCacheUnitPolicy>(cb, depth,
+                                                  per == "unit" ? AdaCacheUnitPolicy::Grouping::Unit
+                                                                : AdaCacheUnitPolicy::Grouping::Block,
+                                                  opt.has("codebook") ? "custom" : preset);
+    }
+    if (per != "stack") fail("adacache: per=", per, " unknown (stack, block, unit)");
     MoRegParams moreg;
     moreg.enabled = opt.integer("moreg", 0) != 0;
     // Released windows: steps 10-90 of 100 and 4-26 of 30; other counts scale 10-90 %.

@@ -67,6 +67,10 @@ class CachePolicy {
   virtual bool reuses_units() const { return false; }
 
   // --- adaptive policies ---
+  // Policies with per-unit metrics see every computed unit's residual (this rank's shard), then
+  // partial_sums() at the end of the step.
+  virtual bool observes_units() const { return false; }
+  virtual void observe_unit(int unit, const at::Tensor& residual, int step) {}
   // The unit whose residual feeds the metric on computed steps.
   virtual std::optional<UnitId> metric_unit() const { return std::nullopt; }
   virtual ProbeKind probe() const { return ProbeKind::None; }

@@ -195,3 +195,37 @@ TEST(BlockCache, CalibrationLowersItsLossAndTheIdentityChangesNothing) {
                 "--schedule " + schedule + " --out " + d + "/x");
   EXPECT_NE(r.output.find("is for a depth-1 model, this one has depth 4"), std::string::npos) << r.output;
 }
+
+TEST(BlockCache, PerUnitAdaCacheRatesByHand) {
+  // Unit u's residual at step s is (1 + g_u (s - 1)) * ones: its relative change between computed
+  // steps a < b is g_u (b - a) / (1 + g_u (a - 1)), divided by b - a for the metric.
+  const std::vector<double> g = {0.01, 0.1, 0.5, 0.01, 0.1, 0.5};
+  auto policy = make_cache_policy("adacache", {{"per", "unit"}, {"codebook", "0.05:4/0.2:2/1.0:1"}}, 1, 10);
+  policy->reset(std::vector<float>(10, 500.f));
+  ASSERT_TRUE(policy->observes_units());
+  ASSERT_TRUE(policy->reuses_units());
+  using V = std::vector<uint8_t>;
+  std::vector<V> masks;
+  for (int step = 0; step < 5; ++step) {
+    const StepPlan p = policy->plan(step);
+    masks.push_back(p.compute);
+    for (int u = 0; u < 6; ++u)
+      if (p.compute[u]) policy->observe_unit(u, at::full({4}, 1 + g[u] * step, at::kDouble), step);
+    policy->apply(policy->decide(policy->partial_sums(at::Tensor(), step), step), step);
+  }
+  EXPECT_EQ(masks[0], V(6, 1));  // steps 1 and 2 compute everything
+  EXPECT_EQ(masks[1], V(6, 1));
+  // Step 2's metrics 0.01, 0.1, 0.5 -> rates 4, 2, 1: next computes at steps 6, 4, 3.
+  EXPECT_EQ(masks[2], (V{0, 0, 1, 0, 0, 1}));
+  // Step 3: units 2, 5 changed 0.5 / 1.5 = 0.33 -> rate 1 (step 4); units 1, 4 are due at step 4.
+  EXPECT_EQ(masks[3], (V{0, 1, 1, 0, 1, 1}));
+  // Step 4: units 1, 4: 0.2 / 1.1 over 2 steps = 0.091 -> rate 2 (step 6); units 2, 5: 0.5 / 2 = 0.25 -> 1.
+  EXPECT_EQ(masks[4], (V{0, 0, 1, 0, 0, 1}));
+  const auto log = policy->log_entry(4);
+  EXPECT_NEAR(log["metrics"][2].get<double>(), 0.5 / 2.5, 1e-12);
+  // per=block: a block's three units share one metric and one rate.
+  auto block = make_cache_policy("adacache", {{"per", "block"}}, 2, 30);
+  EXPECT_EQ(block->decision_size(), 2u * 4);
+  EXPECT_THROW(make_cache_policy("adacache", {{"per", "unit"}, {"moreg", "1"}}, 2, 30), Error);
+  EXPECT_THROW(make_cache_policy("adacache", {{"per", "pixel"}}, 2, 30), Error);
+}

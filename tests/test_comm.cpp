@@ -243,6 +243,7 @@ TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
       {"static", {{"interval", "3"}}},
       {"pab", {{"window", "0:1001"}}},
       {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}, {"moreg", "1"}}},
+      {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}, {"per", "unit"}}},
       {"teacache", {{"threshold", "2.5"}}},
       {"fbcache", {{"threshold", "0.6"}}}};
   for (const auto& [name, options] : policies) {
@@ -268,11 +269,21 @@ TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
       EXPECT_EQ(repp["decisions"][i]["mode"], rep1["decisions"][i]["mode"]) << name << " step " << i + 1;
       EXPECT_EQ(repp["decisions"][i]["units"], rep1["decisions"][i]["units"]) << name << " step " << i + 1;
       // A reused stack issues no all-to-all (first-block cache still runs its probe, spatial block 0).
-      if (P > 1 && rep1["decisions"][i]["mode"] == "reuse")
+      if (P > 1 && rep1["decisions"][i]["mode"] == "reuse") {
         EXPECT_EQ(a2a[i], name == "fbcache" ? 2 : 0) << name << " step " << i + 1;
-      if (P > 1 && rep1["decisions"][i]["mode"] == "compute") EXPECT_EQ(a2a[i], 2 * c.depth) << name;
+      }
+      if (P > 1 && rep1["decisions"][i]["mode"] == "compute") {
+        EXPECT_EQ(a2a[i], 2 * c.depth) << name;
+      }
+      // Rates equal exactly (the float metrics may differ in the last bit: sums over shards).
+      for (const char* k : {"next_rate", "next_rates"})
+        if (rep1["decisions"][i]["decision"].contains(k)) {
+          EXPECT_EQ(repp["decisions"][i]["decision"][k], rep1["decisions"][i]["decision"][k]) << name << " step " << i + 1;
+        }
     }
-    if (name != "none") EXPECT_LT(rep1["units_computed"], rep1["units_total"]) << name << " skipped nothing";
+    if (name != "none") {
+      EXPECT_LT(rep1["units_computed"], rep1["units_total"]) << name << " skipped nothing";
+    }
     if (P % 2 == 0) {  // CFG-parallel pairs: the metric covers both halves, as batched CFG's does
       const WorldLayout w = make_world_layout(P, r, P / 2, 2);
       ProcessGroups g = make_process_groups(world(), w);
