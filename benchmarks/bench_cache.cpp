@@ -2,6 +2,9 @@
 // `none`, the fraction of block-stack compute skipped, PSNR and SSIM of the result against the
 // uncached one and, on the demo model, prompt adherence. Prints one table, writes JSON rows.
 // Launch under mpirun to measure with sequence parallelism (every rank shares each video).
+#include <dirent.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -34,9 +37,20 @@ std::vector<Preset> presets() {
           {"adacache fast", "adacache", {{"preset", "fast"}}},
           {"adacache slow", "adacache", {{"preset", "slow"}}},
           {"adacache fast+moreg", "adacache", {{"preset", "fast"}, {"moreg", "1"}}},
+          {"adacache fast per-unit", "adacache", {{"preset", "fast"}, {"per", "unit"}}},
+          {"adacache slow per-unit", "adacache", {{"preset", "slow"}, {"per", "unit"}}},
           {"teacache 0.1", "teacache", {{"threshold", "0.1"}}},
           {"teacache 0.2", "teacache", {{"threshold", "0.2"}}},
           {"fbcache 0.08", "fbcache", {{"threshold", "0.08"}}}};
+}
+
+std::vector<std::string> list_directory(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) fail("cannot read the directory '", dir, "'");
+  while (dirent* e = ::readdir(d)) out.push_back(e->d_name);
+  ::closedir(d);
+  return out;
 }
 
 }  // namespace
@@ -46,7 +60,7 @@ int main(int argc, char** argv) {
   ModelOptions mo;
   int steps = 0, videos = 0, frames = 0, height = 0, width = 0;
   double cfg_scale = 0;
-  std::string json_path, only;
+  std::string json_path, only, blockcache_dir;
   po::options_description desc("options");
   add_model_options(desc, mo);
   // clang-format off
@@ -57,6 +71,7 @@ int main(int argc, char** argv) {
     ("frames", po::value(&frames)->default_value(0), "frames (0: the model's default)")
     ("height", po::value(&height)->default_value(0), "height in pixels (0: model default)")
     ("width", po::value(&width)->default_value(0), "width in pixels (0: model default)")
+    ("blockcache", po::value(&blockcache_dir), "also run every schedule-delta-D.json in this directory (from ditto profile), and with calibration-delta-D.safetensors (from ditto calibrate) when present")
     ("only", po::value(&only), "run only these policies (comma-separated names; none always runs first)")
     ("json", po::value(&json_path), "write the rows as JSON here");
   // clang-format on
@@ -93,7 +108,8 @@ int main(int argc, char** argv) {
       at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1000 + v);
       req.z0 = at::randn({1, ls.channels, ls.frames, ls.height, ls.width}, gen, at::kFloat);
       if (demo) {
-        attributes.push_back(all[(v * 97) % all.size()]);
+        // Not the prompts ditto profile and ditto calibrate use ((k * 97) and (k * 89 + 13) mod 540).
+        attributes.push_back(all[(v * 97 + 41) % all.size()]);
         std::tie(req.caption_y, req.caption_mask) = text->encode({demo_prompt(attributes.back())});
       } else {
         req.caption_y = at::randn({1, 1, cfg.model_max_length, cfg.caption_channels}, gen, at::kFloat);
@@ -114,10 +130,28 @@ int main(int argc, char** argv) {
       std::printf("| policy | compute | speedup | PSNR (dB) | SSIM |%s\n", demo ? " adherence |" : "");
       std::printf("|---|---|---|---|---|%s\n", demo ? "---|" : "");
     }
-    for (const auto& preset : presets()) {
+    std::vector<Preset> all_presets = presets();
+    if (!blockcache_dir.empty()) {
+      std::vector<std::pair<double, std::string>> found;
+      for (const auto& f : list_directory(blockcache_dir)) {
+        double d = 0;
+        if (std::sscanf(f.c_str(), "schedule-delta-%lf.json", &d) == 1) found.push_back({d, f});
+      }
+      std::sort(found.begin(), found.end());
+      for (const auto& [d, f] : found) {
+        char label[64];
+        std::snprintf(label, sizeof label, "blockcache delta=%g", d);
+        all_presets.push_back({label, "blockcache", {{"schedule", blockcache_dir + "/" + f}}});
+        const std::string cal = blockcache_dir + "/calibration-delta-" + f.substr(15, f.size() - 15 - 5) + ".safetensors";
+        if (std::ifstream(cal))
+          all_presets.push_back({std::string(label) + " +scale-shift", "blockcache",
+                                 {{"schedule", blockcache_dir + "/" + f}, {"calibration", cal}}});
+      }
+    }
+    for (const auto& preset : all_presets) {
       if (!only.empty() && preset.policy != "none" && ("," + only + ",").find("," + preset.policy + ",") == std::string::npos)
         continue;
-      auto policy = make_cache_policy(preset.policy, preset.options, cfg.depth, steps);
+      auto policy = make_cache_policy(preset.policy, preset.options, cfg.depth, steps, cfg.hidden_size);
       CacheRunner runner(model, *policy, sp);
       double seconds = 0, psnr_sum = 0, ssim_sum = 0, computed = 0, total = 0;
       int adherent = 0, finite = 0;
