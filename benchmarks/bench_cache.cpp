@@ -108,8 +108,9 @@ int main(int argc, char** argv) {
       at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1000 + v);
       req.z0 = at::randn({1, ls.channels, ls.frames, ls.height, ls.width}, gen, at::kFloat);
       if (demo) {
-        // Not the prompts ditto profile and ditto calibrate use ((k * 97) and (k * 89 + 13) mod 540).
-        attributes.push_back(all[(v * 97 + 41) % all.size()]);
+        // None of the first 64 is among the prompts ditto profile and ditto calibrate use by default
+        // ((k * 97) mod 540 for k < 32, (k * 89 + 13) mod 540 for k < 16).
+        attributes.push_back(all[(v * 97 + 21) % all.size()]);
         std::tie(req.caption_y, req.caption_mask) = text->encode({demo_prompt(attributes.back())});
       } else {
         req.caption_y = at::randn({1, 1, cfg.model_max_length, cfg.caption_channels}, gen, at::kFloat);
