@@ -83,6 +83,11 @@ TEST(Render, TwoGroupsRenderEveryJobOnceWithTheSampleCommandsOutputs) {
   EXPECT_EQ(summary["failed"], 0);
   EXPECT_TRUE(summary["ok"].get<bool>());
   EXPECT_LT(summary["cache_compute_fraction"].get<double>(), 1.0);  // the static jobs skipped blocks
+  // Two groups of two sequence-parallel ranks render the same videos.
+  r = run_ditto_mpi(4, "render " + kTiny + "--sp 2 --jobs " + d + "/jobs.jsonl --out " + d + "/sp");
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (int i = 0; i < 6; ++i)
+    EXPECT_LT(rel_err(latent(d + "/sp/v" + std::to_string(i)), latent(d + "/out/v" + std::to_string(i))), 1e-5) << i;
 
   // A job's outputs do not depend on the batch: alone (one rank), under --sp 2, and `ditto sample`.
   write_bytes(d + "/one.jsonl", json{{"random_caption", 4}, {"seed", 101}, {"steps", 4}, {"output", "v1"}, {"cache", "static"}}.dump() + "\n");
@@ -103,6 +108,14 @@ TEST(Render, BadLinesDuplicatesAndUnreadableWeightsFailAloneWhileValidJobsComple
   auto r = run_ditto("train --config ditto-demo-tiny --steps 1 --batch 1 --quiet --threads 1 --out " + d + "/model");
   ASSERT_EQ(r.code, 0) << r.output;
   run_command("cp -r " + d + "/model " + d + "/broken && truncate -s 1000 " + d + "/broken/model.safetensors");
+  // A model whose output is NaN: its jobs fail on the final latent's check.
+  run_command("cp -r " + d + "/model " + d + "/nan");
+  {
+    auto w = load_safetensors(d + "/model/model.safetensors");
+    NamedTensors t;
+    for (auto& [name, x] : w) t.emplace_back(name, name == "final_layer.linear.bias" ? x * NAN : x);
+    save_safetensors(d + "/nan/model.safetensors", t);
+  }
   const std::string jobs = std::string(
       R"({"prompt": "a red circle moving right slow", "steps": 3, "output": "good1"})" "\n"
       R"({"prompt": "a red circle", "steps": 3, "output": "dup"})" "\n"
@@ -112,7 +125,8 @@ TEST(Render, BadLinesDuplicatesAndUnreadableWeightsFailAloneWhileValidJobsComple
       R"({"prompt": "a purple square still", "steps": 3, "output": "purple"})" "\n"
       R"({"prompt": "a green triangle moving up fast", "steps": "3", "output": "typed"})" "\n"
       "\n"
-      R"({"prompt": "a green triangle moving up fast", "steps": 3, "output": "good2", "cache": "adacache"})" "\n");
+      R"({"prompt": "a green triangle moving up fast", "steps": 3, "output": "good2", "cache": "adacache"})" "\n"
+      R"({"prompt": "a blue square still", "steps": 3, "output": "nan", "model": ")" + d + R"(/nan"})" "\n");
   write_bytes(d + "/jobs.jsonl", jobs);
   r = run_ditto_mpi(2, "render --model " + d + "/model --no-mp4 --quiet --jobs " + d + "/jobs.jsonl --out " + d + "/out");
   EXPECT_EQ(r.code, 1) << r.output;  // not everything succeeded
@@ -123,7 +137,9 @@ TEST(Render, BadLinesDuplicatesAndUnreadableWeightsFailAloneWhileValidJobsComple
   EXPECT_TRUE(hidden_entries(d + "/out").empty());
   std::map<int, std::string> errors;
   for (const auto& f : read_jsonl(d + "/out/failures.jsonl")) errors[f["line"].get<int>()] = f["error"].get<std::string>();
-  ASSERT_EQ(errors.size(), 6u) << read_bytes(d + "/out/failures.jsonl");
+  ASSERT_EQ(errors.size(), 7u) << read_bytes(d + "/out/failures.jsonl");
+  EXPECT_NE(errors[10].find("NaN or infinite"), std::string::npos) << errors[10];
+  EXPECT_FALSE(exists(d + "/out/nan"));
   EXPECT_NE(errors[2].find("output name 'dup' is also used by line 4"), std::string::npos) << errors[2];
   EXPECT_NE(errors[3].find("not valid JSON"), std::string::npos) << errors[3];
   EXPECT_NE(errors[4].find("output name 'dup' is also used by line 2"), std::string::npos) << errors[4];
@@ -132,7 +148,7 @@ TEST(Render, BadLinesDuplicatesAndUnreadableWeightsFailAloneWhileValidJobsComple
   EXPECT_NE(errors[7].find("'steps' must be a positive integer"), std::string::npos) << errors[7];
   const json summary = json::parse(read_bytes(d + "/out/summary.json"));
   EXPECT_EQ(summary["rendered"], 2);
-  EXPECT_EQ(summary["failed"], 6);
+  EXPECT_EQ(summary["failed"], 7);
   EXPECT_EQ(summary["rejected"], 5);
   EXPECT_FALSE(summary["ok"].get<bool>());
   // Two renders into one directory at once: the second is refused.
