@@ -497,48 +497,60 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
   std::atomic<int> rendered{0}, failed{0};
   json outputs = json::array(), job_failures = json::array();
   std::thread scheduler;
+  // An exception leaving this function ends the job (run_command aborts every rank); the scheduler
+  // thread must not be joinable then.
+  struct Detach {
+    std::thread& t;
+    ~Detach() {
+      if (t.joinable()) t.detach();
+    }
+  } detach{scheduler};
   if (root) {
     scheduler = std::thread([&] {
-      std::deque<size_t> queue;
-      for (size_t i = 0; i < jobs.size(); ++i) queue.push_back(i);
-      int active = wl.dp;
-      while (active > 0) {
-        int from = 0;
-        const std::string msg = recv_string(sched, MPI_ANY_SOURCE, kTagRequest, &from);
-        if (!msg.empty()) {
-          const json r = json::parse(msg);
-          const JobLine& jl = jobs.at(r.at("index").get<size_t>());
-          const bool ok = r.at("ok").get<bool>();
-          try {
-            if (ok) {
-              append_line(manifest, json{{"output", jl.output}, {"line", jl.line}, {"job", jl.spec},
-                                         {"files", r.at("files")}, {"seconds", r.at("seconds")},
-                                         {"compute_fraction", r.at("compute_fraction")}}.dump());
-              outputs.push_back({{"output", jl.output}, {"line", jl.line}, {"seconds", r.at("seconds")},
-                                 {"compute_fraction", r.at("compute_fraction")}});
-              ++rendered;
-            } else {
-              append_line(failures, json{{"line", jl.line}, {"output", jl.output}, {"stage", "render"},
-                                         {"error", r.at("error")}}.dump());
-              job_failures.push_back({{"line", jl.line}, {"output", jl.output}, {"error", r.at("error")}});
-              ++failed;
+      try {
+        std::deque<size_t> queue;
+        for (size_t i = 0; i < jobs.size(); ++i) queue.push_back(i);
+        int active = wl.dp;
+        while (active > 0) {
+          int from = 0;
+          const std::string msg = recv_string(sched, MPI_ANY_SOURCE, kTagRequest, &from);
+          if (!msg.empty()) {
+            const json r = json::parse(msg);
+            const JobLine& jl = jobs.at(r.at("index").get<size_t>());
+            const bool ok = r.at("ok").get<bool>();
+            try {
+              if (ok) {
+                append_line(manifest, json{{"output", jl.output}, {"line", jl.line}, {"job", jl.spec},
+                                           {"files", r.at("files")}, {"seconds", r.at("seconds")},
+                                           {"compute_fraction", r.at("compute_fraction")}}.dump());
+                outputs.push_back({{"output", jl.output}, {"line", jl.line}, {"seconds", r.at("seconds")},
+                                   {"compute_fraction", r.at("compute_fraction")}});
+                ++rendered;
+              } else {
+                append_line(failures, json{{"line", jl.line}, {"output", jl.output}, {"stage", "render"},
+                                           {"error", r.at("error")}}.dump());
+                job_failures.push_back({{"line", jl.line}, {"output", jl.output}, {"error", r.at("error")}});
+                ++failed;
+              }
+            } catch (const std::exception& e) {
+              std::cerr << "render: cannot record " << jl.output << ": " << e.what() << "\n";
             }
-          } catch (const std::exception& e) {
-            std::cerr << "render: cannot record " << jl.output << ": " << e.what() << "\n";
+            board.finished(jl.output, ok, ok ? "" : r.at("error").get<std::string>(), r.value("seconds", 0.0),
+                           r.value("units_computed", 0.0), r.value("units_total", 0.0));
           }
-          board.finished(jl.output, ok, ok ? "" : r.at("error").get<std::string>(), r.value("seconds", 0.0),
-                         r.value("units_computed", 0.0), r.value("units_total", 0.0));
+          std::string reply;
+          if (!queue.empty()) {
+            const size_t i = queue.front();
+            queue.pop_front();
+            reply = json{{"index", i}, {"line", jobs[i].line}, {"output", jobs[i].output}, {"spec", jobs[i].spec}}.dump();
+            board.started(jobs[i].output);
+          } else {
+            --active;
+          }
+          send_string(sched, from, kTagJob, reply);
         }
-        std::string reply;
-        if (!queue.empty()) {
-          const size_t i = queue.front();
-          queue.pop_front();
-          reply = json{{"index", i}, {"line", jobs[i].line}, {"output", jobs[i].output}, {"spec", jobs[i].spec}}.dump();
-          board.started(jobs[i].output);
-        } else {
-          --active;
-        }
-        send_string(sched, from, kTagJob, reply);
+      } catch (const std::exception& e) {
+        mpi.abort(std::string("render scheduler: ") + e.what());
       }
     });
   }

@@ -72,7 +72,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   tc.vocab = demo_vocabulary();
   tc.dim = cfg.caption_channels;
   tc.max_tokens = cfg.model_max_length;
-  STDiT3 init = STDiT3::random(cfg, seed, options);
+  STDiT3 init = STDiT3::training_init(cfg, seed, options);
   TextEncoder text = TextEncoder::random(tc, seed + 1, options);
 
   // Every trained tensor with its EMA and Adam moments (buffers rope.freqs and y_embedding stay fixed).

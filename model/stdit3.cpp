@@ -267,6 +267,41 @@ STDiT3 STDiT3::random(const STDiT3Config& config, uint64_t seed, const at::Tenso
   return STDiT3(config, std::move(weights));
 }
 
+STDiT3 STDiT3::training_init(const STDiT3Config& config, uint64_t seed, const at::TensorOptions& options) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto f32 = at::TensorOptions().dtype(at::kFloat);
+  const STDiT3 base = random(config, seed, f32);  // buffers and tables as random() makes them
+  std::map<std::string, at::Tensor> weights;
+  auto is = [](const std::string& n, const char* prefix, const char* suffix) {
+    const std::string p(prefix), s(suffix);
+    return n.rfind(p, 0) == 0 && n.size() >= p.size() + s.size() && n.compare(n.size() - s.size(), s.size(), s) == 0;
+  };
+  for (const auto& spec : stdit3_param_specs(config)) {
+    const std::string& n = spec.name;
+    at::Tensor t;
+    const bool zero = n.rfind("final_layer.linear.", 0) == 0 || n.rfind("fps_embedder.mlp.2.", 0) == 0 ||
+                      n.find(".cross_attn.proj.") != std::string::npos ||
+                      is(n, "temporal_blocks.", ".attn.proj.weight") || is(n, "temporal_blocks.", ".mlp.fc2.weight");
+    if (n == "rope.freqs" || n.find("scale_shift_table") != std::string::npos || n == "y_embedder.y_embedding") {
+      t = base.w(n).clone();
+    } else if (n.size() > 12 && n.compare(n.size() - 12, 12, "norm.weight") == 0) {
+      t = at::ones(spec.shape, f32);
+    } else if (zero || (n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0)) {
+      t = at::zeros(spec.shape, f32);
+    } else if (n == "t_embedder.mlp.0.weight" || n == "t_embedder.mlp.2.weight" || n == "t_block.1.weight" ||
+               n == "y_embedder.y_proj.fc1.weight" || n == "y_embedder.y_proj.fc2.weight" || n == "fps_embedder.mlp.0.weight") {
+      t = 0.02 * at::randn(spec.shape, gen, f32);
+    } else {  // Xavier uniform over [out, everything else] (the patch embedding as a linear, as Open-Sora does)
+      int64_t fan_in = 1;
+      for (size_t i = 1; i < spec.shape.size(); ++i) fan_in *= spec.shape[i];
+      const double a = std::sqrt(6.0 / static_cast<double>(fan_in + spec.shape[0]));
+      t = (at::rand(spec.shape, gen, f32) * 2 - 1) * a;
+    }
+    weights[n] = t.to(options);
+  }
+  return STDiT3(config, std::move(weights));
+}
+
 void STDiT3::save_pretrained(const std::string& dir) const {
   ::mkdir(dir.c_str(), 0755);
   save_config(config_, dir + "/config.json");

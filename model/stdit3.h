@@ -54,6 +54,11 @@ class STDiT3 {
   static STDiT3 from_pretrained(const std::string& dir, const at::TensorOptions& options);
   // Random weights with no zero layer (for benchmarks and tests), deterministic from the seed.
   static STDiT3 random(const STDiT3Config& config, uint64_t seed, const at::TensorOptions& options);
+  // Open-Sora's initialisation for training from scratch (STDiT3.initialize_weights): Xavier-uniform
+  // linears with zero biases, N(0, 0.02) timestep/caption/fps MLPs, and zeroed output layers (final
+  // layer, every cross-attention projection, the temporal blocks' attention projection and MLP
+  // fc2, the fps MLP's output), so every residual branch starts silent.
+  static STDiT3 training_init(const STDiT3Config& config, uint64_t seed, const at::TensorOptions& options);
 
   const STDiT3Config& config() const { return config_; }
   at::TensorOptions options() const { return options_; }

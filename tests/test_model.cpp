@@ -224,6 +224,27 @@ TEST(Model, ForwardInputErrorsNameTheInput) {
   EXPECT_THROW(m.forward(bad), Error);
 }
 
+TEST(Model, TrainingInitFollowsOpenSora) {
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 m = STDiT3::training_init(c, 5, kF32);
+  const auto w = m.weights();
+  auto zero = [&](const std::string& n) { return w.at(n).abs().max().item<double>() == 0; };
+  // Output layers start at zero, so the model's first prediction is exactly zero.
+  for (const char* n : {"final_layer.linear.weight", "final_layer.linear.bias", "spatial_blocks.0.cross_attn.proj.weight",
+                        "temporal_blocks.0.cross_attn.proj.bias", "temporal_blocks.0.attn.proj.weight",
+                        "temporal_blocks.0.mlp.fc2.weight", "fps_embedder.mlp.2.weight", "spatial_blocks.0.attn.proj.bias"})
+    EXPECT_TRUE(zero(n)) << n;
+  EXPECT_FALSE(zero("spatial_blocks.0.attn.proj.weight"));
+  EXPECT_FALSE(zero("spatial_blocks.0.mlp.fc2.weight"));
+  // Xavier uniform: |w| <= sqrt(6 / (fan_in + fan_out)); the small MLPs N(0, 0.02).
+  const at::Tensor qkv = w.at("spatial_blocks.0.attn.qkv.weight");
+  const double bound = std::sqrt(6.0 / (qkv.size(0) + qkv.size(1)));
+  EXPECT_LE(qkv.abs().max().item<double>(), bound);
+  EXPECT_GT(qkv.abs().max().item<double>(), 0.9 * bound);
+  EXPECT_NEAR(w.at("t_block.1.weight").std().item<double>(), 0.02, 0.002);
+  EXPECT_EQ(m.forward(tiny_inputs(c, 2, 1)).abs().max().item<double>(), 0.0);
+}
+
 TEST(Model, ConfigErrors) {
   const std::string dir = temp_dir();
   auto err = [&](const std::string& json) -> std::string {
