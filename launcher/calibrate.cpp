@@ -35,7 +35,7 @@ int run_calibrate(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("prompts", po::value(&prompts)->default_value(16), "training prompts (the demo's prompt set; random captions for models without a text encoder)")
     ("seeds", po::value(&seeds)->default_value(1), "seeds per prompt")
     ("epochs", po::value(&epochs)->default_value(4), "passes over the prompts x seeds (0: write the identity)")
-    ("lr", po::value(&lr)->default_value(1e-3), "Adam learning rate")
+    ("lr", po::value(&lr)->default_value(1e-3), "Adam learning rate (one update per video)")
     ("cfg-scale", po::value(&base.cfg_scale)->default_value(NAN, "model's"), "CFG scale")
     ("frames", po::value(&base.frames)->default_value(0), "frames (0: the model's)")
     ("height", po::value(&base.height)->default_value(0), "height (0: the model's)")
@@ -81,6 +81,21 @@ int run_calibrate(const std::vector<std::string>& args, const MpiEnv& mpi) {
               << ", computes " << 100 * schedule.compute_fraction() << "% of the units), " << ss.params().size()
               << " calibrated units, " << epochs << " epochs of " << prompts * seeds << " videos\n";
   int64_t adam_step = 0;
+  // Adam on the gradients accumulated over one video's reused units (every timestep in one update: a
+  // per-step update chases the current timestep and measured worse).
+  auto adam = [&] {
+    c10::NoGradGuard no_grad;
+    ++adam_step;
+    const double b1 = 0.9, b2 = 0.999;
+    for (auto& [t, a] : params) {
+      if (!t.grad().defined()) continue;
+      const at::Tensor g = t.grad();
+      a.m.mul_(b1).add_(g, 1 - b1);
+      a.v.mul_(b2).addcmul_(g, g, 1 - b2);
+      t.sub_(lr * (a.m / (1 - std::pow(b1, adam_step))) / ((a.v / (1 - std::pow(b2, adam_step))).sqrt() + 1e-8));
+      t.mutable_grad() = at::Tensor();
+    }
+  };
   double first_loss = NAN, last_loss = NAN, baseline = NAN;
   for (int epoch = 0; epoch < epochs; ++epoch) {
     double loss_sum = 0, base_sum = 0;
@@ -92,7 +107,8 @@ int run_calibrate(const std::vector<std::string>& args, const MpiEnv& mpi) {
       if (has_text) job.prompt = demo_prompt(demo_set[(static_cast<size_t>(p) * 89 + 13) % demo_set.size()]);
       else job.random_caption = std::max(1, cfg.model_max_length / 2), job.seed = 2000 + run;
       render_video(model, mo.model_dir, model_source(mo), options, wl, job,
-                   {groups.sp.get(), groups.cfg.get(), groups.video.get(), "mpi"}, nullptr, [&](CacheRunner& runner) {
+                   {groups.sp.get(), groups.cfg.get(), groups.video.get(), "mpi"},
+                   nullptr, [&](CacheRunner& runner) {
                      runner.set_reuse_hook([&](const UnitId& u, int, const at::Tensor& cached, const at::Tensor& x,
                                                const Conditioning& c, SequenceLayout* layout) {
                        const int idx = unit_index(u);
@@ -111,18 +127,7 @@ int run_calibrate(const std::vector<std::string>& args, const MpiEnv& mpi) {
                        return pred.detach().to(cached.scalar_type());
                      });
                    });
-      // Adam on the accumulated gradients of this video.
-      c10::NoGradGuard no_grad;
-      ++adam_step;
-      const double b1 = 0.9, b2 = 0.999;
-      for (auto& [t, a] : params) {
-        if (!t.grad().defined()) continue;
-        const at::Tensor g = t.grad();
-        a.m.mul_(b1).add_(g, 1 - b1);
-        a.v.mul_(b2).addcmul_(g, g, 1 - b2);
-        t.sub_(lr * (a.m / (1 - std::pow(b1, adam_step))) / ((a.v / (1 - std::pow(b2, adam_step))).sqrt() + 1e-8));
-        t.mutable_grad() = at::Tensor();
-      }
+      adam();
     }
     const double mean = terms ? loss_sum / terms : 0, base_mean = terms ? base_sum / terms : 0;
     if (epoch == 0) first_loss = mean, baseline = base_mean;
