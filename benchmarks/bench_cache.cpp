@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
   try {
     po::variables_map vm;
     if (!parse_command_line("bench_cache", "cache policies side by side", desc, {argv + 1, argv + argc}, vm)) return 0;
-    if (mo.model_dir.empty() && mo.config_name.empty()) mo.model_dir = demo_model_dir();
+    default_to_demo_model(mo);
     const at::TensorOptions options = resolve_tensor_options(mo, mpi);
     STDiT3 model = load_model(mo, options);
     const STDiT3Config& cfg = model.config();
@@ -100,7 +100,6 @@ int main(int argc, char** argv) {
     // The same requests for every policy.
     std::vector<VideoRequest> requests;
     std::vector<DemoAttributes> attributes;
-    const auto all = all_demo_attributes();
     std::unique_ptr<TextEncoder> text;
     if (demo) text = std::make_unique<TextEncoder>(TextEncoder::load(mo.model_dir, at::TensorOptions().dtype(at::kFloat)));
     for (int v = 0; v < videos; ++v) {
@@ -108,9 +107,7 @@ int main(int argc, char** argv) {
       at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1000 + v);
       req.z0 = at::randn({1, ls.channels, ls.frames, ls.height, ls.width}, gen, at::kFloat);
       if (demo) {
-        // None of the first 64 is among the prompts ditto profile and ditto calibrate use by default
-        // ((k * 97) mod 540 for k < 32, (k * 89 + 13) mod 540 for k < 16).
-        attributes.push_back(all[(v * 97 + 21) % all.size()]);
+        attributes.push_back(demo_prompt_set(DemoPromptSet::Evaluation, v));
         std::tie(req.caption_y, req.caption_mask) = text->encode({demo_prompt(attributes.back())});
       } else {
         req.caption_y = at::randn({1, 1, cfg.model_max_length, cfg.caption_channels}, gen, at::kFloat);

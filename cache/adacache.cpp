@@ -147,8 +147,8 @@ void AdaCacheUnitPolicy::reset(const std::vector<float>& timesteps) {
   last_.assign(groups_, 0);
   next_.assign(groups_, 1);
   prev_.assign(unit_count(depth_), at::Tensor());
-  num_.assign(groups_, 0);
-  den_.assign(groups_, 0);
+  num_.assign(groups_, at::Tensor());
+  den_.assign(groups_, at::Tensor());
   computed_.assign(groups_, 0);
   last_log_ = nlohmann::json::object();
 }
@@ -164,22 +164,26 @@ StepPlan AdaCacheUnitPolicy::plan(int step) {
 
 void AdaCacheUnitPolicy::observe_unit(int unit, const at::Tensor& r, int) {
   const int g = group_of(unit);
-  if (prev_[unit].defined()) {
-    num_[g] += (prev_[unit] - r).abs().sum(at::kDouble).item<double>();
-    den_[g] += prev_[unit].abs().sum(at::kDouble).item<double>();
+  if (prev_[unit].defined()) {  // device-side sums: one transfer per step, in partial_sums
+    const at::Tensor num = (prev_[unit] - r).abs().sum(at::kDouble), den = prev_[unit].abs().sum(at::kDouble);
+    num_[g] = num_[g].defined() ? num_[g] + num : num;
+    den_[g] = den_[g].defined() ? den_[g] + den : den;
   }
   prev_[unit] = r;
   computed_[g] = 1;
+  sum_options_ = r.options().dtype(at::kDouble);
 }
 
 std::vector<double> AdaCacheUnitPolicy::partial_sums(const at::Tensor&, int) {
   // [num per group, den per group, computed per group]; the flags are alike on every rank.
-  std::vector<double> s;
-  s.insert(s.end(), num_.begin(), num_.end());
-  s.insert(s.end(), den_.begin(), den_.end());
+  std::vector<at::Tensor> sums;
+  for (const auto* v : {&num_, &den_})
+    for (const at::Tensor& t : *v) sums.push_back(t.defined() ? t : at::zeros({}, sum_options_));
+  const at::Tensor host = at::stack(sums).cpu();
+  std::vector<double> s(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
   s.insert(s.end(), computed_.begin(), computed_.end());
-  std::fill(num_.begin(), num_.end(), 0.0);
-  std::fill(den_.begin(), den_.end(), 0.0);
+  std::fill(num_.begin(), num_.end(), at::Tensor());
+  std::fill(den_.begin(), den_.end(), at::Tensor());
   std::fill(computed_.begin(), computed_.end(), 0.0);
   return s;
 }

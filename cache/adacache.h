@@ -89,7 +89,9 @@ class AdaCacheUnitPolicy : public CachePolicy {
   int steps_ = 0;
   std::vector<int> last_, next_;               // 1-based step of the group's last / next compute
   std::vector<at::Tensor> prev_;               // per unit: this rank's residual at its last compute
-  std::vector<double> num_, den_, computed_;   // this step's local sums per group
+  std::vector<at::Tensor> num_, den_;          // this step's local sums per group (on the device)
+  std::vector<double> computed_;
+  at::TensorOptions sum_options_ = at::TensorOptions().dtype(at::kDouble);
   nlohmann::json last_log_;
 };
 

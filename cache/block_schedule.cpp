@@ -19,12 +19,20 @@ double l1_rel(const at::Tensor& cur, const at::Tensor& prev) {
   return den > 0 ? num / den : (num > 0 ? INFINITY : 0.0);
 }
 
+namespace {
+
+// The fields every file of this module starts with, and the check of its format name on reading.
+nlohmann::ordered_json file_header(const char* format, int depth, int steps) {
+  return {{"format", format}, {"version", 1}, {"depth", depth}, {"steps", steps}};
+}
+void check_format(const nlohmann::json& j, const char* format, const char* what) {
+  if (j.value("format", "") != format) fail("not a ditto ", what, " file (format field)");
+}
+
+}  // namespace
+
 nlohmann::ordered_json ChangeCurves::to_json() const {
-  nlohmann::ordered_json j;
-  j["format"] = "ditto-change-curves";
-  j["version"] = 1;
-  j["depth"] = depth;
-  j["steps"] = steps;
+  nlohmann::ordered_json j = file_header("ditto-change-curves", depth, steps);
   j["runs"] = runs;
   j["timesteps"] = timesteps;
   j["source"] = source;
@@ -34,7 +42,7 @@ nlohmann::ordered_json ChangeCurves::to_json() const {
 }
 
 ChangeCurves ChangeCurves::from_json(const nlohmann::json& j) {
-  if (j.value("format", "") != "ditto-change-curves") fail("not a ditto change-curves file (format field)");
+  check_format(j, "ditto-change-curves", "change-curves");
   ChangeCurves c;
   c.depth = j.at("depth");
   c.steps = j.at("steps");
@@ -117,11 +125,7 @@ double BlockSchedule::compute_fraction() const {
 }
 
 nlohmann::ordered_json BlockSchedule::to_json() const {
-  nlohmann::ordered_json j;
-  j["format"] = "ditto-blockcache-schedule";
-  j["version"] = 1;
-  j["depth"] = depth;
-  j["steps"] = steps;
+  nlohmann::ordered_json j = file_header("ditto-blockcache-schedule", depth, steps);
   j["delta"] = delta;
   j["compute_fraction"] = compute_fraction();
   j["source"] = source;
@@ -136,7 +140,7 @@ nlohmann::ordered_json BlockSchedule::to_json() const {
 }
 
 BlockSchedule BlockSchedule::from_json(const nlohmann::json& j) {
-  if (j.value("format", "") != "ditto-blockcache-schedule") fail("not a ditto block-cache schedule (format field)");
+  check_format(j, "ditto-blockcache-schedule", "block-cache schedule");
   BlockSchedule s;
   s.depth = j.at("depth");
   s.steps = j.at("steps");

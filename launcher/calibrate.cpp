@@ -48,10 +48,7 @@ int run_calibrate(const std::vector<std::string>& args, const MpiEnv& mpi) {
   if (mpi.size() > 1) fail("ditto calibrate runs on one rank");
   if (prompts <= 0 || seeds <= 0 || epochs < 0) fail("--prompts and --seeds must be positive, --epochs >= 0");
   const at::TensorOptions options = resolve_tensor_options(mo, mpi);
-  if (mo.model_dir.empty() && mo.config_name.empty()) {
-    if (!demo_model_available()) fail("no model: pass --model DIR or --config NAME --random-weights");
-    mo.model_dir = demo_model_dir();
-  }
+  default_to_demo_model(mo);
   STDiT3 model = load_model(mo, options);
   const STDiT3Config& cfg = model.config();
   const BlockSchedule schedule = BlockSchedule::load(schedule_path);
@@ -71,7 +68,6 @@ int run_calibrate(const std::vector<std::string>& args, const MpiEnv& mpi) {
   base.cache = "blockcache";
   base.cache_opts = {"schedule=" + schedule_path};
   const bool has_text = !mo.model_dir.empty() && TextEncoder::present(mo.model_dir);
-  const auto demo_set = all_demo_attributes();
   MpiCommunicator world(MPI_COMM_WORLD);
   const WorldLayout wl = make_world_layout(1, 0, 1, 1);
   ProcessGroups groups = make_process_groups(world, wl);
@@ -98,14 +94,13 @@ int run_calibrate(const std::vector<std::string>& args, const MpiEnv& mpi) {
   };
   double first_loss = NAN, last_loss = NAN, baseline = NAN;
   for (int epoch = 0; epoch < epochs; ++epoch) {
-    double loss_sum = 0, base_sum = 0;
+    // On the run's device, read once per epoch (no transfer per reused unit).
+    at::Tensor loss_sum = at::zeros({}, options.dtype(at::kDouble)), base_sum = at::zeros({}, options.dtype(at::kDouble));
     int64_t terms = 0;
     for (int run = 0; run < prompts * seeds; ++run) {
       VideoJob job = base;
       const int p = run / seeds, s = run % seeds;
-      job.seed = 2000 + s;  // not the profile's seeds
-      if (has_text) job.prompt = demo_prompt(demo_set[(static_cast<size_t>(p) * 89 + 13) % demo_set.size()]);
-      else job.random_caption = std::max(1, cfg.model_max_length / 2), job.seed = 2000 + run;
+      use_prompt_set(job, has_text, cfg, DemoPromptSet::Calibration, p, s, seeds, 2000);  // not the profile's seeds
       render_video(model, mo.model_dir, model_source(mo), options, wl, job,
                    {groups.sp.get(), groups.cfg.get(), groups.video.get(), "mpi"},
                    nullptr, [&](CacheRunner& runner) {
@@ -121,15 +116,15 @@ int run_calibrate(const std::vector<std::string>& args, const MpiEnv& mpi) {
                        const at::Tensor pred = ss.apply(idx, cached.detach(), c.t.detach()).to(at::kFloat);
                        const at::Tensor loss = (pred - target).pow(2).mean();
                        loss.backward();
-                       loss_sum += loss.item<double>();
-                       base_sum += (cached.to(at::kFloat) - target).pow(2).mean().item<double>();
+                       loss_sum += loss.detach().to(at::kDouble);
+                       base_sum += (cached.to(at::kFloat) - target).pow(2).mean().to(at::kDouble);
                        ++terms;
                        return pred.detach().to(cached.scalar_type());
                      });
                    });
       adam();
     }
-    const double mean = terms ? loss_sum / terms : 0, base_mean = terms ? base_sum / terms : 0;
+    const double mean = terms ? loss_sum.item<double>() / terms : 0, base_mean = terms ? base_sum.item<double>() / terms : 0;
     if (epoch == 0) first_loss = mean, baseline = base_mean;
     last_loss = mean;
     if (talk)

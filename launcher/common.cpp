@@ -74,7 +74,13 @@ std::string demo_model_dir() {
   return std::string(DITTO_SOURCE_DIR) + "/models/ditto-demo";
 }
 
-bool demo_model_available() { return std::ifstream(demo_model_dir() + "/config.json").good(); }
+void default_to_demo_model(ModelOptions& o) {
+  if (!o.model_dir.empty() || !o.config_name.empty()) return;
+  if (!std::ifstream(demo_model_dir() + "/config.json").good())
+    fail("no model: pass --model DIR or --config NAME --random-weights (the demo model is not installed at ",
+         demo_model_dir(), ")");
+  o.model_dir = demo_model_dir();
+}
 
 SamplingDefaults sampling_defaults(const STDiT3Config& c) {
   if (c.latent_space == LatentSpace::Pixel) return {16, 32, 32, 2.5, false};

@@ -33,7 +33,8 @@ at::TensorOptions resolve_tensor_options(const ModelOptions& o, const MpiEnv& mp
 STDiT3 load_model(const ModelOptions& o, const at::TensorOptions& options);
 // The shipped demo model (models/ditto-demo in the source tree, or DITTO_DEMO_MODEL).
 std::string demo_model_dir();
-bool demo_model_available();
+// No --model and no --config: the shipped demo model (an Error naming its path when it is missing).
+void default_to_demo_model(ModelOptions& o);
 
 // How a model is sampled when the user does not say: Open-Sora latent models 51 frames at 240 x 426,
 // CFG 7 and Open-Sora's timestep transform; pixel-space models (the demo) their training geometry

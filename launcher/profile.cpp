@@ -64,14 +64,10 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const WorldLayout wl = make_world_layout(mpi.size(), mpi.rank(), sp, cfg_parallel);
   const at::TensorOptions options = resolve_tensor_options(mo, mpi);
   const std::string backend = resolve_backend(comm_name, options.device());
-  if (mo.model_dir.empty() && mo.config_name.empty()) {
-    if (!demo_model_available()) fail("no model: pass --model DIR or --config NAME --random-weights");
-    mo.model_dir = demo_model_dir();
-  }
+  default_to_demo_model(mo);
   STDiT3 model = load_model(mo, options);
   const STDiT3Config& cfg = model.config();
   const bool has_text = !mo.model_dir.empty() && TextEncoder::present(mo.model_dir);
-  const auto demo_set = all_demo_attributes();
 
   MpiCommunicator world(MPI_COMM_WORLD);
   ProcessGroups groups = make_process_groups(world, wl);
@@ -89,24 +85,26 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
   for (int run = wl.dp_index; run < runs; run += wl.dp) {
     VideoJob job = base;
     const int p = run / seeds, s = run % seeds;
-    job.seed = 1000 + s;
-    if (has_text) job.prompt = demo_prompt(demo_set[(static_cast<size_t>(p) * 97) % demo_set.size()]);
-    else job.random_caption = std::max(1, cfg.model_max_length / 2), job.seed = 1000 + run;
+    use_prompt_set(job, has_text, cfg, DemoPromptSet::Profile, p, s, seeds, 1000);
     // Per run: sums of |o_t - o_{t-1}| and |o_t| of this rank's shard, reduced over the group after.
-    at::Tensor num = at::zeros({units, steps}, at::kDouble), den = at::zeros({units, steps}, at::kDouble);
+    // Kept on the run's device (no transfer per unit); the residuals are kept in their own dtype.
+    const auto sum_options = options.dtype(at::kDouble);
+    at::Tensor num = at::zeros({units, steps}, sum_options), den = at::zeros({units, steps}, sum_options);
     std::vector<at::Tensor> prev(units);
     RenderedVideo v = render_video(model, mo.model_dir, model_source(mo), options, wl, job,
                                    {sp_comm.get(), cfg_comm.get(), groups.video.get(), backend}, nullptr,
                                    [&](CacheRunner& runner) {
                                      runner.set_unit_observer([&](int unit, int step, const at::Tensor& r) {
-                                       const at::Tensor cur = r.detach().to(at::kDouble);
+                                       const at::Tensor cur = r.detach();
                                        if (prev[unit].defined()) {
-                                         num[unit][step] = (cur - prev[unit]).abs().sum().item<double>();
-                                         den[unit][step] = cur.abs().sum().item<double>();
+                                         num[unit][step] = (cur.to(at::kDouble) - prev[unit].to(at::kDouble)).abs().sum();
+                                         den[unit][step] = cur.abs().sum(at::kDouble);
                                        }
                                        prev[unit] = cur;
                                      });
                                    });
+    num = num.cpu();
+    den = den.cpu();
     groups.video->all_reduce(num, ReduceOp::Sum);
     groups.video->all_reduce(den, ReduceOp::Sum);
     curve_sum += at::where(den > 0, num / den.clamp_min(1e-300), at::zeros_like(num));
@@ -126,7 +124,7 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
     c.runs = runs;
     for (int t = 0; t < steps; ++t) c.timesteps.push_back(static_cast<float>(ts[t].item<double>()));
     c.source = {{"model", model_source(mo)}, {"prompts", prompts}, {"seeds", seeds}, {"steps", steps},
-                {"prompt_set", has_text ? "demo (attributes k * 97 mod 540)" : "random captions"}};
+                {"prompt_set", has_text ? "demo profile set" : "random captions"}};
     for (int u = 0; u < units; ++u) {
       c.units.push_back(unit_name(unit_id(u)));
       std::vector<double> curve(steps);

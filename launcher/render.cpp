@@ -58,6 +58,11 @@ struct Invalid {
   std::string output, reason;
 };
 
+// One line of failures.jsonl (and of the summary's failures).
+json failure_record(int line, const std::string& output, const char* stage, const std::string& error) {
+  return {{"line", line}, {"output", output}, {"stage", stage}, {"error", error}};
+}
+
 // A job's settings: the line's fields over the command line's defaults.
 struct Defaults {
   VideoJob job;
@@ -356,12 +361,7 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const at::TensorOptions options = resolve_tensor_options(mo, mpi);
   const auto dev = options.device();
   const std::string backend = resolve_backend(comm_name, dev);
-  if (mo.model_dir.empty() && mo.config_name.empty()) {
-    if (!demo_model_available())
-      fail("no model: pass --model DIR or --config NAME --random-weights (the demo model is not installed at ",
-           demo_model_dir(), ")");
-    mo.model_dir = demo_model_dir();
-  }
+  default_to_demo_model(mo);
   d.model = mo.model_dir;
   const bool root = mpi.rank() == 0, talk = root && !quiet;
   const auto t0 = std::chrono::steady_clock::now();
@@ -461,7 +461,7 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
       }
       jobs = std::move(todo);
       write_file_atomic(failures, [&](std::ostream& os) {
-        for (const auto& f : invalid) os << json{{"line", f.line}, {"output", f.output}, {"stage", "validation"}, {"error", f.reason}}.dump() << "\n";
+        for (const auto& f : invalid) os << failure_record(f.line, f.output, "validation", f.reason).dump() << "\n";
       });
       if (talk) {
         for (const auto& f : invalid) std::cerr << "render: " << jobs_file << " line " << f.line << ": " << f.reason << "\n";
@@ -527,9 +527,8 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
                                    {"compute_fraction", r.at("compute_fraction")}});
                 ++rendered;
               } else {
-                append_line(failures, json{{"line", jl.line}, {"output", jl.output}, {"stage", "render"},
-                                           {"error", r.at("error")}}.dump());
-                job_failures.push_back({{"line", jl.line}, {"output", jl.output}, {"error", r.at("error")}});
+                job_failures.push_back(failure_record(jl.line, jl.output, "render", r.at("error").get<std::string>()));
+                append_line(failures, job_failures.back().dump());
                 ++failed;
               }
             } catch (const std::exception& e) {
@@ -557,7 +556,8 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
 
   // Every group: ask for a job, render it, report, until there is none. Every rank of the group
   // parses the job from the same line text and the same command line.
-  std::map<std::string, std::unique_ptr<STDiT3>> models;  // the group's loaded model, by source
+  std::string loaded_source;  // the group's resident model (one at a time)
+  std::unique_ptr<STDiT3> loaded;
   std::string last_result;
   for (;;) {
     std::string assignment;
@@ -580,11 +580,12 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
       ModelOptions jmo = mo;
       if (jl.model != mo.model_dir) jmo = ModelOptions{jl.model, "", false, 0, mo.dtype, mo.device, mo.threads};
       const std::string key = model_source(jmo);
-      if (!models.count(key)) {
-        models.clear();  // one model resident at a time
-        models[key] = std::make_unique<STDiT3>(load_model(jmo, options));
+      if (!loaded || loaded_source != key) {
+        loaded.reset();  // free the old one before loading
+        loaded = std::make_unique<STDiT3>(load_model(jmo, options));
+        loaded_source = key;
       }
-      model = models[key].get();
+      model = loaded.get();
       v = render_video(*model, jmo.model_dir, key, options, wl, jl.job,
                        {sp_comm.get(), cfg_comm.get(), &video, backend}, [&](int done, int steps, double, double) {
                          if (root) board.step(name, done, steps);
@@ -633,8 +634,8 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
     board.end();
     const int rejected = static_cast<int>(invalid.size());
     json fails = json::array();
-    for (const auto& f : invalid) fails.push_back({{"line", f.line}, {"output", f.output}, {"stage", "validation"}, {"error", f.reason}});
-    for (const auto& f : job_failures) fails.push_back({{"line", f.at("line")}, {"output", f.at("output")}, {"stage", "render"}, {"error", f.at("error")}});
+    for (const auto& f : invalid) fails.push_back(failure_record(f.line, f.output, "validation", f.reason));
+    for (const auto& f : job_failures) fails.push_back(f);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     json summary = {{"command", "render"},
                     {"jobs_file", jobs_file},

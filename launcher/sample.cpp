@@ -1,27 +1,16 @@
 // `ditto sample`: one video from a caption embedding, with a sampler, CFG and timed steps;
 // writes the final latent, the video (pixel-space models) and a metrics JSON.
-#include <sys/stat.h>
-
 #include <chrono>
-#include <fstream>
+#include <cmath>
 #include <iostream>
-#include <nlohmann/json.hpp>
 
-#include "cache/cache_runner.h"
 #include "dist/mpi_communicator.h"
-#include "dist/nccl_communicator.h"
 #include "dist/parallel_layout.h"
-#include "dist/video_sampler.h"
 #include "launcher/common.h"
-#include "launcher/video_job.h"
 #include "launcher/device_sync.h"
 #include "launcher/progress.h"
-#include "launcher/video_writer.h"
-#include "model/atomic_file.h"
+#include "launcher/video_job.h"
 #include "model/error.h"
-#include "model/sampler.h"
-#include "model/safetensors.h"
-#include "model/text_encoder.h"
 
 namespace ditto {
 
@@ -76,12 +65,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
 
   const int sources = !caption_file.empty() + (random_caption > 0) + !prompt.empty();
   if (sources != 1) fail("give exactly one of --caption-embedding FILE, --random-caption N or --prompt TEXT");
-  if (mo.model_dir.empty() && mo.config_name.empty()) {
-    if (!demo_model_available())
-      fail("no model: pass --model DIR or --config NAME --random-weights (the demo model is not installed at ",
-           demo_model_dir(), ")");
-    mo.model_dir = demo_model_dir();
-  }
+  default_to_demo_model(mo);
   STDiT3 model = load_model(mo, options);
   VideoJob job;
   job.prompt = prompt;

@@ -6,6 +6,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
 
 #include "cache/cache_runner.h"
 #include "dist/mpi_communicator.h"
@@ -75,10 +78,19 @@ Caption resolve_caption(const VideoJob& job, const std::string& model_dir, const
     if (model_dir.empty() || !TextEncoder::present(model_dir))
       fail("this model has no text encoder of its own: pass the text encoder's output as a caption embedding "
            "file (T5 for Open-Sora), or a random caption");
-    TextEncoder text = TextEncoder::load(model_dir, at::TensorOptions().dtype(at::kFloat));
-    if (text.config().dim != cfg.caption_channels) fail("the text encoder's width does not match the model's caption_channels");
+    // Loaded once per directory per process (a batch of jobs encodes many prompts with one encoder).
+    static std::mutex m;
+    static std::map<std::string, std::shared_ptr<const TextEncoder>> loaded;
+    std::shared_ptr<const TextEncoder> text;
+    {
+      std::lock_guard<std::mutex> g(m);
+      auto& slot = loaded[model_dir];
+      if (!slot) slot = std::make_shared<const TextEncoder>(TextEncoder::load(model_dir, at::TensorOptions().dtype(at::kFloat)));
+      text = slot;
+    }
+    if (text->config().dim != cfg.caption_channels) fail("the text encoder's width does not match the model's caption_channels");
     Caption cap;
-    std::tie(cap.y, cap.mask) = text.encode({job.prompt});
+    std::tie(cap.y, cap.mask) = text->encode({job.prompt});
     return cap;
   }
   return job.caption_file.empty() ? make_random_caption(job.random_caption, job.seed, cfg)
@@ -131,6 +143,17 @@ void maybe_inject_fault(int rank, int step) {
 }
 
 }  // namespace
+
+void use_prompt_set(VideoJob& job, bool has_text, const STDiT3Config& cfg, DemoPromptSet set, int p, int s, int seeds,
+                    uint64_t base_seed) {
+  if (has_text) {
+    job.prompt = demo_prompt(demo_prompt_set(set, p));
+    job.seed = base_seed + s;
+  } else {
+    job.random_caption = std::max(1, cfg.model_max_length / 2);
+    job.seed = base_seed + static_cast<uint64_t>(p) * seeds + s;
+  }
+}
 
 void make_dir(const std::string& dir) {
   std::string path;

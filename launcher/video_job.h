@@ -13,6 +13,7 @@
 #include "dist/communicator.h"
 #include "dist/parallel_layout.h"
 #include "launcher/common.h"
+#include "model/demo_data.h"
 
 namespace ditto {
 
@@ -34,6 +35,11 @@ struct VideoJob {
   int upscale = 0;
   bool png = false, mp4 = true;
 };
+
+// Run (p, s) of a tool's prompts x seeds: demo prompt p of `set` with seed base_seed + s for models
+// with a text encoder, else a random caption of half the model's tokens drawn from the run's own seed.
+void use_prompt_set(VideoJob& job, bool has_text, const STDiT3Config& config, DemoPromptSet set, int p, int s,
+                    int seeds, uint64_t base_seed);
 
 // The communicators a video group renders with.
 struct VideoGroupComms {

@@ -157,6 +157,13 @@ std::vector<DemoAttributes> all_demo_attributes() {
   return out;
 }
 
+DemoAttributes demo_prompt_set(DemoPromptSet set, int k) {
+  static const std::vector<DemoAttributes> all = all_demo_attributes();
+  const size_t i = static_cast<size_t>(k) * (set == DemoPromptSet::Calibration ? 89 : 97) +
+                   (set == DemoPromptSet::Calibration ? 13 : set == DemoPromptSet::Evaluation ? 21 : 0);
+  return all[i % all.size()];
+}
+
 DemoAttributes random_demo_attributes(uint64_t seed, double two_objects) {
   static const std::vector<DemoObject> objects = all_objects();
   std::mt19937_64 rng(seed);

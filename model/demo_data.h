@@ -59,6 +59,11 @@ std::string demo_prompt(const DemoAttributes& a);
 DemoAttributes parse_demo_prompt(const std::string& prompt);
 // Every one-object scene with a named background, in a fixed order (540 of them).
 std::vector<DemoAttributes> all_demo_attributes();
+// The fixed prompt sets of the tools, from one enumeration of all_demo_attributes(): the first 64
+// evaluation prompts (bench_cache) are none of the first 32 profiling (ditto profile) or 16
+// calibration (ditto calibrate) prompts, so caches are judged on prompts they were not fitted to.
+enum class DemoPromptSet { Profile, Calibration, Evaluation };
+DemoAttributes demo_prompt_set(DemoPromptSet set, int k);
 // The training distribution: a one-object scene, or with probability `two_objects` a two-object
 // scene (two different colours), uniformly over the attributes.
 DemoAttributes random_demo_attributes(uint64_t seed, double two_objects);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "launcher/quality.h"
@@ -70,6 +71,14 @@ TEST(DemoData, DeterministicAndEncodesItsAttributes) {
     longest = std::max(longest, n);
   }
   EXPECT_EQ(longest, 17u);
+  // The tools' prompt sets: evaluation prompts are never profiling or calibration prompts.
+  std::set<std::string> fitted, evaluated;
+  for (int k = 0; k < 32; ++k) fitted.insert(demo_prompt(demo_prompt_set(DemoPromptSet::Profile, k)));
+  for (int k = 0; k < 16; ++k) fitted.insert(demo_prompt(demo_prompt_set(DemoPromptSet::Calibration, k)));
+  for (int k = 0; k < 64; ++k) evaluated.insert(demo_prompt(demo_prompt_set(DemoPromptSet::Evaluation, k)));
+  EXPECT_EQ(fitted.size(), 48u);
+  EXPECT_EQ(evaluated.size(), 64u);
+  for (const auto& p : evaluated) EXPECT_EQ(fitted.count(p), 0u) << p;
   EXPECT_GE(builtin_config("ditto-demo").model_max_length, 17);
 }
 
