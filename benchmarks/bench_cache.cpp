@@ -5,6 +5,7 @@
 #include <dirent.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -125,8 +126,9 @@ int main(int argc, char** argv) {
       std::printf("# cache policies: %s, latent %dx%dx%d, %d steps, cfg %.1f, %d videos, %s %s, %d rank(s)\n",
                   model_source(mo).c_str(), ls.frames, ls.height, ls.width, steps, cfg_scale, videos,
                   options.device().str().c_str(), dtype_name(options.dtype().toScalarType()).c_str(), world.size());
-      std::printf("| policy | compute | speedup | PSNR (dB) | SSIM |%s\n", demo ? " adherence |" : "");
-      std::printf("|---|---|---|---|---|%s\n", demo ? "---|" : "");
+      std::printf("| policy | compute | speedup | PSNR (dB) | SSIM |%s\n",
+                  demo ? " adherence | colour / shape / direction / speed / background | compute still / slow / fast |" : "");
+      std::printf("|---|---|---|---|---|%s\n", demo ? "---|---|---|" : "");
     }
     std::vector<Preset> all_presets = presets();
     if (!blockcache_dir.empty()) {
@@ -153,6 +155,11 @@ int main(int argc, char** argv) {
       CacheRunner runner(model, *policy, sp);
       double seconds = 0, psnr_sum = 0, ssim_sum = 0, computed = 0, total = 0;
       int adherent = 0, finite = 0;
+      // Demo only: compute by the prompted motion of the first object (still, slow, fast), the
+      // content-adaptivity an adaptive policy should show (fast videos get more compute).
+      std::array<double, 3> motion_computed{}, motion_total{};
+      // Demo only: how many videos show each prompted attribute (colour, shape, direction, speed, background).
+      std::array<int, 5> attribute_ok{};
       for (int v = 0; v < videos; ++v) {
         runner.begin_video(rf.timesteps());
         world.barrier();
@@ -163,6 +170,11 @@ int main(int argc, char** argv) {
         const auto rep = runner.report();
         computed += rep["units_computed"].get<double>();
         total += rep["units_total"].get<double>();
+        if (demo) {
+          const int m = attributes[v].is_still() ? 0 : 1 + attributes[v].speed;
+          motion_computed[m] += rep["units_computed"].get<double>();
+          motion_total[m] += rep["units_total"].get<double>();
+        }
         if (preset.policy == "none") reference.push_back(z);
         const at::Tensor& ref = reference[v];
         const double range = pixel ? 2.0 : (ref.max() - ref.min()).item<double>();
@@ -170,7 +182,12 @@ int main(int argc, char** argv) {
         const double p = psnr(zz, rr, range);
         if (std::isfinite(p)) psnr_sum += p, ++finite;
         ssim_sum += ssim(zz, rr, range);
-        if (demo) adherent += check_adherence(z[0], attributes[v]).ok();
+        if (demo) {
+          const Adherence a = check_adherence(z[0], attributes[v]);
+          adherent += a.ok();
+          const bool each[5] = {a.color, a.shape, a.direction, a.speed, a.background};
+          for (int k = 0; k < 5; ++k) attribute_ok[k] += each[k];
+        }
       }
       at::Tensor slowest = at::tensor({seconds}, at::kDouble);
       world.all_reduce(slowest, ReduceOp::Max);
@@ -180,11 +197,27 @@ int main(int argc, char** argv) {
       nlohmann::ordered_json row = {{"policy", preset.label},         {"compute_fraction", computed / total},
                                     {"seconds", seconds},             {"speedup", base_s / seconds},
                                     {"psnr_db", finite ? psnr_mean : -1}, {"ssim", ssim_sum / videos}};
-      if (demo) row["adherence"] = static_cast<double>(adherent) / videos;
+      const char* motions[3] = {"still", "slow", "fast"};
+      std::string by_motion;
+      if (demo) {
+        row["adherence"] = static_cast<double>(adherent) / videos;
+        const char* names[5] = {"color", "shape", "direction", "speed", "background"};
+        for (int k = 0; k < 5; ++k) row["adherence_" + std::string(names[k])] = static_cast<double>(attribute_ok[k]) / videos;
+        for (int m = 0; m < 3; ++m) {
+          char cell[16] = "-";
+          if (motion_total[m] > 0) {
+            row["compute_fraction_" + std::string(motions[m])] = motion_computed[m] / motion_total[m];
+            std::snprintf(cell, sizeof cell, "%.1f%%", 100 * motion_computed[m] / motion_total[m]);
+          }
+          by_motion += (m ? " / " : " ") + std::string(cell);
+        }
+      }
       rows.push_back(row);
       if (world.rank() == 0) {
-        char adh[32] = "";
-        if (demo) std::snprintf(adh, sizeof adh, " %d/%d |", adherent, videos);
+        char adh[160] = "";
+        if (demo)
+          std::snprintf(adh, sizeof adh, " %d/%d | %d / %d / %d / %d / %d |%s |", adherent, videos, attribute_ok[0],
+                        attribute_ok[1], attribute_ok[2], attribute_ok[3], attribute_ok[4], by_motion.c_str());
         std::printf("| %s | %.1f%% | %.2fx | %s | %.4f |%s\n", preset.label.c_str(), 100 * computed / total,
                     base_s / seconds, finite ? std::to_string(psnr_mean).substr(0, 5).c_str() : "inf",
                     ssim_sum / videos, adh);

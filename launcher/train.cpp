@@ -11,6 +11,7 @@
 #include <cmath>
 #include <iostream>
 #include <random>
+#include <sstream>
 
 #include "launcher/common.h"
 #include "launcher/progress.h"
@@ -33,7 +34,9 @@ struct Trainable {
 
 int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   std::string out_dir, resume, config_name;
-  int steps = 0, batch = 0, checkpoint_every = 0, threads = 0, warmup = 0, log_every = 0;
+  int steps = 0, batch = 0, checkpoint_every = 0, threads = 0, warmup = 0, log_every = 0, eval_every = 0;
+  int image_batch = 0, image_every = 0, eval_clips = 0;
+  std::string t_sampling;
   double lr = 0, ema_decay = 0, dropout = 0, wd = 0, two_objects = 0, final_lr = 0;
   uint64_t seed = 0;
   bool quiet = false, fixed_batch = false;
@@ -44,9 +47,12 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("config", po::value(&config_name)->default_value("ditto-demo"), "model config to train")
     ("steps", po::value(&steps)->default_value(3000), "optimizer steps (total, including resumed ones)")
     ("batch", po::value(&batch)->default_value(8), "clips per step")
-    ("lr", po::value(&lr)->default_value(5e-4), "AdamW learning rate (after a linear warm-up)")
-    ("warmup", po::value(&warmup)->default_value(100), "warm-up steps")
+    ("lr", po::value(&lr)->default_value(8e-4), "AdamW learning rate (after a linear warm-up)")
+    ("warmup", po::value(&warmup)->default_value(200), "warm-up steps")
     ("final-lr", po::value(&final_lr)->default_value(0.1), "the learning rate at the last step, as a fraction of --lr (cosine decay after the warm-up)")
+    ("image-batch", po::value(&image_batch)->default_value(128), "joint image-video training as Open-Sora does: the image steps train on this many single frames (one random frame of a clip each; 0: videos only). Images teach shape, colour and background at 1/16 of a clip's cost, videos the motion")
+    ("image-every", po::value(&image_every)->default_value(2), "with --image-batch: every N-th step is an image step")
+    ("t-sampling", po::value(&t_sampling)->default_value("uniform"), "how training draws noise levels t: uniform, or logit-normal (sigmoid of a standard normal, as Open-Sora 1.2 and SD3 train: more weight on the middle, where shapes and colours are decided)")
     ("two-objects", po::value(&two_objects)->default_value(0.3), "fraction of clips with two objects")
     ("weight-decay", po::value(&wd)->default_value(0.01), "AdamW weight decay (matrices only)")
     ("ema", po::value(&ema_decay)->default_value(0.995), "EMA decay of the exported weights")
@@ -56,12 +62,18 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("seed", po::value(&seed)->default_value(0), "seed of the initial weights and the data stream")
     ("threads", po::value(&threads)->default_value(0), "CPU threads (0: LibTorch's default)")
     ("log-every", po::value(&log_every)->default_value(50), "print the loss every N steps (0: never)")
+    ("eval-every", po::value(&eval_every)->default_value(0), "every N steps (and at the start), the loss on a fixed held-out batch with its own captions, with each clip given another clip's caption, and with the null caption: the gap shows whether the text conditioning has taken hold (0: never)")
+    ("eval-clips", po::value(&eval_clips)->default_value(32), "clips in the held-out batch (a multiple of 4)")
     ("fixed-batch", po::bool_switch(&fixed_batch), "train on one fixed batch (a check that the loss goes down)")
     ("quiet", po::bool_switch(&quiet), "no progress output");
   // clang-format on
   po::variables_map vm;
   if (!parse_command_line("train", "train the demo text-to-video model", desc, args, vm)) return 0;
   if (mpi.size() > 1) fail("ditto train runs on one rank");
+  if (t_sampling != "uniform" && t_sampling != "logit-normal")
+    fail("--t-sampling must be uniform or logit-normal, got '", t_sampling, "'");
+  if (eval_clips < 4 || eval_clips % 4) fail("--eval-clips must be a positive multiple of 4, got ", eval_clips);
+  if (image_every < 1) fail("--image-every must be at least 1, got ", image_every);
   ModelOptions mo;
   mo.threads = threads;
   const at::TensorOptions options = resolve_tensor_options(mo, mpi).dtype(at::kFloat);
@@ -113,32 +125,27 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   };
 
   const at::Tensor null_y = model.null_caption().detach();  // [1, 1, L, D]
-  Progress progress(steps - start, "training", !quiet);
-  const auto t0 = std::chrono::steady_clock::now();
-  double loss_ema = -1;
-  for (int step = start; step < steps; ++step) {
-    const auto ts = std::chrono::steady_clock::now();
-    // The data stream is a function of the step, so a resumed run sees what it would have seen.
-    std::mt19937_64 rng(seed * 1000003 + (fixed_batch ? 0 : step));
+  // A batch of clips and their prompts, drawn from rng.
+  // With `single_frames`, each clip is cut to one random frame of it (an image step).
+  auto make_batch = [&](std::mt19937_64& rng, int n, double two, bool single_frames = false) {
     std::vector<at::Tensor> clips;
     std::vector<std::string> prompts;
-    for (int b = 0; b < batch; ++b) {
-      DemoAttributes a = random_demo_attributes(rng(), two_objects);
-      clips.push_back(render_demo_clip(a, rng()));
+    for (int b = 0; b < n; ++b) {
+      DemoAttributes a = random_demo_attributes(rng(), two);
+      at::Tensor clip = render_demo_clip(a, rng());
+      if (single_frames) clip = clip.narrow(1, static_cast<int64_t>(rng() % clip.size(1)), 1);
+      clips.push_back(clip);
       // Some prompts leave the background out ("a red circle moving right slow"): any background fits.
       if (rng() % 4 == 0) a.background = -1;
       prompts.push_back(demo_prompt(a));
     }
-    at::Tensor x0 = at::stack(clips).to(options);
-    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
-    at::Tensor noise = at::randn(x0.sizes(), gen, at::kFloat).to(options.device());
-    // Uniform t, as Open-Sora's rectified flow trains: every sampling step's noise level gets trained,
-    // the near-pure-noise start included (where the layout of the clip is decided).
-    at::Tensor t = at::rand({batch}, gen, at::kFloat).to(options.device());
-    at::Tensor drop = (at::rand({batch}, gen, at::kFloat) < dropout).to(options.device());
-    auto [y, mask] = text.encode(prompts);
-    y = at::where(drop.view({batch, 1, 1, 1}), null_y.expand_as(y), y);
-    const at::Tensor tb = t.view({batch, 1, 1, 1, 1});
+    return std::pair{at::stack(clips).to(options), prompts};
+  };
+  // The rectified-flow loss per clip: the model's velocity at x_t = (1 - t) x0 + t noise against x0 - noise.
+  auto flow_loss = [&](const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t, const at::Tensor& y,
+                       const at::Tensor& mask) {
+    const int64_t n = x0.size(0);
+    const at::Tensor tb = t.view({n, 1, 1, 1, 1});
     ForwardArgs a;
     a.x = (1 - tb) * x0 + tb * noise;
     a.timestep = t * 1000;
@@ -147,21 +154,69 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     a.fps = at::full({1}, 24.0f, options);
     a.height = at::full({1}, 32.0f, options);
     a.width = at::full({1}, 32.0f, options);
-    at::Tensor loss;
-    {
-      // bf16 autocast on the GPU (the weights, Adam moments and EMA stay float32).
-      const bool cuda = options.device().is_cuda();
-      if (cuda) {
-        at::autocast::set_autocast_enabled(at::kCUDA, true);
-        at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-      }
-      at::Tensor pred = model.forward(a);
-      if (cuda) {
-        at::autocast::set_autocast_enabled(at::kCUDA, false);
-        at::autocast::clear_cache();
-      }
-      loss = (pred.to(at::kFloat) - (x0 - noise)).pow(2).mean();
+    // bf16 autocast on the GPU (the weights, Adam moments and EMA stay float32).
+    const bool cuda = options.device().is_cuda();
+    if (cuda) {
+      at::autocast::set_autocast_enabled(at::kCUDA, true);
+      at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
     }
+    at::Tensor pred = model.forward(a);
+    if (cuda) {
+      at::autocast::set_autocast_enabled(at::kCUDA, false);
+      at::autocast::clear_cache();
+    }
+    return (pred.to(at::kFloat) - (x0 - noise)).pow(2).mean({1, 2, 3, 4});
+  };
+  // Held-out evaluation: one-object clips from a stream no training step draws (seed offset), at
+  // noise levels spread evenly over (0, 1); the same noise for every caption variant.
+  auto evaluate = [&](int step) {
+    c10::NoGradGuard no_grad;
+    const int n = eval_clips;
+    std::mt19937_64 rng(seed * 1000003 + 0x5eed0000ULL);
+    auto [x0, prompts] = make_batch(rng, n, 0.0);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
+    const at::Tensor noise = at::randn(x0.sizes(), gen, at::kFloat).to(options.device());
+    const at::Tensor t = ((at::arange(n, at::kFloat) + 0.5) / n).to(options.device());
+    std::vector<std::string> others(prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) others[i] = prompts[(i + 1) % prompts.size()];
+    auto [y, mask] = text.encode(prompts);
+    auto [yo, masko] = text.encode(others);
+    // Per quarter of the noise range (t in (0, .25), ..., (.75, 1)) and overall.
+    auto quarters = [](const at::Tensor& l) { return l.view({4, -1}).mean(1).cpu(); };
+    const at::Tensor own = quarters(flow_loss(x0, noise, t, y, mask));
+    const at::Tensor other = quarters(flow_loss(x0, noise, t, yo, masko));
+    const at::Tensor null = quarters(flow_loss(x0, noise, t, null_y.expand_as(y), mask));
+    auto row = [](const char* what, const at::Tensor& l) {
+      std::ostringstream o;
+      o << what << " " << l.mean().item<double>() << " [";
+      for (int q = 0; q < 4; ++q) o << (q ? " " : "") << l[q].item<double>();
+      return o.str() + "]";
+    };
+    const double gain = 1 - own.mean().item<double>() / null.mean().item<double>();
+    std::cerr << "eval step " << step << ": loss (by noise quarter) " << row("own caption", own) << ", "
+              << row("another clip's", other) << ", " << row("null", null) << "; own vs null "
+              << -100 * gain << "%\n";
+  };
+
+  if (eval_every > 0) evaluate(start);
+  Progress progress(steps - start, "training", !quiet);
+  const auto t0 = std::chrono::steady_clock::now();
+  double loss_ema = -1;
+  for (int step = start; step < steps; ++step) {
+    const auto ts = std::chrono::steady_clock::now();
+    // The data stream is a function of the step, so a resumed run sees what it would have seen.
+    std::mt19937_64 rng(seed * 1000003 + (fixed_batch ? 0 : step));
+    const bool image_step = image_batch > 0 && (step + 1) % image_every == 0;
+    const int n = image_step ? image_batch : batch;
+    auto [x0, prompts] = make_batch(rng, n, two_objects, image_step);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
+    at::Tensor noise = at::randn(x0.sizes(), gen, at::kFloat).to(options.device());
+    at::Tensor t = t_sampling == "uniform" ? at::rand({n}, gen, at::kFloat) : at::sigmoid(at::randn({n}, gen, at::kFloat));
+    t = t.to(options.device());
+    at::Tensor drop = (at::rand({n}, gen, at::kFloat) < dropout).to(options.device());
+    auto [y, mask] = text.encode(prompts);
+    y = at::where(drop.view({n, 1, 1, 1}), null_y.expand_as(y), y);
+    const at::Tensor loss = flow_loss(x0, noise, t, y, mask).mean();
     for (auto& p : params) p.param.mutable_grad() = at::Tensor();
     loss.backward();
     {
@@ -191,7 +246,8 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     progress.update(step + 1 - start, step_s, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (log_every > 0 && (step + 1) % log_every == 0)
       std::cerr << "train step " << step + 1 << " loss " << l << " (smoothed " << loss_ema << "), "
-                << batch / step_s << " clips/s\n";
+                << n / step_s << (image_step ? " frames/s (image step)\n" : " clips/s\n");
+    if (eval_every > 0 && (step + 1) % eval_every == 0) evaluate(step + 1);
     if ((step + 1) % checkpoint_every == 0 || step + 1 == steps) save(out_dir + "/checkpoint.safetensors", step + 1, loss_ema);
   }
   progress.finish();

@@ -15,6 +15,7 @@
 #include "dist/nccl_communicator.h"
 #include "dist/video_sampler.h"
 #include "launcher/device_sync.h"
+#include "launcher/quality.h"
 #include "launcher/video_writer.h"
 #include "model/atomic_file.h"
 #include "model/error.h"
@@ -357,6 +358,20 @@ nlohmann::ordered_json write_video_outputs(const std::string& dir, const Rendere
                        " latent space; decode latent.safetensors with its VAE";
   }
   nlohmann::ordered_json m = v.metrics;
+  // A demo prompt on a pixel-space RGB model: what the adherence checker reads in the video.
+  if (cfg.latent_space == LatentSpace::Pixel && cfg.in_channels == 3 && !job.prompt.empty()) {
+    const DemoClipSettings demo;
+    try {
+      const DemoAttributes a = parse_demo_prompt(job.prompt);
+      if (v.z.size(2) != demo.frames || v.z.size(3) != demo.size || v.z.size(4) != demo.size)
+        m["adherence"] = "not checked: the checker reads clips of " + std::to_string(demo.frames) + " frames of " +
+                         std::to_string(demo.size) + "x" + std::to_string(demo.size);
+      else
+        m["adherence"] = check_adherence(v.z[0].to(at::kCPU, at::kFloat), a).json();
+    } catch (const Error& e) {
+      m["adherence"] = std::string("not checked: not a demo prompt (") + e.what() + ")";
+    }
+  }
   m["outputs"] = outputs;
   write_file_atomic(dir + "/metrics.json", [&](std::ostream& os) { os << m.dump(2) << "\n"; });
   return m;

@@ -1,7 +1,13 @@
-// The shipped demo model: it loads strictly, and `ditto sample --prompt` uses it with no other flag.
+// The shipped demo model: it loads strictly, `ditto sample --prompt` uses it with no other flag, and
+// the videos it samples for a handful of held-out prompts show what the prompts ask for.
 #include <gtest/gtest.h>
 
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "launcher/quality.h"
 #include "model/demo_data.h"
+#include "model/safetensors.h"
 #include "model/stdit3.h"
 #include "model/text_encoder.h"
 #include "test_util.h"
@@ -31,3 +37,43 @@ TEST(DemoModel, ShippedWeightsLoadStrictly) {
   for (const auto& a : all_demo_attributes()) EXPECT_NO_THROW(text.tokenize(demo_prompt(a)));
 }
 
+
+TEST(DemoModel, SampledVideosShowTheirPromptedColourAndBackground) {
+  // The first evaluation prompts (none of them a profiling or calibration prompt), each sampled by
+  // `ditto sample` with its defaults and read back by the adherence checker; metrics.json reports the
+  // same reading. The shipped model draws the prompted colour and background but not yet reliably
+  // the shape and motion (MODEL_CARD.md), so those are the attributes required here.
+  const std::string d = ditto::test::temp_dir();
+  constexpr int kPrompts = 8;
+  int color = 0, background = 0, all = 0;
+  std::string report;
+  for (int k = 0; k < kPrompts; ++k) {
+    const DemoAttributes a = demo_prompt_set(DemoPromptSet::Evaluation, k);
+    const std::string out = d + "/" + std::to_string(k);
+    auto r = ditto::test::run_ditto("sample --prompt '" + demo_prompt(a) + "' --seed " + std::to_string(k) +
+                                    " --quiet --no-mp4 --threads 1 --out " + out);
+    ASSERT_EQ(r.code, 0) << r.output;
+    SafetensorsFile f(out + "/latent.safetensors");
+    const Adherence adh = check_adherence(f.tensor("z", at::TensorOptions().dtype(at::kFloat))[0], a);
+    const auto metrics = nlohmann::json::parse(ditto::test::read_bytes(out + "/metrics.json"));
+    EXPECT_EQ(metrics.at("adherence"), adh.json());
+    color += adh.color;
+    background += adh.background;
+    all += adh.ok();
+    report += demo_prompt(a) + ": " + adh.json().dump() + "\n";
+  }
+  EXPECT_GE(color, 7) << report;
+  EXPECT_GE(background, 6) << report;
+  std::cout << all << " of " << kPrompts << " pass every attribute\n" << report;
+}
+
+TEST(DemoModel, AdherenceIsReportedOnlyWhereTheCheckerApplies) {
+  const std::string d = ditto::test::temp_dir();
+  // A clip larger than the training clips: not checked, and said so.
+  auto r = ditto::test::run_ditto("sample --prompt 'a red circle still' --steps 2 --height 64 --width 64 --quiet "
+                                  "--no-mp4 --out " + d);
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto m = nlohmann::json::parse(ditto::test::read_bytes(d + "/metrics.json"));
+  EXPECT_NE(m.at("adherence").get<std::string>().find("not checked: the checker reads clips of 16 frames of 32x32"),
+            std::string::npos) << m.dump();
+}
