@@ -179,6 +179,17 @@ TEST(TextEncoder, VocabularyAndShapes) {
   EXPECT_TRUE(at::equal(back.encode({"a red square"}).first, t.encode({"a red square"}).first));
 }
 
+namespace {
+// The losses `ditto train --log-every 1` printed, of its image steps or of its video steps.
+std::vector<double> logged_losses(const std::string& output, bool image_steps) {
+  std::regex line(R"(train step (\d+) loss ([0-9.eE+-]+) \(smoothed [0-9.eE+-]+\), [0-9.eE+-]+ (clips|frames)/s)");
+  std::vector<double> loss;
+  for (std::sregex_iterator it(output.begin(), output.end(), line), end; it != end; ++it)
+    if (((*it)[3] == "frames") == image_steps) loss.push_back(std::stod((*it)[2]));
+  return loss;
+}
+}  // namespace
+
 TEST(Training, ImageStepsAndHeldOutEvaluation) {
   const std::string dir = ditto::test::temp_dir();
   // Every step an image step (single frames): the loss still falls on a fixed batch.
@@ -187,10 +198,7 @@ TEST(Training, ImageStepsAndHeldOutEvaluation) {
                                   "--quiet --threads 1 "
                                   "--out " + dir);
   ASSERT_EQ(r.code, 0) << r.output;
-  std::regex line(R"(train step (\d+) loss ([0-9.eE+-]+) \(smoothed [0-9.eE+-]+\), [0-9.eE+-]+ frames/s \(image step\))");
-  std::vector<double> loss;
-  for (std::sregex_iterator it(r.output.begin(), r.output.end(), line), end; it != end; ++it)
-    loss.push_back(std::stod((*it)[2]));
+  const std::vector<double> loss = logged_losses(r.output, true);
   ASSERT_EQ(loss.size(), 20u) << r.output;
   EXPECT_LT(loss.back(), 0.75 * loss.front()) << "first " << loss.front() << " last " << loss.back();
   // The held-out evaluation at the start and the end. At the start Open-Sora's initialisation has
@@ -223,10 +231,7 @@ TEST(Training, AFewStepsLowerTheLossOnAFixedBatch) {
   auto r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 30 --batch 2 --image-batch 0 --fixed-batch --log-every 1 "
                                   "--lr 3e-3 --warmup 1 --checkpoint-every 10 --quiet --threads 1 --out " + dir);
   ASSERT_EQ(r.code, 0) << r.output;
-  std::regex line(R"(train step (\d+) loss ([0-9.eE+-]+))");
-  std::vector<double> loss;
-  for (std::sregex_iterator it(r.output.begin(), r.output.end(), line), end; it != end; ++it)
-    loss.push_back(std::stod((*it)[2]));
+  const std::vector<double> loss = logged_losses(r.output, false);
   ASSERT_EQ(loss.size(), 30u) << r.output;
   EXPECT_LT(loss.back(), 0.6 * loss.front()) << "first " << loss.front() << " last " << loss.back();
   // The exported model and text encoder load, and resuming from the checkpoint continues.
