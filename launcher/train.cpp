@@ -178,7 +178,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     const at::Tensor noise = at::randn(x0.sizes(), gen, at::kFloat).to(options.device());
     const at::Tensor t = ((at::arange(n, at::kFloat) + 0.5) / n).to(options.device());
     std::vector<std::string> others(prompts.size());
-    for (size_t i = 0; i < prompts.size(); ++i) others[i] = prompts[(i + 1) % prompts.size()];
+    for (size_t i = 0; i < prompts.size(); ++i) others[i] = prompts[(i + 7) % prompts.size()];  // never its own: the size is a multiple of 4
     auto [y, mask] = text.encode(prompts);
     auto [yo, masko] = text.encode(others);
     // Per quarter of the noise range (t in (0, .25), ..., (.75, 1)) and overall.
