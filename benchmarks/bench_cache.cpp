@@ -185,7 +185,7 @@ int main(int argc, char** argv) {
         if (demo) {
           const Adherence a = check_adherence(z[0], attributes[v]);
           adherent += a.ok();
-          const bool each[5] = {a.color, a.shape, a.direction, a.speed, a.background};
+          const auto each = a.attributes();
           for (int k = 0; k < 5; ++k) attribute_ok[k] += each[k];
         }
       }
@@ -201,8 +201,8 @@ int main(int argc, char** argv) {
       std::string by_motion;
       if (demo) {
         row["adherence"] = static_cast<double>(adherent) / videos;
-        const char* names[5] = {"color", "shape", "direction", "speed", "background"};
-        for (int k = 0; k < 5; ++k) row["adherence_" + std::string(names[k])] = static_cast<double>(attribute_ok[k]) / videos;
+        for (int k = 0; k < 5; ++k)
+          row["adherence_" + std::string(Adherence::kAttributes[k])] = static_cast<double>(attribute_ok[k]) / videos;
         for (int m = 0; m < 3; ++m) {
           char cell[16] = "-";
           if (motion_total[m] > 0) {

@@ -42,10 +42,12 @@ double ssim(const at::Tensor& video, const at::Tensor& reference, double range) 
 }
 
 nlohmann::json Adherence::json() const {
-  return {{"ok", ok()},          {"color", color},         {"shape", shape},
-          {"direction", direction}, {"speed", speed},       {"background", background},
-          {"seen_color", seen_color}, {"seen_shape", seen_shape}, {"seen_direction", seen_direction},
-          {"seen_speed", seen_speed}, {"seen_background", seen_background}, {"fill", fill}, {"velocity", velocity}};
+  nlohmann::json j = {{"ok", ok()}};
+  const auto each = attributes();
+  for (int k = 0; k < 5; ++k) j[kAttributes[k]] = each[k];
+  j.update({{"seen_color", seen_color}, {"seen_shape", seen_shape}, {"seen_direction", seen_direction},
+            {"seen_speed", seen_speed}, {"seen_background", seen_background}, {"fill", fill}, {"velocity", velocity}});
+  return j;
 }
 
 namespace {

@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <array>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -20,6 +21,9 @@ struct Adherence {
   bool color = false, shape = false, direction = false, speed = false, background = false;
   std::string seen_color, seen_shape, seen_direction, seen_speed, seen_background;  // "x + y" for two objects
   double fill = 0, velocity = 0;  // the first object's: area / bounding box, pixels per frame
+  // The checked attributes by name, in this order: color, shape, direction, speed, background.
+  static constexpr const char* kAttributes[5] = {"color", "shape", "direction", "speed", "background"};
+  std::array<bool, 5> attributes() const { return {color, shape, direction, speed, background}; }
   bool ok() const { return color && shape && direction && speed && background; }
   nlohmann::json json() const;
 };

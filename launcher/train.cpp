@@ -12,6 +12,7 @@
 #include <iostream>
 #include <random>
 #include <sstream>
+#include <tuple>
 
 #include "launcher/common.h"
 #include "launcher/progress.h"
@@ -72,6 +73,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   if (mpi.size() > 1) fail("ditto train runs on one rank");
   if (t_sampling != "uniform" && t_sampling != "logit-normal")
     fail("--t-sampling must be uniform or logit-normal, got '", t_sampling, "'");
+  const bool logit_normal_t = t_sampling == "logit-normal";
   if (eval_clips < 4 || eval_clips % 4) fail("--eval-clips must be a positive multiple of 4, got ", eval_clips);
   if (image_every < 1) fail("--image-every must be at least 1, got ", image_every);
   ModelOptions mo;
@@ -152,8 +154,8 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     a.y = y;
     a.mask = mask;
     a.fps = at::full({1}, 24.0f, options);
-    a.height = at::full({1}, 32.0f, options);
-    a.width = at::full({1}, 32.0f, options);
+    a.height = at::full({1}, static_cast<float>(x0.size(3)), options);
+    a.width = at::full({1}, static_cast<float>(x0.size(4)), options);
     // bf16 autocast on the GPU (the weights, Adam moments and EMA stay float32).
     const bool cuda = options.device().is_cuda();
     if (cuda) {
@@ -168,19 +170,25 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     return (pred.to(at::kFloat) - (x0 - noise)).pow(2).mean({1, 2, 3, 4});
   };
   // Held-out evaluation: one-object clips from a stream no training step draws (seed offset), at
-  // noise levels spread evenly over (0, 1); the same noise for every caption variant.
-  auto evaluate = [&](int step) {
-    c10::NoGradGuard no_grad;
+  // noise levels spread evenly over (0, 1); the same noise for every caption variant. Drawn once.
+  struct HeldOut {
+    at::Tensor x0, noise, t;
+    std::vector<std::string> prompts, others;  // each clip's caption, and the caption seven clips on
+  } held;
+  if (eval_every > 0) {
     const int n = eval_clips;
     std::mt19937_64 rng(seed * 1000003 + 0x5eed0000ULL);
-    auto [x0, prompts] = make_batch(rng, n, 0.0);
+    std::tie(held.x0, held.prompts) = make_batch(rng, n, 0.0);
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
-    const at::Tensor noise = at::randn(x0.sizes(), gen, at::kFloat).to(options.device());
-    const at::Tensor t = ((at::arange(n, at::kFloat) + 0.5) / n).to(options.device());
-    std::vector<std::string> others(prompts.size());
-    for (size_t i = 0; i < prompts.size(); ++i) others[i] = prompts[(i + 7) % prompts.size()];  // never its own: the size is a multiple of 4
-    auto [y, mask] = text.encode(prompts);
-    auto [yo, masko] = text.encode(others);
+    held.noise = at::randn(held.x0.sizes(), gen, at::kFloat).to(options.device());
+    held.t = ((at::arange(n, at::kFloat) + 0.5) / n).to(options.device());
+    for (int i = 0; i < n; ++i) held.others.push_back(held.prompts[(i + 7) % n]);  // never its own: n is a multiple of 4
+  }
+  auto evaluate = [&](int step) {
+    c10::NoGradGuard no_grad;
+    const at::Tensor &x0 = held.x0, &noise = held.noise, &t = held.t;
+    auto [y, mask] = text.encode(held.prompts);
+    auto [yo, masko] = text.encode(held.others);
     // Per quarter of the noise range (t in (0, .25), ..., (.75, 1)) and overall.
     auto quarters = [](const at::Tensor& l) { return l.view({4, -1}).mean(1).cpu(); };
     const at::Tensor own = quarters(flow_loss(x0, noise, t, y, mask));
@@ -211,7 +219,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     auto [x0, prompts] = make_batch(rng, n, two_objects, image_step);
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
     at::Tensor noise = at::randn(x0.sizes(), gen, at::kFloat).to(options.device());
-    at::Tensor t = t_sampling == "uniform" ? at::rand({n}, gen, at::kFloat) : at::sigmoid(at::randn({n}, gen, at::kFloat));
+    at::Tensor t = logit_normal_t ? at::sigmoid(at::randn({n}, gen, at::kFloat)) : at::rand({n}, gen, at::kFloat);
     t = t.to(options.device());
     at::Tensor drop = (at::rand({n}, gen, at::kFloat) < dropout).to(options.device());
     auto [y, mask] = text.encode(prompts);
