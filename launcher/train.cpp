@@ -40,7 +40,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   std::string t_sampling;
   double lr = 0, ema_decay = 0, dropout = 0, wd = 0, two_objects = 0, final_lr = 0;
   uint64_t seed = 0;
-  bool quiet = false, fixed_batch = false;
+  bool quiet = false, fixed_batch = false, restart_schedule = false;
   po::options_description desc("options");
   // clang-format off
   desc.add_options()
@@ -60,6 +60,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("caption-dropout", po::value(&dropout)->default_value(0.1), "probability of training a clip with the null caption (for CFG)")
     ("checkpoint-every", po::value(&checkpoint_every)->default_value(200), "steps between checkpoints")
     ("resume", po::value(&resume), "continue from this checkpoint.safetensors")
+    ("restart-schedule", po::bool_switch(&restart_schedule), "with --resume: warm up again and decay over this run's own steps (a new training phase) instead of continuing the schedule of steps 0..--steps")
     ("seed", po::value(&seed)->default_value(0), "seed of the initial weights and the data stream")
     ("threads", po::value(&threads)->default_value(0), "CPU threads (0: LibTorch's default)")
     ("log-every", po::value(&log_every)->default_value(50), "print the loss every N steps (0: never)")
@@ -76,6 +77,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const bool logit_normal_t = t_sampling == "logit-normal";
   if (eval_clips < 4 || eval_clips % 4) fail("--eval-clips must be a positive multiple of 4, got ", eval_clips);
   if (image_every < 1) fail("--image-every must be at least 1, got ", image_every);
+  if (restart_schedule && resume.empty()) fail("--restart-schedule needs --resume");
   ModelOptions mo;
   mo.threads = threads;
   const at::TensorOptions options = resolve_tensor_options(mo, mpi).dtype(at::kFloat);
@@ -127,25 +129,37 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   };
 
   const at::Tensor null_y = model.null_caption().detach();  // [1, 1, L, D]
-  // A batch of clips and their prompts, drawn from rng.
-  // With `single_frames`, each clip is cut to one random frame of it (an image step).
+  // A batch of clips and their prompts, drawn from rng (frame_index: an image step's [n, 1]).
+  // With `single_frames`, each clip is cut to one random frame of it (an image step); the model is
+  // told which frame it is (where the config has a temporal position embedding).
+  struct Batch {
+    at::Tensor x0, frame_index;
+    std::vector<std::string> prompts;
+  };
   auto make_batch = [&](std::mt19937_64& rng, int n, double two, bool single_frames = false) {
     std::vector<at::Tensor> clips;
-    std::vector<std::string> prompts;
+    std::vector<int64_t> frames;
+    Batch out;
     for (int b = 0; b < n; ++b) {
       DemoAttributes a = random_demo_attributes(rng(), two);
       at::Tensor clip = render_demo_clip(a, rng());
-      if (single_frames) clip = clip.narrow(1, static_cast<int64_t>(rng() % clip.size(1)), 1);
+      if (single_frames) {
+        const auto f = static_cast<int64_t>(rng() % clip.size(1));
+        clip = clip.narrow(1, f, 1);
+        frames.push_back(f);
+      }
       clips.push_back(clip);
       // Some prompts leave the background out ("a red circle moving right slow"): any background fits.
       if (rng() % 4 == 0) a.background = -1;
-      prompts.push_back(demo_prompt(a));
+      out.prompts.push_back(demo_prompt(a));
     }
-    return std::pair{at::stack(clips).to(options), prompts};
+    out.x0 = at::stack(clips).to(options);
+    if (single_frames && model.config().temporal_pos_embed) out.frame_index = at::tensor(frames).view({n, 1});
+    return out;
   };
   // The rectified-flow loss per clip: the model's velocity at x_t = (1 - t) x0 + t noise against x0 - noise.
   auto flow_loss = [&](const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t, const at::Tensor& y,
-                       const at::Tensor& mask) {
+                       const at::Tensor& mask, const at::Tensor& frame_index = {}) {
     const int64_t n = x0.size(0);
     const at::Tensor tb = t.view({n, 1, 1, 1, 1});
     ForwardArgs a;
@@ -153,6 +167,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     a.timestep = t * 1000;
     a.y = y;
     a.mask = mask;
+    a.frame_index = frame_index;
     a.fps = at::full({1}, 24.0f, options);
     a.height = at::full({1}, static_cast<float>(x0.size(3)), options);
     a.width = at::full({1}, static_cast<float>(x0.size(4)), options);
@@ -178,7 +193,9 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   if (eval_every > 0) {
     const int n = eval_clips;
     std::mt19937_64 rng(seed * 1000003 + 0x5eed0000ULL);
-    std::tie(held.x0, held.prompts) = make_batch(rng, n, 0.0);
+    Batch b = make_batch(rng, n, 0.0);
+    held.x0 = b.x0;
+    held.prompts = b.prompts;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
     held.noise = at::randn(held.x0.sizes(), gen, at::kFloat).to(options.device());
     held.t = ((at::arange(n, at::kFloat) + 0.5) / n).to(options.device());
@@ -216,15 +233,16 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     std::mt19937_64 rng(seed * 1000003 + (fixed_batch ? 0 : step));
     const bool image_step = image_batch > 0 && (step + 1) % image_every == 0;
     const int n = image_step ? image_batch : batch;
-    auto [x0, prompts] = make_batch(rng, n, two_objects, image_step);
+    const Batch b = make_batch(rng, n, two_objects, image_step);
+    const at::Tensor& x0 = b.x0;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
     at::Tensor noise = at::randn(x0.sizes(), gen, at::kFloat).to(options.device());
     at::Tensor t = logit_normal_t ? at::sigmoid(at::randn({n}, gen, at::kFloat)) : at::rand({n}, gen, at::kFloat);
     t = t.to(options.device());
     at::Tensor drop = (at::rand({n}, gen, at::kFloat) < dropout).to(options.device());
-    auto [y, mask] = text.encode(prompts);
+    auto [y, mask] = text.encode(b.prompts);
     y = at::where(drop.view({n, 1, 1, 1}), null_y.expand_as(y), y);
-    const at::Tensor loss = flow_loss(x0, noise, t, y, mask).mean();
+    const at::Tensor loss = flow_loss(x0, noise, t, y, mask, b.frame_index).mean();
     for (auto& p : params) p.param.mutable_grad() = at::Tensor();
     loss.backward();
     {
@@ -234,9 +252,11 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
       for (auto& p : params) norm2 += p.param.grad().pow(2).sum().item<double>();
       const double clip = std::min(1.0, 1.0 / (std::sqrt(norm2) + 1e-6));
       // Linear warm-up, then cosine decay from lr to final_lr * lr at the last step.
-      const double progress_frac = steps > warmup ? std::clamp((step + 1.0 - warmup) / (steps - warmup), 0.0, 1.0) : 1.0;
+      const int s0 = restart_schedule ? start : 0, span = steps - s0;  // the schedule's first step and length
+      const double done = step + 1.0 - s0;
+      const double progress_frac = span > warmup ? std::clamp((done - warmup) / (span - warmup), 0.0, 1.0) : 1.0;
       const double cosine = final_lr + (1 - final_lr) * 0.5 * (1 + std::cos(M_PI * progress_frac));
-      const double rate = lr * std::min(1.0, (step + 1.0) / warmup) * (step + 1 < warmup ? 1.0 : cosine);
+      const double rate = lr * std::min(1.0, done / warmup) * (done < warmup ? 1.0 : cosine);
       const double b1 = 0.9, b2 = 0.999, k = step + 1;
       for (auto& p : params) {
         at::Tensor g = p.param.grad() * clip;

@@ -82,6 +82,12 @@ STDiT3Config load_config(const std::string& path) {
     else if (s == "opensora-v1.2") c.latent_space = LatentSpace::OpenSoraV12;
     else fail(where("latent_space"), ": unknown '", s, "' (known: opensora-v1.2, pixel)");
   }
+  if (j.contains("temporal_pos_embed")) {
+    const auto& v = j["temporal_pos_embed"];
+    if (!v.is_string() || (v != "sincos" && v != "none"))
+      fail(where("temporal_pos_embed"), ": unknown ", v.dump(), " (known: \"none\", \"sincos\")");
+    c.temporal_pos_embed = v == "sincos";
+  }
   try {
     c.validate();
   } catch (const Error& e) {
@@ -116,6 +122,7 @@ void save_config(const STDiT3Config& c, const std::string& path) {
   j["skip_y_embedder"] = false;
   j["torch_dtype"] = "float32";
   j["latent_space"] = latent_space_name(c.latent_space);
+  j["temporal_pos_embed"] = c.temporal_pos_embed ? "sincos" : "none";
   write_file_atomic(path, [&](std::ostream& out) { out << j.dump(2) << "\n"; });
 }
 
@@ -148,6 +155,7 @@ STDiT3Config builtin_config(const std::string& name) {
     c.caption_channels = name == "ditto-demo" ? 64 : 16;
     c.model_max_length = 18;  // the longest demo prompt (two objects and a background) has 17 words
     c.input_sq_size = 32;
+    c.temporal_pos_embed = true;
   } else {
     std::string known;
     for (const auto& n : builtin_config_names()) known += (known.empty() ? "" : ", ") + n;

@@ -25,6 +25,11 @@ struct STDiT3Config {
   int input_sq_size = 512;
   double class_dropout_prob = 0.1;
   LatentSpace latent_space = LatentSpace::OpenSoraV12;  // ditto field "latent_space"
+  // ditto field "temporal_pos_embed": add the 1D sin-cos embedding of each token's frame index to
+  // the patch embedding (as STDiT v1's pos_embed_temporal did). STDiT3 has none (its temporal
+  // attention sees relative positions only, through RoPE); the demo model has it, because its
+  // prompts fix where the object is in each frame, which relative positions alone cannot tell.
+  bool temporal_pos_embed = false;
 
   int out_channels() const { return pred_sigma ? 2 * in_channels : in_channels; }
   int head_dim() const { return hidden_size / num_heads; }

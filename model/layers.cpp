@@ -18,23 +18,40 @@ at::Tensor timestep_embedding(const at::Tensor& t, int dim, at::ScalarType compu
   return emb;
 }
 
+namespace {
+
+// 10000^(-k / (dim/2)) for k < dim/2: the sin-cos embeddings' frequencies.
+at::Tensor sincos_frequencies(int dim, const at::TensorOptions& opts) {
+  const int half = dim / 2;
+  return 1.0 / at::pow(10000.0, at::arange(0, half, opts) / static_cast<double>(half));
+}
+
+// coord [...] -> [..., 2 * F]: [sin(coord * f), cos(coord * f)].
+at::Tensor sincos(const at::Tensor& coord, const at::Tensor& inv_freq) {
+  at::Tensor out = coord.unsqueeze(-1) * inv_freq;
+  return at::cat({at::sin(out), at::cos(out)}, -1);
+}
+
+}  // namespace
+
+at::Tensor pos_embed_1d(const at::Tensor& positions, int dim, at::ScalarType compute) {
+  const auto opts = at::TensorOptions().dtype(compute).device(positions.device());
+  return sincos(positions.to(compute), sincos_frequencies(dim, opts));
+}
+
 at::Tensor pos_embed_2d(int h, int w, int dim, double scale, int base_size, at::ScalarType compute,
                         const at::Device& device, at::ScalarType freq_dtype) {
   auto opts = at::TensorOptions().dtype(compute).device(device);
-  const int half = dim / 2;
-  at::Tensor inv_freq = 1.0 / at::pow(10000.0, at::arange(0, half, 2, opts) / static_cast<double>(half));
+  // Each axis gets dim/2 channels: a 1D embedding of width dim/2.
+  at::Tensor inv_freq = sincos_frequencies(dim / 2, opts);
   if (freq_dtype == at::kBFloat16 || freq_dtype == at::kHalf) inv_freq = inv_freq.to(freq_dtype).to(compute);
   // Same operation order as the reference: arange / scale, then * (base_size / n).
   at::Tensor grid_h = at::arange(h, opts) / scale * (static_cast<double>(base_size) / h);
   at::Tensor grid_w = at::arange(w, opts) / scale * (static_cast<double>(base_size) / w);
-  auto sincos = [&](const at::Tensor& coord) {  // coord: [S]
-    at::Tensor out = coord.unsqueeze(1) * inv_freq.unsqueeze(0);
-    return at::cat({at::sin(out), at::cos(out)}, -1);
-  };
   // Token (i, j) sits at row i, column j; the column coordinate comes first.
   at::Tensor col = grid_w.unsqueeze(0).expand({h, w}).reshape({-1});
   at::Tensor row = grid_h.unsqueeze(1).expand({h, w}).reshape({-1});
-  return at::cat({sincos(col), sincos(row)}, -1);
+  return at::cat({sincos(col, inv_freq), sincos(row, inv_freq)}, -1);
 }
 
 std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& freqs, int64_t len) {

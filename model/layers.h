@@ -22,6 +22,10 @@ at::Tensor timestep_embedding(const at::Tensor& t, int dim, at::ScalarType compu
 at::Tensor pos_embed_2d(int h, int w, int dim, double scale, int base_size, at::ScalarType compute,
                         const at::Device& device, at::ScalarType freq_dtype = at::kFloat);
 
+// 1D sin-cos embedding (Open-Sora's get_1d_sincos_pos_embed): positions [...] -> [..., dim] =
+// [sin(p * f_k), cos(p * f_k)], f_k = 10000^(-k / (dim/2)), k < dim/2; computed in `compute`.
+at::Tensor pos_embed_1d(const at::Tensor& positions, int dim, at::ScalarType compute);
+
 // RoPE (rotary-embedding-torch 0.5.3 style: interleaved pairs). freqs: [D/2]. Returns (cos, sin),
 // each [len, D/2], angle = position * freq computed in freqs' dtype.
 std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& freqs, int64_t len);

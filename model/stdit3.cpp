@@ -379,6 +379,15 @@ Conditioning STDiT3::condition(const ForwardArgs& a) const {
     }
   }
   std::tie(c.rope_cos, c.rope_sin) = layers::rope_tables(w("rope.freqs"), c.grid_t);
+  if (config_.temporal_pos_embed) {
+    at::Tensor f = a.frame_index.defined() ? a.frame_index : at::arange(c.grid_t, at::kLong);
+    if (f.dim() == 1) f = f.unsqueeze(0);
+    if (f.dim() != 2 || (f.size(0) != 1 && f.size(0) != B) || f.size(1) != c.grid_t)
+      fail("forward: frame_index must be [T'] or [B, T'] with B = ", B, ", T' = ", c.grid_t, ", got ", f.sizes());
+    c.temporal_pos = layers::pos_embed_1d(f.to(dev), config_.hidden_size, compute).to(dtype).unsqueeze(2);
+  } else if (a.frame_index.defined()) {
+    fail("forward: frame_index given, but the model has no temporal position embedding");
+  }
   // The reference holds the sizes as model-dtype tensors (bf16 rounds a width of 854 to 856).
   const double hpx = a.height.reshape({-1})[0].to(dtype).item<double>();
   const double wpx = a.width.reshape({-1})[0].to(dtype).item<double>();
@@ -396,7 +405,8 @@ at::Tensor STDiT3::pos_embedding(const Conditioning& c) const {
 
 at::Tensor STDiT3::embed_tokens(const at::Tensor& tokens, int64_t s_begin, const Conditioning& c) const {
   at::Tensor h = layers::embed_patches(tokens.to(options_), w("x_embedder.proj.weight"), w("x_embedder.proj.bias"));
-  return h + pos_embedding(c).narrow(0, s_begin, tokens.size(2));
+  h = h + pos_embedding(c).narrow(0, s_begin, tokens.size(2));
+  return c.temporal_pos.defined() ? h + c.temporal_pos : h;
 }
 
 namespace {

@@ -25,8 +25,12 @@ std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& config);
 // The arguments of the official forward. x: [B, Cin, T, H, W]; timestep: [B]; y: [B, 1, L, Cc]
 // (or [B, L, Cc]); mask: [B, L] or [1, L] (nonzero = valid token; undefined = all valid);
 // fps, height, width: [B] or [1] (height/width in pixels; only element 0 is used, as in the reference).
+// frame_index (optional, read only with config.temporal_pos_embed): the frame each token frame
+// shows, [T'] or [B, T']; default 0..T'-1. An image step trains single frames cut from clips with
+// the index of the frame they came from.
 struct ForwardArgs {
   at::Tensor x, timestep, y, mask, fps, height, width;
+  at::Tensor frame_index;
 };
 
 // What a forward computes once and every block reads.
@@ -36,6 +40,7 @@ struct Conditioning {
   at::Tensor y;        // [B, L, C] projected caption tokens
   at::Tensor y_mask;   // [B, L] bool, undefined when every token is valid
   at::Tensor rope_cos, rope_sin;  // [T, D/2]
+  at::Tensor temporal_pos;        // [B or 1, T, 1, C]; undefined without config.temporal_pos_embed
   int64_t grid_t = 0, grid_h = 0, grid_w = 0;  // token grid
   int64_t tx = 0, hx = 0, wx = 0;              // input latent size (for the crop)
   double pos_scale = 1;                        // sqrt(height * width) / input_sq_size (pixels)
@@ -77,7 +82,8 @@ class STDiT3 {
   Conditioning condition(const ForwardArgs& args) const;
   // The 2D sin-cos position embedding of the whole token grid: [S, C].
   at::Tensor pos_embedding(const Conditioning& cond) const;
-  // Patch tokens (layers::patchify order) of spatial positions [s_begin, s_begin + S_r) -> [B, T', S_r, C].
+  // Patch tokens (layers::patchify order) of spatial positions [s_begin, s_begin + S_r) -> [B, T', S_r, C],
+  // plus the position embeddings (spatial, and temporal where the config has it).
   at::Tensor embed_tokens(const at::Tensor& tokens, int64_t s_begin, const Conditioning& cond) const;
   // One block on x [B, T, S_r, C] in space layout. `layout` (null on one rank) moves spatial
   // self-attention to the frame layout and back; everything else is local to the shard.

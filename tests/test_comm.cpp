@@ -150,8 +150,13 @@ TEST(Dsp, SwitchesAreExactSlicesAndCountTheirBytes) {
 }
 
 TEST(SequenceParallel, ForwardMatchesOneRankAndMovesTheAnalyticBytes) {
+  // Stock STDiT3, and with the demo model's temporal position embedding (added to each rank's
+  // spatial shard for every frame).
+  for (bool temporal_pos : {false, true}) {
+  SCOPED_TRACE(temporal_pos ? "temporal_pos_embed" : "stock");
   const int P = world().size(), r = world().rank();
-  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3Config c = builtin_config("stdit3-tiny");
+  c.temporal_pos_embed = temporal_pos;
   STDiT3 m = STDiT3::random(c, 3, kF32);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(4);
   ForwardArgs a;
@@ -179,6 +184,7 @@ TEST(SequenceParallel, ForwardMatchesOneRankAndMovesTheAnalyticBytes) {
   for (int j = 0; j < P; ++j) diag += layout.frames().counts[j] * s.counts[j];
   const int64_t elem = 2 * c.hidden_size * 4;  // B * C * sizeof(float)
   EXPECT_EQ(bytes.item<int64_t>(), c.depth * 2 * (cond.grid_t * cond.grid_s() - diag) * elem);
+  }
 }
 
 TEST(SequenceParallel, EvenSplitMovesTwoPMinusOneOverPOfTheActivation) {

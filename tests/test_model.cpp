@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/error.h"
+#include "model/layers.h"
 #include "model/safetensors.h"
 #include "model/stdit3.h"
 #include "test_util.h"
@@ -261,7 +262,73 @@ TEST(Model, ConfigErrors) {
   EXPECT_NE(err(R"({"hidden_size":100,"num_heads":16})").find("not divisible by num_heads"), std::string::npos);
   EXPECT_NE(err(R"({"hidden_size":"big"})").find("hidden_size"), std::string::npos);
   EXPECT_NE(err(R"({"skip_y_embedder":true})").find("not supported"), std::string::npos);
+  EXPECT_NE(err(R"({"temporal_pos_embed":"learned"})").find("temporal_pos_embed"), std::string::npos);
   EXPECT_EQ(err(R"({"model_type":"STDiT3","hidden_size":64,"num_heads":4,"depth":2})"), "");
+}
+
+TEST(Model, TemporalPositionEmbeddingIsTheFrameSinCos) {
+  // The demo model's temporal embedding: a model with it embeds tokens exactly as the same weights
+  // without it, plus sin/cos(frame * 10000^(-k / (C/2))) on every token of the frame (float64,
+  // written out here from the formula).
+  STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 stock = STDiT3::random(c, 2, at::TensorOptions().dtype(at::kDouble));
+  c.temporal_pos_embed = true;
+  STDiT3 m(c, stock.weights());
+  ForwardArgs a = tiny_inputs(c, 2, 3);
+  a.x = a.x.to(at::kDouble);
+  const at::Tensor tokens = layers::patchify(a.x, c.patch_size);
+  const at::Tensor diff = m.embed_tokens(tokens, 0, m.condition(a)) - stock.embed_tokens(tokens, 0, stock.condition(a));
+  const int C = c.hidden_size, T = static_cast<int>(diff.size(1));
+  at::Tensor expected = at::zeros({T, C}, at::kDouble);
+  for (int f = 0; f < T; ++f)
+    for (int k = 0; k < C / 2; ++k) {
+      const double angle = f * std::pow(10000.0, -k / (C / 2.0));
+      expected[f][k] = std::sin(angle);
+      expected[f][C / 2 + k] = std::cos(angle);
+    }
+  EXPECT_LT((diff - expected.view({1, T, 1, C})).abs().max().item<double>(), 1e-12);
+  // The config field survives a save and a load; the stock config writes "none".
+  const std::string dir = temp_dir();
+  m.save_pretrained(dir);
+  EXPECT_TRUE(load_config(dir + "/config.json").temporal_pos_embed);
+  stock.save_pretrained(dir);
+  EXPECT_FALSE(load_config(dir + "/config.json").temporal_pos_embed);
+}
+
+TEST(Model, FrameIndexPlacesSingleFramesInTheClip) {
+  // An image step's batch of single frames, each with the index of the frame it was cut from,
+  // equals forwarding each frame alone with its index; the default index is 0..T'-1, and the
+  // index changes the output (the embedding reaches it).
+  STDiT3Config c = builtin_config("stdit3-tiny");
+  c.temporal_pos_embed = true;
+  STDiT3 m = STDiT3::random(c, 4, kF32);
+  ForwardArgs a = tiny_inputs(c, 2, 5);
+  a.x = a.x.narrow(2, 0, 1).contiguous();
+  a.frame_index = at::tensor({3, 5}, at::kLong).view({2, 1});
+  const at::Tensor both = m.forward(a);
+  for (int64_t i = 0; i < 2; ++i) {
+    ForwardArgs s = a;
+    s.x = a.x.narrow(0, i, 1);
+    s.timestep = a.timestep.narrow(0, i, 1);
+    s.y = a.y.narrow(0, i, 1);
+    s.mask = a.mask.narrow(0, i, 1);
+    s.fps = a.fps.narrow(0, i, 1);
+    s.frame_index = a.frame_index[i];
+    EXPECT_LT(rel_err(m.forward(s), both.narrow(0, i, 1)), 1e-5) << "batch element " << i;
+  }
+  ForwardArgs other = a;
+  other.frame_index = at::tensor({0, 0}, at::kLong).view({2, 1});
+  EXPECT_GT(rel_err(m.forward(other), both), 1e-2);
+  ForwardArgs video = tiny_inputs(c, 1, 6);
+  const at::Tensor by_default = m.forward(video);
+  video.frame_index = at::arange(3, at::kLong);
+  EXPECT_EQ(rel_err(m.forward(video), by_default), 0.0);
+  // Wrong shapes, and an index for a model without the embedding, are errors.
+  video.frame_index = at::arange(4, at::kLong);
+  EXPECT_THROW(m.forward(video), Error);
+  c.temporal_pos_embed = false;
+  video.frame_index = at::arange(3, at::kLong);
+  EXPECT_THROW(STDiT3(c, m.weights()).forward(video), Error);
 }
 
 // --- Parity with the official Open-Sora 1.2 module (fixtures: tests/fixtures/opensora_stdit3_tiny) ---
@@ -270,7 +337,7 @@ TEST(OpenSoraParity, ForwardAndEveryBlockMatchTheReference) {
   STDiT3 m = STDiT3::from_pretrained(fixture(""), kF32);
   auto in = load_safetensors(fixture("forward_inputs.safetensors"));
   auto ref = load_safetensors(fixture("forward_out.safetensors"));
-  ForwardArgs a{in.at("x"), in.at("timestep"), in.at("y"), in.at("mask"), in.at("fps"), in.at("height"), in.at("width")};
+  ForwardArgs a{in.at("x"), in.at("timestep"), in.at("y"), in.at("mask"), in.at("fps"), in.at("height"), in.at("width"), {}};
   std::map<std::string, at::Tensor> seen;
   at::Tensor out = m.forward(a, [&](const std::string& n, const at::Tensor& t) { seen[n] = t.clone(); });
   EXPECT_LT(rel_err(out, ref.at("out")), 1e-5);
