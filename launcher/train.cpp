@@ -102,6 +102,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     params.push_back({"text." + name, t, t.detach().clone(), at::zeros_like(t), at::zeros_like(t),
                       t.dim() >= 2 && name.find("embedding") == std::string::npos});
   int start = 0;
+  double resumed_loss = -1;  // the checkpoint's smoothed loss: the smoothing goes on from it
   if (!resume.empty()) {
     SafetensorsFile f(resume);
     for (auto& p : params) {
@@ -112,6 +113,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
       }
     }
     start = std::stoi(f.metadata().at("step"));
+    if (f.metadata().count("loss")) resumed_loss = std::stod(f.metadata().at("loss"));
   }
   for (auto& p : params) p.param.requires_grad_(true);
   STDiT3 model(cfg, model_weights);
@@ -226,7 +228,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   if (eval_every > 0) evaluate(start);
   Progress progress(steps - start, "training", !quiet);
   const auto t0 = std::chrono::steady_clock::now();
-  double loss_ema = -1;
+  double loss_ema = resumed_loss;
   for (int step = start; step < steps; ++step) {
     const auto ts = std::chrono::steady_clock::now();
     // The data stream is a function of the step, so a resumed run sees what it would have seen.
