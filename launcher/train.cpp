@@ -64,7 +64,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("seed", po::value(&seed)->default_value(0), "seed of the initial weights and the data stream")
     ("threads", po::value(&threads)->default_value(0), "CPU threads (0: LibTorch's default)")
     ("log-every", po::value(&log_every)->default_value(50), "print the loss every N steps (0: never)")
-    ("eval-every", po::value(&eval_every)->default_value(0), "every N steps (and at the start), the loss on a fixed held-out batch with its own captions, with each clip given another clip's caption, and with the null caption: the gap shows whether the text conditioning has taken hold (0: never)")
+    ("eval-every", po::value(&eval_every)->default_value(0), "every N steps (and at the start), the loss on a fixed held-out batch with its own captions, with each clip given another clip's caption, with the null caption, and with its own caption but the motion wrong: the gaps show whether the text conditioning, and its motion words, have taken hold (0: never)")
     ("eval-clips", po::value(&eval_clips)->default_value(32), "clips in the held-out batch (a multiple of 4)")
     ("fixed-batch", po::bool_switch(&fixed_batch), "train on one fixed batch (a check that the loss goes down)")
     ("quiet", po::bool_switch(&quiet), "no progress output");
@@ -137,6 +137,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   struct Batch {
     at::Tensor x0, frame_index;
     std::vector<std::string> prompts;
+    std::vector<DemoAttributes> attributes;  // what each prompt says
   };
   auto make_batch = [&](std::mt19937_64& rng, int n, double two, bool single_frames = false) {
     std::vector<at::Tensor> clips;
@@ -154,6 +155,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
       // Some prompts leave the background out ("a red circle moving right slow"): any background fits.
       if (rng() % 4 == 0) a.background = -1;
       out.prompts.push_back(demo_prompt(a));
+      out.attributes.push_back(a);
     }
     out.x0 = at::stack(clips).to(options);
     if (single_frames && model.config().temporal_pos_embed) out.frame_index = at::tensor(frames).view({n, 1});
@@ -190,7 +192,9 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   // noise levels spread evenly over (0, 1); the same noise for every caption variant. Drawn once.
   struct HeldOut {
     at::Tensor x0, noise, t;
-    std::vector<std::string> prompts, others;  // each clip's caption, and the caption seven clips on
+    // Each clip's caption, the caption seven clips on, and its own caption with the motion wrong
+    // (the opposite direction; "moving right fast" for a still object).
+    std::vector<std::string> prompts, others, wrong_motion;
   } held;
   if (eval_every > 0) {
     const int n = eval_clips;
@@ -202,6 +206,11 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     held.noise = at::randn(held.x0.sizes(), gen, at::kFloat).to(options.device());
     held.t = ((at::arange(n, at::kFloat) + 0.5) / n).to(options.device());
     for (int i = 0; i < n; ++i) held.others.push_back(held.prompts[(i + 7) % n]);  // never its own: n is a multiple of 4
+    for (DemoAttributes a : b.attributes) {
+      a.direction = a.is_still() ? 1 : a.direction ^ 1;  // left <-> right, up <-> down (demo_directions order)
+      if (a.is_still()) a.speed = 1;
+      held.wrong_motion.push_back(demo_prompt(a));
+    }
   }
   auto evaluate = [&](int step) {
     c10::NoGradGuard no_grad;
@@ -213,6 +222,8 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     const at::Tensor own = quarters(flow_loss(x0, noise, t, y, mask));
     const at::Tensor other = quarters(flow_loss(x0, noise, t, yo, masko));
     const at::Tensor null = quarters(flow_loss(x0, noise, t, null_y.expand_as(y), mask));
+    auto [ym, maskm] = text.encode(held.wrong_motion);
+    const at::Tensor wrong_motion = quarters(flow_loss(x0, noise, t, ym, maskm));
     auto row = [](const char* what, const at::Tensor& l) {
       std::ostringstream o;
       o << what << " " << l.mean().item<double>() << " [";
@@ -221,8 +232,20 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     };
     const double gain = 1 - own.mean().item<double>() / null.mean().item<double>();
     std::cerr << "eval step " << step << ": loss (by noise quarter) " << row("own caption", own) << ", "
-              << row("another clip's", other) << ", " << row("null", null) << "; own vs null "
-              << -100 * gain << "%\n";
+              << row("another clip's", other) << ", " << row("null", null) << ", "
+              << row("own with the motion wrong", wrong_motion) << "; own vs null " << -100 * gain
+              << "%, own vs motion wrong " << -100 * (1 - own.mean().item<double>() / wrong_motion.mean().item<double>())
+              << "% (the motion words are read where this is clearly negative)\n";
+  };
+
+  // Linear warm-up, then cosine decay from lr to final_lr * lr at the last step; the schedule starts
+  // at step 0, or at the resumed step with --restart-schedule.
+  auto learning_rate = [&](int step) {
+    const int s0 = restart_schedule ? start : 0, span = steps - s0;
+    const double done = step + 1.0 - s0;
+    const double progress_frac = span > warmup ? std::clamp((done - warmup) / (span - warmup), 0.0, 1.0) : 1.0;
+    const double cosine = final_lr + (1 - final_lr) * 0.5 * (1 + std::cos(M_PI * progress_frac));
+    return lr * std::min(1.0, done / warmup) * (done < warmup ? 1.0 : cosine);
   };
 
   if (eval_every > 0) evaluate(start);
@@ -253,12 +276,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
       double norm2 = 0;
       for (auto& p : params) norm2 += p.param.grad().pow(2).sum().item<double>();
       const double clip = std::min(1.0, 1.0 / (std::sqrt(norm2) + 1e-6));
-      // Linear warm-up, then cosine decay from lr to final_lr * lr at the last step.
-      const int s0 = restart_schedule ? start : 0, span = steps - s0;  // the schedule's first step and length
-      const double done = step + 1.0 - s0;
-      const double progress_frac = span > warmup ? std::clamp((done - warmup) / (span - warmup), 0.0, 1.0) : 1.0;
-      const double cosine = final_lr + (1 - final_lr) * 0.5 * (1 + std::cos(M_PI * progress_frac));
-      const double rate = lr * std::min(1.0, done / warmup) * (done < warmup ? 1.0 : cosine);
+      const double rate = learning_rate(step);
       const double b1 = 0.9, b2 = 0.999, k = step + 1;
       for (auto& p : params) {
         at::Tensor g = p.param.grad() * clip;
@@ -275,7 +293,8 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     progress.update(step + 1 - start, step_s, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (log_every > 0 && (step + 1) % log_every == 0)
-      std::cerr << "train step " << step + 1 << " loss " << l << " (smoothed " << loss_ema << "), "
+      std::cerr << "train step " << step + 1 << " loss " << l << " (smoothed " << loss_ema << "), lr "
+                << learning_rate(step) << ", "
                 << n / step_s << (image_step ? " frames/s (image step)\n" : " clips/s\n");
     if (eval_every > 0 && (step + 1) % eval_every == 0) evaluate(step + 1);
     if ((step + 1) % checkpoint_every == 0 || step + 1 == steps) save(out_dir + "/checkpoint.safetensors", step + 1, loss_ema);

@@ -182,7 +182,7 @@ TEST(TextEncoder, VocabularyAndShapes) {
 namespace {
 // The losses `ditto train --log-every 1` printed, of its image steps or of its video steps.
 std::vector<double> logged_losses(const std::string& output, bool image_steps) {
-  std::regex line(R"(train step (\d+) loss ([0-9.eE+-]+) \(smoothed [0-9.eE+-]+\), [0-9.eE+-]+ (clips|frames)/s)");
+  std::regex line(R"(train step (\d+) loss ([0-9.eE+-]+) \(smoothed [0-9.eE+-]+\), lr [0-9.eE+-]+, [0-9.eE+-]+ (clips|frames)/s)");
   std::vector<double> loss;
   for (std::sregex_iterator it(output.begin(), output.end(), line), end; it != end; ++it)
     if (((*it)[3] == "frames") == image_steps) loss.push_back(std::stod((*it)[2]));
@@ -205,16 +205,20 @@ TEST(Training, ImageStepsAndHeldOutEvaluation) {
   // zeroed every cross-attention output projection, so the caption cannot change the prediction: the
   // three losses are equal. Training makes them differ.
   std::regex eval(R"(eval step (\d+): loss \(by noise quarter\) own caption ([0-9.eE+-]+) \[[^\]]*\], )"
-                  R"(another clip's ([0-9.eE+-]+) \[[^\]]*\], null ([0-9.eE+-]+))");
-  std::vector<std::array<double, 4>> evals;
+                  R"(another clip's ([0-9.eE+-]+) \[[^\]]*\], null ([0-9.eE+-]+) \[[^\]]*\], )"
+                  R"(own with the motion wrong ([0-9.eE+-]+))");
+  std::vector<std::array<double, 5>> evals;
   for (std::sregex_iterator it(r.output.begin(), r.output.end(), eval), end; it != end; ++it)
-    evals.push_back({std::stod((*it)[1]), std::stod((*it)[2]), std::stod((*it)[3]), std::stod((*it)[4])});
+    evals.push_back({std::stod((*it)[1]), std::stod((*it)[2]), std::stod((*it)[3]), std::stod((*it)[4]),
+                     std::stod((*it)[5])});
   ASSERT_EQ(evals.size(), 2u) << r.output;
   EXPECT_EQ(evals[0][0], 0);
   EXPECT_EQ(evals[0][1], evals[0][2]);
   EXPECT_EQ(evals[0][1], evals[0][3]);
+  EXPECT_EQ(evals[0][1], evals[0][4]);
   EXPECT_EQ(evals[1][0], 20);
   EXPECT_NE(evals[1][1], evals[1][2]);
+  EXPECT_NE(evals[1][1], evals[1][4]);  // the wrong-motion captions differ from the own ones
   EXPECT_NE(evals[1][1], evals[0][1]);
   for (const auto& e : evals) EXPECT_TRUE(std::isfinite(e[1]) && e[1] > 0) << r.output;
   // Options checked.
@@ -224,6 +228,8 @@ TEST(Training, ImageStepsAndHeldOutEvaluation) {
   EXPECT_NE(r.output.find("--eval-clips must be a positive multiple of 4"), std::string::npos) << r.output;
   r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --t-sampling cubic --out " + dir);
   EXPECT_NE(r.output.find("--t-sampling must be uniform or logit-normal"), std::string::npos) << r.output;
+  r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --restart-schedule --out " + dir);
+  EXPECT_NE(r.output.find("--restart-schedule needs --resume"), std::string::npos) << r.output;
 }
 
 TEST(Training, AFewStepsLowerTheLossOnAFixedBatch) {
@@ -234,6 +240,20 @@ TEST(Training, AFewStepsLowerTheLossOnAFixedBatch) {
   const std::vector<double> loss = logged_losses(r.output, false);
   ASSERT_EQ(loss.size(), 30u) << r.output;
   EXPECT_LT(loss.back(), 0.6 * loss.front()) << "first " << loss.front() << " last " << loss.back();
+  // The learning-rate schedule of a resumed run (warm-up 4, lr 1e-3, final 10%, steps 30 -> 34):
+  // continued, step 31 is at 90% of the cosine: 1e-3 * (0.1 + 0.9 * (1 + cos(0.9 pi)) / 2) = 1.22024e-4;
+  // restarted, it is the first warm-up step: 1e-3 / 4.
+  auto first_lr = [&](const std::string& extra, const std::string& out) {
+    const std::string ck = out + ".safetensors";
+    ditto::test::write_bytes(ck, ditto::test::read_bytes(dir + "/checkpoint.safetensors"));
+    auto rr = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 34 --batch 2 --image-batch 0 --log-every 1 "
+                                     "--lr 1e-3 --warmup 4 --quiet --threads 1 --out " + out + " --resume " + ck + extra);
+    std::smatch m;
+    const std::regex lr(R"(train step 31 loss \S+ \(smoothed \S+\), lr ([0-9.eE+-]+),)");
+    return std::regex_search(rr.output, m, lr) ? std::stod(m[1]) : (ADD_FAILURE() << rr.output, -1.0);
+  };
+  EXPECT_NEAR(first_lr("", dir + "/continued"), 1.22024e-4, 1e-8);
+  EXPECT_NEAR(first_lr(" --restart-schedule", dir + "/restarted"), 2.5e-4, 1e-9);
   // The exported model and text encoder load, and resuming from the checkpoint continues.
   r = ditto::test::run_ditto("sample --model " + dir + " --prompt 'a red circle still on a black background' "
                              "--steps 2 --quiet --no-mp4 --out " + dir + "/sample");
