@@ -34,7 +34,7 @@ struct Trainable {
 }  // namespace
 
 int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
-  std::string out_dir, resume, config_name;
+  std::string out_dir, resume, init_from, config_name;
   int steps = 0, batch = 0, checkpoint_every = 0, threads = 0, warmup = 0, log_every = 0, eval_every = 0;
   int image_batch = 0, image_every = 0, eval_clips = 0;
   std::string t_sampling;
@@ -60,6 +60,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("caption-dropout", po::value(&dropout)->default_value(0.1), "probability of training a clip with the null caption (for CFG)")
     ("checkpoint-every", po::value(&checkpoint_every)->default_value(200), "steps between checkpoints")
     ("resume", po::value(&resume), "continue from this checkpoint.safetensors")
+    ("init-from", po::value(&init_from), "start from this model directory's weights (e.g. the shipped demo model; a new run: step 0, fresh optimizer state, the architecture of --config)")
     ("restart-schedule", po::bool_switch(&restart_schedule), "with --resume: warm up again and decay over this run's own steps (a new training phase) instead of continuing the schedule of steps 0..--steps")
     ("seed", po::value(&seed)->default_value(0), "seed of the initial weights and the data stream")
     ("threads", po::value(&threads)->default_value(0), "CPU threads (0: LibTorch's default)")
@@ -78,6 +79,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   if (eval_clips < 4 || eval_clips % 4) fail("--eval-clips must be a positive multiple of 4, got ", eval_clips);
   if (image_every < 1) fail("--image-every must be at least 1, got ", image_every);
   if (restart_schedule && resume.empty()) fail("--restart-schedule needs --resume");
+  if (!init_from.empty() && !resume.empty()) fail("--init-from and --resume exclude each other");
   ModelOptions mo;
   mo.threads = threads;
   const at::TensorOptions options = resolve_tensor_options(mo, mpi).dtype(at::kFloat);
@@ -88,8 +90,14 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   tc.vocab = demo_vocabulary();
   tc.dim = cfg.caption_channels;
   tc.max_tokens = cfg.model_max_length;
-  STDiT3 init = STDiT3::training_init(cfg, seed, options);
-  TextEncoder text = TextEncoder::random(tc, seed + 1, options);
+  // Fresh weights (Open-Sora's initialisation), or a model directory's as the start of a new run.
+  STDiT3 init = init_from.empty() ? STDiT3::training_init(cfg, seed, options)
+                                  : STDiT3(cfg, load_checkpoint(init_from, cfg, options));
+  TextEncoder text = init_from.empty() ? TextEncoder::random(tc, seed + 1, options) : TextEncoder::load(init_from, options);
+  if (!init_from.empty() && (text.config().vocab != tc.vocab || text.config().dim != tc.dim ||
+                             text.config().max_tokens != tc.max_tokens))
+    fail("--init-from '", init_from, "': its text encoder does not match config '", config_name,
+         "' (vocabulary, width or length differ)");
 
   // Every trained tensor with its EMA and Adam moments (buffers rope.freqs and y_embedding stay fixed).
   std::vector<Trainable> params;

@@ -235,7 +235,7 @@ TEST(Training, ImageStepsAndHeldOutEvaluation) {
 TEST(Training, AFewStepsLowerTheLossOnAFixedBatch) {
   const std::string dir = ditto::test::temp_dir();
   auto r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 30 --batch 2 --image-batch 0 --fixed-batch --log-every 1 "
-                                  "--lr 3e-3 --warmup 1 --checkpoint-every 10 --quiet --threads 1 --out " + dir);
+                                  "--lr 3e-3 --warmup 1 --checkpoint-every 10 --ema 0 --quiet --threads 1 --out " + dir);
   ASSERT_EQ(r.code, 0) << r.output;
   const std::vector<double> loss = logged_losses(r.output, false);
   ASSERT_EQ(loss.size(), 30u) << r.output;
@@ -265,4 +265,18 @@ TEST(Training, AFewStepsLowerTheLossOnAFixedBatch) {
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("train step 31 "), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("train step 30 "), std::string::npos) << r.output;
+  // A new run that starts from the exported model (--ema 0 above: the last weights): its first loss
+  // on the same fixed batch is far below a fresh model's first, and it counts from step 1.
+  r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 2 --batch 2 --image-batch 0 --fixed-batch --log-every 1 "
+                             "--quiet --threads 1 --out " + dir + "/again --init-from " + dir);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::vector<double> again = logged_losses(r.output, false);
+  ASSERT_EQ(again.size(), 2u) << r.output;
+  EXPECT_LT(again.front(), 0.8 * loss.front()) << "fresh " << loss.front() << ", from the model " << again.front();
+  EXPECT_NE(r.output.find("train step 1 "), std::string::npos) << r.output;
+  r = ditto::test::run_ditto("train --config ditto-demo --steps 1 --out " + dir + "/bad --init-from " + dir);
+  EXPECT_NE(r.output.find("does not match its config"), std::string::npos) << r.output;
+  r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --out " + dir + "/bad --init-from " + dir +
+                             " --resume " + dir + "/checkpoint.safetensors");
+  EXPECT_NE(r.output.find("--init-from and --resume exclude each other"), std::string::npos) << r.output;
 }
