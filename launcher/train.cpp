@@ -276,6 +276,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     auto [y, mask] = text.encode(b.prompts);
     y = at::where(drop.view({n, 1, 1, 1}), null_y.expand_as(y), y);
     const at::Tensor loss = flow_loss(x0, noise, t, y, mask, b.frame_index).mean();
+    const double rate = learning_rate(step);
     for (auto& p : params) p.param.mutable_grad() = at::Tensor();
     loss.backward();
     {
@@ -284,7 +285,6 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
       double norm2 = 0;
       for (auto& p : params) norm2 += p.param.grad().pow(2).sum().item<double>();
       const double clip = std::min(1.0, 1.0 / (std::sqrt(norm2) + 1e-6));
-      const double rate = learning_rate(step);
       const double b1 = 0.9, b2 = 0.999, k = step + 1;
       for (auto& p : params) {
         at::Tensor g = p.param.grad() * clip;
@@ -301,8 +301,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     progress.update(step + 1 - start, step_s, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (log_every > 0 && (step + 1) % log_every == 0)
-      std::cerr << "train step " << step + 1 << " loss " << l << " (smoothed " << loss_ema << "), lr "
-                << learning_rate(step) << ", "
+      std::cerr << "train step " << step + 1 << " loss " << l << " (smoothed " << loss_ema << "), lr " << rate << ", "
                 << n / step_s << (image_step ? " frames/s (image step)\n" : " clips/s\n");
     if (eval_every > 0 && (step + 1) % eval_every == 0) evaluate(step + 1);
     if ((step + 1) % checkpoint_every == 0 || step + 1 == steps) save(out_dir + "/checkpoint.safetensors", step + 1, loss_ema);

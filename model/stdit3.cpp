@@ -382,8 +382,9 @@ Conditioning STDiT3::condition(const ForwardArgs& a) const {
   if (config_.temporal_pos_embed) {
     at::Tensor f = a.frame_index.defined() ? a.frame_index : at::arange(c.grid_t, at::kLong);
     if (f.dim() == 1) f = f.unsqueeze(0);
-    if (f.dim() != 2 || (f.size(0) != 1 && f.size(0) != B) || f.size(1) != c.grid_t)
-      fail("forward: frame_index must be [T'] or [B, T'] with B = ", B, ", T' = ", c.grid_t, ", got ", f.sizes());
+    if (f.dim() != 2 || f.size(1) != c.grid_t)
+      fail("forward: frame_index must be [T'] or [B, T'] with T' = ", c.grid_t, ", got ", f.sizes());
+    if (f.size(0) != 1) f = repeat_to_batch(f, B, "frame_index");
     c.temporal_pos = layers::pos_embed_1d(f.to(dev), config_.hidden_size, compute).to(dtype).unsqueeze(2);
   } else if (a.frame_index.defined()) {
     fail("forward: frame_index given, but the model has no temporal position embedding");

@@ -153,37 +153,37 @@ TEST(SequenceParallel, ForwardMatchesOneRankAndMovesTheAnalyticBytes) {
   // Stock STDiT3, and with the demo model's temporal position embedding (added to each rank's
   // spatial shard for every frame).
   for (bool temporal_pos : {false, true}) {
-  SCOPED_TRACE(temporal_pos ? "temporal_pos_embed" : "stock");
-  const int P = world().size(), r = world().rank();
-  STDiT3Config c = builtin_config("stdit3-tiny");
-  c.temporal_pos_embed = temporal_pos;
-  STDiT3 m = STDiT3::random(c, 3, kF32);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(4);
-  ForwardArgs a;
-  a.x = at::randn({2, 4, 5, 6, 9}, gen, kF32);  // T' = 5, S = 3 x 5 = 15
-  a.timestep = at::tensor({700.0f, 300.0f});
-  a.y = at::randn({2, 1, 8, 32}, gen, kF32);
-  a.mask = at::tensor({1, 1, 1, 1, 0, 0, 0, 0}, at::kLong).reshape({1, 8});
-  a.fps = at::full({1}, 24.0f);
-  a.height = at::full({1}, 48.0f);
-  a.width = at::full({1}, 72.0f);
-  const Conditioning cond = m.condition(a);
-  at::Tensor tokens = layers::patchify(a.x, c.patch_size);
-  at::Tensor reference = m.forward_tokens(tokens, 0, cond);  // one rank, whole grid
-  DspLayout layout(world(), cond.grid_t, cond.grid_s());
-  const Split& s = layout.positions();
-  world().reset_counters();
-  at::Tensor out = m.forward_tokens(tokens.narrow(2, s.offsets[r], s.counts[r]), s.offsets[r], cond, &layout);
-  EXPECT_LT(ditto::test::rel_err(out, reference.narrow(2, s.offsets[r], s.counts[r])), 1e-5);
-  // Two all-to-alls per block pair; summed over ranks they move 2 (TS - sum_r T_r S_r) B C e bytes
-  // per pair, which is 2 (P - 1) / P |x| when both T and S divide evenly.
-  EXPECT_EQ(world().counters().all_to_all.calls, 2 * c.depth);
-  at::Tensor bytes = at::tensor({world().counters().all_to_all.bytes}, at::kLong);
-  world().all_reduce(bytes, ReduceOp::Sum);
-  int64_t diag = 0;
-  for (int j = 0; j < P; ++j) diag += layout.frames().counts[j] * s.counts[j];
-  const int64_t elem = 2 * c.hidden_size * 4;  // B * C * sizeof(float)
-  EXPECT_EQ(bytes.item<int64_t>(), c.depth * 2 * (cond.grid_t * cond.grid_s() - diag) * elem);
+    SCOPED_TRACE(temporal_pos ? "temporal_pos_embed" : "stock");
+    const int P = world().size(), r = world().rank();
+    STDiT3Config c = builtin_config("stdit3-tiny");
+    c.temporal_pos_embed = temporal_pos;
+    STDiT3 m = STDiT3::random(c, 3, kF32);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(4);
+    ForwardArgs a;
+    a.x = at::randn({2, 4, 5, 6, 9}, gen, kF32);  // T' = 5, S = 3 x 5 = 15
+    a.timestep = at::tensor({700.0f, 300.0f});
+    a.y = at::randn({2, 1, 8, 32}, gen, kF32);
+    a.mask = at::tensor({1, 1, 1, 1, 0, 0, 0, 0}, at::kLong).reshape({1, 8});
+    a.fps = at::full({1}, 24.0f);
+    a.height = at::full({1}, 48.0f);
+    a.width = at::full({1}, 72.0f);
+    const Conditioning cond = m.condition(a);
+    at::Tensor tokens = layers::patchify(a.x, c.patch_size);
+    at::Tensor reference = m.forward_tokens(tokens, 0, cond);  // one rank, whole grid
+    DspLayout layout(world(), cond.grid_t, cond.grid_s());
+    const Split& s = layout.positions();
+    world().reset_counters();
+    at::Tensor out = m.forward_tokens(tokens.narrow(2, s.offsets[r], s.counts[r]), s.offsets[r], cond, &layout);
+    EXPECT_LT(ditto::test::rel_err(out, reference.narrow(2, s.offsets[r], s.counts[r])), 1e-5);
+    // Two all-to-alls per block pair; summed over ranks they move 2 (TS - sum_r T_r S_r) B C e bytes
+    // per pair, which is 2 (P - 1) / P |x| when both T and S divide evenly.
+    EXPECT_EQ(world().counters().all_to_all.calls, 2 * c.depth);
+    at::Tensor bytes = at::tensor({world().counters().all_to_all.bytes}, at::kLong);
+    world().all_reduce(bytes, ReduceOp::Sum);
+    int64_t diag = 0;
+    for (int j = 0; j < P; ++j) diag += layout.frames().counts[j] * s.counts[j];
+    const int64_t elem = 2 * c.hidden_size * 4;  // B * C * sizeof(float)
+    EXPECT_EQ(bytes.item<int64_t>(), c.depth * 2 * (cond.grid_t * cond.grid_s() - diag) * elem);
   }
 }
 

@@ -33,6 +33,18 @@ ForwardArgs tiny_inputs(const STDiT3Config& c, int64_t B, uint64_t seed) {
   return a;
 }
 
+// Batch element i of a, every batched input sliced (height and width are per-forward scalars).
+ForwardArgs batch_element(const ForwardArgs& a, int64_t i) {
+  ForwardArgs s = a;
+  s.x = a.x.narrow(0, i, 1);
+  s.timestep = a.timestep.narrow(0, i, 1);
+  s.y = a.y.narrow(0, i, 1);
+  s.mask = a.mask.narrow(0, i, 1);
+  s.fps = a.fps.narrow(0, i, 1);
+  if (a.frame_index.defined() && a.frame_index.dim() == 2) s.frame_index = a.frame_index[i];
+  return s;
+}
+
 std::string expect_load_error(const std::string& dir, const STDiT3Config& c) {
   try {
     load_checkpoint(dir, c, kF32);
@@ -182,15 +194,8 @@ TEST(Model, BatchElementsAreIndependent) {
   ForwardArgs a = tiny_inputs(c, 2, 7);
   a.mask[1].narrow(0, 5, 3).fill_(0);
   at::Tensor both = m.forward(a);
-  for (int64_t i = 0; i < 2; ++i) {
-    ForwardArgs s = a;
-    s.x = a.x.narrow(0, i, 1);
-    s.timestep = a.timestep.narrow(0, i, 1);
-    s.y = a.y.narrow(0, i, 1);
-    s.mask = a.mask.narrow(0, i, 1);
-    s.fps = a.fps.narrow(0, i, 1);
-    EXPECT_LT(rel_err(m.forward(s), both.narrow(0, i, 1)), 1e-5) << "batch element " << i;
-  }
+  for (int64_t i = 0; i < 2; ++i)
+    EXPECT_LT(rel_err(m.forward(batch_element(a, i)), both.narrow(0, i, 1)), 1e-5) << "batch element " << i;
 }
 
 TEST(Model, Float32AgreesWithFloat64) {
@@ -306,16 +311,8 @@ TEST(Model, FrameIndexPlacesSingleFramesInTheClip) {
   a.x = a.x.narrow(2, 0, 1).contiguous();
   a.frame_index = at::tensor({3, 5}, at::kLong).view({2, 1});
   const at::Tensor both = m.forward(a);
-  for (int64_t i = 0; i < 2; ++i) {
-    ForwardArgs s = a;
-    s.x = a.x.narrow(0, i, 1);
-    s.timestep = a.timestep.narrow(0, i, 1);
-    s.y = a.y.narrow(0, i, 1);
-    s.mask = a.mask.narrow(0, i, 1);
-    s.fps = a.fps.narrow(0, i, 1);
-    s.frame_index = a.frame_index[i];
-    EXPECT_LT(rel_err(m.forward(s), both.narrow(0, i, 1)), 1e-5) << "batch element " << i;
-  }
+  for (int64_t i = 0; i < 2; ++i)
+    EXPECT_LT(rel_err(m.forward(batch_element(a, i)), both.narrow(0, i, 1)), 1e-5) << "batch element " << i;
   ForwardArgs other = a;
   other.frame_index = at::tensor({0, 0}, at::kLong).view({2, 1});
   EXPECT_GT(rel_err(m.forward(other), both), 1e-2);
