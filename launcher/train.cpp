@@ -3,6 +3,7 @@
 // weights, periodic checkpoints and resume.
 #include <sys/stat.h>
 
+#include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/GradMode.h>
 
@@ -37,6 +38,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   std::string out_dir, resume, init_from, config_name;
   int steps = 0, batch = 0, checkpoint_every = 0, threads = 0, warmup = 0, log_every = 0, eval_every = 0;
   int image_batch = 0, image_every = 0, eval_clips = 0;
+  double max_seconds = 0;
   std::string t_sampling;
   double lr = 0, ema_decay = 0, dropout = 0, wd = 0, two_objects = 0, final_lr = 0;
   uint64_t seed = 0;
@@ -59,6 +61,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("ema", po::value(&ema_decay)->default_value(0.995), "EMA decay of the exported weights")
     ("caption-dropout", po::value(&dropout)->default_value(0.1), "probability of training a clip with the null caption (for CFG)")
     ("checkpoint-every", po::value(&checkpoint_every)->default_value(200), "steps between checkpoints")
+    ("max-seconds", po::value(&max_seconds)->default_value(0), "stop after the first step that ends this many seconds into the run (0: no limit), writing the checkpoint and the model (EMA weights) at that step; --resume the checkpoint to go on with the same schedule")
     ("resume", po::value(&resume), "continue from this checkpoint.safetensors")
     ("init-from", po::value(&init_from), "start from this model directory's weights (e.g. the shipped demo model; a new run: step 0, fresh optimizer state, the architecture of --config)")
     ("restart-schedule", po::bool_switch(&restart_schedule), "with --resume: warm up again and decay over this run's own steps (a new training phase) instead of continuing the schedule of steps 0..--steps")
@@ -78,6 +81,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const bool logit_normal_t = t_sampling == "logit-normal";
   if (eval_clips < 4 || eval_clips % 4) fail("--eval-clips must be a positive multiple of 4, got ", eval_clips);
   if (image_every < 1) fail("--image-every must be at least 1, got ", image_every);
+  if (max_seconds < 0) fail("--max-seconds must be >= 0, got ", max_seconds);
   if (restart_schedule && resume.empty()) fail("--restart-schedule needs --resume");
   if (!init_from.empty() && !resume.empty()) fail("--init-from and --resume exclude each other");
   ModelOptions mo;
@@ -148,25 +152,39 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     std::vector<DemoAttributes> attributes;  // what each prompt says
   };
   auto make_batch = [&](std::mt19937_64& rng, int n, double two, bool single_frames = false) {
-    std::vector<at::Tensor> clips;
-    std::vector<int64_t> frames;
+    // The random draws stay in one sequential order (the stream is a function of the seed and step);
+    // only the rendering, the costly part, runs in parallel.
+    struct Draw {
+      DemoAttributes scene;  // what the clip shows
+      uint64_t seed;
+      int64_t frame;
+    };
+    std::vector<Draw> draws;
     Batch out;
+    const int64_t frames = DemoClipSettings{}.frames;
     for (int b = 0; b < n; ++b) {
       DemoAttributes a = random_demo_attributes(rng(), two);
-      at::Tensor clip = render_demo_clip(a, rng());
-      if (single_frames) {
-        const auto f = static_cast<int64_t>(rng() % clip.size(1));
-        clip = clip.narrow(1, f, 1);
-        frames.push_back(f);
-      }
-      clips.push_back(clip);
+      Draw d{a, rng(), 0};
+      if (single_frames) d.frame = static_cast<int64_t>(rng() % frames);
+      draws.push_back(d);
       // Some prompts leave the background out ("a red circle moving right slow"): any background fits.
       if (rng() % 4 == 0) a.background = -1;
       out.prompts.push_back(demo_prompt(a));
       out.attributes.push_back(a);
     }
+    std::vector<at::Tensor> clips(n);
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        at::Tensor clip = render_demo_clip(draws[b].scene, draws[b].seed);
+        clips[b] = single_frames ? clip.narrow(1, draws[b].frame, 1) : clip;
+      }
+    });
     out.x0 = at::stack(clips).to(options);
-    if (single_frames && model.config().temporal_pos_embed) out.frame_index = at::tensor(frames).view({n, 1});
+    if (single_frames && model.config().temporal_pos_embed) {
+      std::vector<int64_t> index;
+      for (const Draw& d : draws) index.push_back(d.frame);
+      out.frame_index = at::tensor(index).view({n, 1});
+    }
     return out;
   };
   // The rectified-flow loss per clip: the model's velocity at x_t = (1 - t) x0 + t noise against x0 - noise.
@@ -260,6 +278,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   Progress progress(steps - start, "training", !quiet);
   const auto t0 = std::chrono::steady_clock::now();
   double loss_ema = resumed_loss;
+  int stopped_at = 0;  // the step --max-seconds stopped the run after
   for (int step = start; step < steps; ++step) {
     const auto ts = std::chrono::steady_clock::now();
     // The data stream is a function of the step, so a resumed run sees what it would have seen.
@@ -282,8 +301,9 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     {
       c10::NoGradGuard no_grad;
       // Global gradient-norm clipping at 1, then AdamW.
-      double norm2 = 0;
-      for (auto& p : params) norm2 += p.param.grad().pow(2).sum().item<double>();
+      std::vector<at::Tensor> squares;  // summed on the device: one synchronisation per step
+      for (auto& p : params) squares.push_back(p.param.grad().pow(2).sum());
+      const double norm2 = at::stack(squares).sum().item<double>();
       const double clip = std::min(1.0, 1.0 / (std::sqrt(norm2) + 1e-6));
       const double b1 = 0.9, b2 = 0.999, k = step + 1;
       for (auto& p : params) {
@@ -304,9 +324,19 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
       std::cerr << "train step " << step + 1 << " loss " << l << " (smoothed " << loss_ema << "), lr " << rate << ", "
                 << n / step_s << (image_step ? " frames/s (image step)\n" : " clips/s\n");
     if (eval_every > 0 && (step + 1) % eval_every == 0) evaluate(step + 1);
-    if ((step + 1) % checkpoint_every == 0 || step + 1 == steps) save(out_dir + "/checkpoint.safetensors", step + 1, loss_ema);
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const bool out_of_time = max_seconds > 0 && elapsed >= max_seconds && step + 1 < steps;
+    if ((step + 1) % checkpoint_every == 0 || step + 1 == steps || out_of_time)
+      save(out_dir + "/checkpoint.safetensors", step + 1, loss_ema);
+    if (out_of_time) {
+      stopped_at = step + 1;
+      break;
+    }
   }
   progress.finish();
+  if (stopped_at > 0)
+    std::cerr << "ditto train: --max-seconds " << max_seconds << " reached after step " << stopped_at << " of " << steps
+              << "; resume with --resume " << out_dir << "/checkpoint.safetensors\n";
 
   // Export the EMA weights as a model directory.
   std::map<std::string, at::Tensor> ema_model = init.weights(), ema_text;

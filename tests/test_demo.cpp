@@ -12,6 +12,7 @@
 #include "model/config.h"
 #include "model/demo_data.h"
 #include "model/error.h"
+#include "model/safetensors.h"
 #include "model/text_encoder.h"
 #include "test_util.h"
 
@@ -230,6 +231,28 @@ TEST(Training, ImageStepsAndHeldOutEvaluation) {
   EXPECT_NE(r.output.find("--t-sampling must be uniform or logit-normal"), std::string::npos) << r.output;
   r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --restart-schedule --out " + dir);
   EXPECT_NE(r.output.find("--restart-schedule needs --resume"), std::string::npos) << r.output;
+}
+
+TEST(Training, MaxSecondsStopsWithACheckpointAndTheModel) {
+  // A limit any step outlasts: the run stops after its first step of 50, with the checkpoint at step 1
+  // and the exported model, and a resume goes on from step 2 with the schedule of 50 steps.
+  const std::string dir = ditto::test::temp_dir();
+  auto r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 50 --batch 2 --image-batch 4 --log-every 1 "
+                                  "--max-seconds 1e-6 --quiet --threads 1 --out " + dir);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--max-seconds 1e-06 reached after step 1 of 50"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("train step 2 "), std::string::npos) << r.output;
+  EXPECT_EQ(SafetensorsFile(dir + "/checkpoint.safetensors").metadata().at("step"), "1");
+  r = ditto::test::run_ditto("sample --model " + dir + " --prompt 'a red circle still' --steps 1 --quiet --no-mp4 --out " +
+                             dir + "/sample");
+  EXPECT_EQ(r.code, 0) << r.output;
+  r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 50 --batch 2 --image-batch 4 --log-every 1 --quiet "
+                             "--max-seconds 1e-6 --threads 1 --out " + dir + " --resume " + dir + "/checkpoint.safetensors");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("train step 2 loss"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("reached after step 2 of 50"), std::string::npos) << r.output;
+  r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 2 --max-seconds -1 --out " + dir);
+  EXPECT_NE(r.output.find("--max-seconds must be >= 0"), std::string::npos) << r.output;
 }
 
 TEST(Training, AFewStepsLowerTheLossOnAFixedBatch) {
