@@ -175,8 +175,9 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     std::vector<at::Tensor> clips(n);
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        at::Tensor clip = render_demo_clip(draws[b].scene, draws[b].seed);
-        clips[b] = single_frames ? clip.narrow(1, draws[b].frame, 1) : clip;
+        const Draw& d = draws[b];
+        clips[b] = single_frames ? render_demo_frame(d.scene, d.seed, static_cast<int>(d.frame))
+                                 : render_demo_clip(d.scene, d.seed);
       }
     });
     out.x0 = at::stack(clips).to(options);
@@ -286,6 +287,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     const bool image_step = image_batch > 0 && (step + 1) % image_every == 0;
     const int n = image_step ? image_batch : batch;
     const Batch b = make_batch(rng, n, two_objects, image_step);
+    const double data_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     const at::Tensor& x0 = b.x0;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
     at::Tensor noise = at::randn(x0.sizes(), gen, at::kFloat).to(options.device());
@@ -322,7 +324,8 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     progress.update(step + 1 - start, step_s, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (log_every > 0 && (step + 1) % log_every == 0)
       std::cerr << "train step " << step + 1 << " loss " << l << " (smoothed " << loss_ema << "), lr " << rate << ", "
-                << n / step_s << (image_step ? " frames/s (image step)\n" : " clips/s\n");
+                << n / step_s << (image_step ? " frames/s (image step, data " : " clips/s (data ") << 1000 * data_s
+                << " ms of " << 1000 * step_s << ")\n";
     if (eval_every > 0 && (step + 1) % eval_every == 0) evaluate(step + 1);
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const bool out_of_time = max_seconds > 0 && elapsed >= max_seconds && step + 1 < steps;

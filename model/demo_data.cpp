@@ -195,9 +195,8 @@ bool inside(int shape, double px, double py, double cx, double cy, double r) {
   }
 }
 
-}  // namespace
-
-at::Tensor render_demo_clip(const DemoAttributes& a, uint64_t seed, const DemoClipSettings& s) {
+// Frames [first, first + count) of a clip; the paths are followed from frame 0 either way.
+at::Tensor render_frames(const DemoAttributes& a, uint64_t seed, const DemoClipSettings& s, int first, int count) {
   if (a.background < 0 || a.background >= static_cast<int>(demo_backgrounds().size()))
     fail("render_demo_clip: the scene needs a background");
   std::mt19937_64 rng(seed);
@@ -227,10 +226,11 @@ at::Tensor render_demo_clip(const DemoAttributes& a, uint64_t seed, const DemoCl
     p.y = horizontal ? across : along;
     paths.push_back(p);
   }
-  at::Tensor clip = at::empty({3, s.frames, s.size, s.size}, at::kFloat);
+  at::Tensor clip = at::empty({3, count, s.size, s.size}, at::kFloat);
   auto acc = clip.accessor<float, 4>();
-  for (int t = 0; t < s.frames; ++t) {
-    for (int y = 0; y < s.size; ++y)
+  for (int t = 0; t < first + count; ++t) {
+    // Frames before `first` are not drawn, only moved through.
+    for (int y = 0; t >= first && y < s.size; ++y)
       for (int x = 0; x < s.size; ++x) {
         const auto bg = demo_background_rgb(a.background, x, y);
         double rgb[3] = {double(bg[0]), double(bg[1]), double(bg[2])};
@@ -243,7 +243,7 @@ at::Tensor render_demo_clip(const DemoAttributes& a, uint64_t seed, const DemoCl
           const auto fg = demo_color_rgb(objects[k].color);
           for (int ch = 0; ch < 3; ++ch) rgb[ch] = cover * fg[ch] + (1 - cover) * rgb[ch];
         }
-        for (int ch = 0; ch < 3; ++ch) acc[ch][t][y][x] = static_cast<float>(rgb[ch] / 127.5 - 1.0);
+        for (int ch = 0; ch < 3; ++ch) acc[ch][t - first][y][x] = static_cast<float>(rgb[ch] / 127.5 - 1.0);
       }
     // Move, bouncing off the edges.
     for (Path& p : paths) {
@@ -260,6 +260,17 @@ at::Tensor render_demo_clip(const DemoAttributes& a, uint64_t seed, const DemoCl
     }
   }
   return clip;
+}
+
+}  // namespace
+
+at::Tensor render_demo_clip(const DemoAttributes& a, uint64_t seed, const DemoClipSettings& s) {
+  return render_frames(a, seed, s, 0, s.frames);
+}
+
+at::Tensor render_demo_frame(const DemoAttributes& a, uint64_t seed, int frame, const DemoClipSettings& s) {
+  if (frame < 0 || frame >= s.frames) fail("render_demo_frame: frame ", frame, " is outside 0..", s.frames - 1);
+  return render_frames(a, seed, s, frame, 1);
 }
 
 }  // namespace ditto

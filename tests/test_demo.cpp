@@ -85,6 +85,19 @@ TEST(DemoData, DeterministicAndEncodesItsAttributes) {
   EXPECT_GE(builtin_config("ditto-demo").model_max_length, 17);
 }
 
+TEST(DemoData, OneFrameEqualsThatFrameOfTheClip) {
+  // Moving, bouncing (fast, two objects) and still scenes; every frame, bit for bit.
+  for (const char* prompt : {"a red square moving left fast and a blue circle moving up slow on a checkered background",
+                             "a green triangle moving down fast on a striped background",
+                             "a white circle still on a gray background"}) {
+    const DemoAttributes a = parse_demo_prompt(prompt);
+    const at::Tensor clip = render_demo_clip(a, 77);
+    for (int f = 0; f < clip.size(1); ++f)
+      EXPECT_TRUE(at::equal(render_demo_frame(a, 77, f), clip.narrow(1, f, 1))) << prompt << " frame " << f;
+  }
+  EXPECT_THROW(render_demo_frame(parse_demo_prompt("a red circle still on a black background"), 1, 16), Error);
+}
+
 TEST(Adherence, PassesEveryTrueClipAndFailsWrongOnes) {
   int checked = 0;
   for (const auto& a : all_demo_attributes()) {
