@@ -38,14 +38,16 @@ TEST(DemoModel, ShippedWeightsLoadStrictly) {
 }
 
 
-TEST(DemoModel, SampledVideosShowTheirPromptedColourAndBackground) {
+TEST(DemoModel, SampledVideosShowTheirPromptedColourShapeAndBackground) {
   // The first evaluation prompts (none of them a profiling or calibration prompt), each sampled by
   // `ditto sample` with its defaults and read back by the adherence checker; metrics.json reports the
-  // same reading. The shipped model draws the prompted colour and background but not yet reliably
-  // the shape and motion (MODEL_CARD.md), so those are the attributes required here.
+  // same reading. The shipped model draws the prompted colour, shape and background (64, 57 and 64 of
+  // the 64 evaluation prompts) but gets the motion right only for some (MODEL_CARD.md: all
+  // attributes at once 21 of 64), so those three are required here (8 of 8 each when written), and
+  // the whole prompt for 2 of the 8 (3 when written).
   const std::string d = ditto::test::temp_dir();
   constexpr int kPrompts = 8;
-  int color = 0, background = 0, all = 0;
+  int color = 0, shape = 0, background = 0, all = 0;
   std::string report;
   for (int k = 0; k < kPrompts; ++k) {
     const DemoAttributes a = demo_prompt_set(DemoPromptSet::Evaluation, k);
@@ -58,12 +60,15 @@ TEST(DemoModel, SampledVideosShowTheirPromptedColourAndBackground) {
     const auto metrics = nlohmann::json::parse(ditto::test::read_bytes(out + "/metrics.json"));
     EXPECT_EQ(metrics.at("adherence"), adh.json());
     color += adh.color;
+    shape += adh.shape;
     background += adh.background;
     all += adh.ok();
     report += demo_prompt(a) + ": " + adh.json().dump() + "\n";
   }
   EXPECT_GE(color, 7) << report;
-  EXPECT_GE(background, 5) << report;
+  EXPECT_GE(shape, 7) << report;
+  EXPECT_GE(background, 7) << report;
+  EXPECT_GE(all, 2) << report;
   std::cout << all << " of " << kPrompts << " pass every attribute\n" << report;
 }
 
