@@ -2,6 +2,7 @@
 #include "model/layers.h"
 
 #include <cmath>
+#include <limits>
 
 #include "model/error.h"
 
@@ -128,10 +129,30 @@ at::Tensor attention_math(const at::Tensor& q, const at::Tensor& k, const at::Te
   return at::matmul(attn, v);
 }
 
+at::Tensor attention_in_batches(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& key_mask, int64_t max_batch) {
+  TORCH_CHECK(max_batch > 0, "attention_in_batches: max_batch must be positive");
+  at::Tensor m;
+  if (key_mask.defined()) m = key_mask.to(at::kBool).reshape({key_mask.size(0), 1, 1, key_mask.size(1)});
+  const int64_t n = q.size(0);
+  if (n <= max_batch) return m.defined() ? at::scaled_dot_product_attention(q, k, v, m) : at::scaled_dot_product_attention(q, k, v);
+  std::vector<at::Tensor> parts;
+  for (int64_t i = 0; i < n; i += max_batch) {
+    const int64_t len = std::min(max_batch, n - i);
+    // A mask of batch 1 (or a broadcast one) applies to every chunk as it is.
+    const at::Tensor mi = !m.defined() || m.size(0) != n ? m : m.narrow(0, i, len);
+    parts.push_back(mi.defined() ? at::scaled_dot_product_attention(q.narrow(0, i, len), k.narrow(0, i, len), v.narrow(0, i, len), mi)
+                                 : at::scaled_dot_product_attention(q.narrow(0, i, len), k.narrow(0, i, len), v.narrow(0, i, len)));
+  }
+  return at::cat(parts, 0);
+}
+
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_mask) {
-  if (!key_mask.defined()) return at::scaled_dot_product_attention(q, k, v);
-  at::Tensor m = key_mask.to(at::kBool).reshape({key_mask.size(0), 1, 1, key_mask.size(1)});
-  return at::scaled_dot_product_attention(q, k, v, m);
+  // The CUDA kernels behind SDPA (flash, memory-efficient) put the batch in a grid dimension, which
+  // CUDA caps at 65535 (pytorch/pytorch#146704): temporal attention over B x S sequences reaches that
+  // at, e.g., 1024 frames of 64 tokens. Larger batches run in chunks.
+  const int64_t limit = q.is_cuda() ? 65535 : std::numeric_limits<int64_t>::max();
+  return attention_in_batches(q, k, v, key_mask, limit);
 }
 
 at::Tensor mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,

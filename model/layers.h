@@ -61,6 +61,10 @@ at::Tensor attention_math(const at::Tensor& q, const at::Tensor& k, const at::Te
 // Scaled dot-product attention with the default 1/sqrt(D) scale. q: [N, H, Lq, D], k/v: [N, H, Lk, D].
 // key_mask (optional, bool [N, Lk]): true where a key may be attended to.
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_mask = {});
+// The same, computed over the batch in chunks of at most max_batch (on CUDA, attention() chunks at
+// the 65535 that the kernels' launch grid allows).
+at::Tensor attention_in_batches(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_mask,
+                                int64_t max_batch);
 
 // timm Mlp with tanh-GELU: fc2(gelu_tanh(fc1(x))).
 at::Tensor mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,

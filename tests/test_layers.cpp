@@ -65,6 +65,21 @@ TEST(Layers, AttentionKeyMaskExcludesKeys) {
   EXPECT_LT(max_abs_diff(layers::attention(q, k, v, mask), ref), 1e-12);
 }
 
+TEST(Layers, AttentionInBatchesEqualsTheWholeBatch) {
+  // Chunks of 2 over a batch of 5 (the last chunk short), with a per-element key mask, a mask of
+  // batch 1 shared by every element, and none: each against the float64 loops.
+  at::manual_seed(3);
+  at::Tensor q = at::randn({5, 2, 3, 4}, f64()), k = at::randn({5, 2, 6, 4}, f64()), v = at::randn({5, 2, 6, 4}, f64());
+  at::Tensor mask = at::rand({5, 6}, f64()) < 0.6;
+  mask.select(1, 0).fill_(true);  // every row keeps a key
+  const at::Tensor shared = mask.narrow(0, 0, 1);
+  EXPECT_LT(max_abs_diff(layers::attention_in_batches(q, k, v, mask, 2), naive_attention(q, k, v, mask)), 1e-12);
+  EXPECT_LT(max_abs_diff(layers::attention_in_batches(q, k, v, shared, 2), naive_attention(q, k, v, shared.expand({5, 6}))),
+            1e-12);
+  EXPECT_LT(max_abs_diff(layers::attention_in_batches(q, k, v, {}, 2), naive_attention(q, k, v, {})), 1e-12);
+  EXPECT_LT(max_abs_diff(layers::attention_in_batches(q, k, v, mask, 5), naive_attention(q, k, v, mask)), 1e-12);
+}
+
 TEST(Layers, RmsNormLayerNormModulate) {
   at::manual_seed(3);
   at::Tensor x = at::randn({4, 16}, f64()), w = at::randn({16}, f64());
