@@ -15,6 +15,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "launcher/adamw.h"
 #include "launcher/common.h"
 #include "launcher/progress.h"
 #include "model/demo_data.h"
@@ -128,6 +129,18 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     if (f.metadata().count("loss")) resumed_loss = std::stod(f.metadata().at("loss"));
   }
   for (auto& p : params) p.param.requires_grad_(true);
+  // AdamW: weight decay on the matrices only (gradient clipping at 1).
+  std::vector<AdamWGroup> groups(2);
+  groups[0].weight_decay = wd;
+  for (auto& p : params) {
+    AdamWGroup& g = groups[p.decay ? 0 : 1];
+    g.params.push_back(p.param);
+    g.m.push_back(p.m);
+    g.v.push_back(p.v);
+    g.ema.push_back(p.ema);
+  }
+  AdamWSettings adamw;
+  adamw.ema_decay = ema_decay;
   STDiT3 model(cfg, model_weights);
   ::mkdir(out_dir.c_str(), 0755);
 
@@ -302,21 +315,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     loss.backward();
     {
       c10::NoGradGuard no_grad;
-      // Global gradient-norm clipping at 1, then AdamW.
-      std::vector<at::Tensor> squares;  // summed on the device: one synchronisation per step
-      for (auto& p : params) squares.push_back(p.param.grad().pow(2).sum());
-      const double norm2 = at::stack(squares).sum().item<double>();
-      const double clip = std::min(1.0, 1.0 / (std::sqrt(norm2) + 1e-6));
-      const double b1 = 0.9, b2 = 0.999, k = step + 1;
-      for (auto& p : params) {
-        at::Tensor g = p.param.grad() * clip;
-        p.m.mul_(b1).add_(g, 1 - b1);
-        p.v.mul_(b2).addcmul_(g, g, 1 - b2);
-        at::Tensor update = (p.m / (1 - std::pow(b1, k))) / ((p.v / (1 - std::pow(b2, k))).sqrt() + 1e-8);
-        if (p.decay) update = update + wd * p.param;
-        p.param.sub_(update * rate);
-        p.ema.mul_(ema_decay).add_(p.param, 1 - ema_decay);
-      }
+      adamw_step(groups, rate, step + 1, adamw);
     }
     const double l = loss.item<double>();
     loss_ema = loss_ema < 0 ? l : 0.98 * loss_ema + 0.02 * l;

@@ -2,12 +2,15 @@
 // adherence checker on true and wrong clips, PSNR/SSIM by hand, and training lowering the loss.
 #include <gtest/gtest.h>
 
+#include <c10/core/GradMode.h>
+
 #include <array>
 #include <cmath>
 #include <regex>
 #include <set>
 #include <sstream>
 
+#include "launcher/adamw.h"
 #include "launcher/quality.h"
 #include "model/config.h"
 #include "model/demo_data.h"
@@ -244,6 +247,63 @@ TEST(Training, ImageStepsAndHeldOutEvaluation) {
   EXPECT_NE(r.output.find("--t-sampling must be uniform or logit-normal"), std::string::npos) << r.output;
   r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --restart-schedule --out " + dir);
   EXPECT_NE(r.output.find("--restart-schedule needs --resume"), std::string::npos) << r.output;
+}
+
+TEST(Training, AdamWStepEqualsTheFormula) {
+  // Two groups (with and without weight decay), step 3 from non-zero moments, gradients whose global
+  // norm is above the clipping norm (scale 0.5) and below it (no scaling); the reference is the AdamW
+  // formula written out per tensor in float64.
+  for (const double grad_scale : {1.0, 1e-3}) {
+    at::manual_seed(5);
+    const auto f64 = at::TensorOptions().dtype(at::kDouble);
+    std::vector<at::Tensor> p0 = {at::randn({3, 4}, f64), at::randn({4}, f64), at::randn({2, 2}, f64)};
+    std::vector<at::Tensor> g0, m0, v0, e0;
+    for (const auto& p : p0) {
+      g0.push_back(at::randn(p.sizes(), f64) * grad_scale);
+      m0.push_back(at::randn(p.sizes(), f64) * 0.1);
+      v0.push_back(at::rand(p.sizes(), f64) * 0.01);
+      e0.push_back(at::randn(p.sizes(), f64));
+    }
+    const double lr = 0.01, wd = 0.1, b1 = 0.9, b2 = 0.999, eps = 1e-8, decay = 0.99, max_norm = 0.5;
+    const int k = 3;
+    double norm2 = 0;
+    for (const auto& g : g0) norm2 += g.pow(2).sum().item<double>();
+    const double clip = std::min(1.0, max_norm / (std::sqrt(norm2) + 1e-6));
+    EXPECT_EQ(clip < 1, grad_scale == 1.0) << "the two cases clip and do not";
+    std::vector<AdamWGroup> groups(2);
+    groups[0].weight_decay = wd;
+    for (size_t i = 0; i < p0.size(); ++i) {
+      AdamWGroup& g = groups[i == 1 ? 1 : 0];  // the vector goes without decay
+      at::Tensor p = p0[i].clone().requires_grad_(true);
+      p.mutable_grad() = g0[i].clone();
+      g.params.push_back(p);
+      g.m.push_back(m0[i].clone());
+      g.v.push_back(v0[i].clone());
+      g.ema.push_back(e0[i].clone());
+    }
+    AdamWSettings s;
+    s.max_grad_norm = max_norm;
+    s.ema_decay = decay;
+    {
+      c10::NoGradGuard no_grad;
+      adamw_step(groups, lr, k, s);
+    }
+    for (size_t i = 0; i < p0.size(); ++i) {
+      const AdamWGroup& g = groups[i == 1 ? 1 : 0];
+      const size_t j = i == 2 ? 1 : 0;  // position within its group
+      const double w = i == 1 ? 0 : wd;
+      const at::Tensor grad = g0[i] * clip;
+      const at::Tensor m = b1 * m0[i] + (1 - b1) * grad;
+      const at::Tensor v = b2 * v0[i] + (1 - b2) * grad * grad;
+      const at::Tensor p = p0[i] - lr * w * p0[i] -
+                           lr * (m / (1 - std::pow(b1, k))) / ((v / (1 - std::pow(b2, k))).sqrt() + eps);
+      const at::Tensor ema = decay * e0[i] + (1 - decay) * p;
+      EXPECT_TRUE(at::allclose(g.params[j].detach(), p, 1e-12, 1e-12)) << "param " << i << " scale " << grad_scale;
+      EXPECT_TRUE(at::allclose(g.m[j], m, 1e-12, 1e-12)) << i;
+      EXPECT_TRUE(at::allclose(g.v[j], v, 1e-12, 1e-12)) << i;
+      EXPECT_TRUE(at::allclose(g.ema[j], ema, 1e-12, 1e-12)) << i;
+    }
+  }
 }
 
 TEST(Training, MaxSecondsStopsWithACheckpointAndTheModel) {
