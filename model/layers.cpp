@@ -131,18 +131,20 @@ at::Tensor attention_math(const at::Tensor& q, const at::Tensor& k, const at::Te
 
 at::Tensor attention_in_batches(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const at::Tensor& key_mask, int64_t max_batch) {
-  TORCH_CHECK(max_batch > 0, "attention_in_batches: max_batch must be positive");
+  if (max_batch <= 0) fail("attention_in_batches: max_batch must be positive, got ", max_batch);
   at::Tensor m;
   if (key_mask.defined()) m = key_mask.to(at::kBool).reshape({key_mask.size(0), 1, 1, key_mask.size(1)});
+  auto sdpa = [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& m) {
+    return m.defined() ? at::scaled_dot_product_attention(q, k, v, m) : at::scaled_dot_product_attention(q, k, v);
+  };
   const int64_t n = q.size(0);
-  if (n <= max_batch) return m.defined() ? at::scaled_dot_product_attention(q, k, v, m) : at::scaled_dot_product_attention(q, k, v);
+  if (n <= max_batch) return sdpa(q, k, v, m);
   std::vector<at::Tensor> parts;
   for (int64_t i = 0; i < n; i += max_batch) {
     const int64_t len = std::min(max_batch, n - i);
     // A mask of batch 1 (or a broadcast one) applies to every chunk as it is.
     const at::Tensor mi = !m.defined() || m.size(0) != n ? m : m.narrow(0, i, len);
-    parts.push_back(mi.defined() ? at::scaled_dot_product_attention(q.narrow(0, i, len), k.narrow(0, i, len), v.narrow(0, i, len), mi)
-                                 : at::scaled_dot_product_attention(q.narrow(0, i, len), k.narrow(0, i, len), v.narrow(0, i, len)));
+    parts.push_back(sdpa(q.narrow(0, i, len), k.narrow(0, i, len), v.narrow(0, i, len), mi));
   }
   return at::cat(parts, 0);
 }

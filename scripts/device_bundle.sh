@@ -9,6 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${1:-.dev}"
+# Replace only an earlier bundle (or create the folder): never a folder that holds anything else.
+if [ -e "$dir" ] && [ -n "$(ls -A "$dir")" ] && [ ! -f "$dir/env.sh" ]; then
+  echo "device_bundle: '$dir' exists and is not a bundle; name a new folder" >&2
+  exit 1
+fi
 rm -rf "$dir" && mkdir -p "$dir/bin" "$dir/root"
 for b in ditto bench_forward bench_cache bench_scaling bench_alltoall tests/test_gpu tests/test_comm; do
   [ -x "build/$b" ] && strip -o "$dir/bin/$(basename "$b")" "build/$b"
