@@ -60,8 +60,9 @@ int main(int argc, char** argv) {
   MpiEnv mpi(&argc, &argv);
   ModelOptions mo;
   int steps = 0, videos = 0, frames = 0, height = 0, width = 0;
-  double cfg_scale = 0;
+  double cfg_scale = 0, flow_shift = -1;
   std::string json_path, only, blockcache_dir;
+  bool negative_motion = false;
   po::options_description desc("options");
   add_model_options(desc, mo);
   // clang-format off
@@ -69,11 +70,13 @@ int main(int argc, char** argv) {
     ("steps", po::value(&steps)->default_value(30), "sampling steps")
     ("videos", po::value(&videos)->default_value(8), "prompts x seeds per policy (demo prompts, or random captions)")
     ("cfg-scale", po::value(&cfg_scale)->default_value(0), "guidance scale (0: the model's default, see ditto sample --help)")
+    ("flow-shift", po::value(&flow_shift)->default_value(-1), "rflow timestep shift s (t' = s t / (1 + (s - 1) t); 0: none; -1: the model's default)")
     ("frames", po::value(&frames)->default_value(0), "frames (0: the model's default)")
     ("height", po::value(&height)->default_value(0), "height in pixels (0: model default)")
     ("width", po::value(&width)->default_value(0), "width in pixels (0: model default)")
     ("blockcache", po::value(&blockcache_dir), "also run every schedule-delta-D.json in this directory (from ditto profile), and with calibration-delta-D.safetensors (from ditto calibrate) when present")
     ("only", po::value(&only), "run only these policies (comma-separated names; none always runs first)")
+    ("negative-motion", po::bool_switch(&negative_motion), "demo prompts: guide away from the prompt with every moving object's direction reversed (a negative prompt; still prompts keep the null caption)")
     ("json", po::value(&json_path), "write the rows as JSON here");
   // clang-format on
   try {
@@ -94,6 +97,7 @@ int main(int argc, char** argv) {
     SamplerOptions so;
     so.steps = steps;
     so.timestep_transform = defaults.timestep_transform;
+    so.shift = flow_shift < 0 ? defaults.flow_shift : flow_shift;
     RectifiedFlow rf(so, {double(height), double(width), frames, cfg.latent_space});
     MpiCommunicator world(MPI_COMM_WORLD);
     Communicator* sp = world.size() > 1 ? &world : nullptr;
@@ -110,6 +114,12 @@ int main(int argc, char** argv) {
       if (demo) {
         attributes.push_back(demo_prompt_set(DemoPromptSet::Evaluation, v));
         std::tie(req.caption_y, req.caption_mask) = text->encode({demo_prompt(attributes.back())});
+        DemoAttributes reversed = attributes.back();
+        bool moving = false;
+        for (DemoObject* o : {static_cast<DemoObject*>(&reversed), reversed.second ? &*reversed.second : nullptr})
+          if (o && !o->is_still()) o->direction ^= 1, moving = true;  // left <-> right, up <-> down
+        if (negative_motion && moving)
+          std::tie(req.negative_y, req.negative_mask) = text->encode({demo_prompt(reversed)});
       } else {
         req.caption_y = at::randn({1, 1, cfg.model_max_length, cfg.caption_channels}, gen, at::kFloat);
         req.caption_mask = at::ones({1, cfg.model_max_length}, at::kLong);
@@ -123,8 +133,8 @@ int main(int argc, char** argv) {
     nlohmann::ordered_json rows = nlohmann::json::array();
     double base_s = 0;
     if (world.rank() == 0) {
-      std::printf("# cache policies: %s, latent %dx%dx%d, %d steps, cfg %.1f, %d videos, %s %s, %d rank(s)\n",
-                  model_source(mo).c_str(), ls.frames, ls.height, ls.width, steps, cfg_scale, videos,
+      std::printf("# cache policies: %s, latent %dx%dx%d, %d steps, flow shift %.2f, cfg %.1f, %d videos, %s %s, %d rank(s)\n",
+                  model_source(mo).c_str(), ls.frames, ls.height, ls.width, steps, so.shift, cfg_scale, videos,
                   options.device().str().c_str(), dtype_name(options.dtype().toScalarType()).c_str(), world.size());
       std::printf("| policy | compute | speedup | PSNR (dB) | SSIM |%s\n",
                   demo ? " adherence | colour / shape / direction / speed / background | compute still / slow / fast |" : "");
@@ -160,6 +170,7 @@ int main(int argc, char** argv) {
       std::array<double, 3> motion_computed{}, motion_total{};
       // Demo only: how many videos show each prompted attribute (colour, shape, direction, speed, background).
       std::array<int, 5> attribute_ok{};
+      nlohmann::json per_video = nlohmann::json::array();  // demo: what the checker read in each video
       for (int v = 0; v < videos; ++v) {
         runner.begin_video(rf.timesteps());
         world.barrier();
@@ -187,6 +198,9 @@ int main(int argc, char** argv) {
           adherent += a.ok();
           const auto each = a.attributes();
           for (int k = 0; k < 5; ++k) attribute_ok[k] += each[k];
+          nlohmann::json seen = a.json();
+          seen["prompt"] = demo_prompt(attributes[v]);
+          per_video.push_back(seen);
         }
       }
       at::Tensor slowest = at::tensor({seconds}, at::kDouble);
@@ -203,6 +217,7 @@ int main(int argc, char** argv) {
         row["adherence"] = static_cast<double>(adherent) / videos;
         for (int k = 0; k < 5; ++k)
           row["adherence_" + std::string(Adherence::kAttributes[k])] = static_cast<double>(attribute_ok[k]) / videos;
+        row["videos"] = per_video;
         for (int m = 0; m < 3; ++m) {
           char cell[16] = "-";
           if (motion_total[m] > 0) {
@@ -225,7 +240,7 @@ int main(int argc, char** argv) {
       }
     }
     if (world.rank() == 0 && !json_path.empty())
-      std::ofstream(json_path) << nlohmann::ordered_json{{"model", model_source(mo)}, {"steps", steps},
+      std::ofstream(json_path) << nlohmann::ordered_json{{"model", model_source(mo)}, {"steps", steps}, {"flow_shift", so.shift},
                                                          {"videos", videos}, {"ranks", world.size()},
                                                          {"rows", rows}}.dump(2)
                                << "\n";

@@ -42,13 +42,27 @@ at::Tensor sample_video(const STDiT3& model, const Sampler& sampler, const Video
   const at::Tensor null_y = model.null_caption().to(at::kFloat).cpu();
   if (req.caption_y.sizes() != null_y.sizes())
     fail("the caption embedding is ", req.caption_y.sizes(), ", the model's null caption ", null_y.sizes());
+  // The unconditional branch: the null caption, or a negative caption with its own mask.
+  const bool negative = req.negative_y.defined();
+  if (negative && (req.negative_y.sizes() != null_y.sizes() || !req.negative_mask.defined() ||
+                   req.negative_mask.sizes() != req.caption_mask.sizes()))
+    fail("the negative caption is ", req.negative_y.sizes(), " with mask ",
+         req.negative_mask.defined() ? req.negative_mask.sizes() : at::IntArrayRef{}, ", the caption ",
+         req.caption_y.sizes(), " with mask ", req.caption_mask.sizes());
+  const at::Tensor uncond_y = negative ? req.negative_y.to(at::kFloat).cpu() : null_y;
+  const at::Tensor uncond_mask = negative ? req.negative_mask : req.caption_mask;
   ForwardArgs base;
-  if (cfg_parallel) base.y = g.cfg->rank() == 0 ? req.caption_y : null_y;
-  else base.y = guided ? at::cat({req.caption_y, null_y}, 0) : req.caption_y;
+  if (cfg_parallel) {
+    base.y = g.cfg->rank() == 0 ? req.caption_y : uncond_y;
+    base.mask = g.cfg->rank() == 0 ? req.caption_mask : uncond_mask;
+  } else {
+    base.y = guided ? at::cat({req.caption_y, uncond_y}, 0) : req.caption_y;
+    base.mask = guided && negative ? at::cat({req.caption_mask.cpu(), uncond_mask.cpu()}, 0) : req.caption_mask;
+  }
   const int64_t batch = base.y.size(0);
   auto on_dev = [&](float v) { return at::full({1}, v, at::TensorOptions().dtype(at::kFloat).device(dev)); };
   base.y = base.y.to(dev);
-  base.mask = req.caption_mask.to(dev);
+  base.mask = base.mask.to(dev);
   base.fps = on_dev(req.fps);
   base.height = on_dev(req.height);
   base.width = on_dev(req.width);

@@ -15,6 +15,9 @@ struct VideoRequest {
   at::Tensor z0;            // [1, C, T, H, W] initial latent, identical on every rank of the video
   at::Tensor caption_y;     // [1, 1, L, Cc] conditional caption embedding
   at::Tensor caption_mask;  // [1, L] (nonzero = valid); the unconditional branch uses it too
+  // Optional negative caption for the unconditional branch ([1, 1, L, Cc] and [1, L]); undefined:
+  // the model's null caption with caption_mask.
+  at::Tensor negative_y, negative_mask;
   float fps = 24, height = 0, width = 0;  // model inputs (pixels)
   double cfg_scale = 7.0;
 };

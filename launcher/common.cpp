@@ -83,8 +83,8 @@ void default_to_demo_model(ModelOptions& o) {
 }
 
 SamplingDefaults sampling_defaults(const STDiT3Config& c) {
-  if (c.latent_space == LatentSpace::Pixel) return {16, 32, 32, 2.5, false};
-  return {51, 240, 426, 7.0, true};
+  if (c.latent_space == LatentSpace::Pixel) return {16, 32, 32, 2.5, false, 0.0};
+  return {51, 240, 426, 7.0, true, 0.0};
 }
 
 std::string model_source(const ModelOptions& o) {

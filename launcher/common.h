@@ -43,6 +43,7 @@ struct SamplingDefaults {
   int frames, height, width;
   double cfg_scale;
   bool timestep_transform;
+  double flow_shift;  // rflow's fixed timestep shift (0: none)
 };
 SamplingDefaults sampling_defaults(const STDiT3Config& config);
 

@@ -87,7 +87,8 @@ JobLine parse_job(const std::string& text, int line, const Defaults& d) {
   if (!j.is_object()) fail("a job must be a JSON object");
   static const std::set<std::string> known = {"prompt", "caption_embedding", "random_caption", "seed", "frames",
                                               "height", "width", "size", "steps", "cfg_scale", "cache", "cache_opts",
-                                              "output", "model", "sampler", "fps", "init_noise"};
+                                              "output", "model", "sampler", "flow_shift", "fps", "init_noise",
+                                              "negative_prompt", "negative_caption_embedding"};
   for (auto it = j.begin(); it != j.end(); ++it)
     if (!known.count(it.key())) {
       std::string list;
@@ -145,7 +146,18 @@ JobLine parse_job(const std::string& text, int line, const Defaults& d) {
     v.cfg_scale = j["cfg_scale"].get<double>();
   }
   str("sampler", v.sampler);
+  str("negative_prompt", v.negative_prompt);
+  str("negative_caption_embedding", v.negative_caption_file);
+  if (j.contains("negative_prompt") && j.contains("negative_caption_embedding"))
+    fail("give 'negative_prompt' or 'negative_caption_embedding', not both");
+  if (j.contains("negative_prompt")) v.negative_caption_file.clear();  // the line's replaces the command line's
+  if (j.contains("negative_caption_embedding")) v.negative_prompt.clear();
   if (v.sampler != "rflow" && v.sampler != "ddim") fail("'sampler' must be rflow or ddim");
+  if (j.contains("flow_shift")) {
+    if (!j["flow_shift"].is_number() || !(j["flow_shift"].get<double>() >= 0) || !std::isfinite(j["flow_shift"].get<double>()))
+      fail("'flow_shift' must be a number >= 0 (0: no shift)");
+    v.flow_shift = j["flow_shift"].get<double>();
+  }
   str("cache", v.cache);
   if (j.contains("cache_opts")) {
     v.cache_opts.clear();
@@ -329,11 +341,13 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
   add_model_options(desc, mo);
   // clang-format off
   desc.add_options()
-    ("jobs", po::value(&jobs_file)->required(), "job file, JSON Lines: one object per video (fields: prompt | caption_embedding | random_caption, seed, frames, height, width or size \"HxW\", steps, cfg_scale, fps, sampler, cache, cache_opts, init_noise, model, output)")
+    ("jobs", po::value(&jobs_file)->required(), "job file, JSON Lines: one object per video (fields: prompt | caption_embedding | random_caption, seed, frames, height, width or size \"HxW\", steps, cfg_scale, fps, sampler, flow_shift, negative_prompt | negative_caption_embedding, cache, cache_opts, init_noise, model, output)")
     ("out", po::value(&out_dir)->required(), "output directory: NAME/ per job (video, latent, metrics.json), manifest.jsonl, failures.jsonl, summary.json")
     ("sp", po::value(&sp)->default_value(1), "sequence-parallel ranks per video (the world is dp x cfg x sp; each dp group renders one job at a time)")
     ("cfg-parallel", po::value(&cfg_parallel)->default_value(1), "2: conditional and unconditional branch on two ranks")
     ("prompt", po::value(&d.job.prompt), "default prompt for jobs without a caption source")
+    ("negative-prompt", po::value(&d.job.negative_prompt), "default negative prompt (see ditto sample --help)")
+    ("negative-caption-embedding", po::value(&d.job.negative_caption_file), "default negative caption embedding file")
     ("seed", po::value(&d.job.seed)->default_value(42), "default seed")
     ("frames", po::value(&d.job.frames)->default_value(0), "default frames (0: the model's)")
     ("height", po::value(&d.job.height)->default_value(0), "default height (0: the model's)")
@@ -342,6 +356,7 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("cfg-scale", po::value(&d.job.cfg_scale)->default_value(NAN, "model's"), "default CFG scale")
     ("fps", po::value(&d.job.fps)->default_value(24), "default frames per second")
     ("sampler", po::value(&d.job.sampler)->default_value("rflow"), "default sampler: rflow | ddim")
+    ("flow-shift", po::value(&d.job.flow_shift)->default_value(NAN, "model's"), "default rflow timestep shift s (0: none), as ditto sample --flow-shift")
     ("cache", po::value(&d.job.cache)->default_value("none"), "default caching policy: none | static | pab | adacache | teacache | fbcache")
     ("cache-opt", po::value(&d.job.cache_opts)->composing(), "default policy option KEY=VALUE (repeatable)")
     ("schedule", po::value(&schedule), "block-cache schedule file (made by ditto profile) for --cache blockcache; the same as --cache-opt schedule=FILE")

@@ -16,10 +16,10 @@ namespace ditto {
 
 int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   ModelOptions mo;
-  std::string caption_file, prompt, init_noise, out_dir, sampler_name, comm_name, cache_name, schedule;
+  std::string caption_file, prompt, negative_prompt, negative_caption_file, init_noise, out_dir, sampler_name, comm_name, cache_name, schedule;
   std::vector<std::string> cache_opts;
   int random_caption = 0, frames = 0, height = 0, width = 0, steps = 0, fps = 0, sp = 1, cfg_parallel = 1;
-  double cfg_scale = 0, nccl_timeout = 0;
+  double cfg_scale = 0, nccl_timeout = 0, flow_shift = NAN;
   uint64_t seed = 0;
   bool no_transform = false, png = false, no_mp4 = false, quiet = false;
   int upscale = 0;
@@ -30,6 +30,8 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("caption-embedding", po::value(&caption_file), "safetensors with y [L, C] (or [1, 1, L, C]) and optional mask [L]: the text encoder's output (T5 for Open-Sora)")
     ("random-caption", po::value(&random_caption), "use a random caption embedding with N valid tokens, drawn from --seed (benchmarks)")
     ("prompt", po::value(&prompt), "text prompt (models with their own text encoder)")
+    ("negative-prompt", po::value(&negative_prompt), "guide away from this prompt: the guidance's unconditional branch reads it instead of the null caption (models with their own text encoder)")
+    ("negative-caption-embedding", po::value(&negative_caption_file), "the same from a caption embedding file (as --caption-embedding)")
     ("frames", po::value(&frames)->default_value(51), "frames, in pixels' time (Open-Sora VAE: 51 -> 15 latent frames)")
     ("height", po::value(&height)->default_value(240), "height in pixels")
     ("width", po::value(&width)->default_value(426), "width in pixels")
@@ -37,6 +39,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("cfg-scale", po::value(&cfg_scale)->default_value(7.0), "classifier-free guidance scale (1 turns guidance off; pixel-space models default to 2.5)")
     ("sampler", po::value(&sampler_name)->default_value("rflow"), "rflow (Open-Sora 1.2 rectified flow) | ddim (epsilon-prediction models)")
     ("no-timestep-transform", po::bool_switch(&no_transform), "rflow without Open-Sora's resolution/length timestep transform")
+    ("flow-shift", po::value(&flow_shift)->default_value(NAN, "model's"), "rflow: shift every timestep, t' = s t / (1 + (s - 1) t) (s > 1: more steps at high noise, where layout and motion form; 0: none; replaces the timestep transform)")
     ("seed", po::value(&seed)->default_value(42), "seed of the initial noise (drawn whole on the CPU, identical on every rank and device; data-parallel group g uses seed + g)")
     ("fps", po::value(&fps)->default_value(24), "frames per second (a model input, and the video's rate)")
     ("init-noise", po::value(&init_noise), "start from this latent (safetensors, tensor z or z0, [1, C, T, H, W]) instead of the seeded noise")
@@ -72,6 +75,8 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   job.caption_file = caption_file;
   job.random_caption = random_caption;
   job.init_noise = init_noise;
+  job.negative_prompt = negative_prompt;
+  job.negative_caption_file = negative_caption_file;
   job.seed = seed + static_cast<uint64_t>(wl.dp_index);
   job.frames = vm["frames"].defaulted() ? 0 : frames;
   job.height = vm["height"].defaulted() ? 0 : height;
@@ -81,6 +86,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   job.fps = fps;
   job.sampler = sampler_name;
   job.timestep_transform = !no_transform;
+  job.flow_shift = flow_shift;
   job.cache = cache_name;
   job.cache_opts = cache_opts;
   if (!schedule.empty()) job.cache_opts.push_back("schedule=" + schedule);

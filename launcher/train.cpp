@@ -21,6 +21,7 @@
 #include "model/demo_data.h"
 #include "model/error.h"
 #include "model/safetensors.h"
+#include "model/sampler.h"
 #include "model/text_encoder.h"
 
 namespace ditto {
@@ -39,7 +40,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   std::string out_dir, resume, init_from, config_name;
   int steps = 0, batch = 0, checkpoint_every = 0, threads = 0, warmup = 0, log_every = 0, eval_every = 0;
   int image_batch = 0, image_every = 0, eval_clips = 0;
-  double max_seconds = 0;
+  double max_seconds = 0, t_shift = 0;
   std::string t_sampling;
   double lr = 0, ema_decay = 0, dropout = 0, wd = 0, two_objects = 0, final_lr = 0;
   uint64_t seed = 0;
@@ -56,7 +57,8 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("final-lr", po::value(&final_lr)->default_value(0.1), "the learning rate at the last step, as a fraction of --lr (cosine decay after the warm-up)")
     ("image-batch", po::value(&image_batch)->default_value(128), "joint image-video training as Open-Sora does: the image steps train on this many single frames (one random frame of a clip each; 0: videos only). Images teach shape, colour and background at 1/16 of a clip's cost, videos the motion")
     ("image-every", po::value(&image_every)->default_value(2), "with --image-batch: every N-th step is an image step")
-    ("t-sampling", po::value(&t_sampling)->default_value("uniform"), "how training draws noise levels t: uniform, or logit-normal (sigmoid of a standard normal, as Open-Sora 1.2 and SD3 train: more weight on the middle, where shapes and colours are decided)")
+    ("t-sampling", po::value(&t_sampling)->default_value("uniform"), "how training draws noise levels t: uniform; logit-normal (sigmoid of a standard normal, as Open-Sora 1.2 and SD3 train: more weight on the middle, where shapes and colours are decided); or shifted (uniform u through the flow shift s u / (1 + (s - 1) u), s = --t-shift: more weight on high noise, where the layout and the motion are decided)")
+    ("t-shift", po::value(&t_shift)->default_value(3.0), "the shift s of --t-sampling shifted (3: half the noise levels above 0.75)")
     ("two-objects", po::value(&two_objects)->default_value(0.3), "fraction of clips with two objects")
     ("weight-decay", po::value(&wd)->default_value(0.01), "AdamW weight decay (matrices only)")
     ("ema", po::value(&ema_decay)->default_value(0.995), "EMA decay of the exported weights")
@@ -77,9 +79,10 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   po::variables_map vm;
   if (!parse_command_line("train", "train the demo text-to-video model", desc, args, vm)) return 0;
   if (mpi.size() > 1) fail("ditto train runs on one rank");
-  if (t_sampling != "uniform" && t_sampling != "logit-normal")
-    fail("--t-sampling must be uniform or logit-normal, got '", t_sampling, "'");
-  const bool logit_normal_t = t_sampling == "logit-normal";
+  if (t_sampling != "uniform" && t_sampling != "logit-normal" && t_sampling != "shifted")
+    fail("--t-sampling must be uniform, logit-normal or shifted, got '", t_sampling, "'");
+  if (t_sampling == "shifted" && !(t_shift > 0 && std::isfinite(t_shift)))
+    fail("--t-shift must be a positive number, got ", t_shift);
   if (eval_clips < 4 || eval_clips % 4) fail("--eval-clips must be a positive multiple of 4, got ", eval_clips);
   if (image_every < 1) fail("--image-every must be at least 1, got ", image_every);
   if (max_seconds < 0) fail("--max-seconds must be >= 0, got ", max_seconds);
@@ -304,7 +307,8 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     const at::Tensor& x0 = b.x0;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
     at::Tensor noise = at::randn(x0.sizes(), gen, at::kFloat).to(options.device());
-    at::Tensor t = logit_normal_t ? at::sigmoid(at::randn({n}, gen, at::kFloat)) : at::rand({n}, gen, at::kFloat);
+    at::Tensor t = t_sampling == "logit-normal" ? at::sigmoid(at::randn({n}, gen, at::kFloat)) : at::rand({n}, gen, at::kFloat);
+    if (t_sampling == "shifted") t = shift_noise_levels(t, t_shift);
     t = t.to(options.device());
     at::Tensor drop = (at::rand({n}, gen, at::kFloat) < dropout).to(options.device());
     auto [y, mask] = text.encode(b.prompts);

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "cache/cache_runner.h"
 #include "dist/mpi_communicator.h"
@@ -72,30 +73,44 @@ Caption make_random_caption(int tokens, uint64_t seed, const STDiT3Config& c) {
   return cap;
 }
 
+// A prompt through the model directory's own text encoder (loaded once per directory per process:
+// a batch of jobs encodes many prompts with one encoder).
+Caption encode_prompt(const std::string& prompt, const std::string& model_dir, const STDiT3Config& cfg) {
+  if (model_dir.empty() || !TextEncoder::present(model_dir))
+    fail("this model has no text encoder of its own: pass the text encoder's output as a caption embedding "
+         "file (T5 for Open-Sora), or a random caption");
+  static std::mutex m;
+  static std::map<std::string, std::shared_ptr<const TextEncoder>> loaded;
+  std::shared_ptr<const TextEncoder> text;
+  {
+    std::lock_guard<std::mutex> g(m);
+    auto& slot = loaded[model_dir];
+    if (!slot) slot = std::make_shared<const TextEncoder>(TextEncoder::load(model_dir, at::TensorOptions().dtype(at::kFloat)));
+    text = slot;
+  }
+  if (text->config().dim != cfg.caption_channels) fail("the text encoder's width does not match the model's caption_channels");
+  Caption cap;
+  std::tie(cap.y, cap.mask) = text->encode({prompt});
+  return cap;
+}
+
 Caption resolve_caption(const VideoJob& job, const std::string& model_dir, const STDiT3Config& cfg) {
   const int sources = !job.caption_file.empty() + (job.random_caption > 0) + !job.prompt.empty();
   if (sources != 1) fail("give exactly one caption source: a prompt, a caption embedding file or a random caption");
-  if (!job.prompt.empty()) {
-    if (model_dir.empty() || !TextEncoder::present(model_dir))
-      fail("this model has no text encoder of its own: pass the text encoder's output as a caption embedding "
-           "file (T5 for Open-Sora), or a random caption");
-    // Loaded once per directory per process (a batch of jobs encodes many prompts with one encoder).
-    static std::mutex m;
-    static std::map<std::string, std::shared_ptr<const TextEncoder>> loaded;
-    std::shared_ptr<const TextEncoder> text;
-    {
-      std::lock_guard<std::mutex> g(m);
-      auto& slot = loaded[model_dir];
-      if (!slot) slot = std::make_shared<const TextEncoder>(TextEncoder::load(model_dir, at::TensorOptions().dtype(at::kFloat)));
-      text = slot;
-    }
-    if (text->config().dim != cfg.caption_channels) fail("the text encoder's width does not match the model's caption_channels");
-    Caption cap;
-    std::tie(cap.y, cap.mask) = text->encode({job.prompt});
-    return cap;
-  }
+  if (!job.prompt.empty()) return encode_prompt(job.prompt, model_dir, cfg);
   return job.caption_file.empty() ? make_random_caption(job.random_caption, job.seed, cfg)
                                   : load_caption(job.caption_file, cfg);
+}
+
+std::optional<Caption> resolve_negative_caption(const VideoJob& job, const std::string& model_dir,
+                                                const STDiT3Config& cfg) {
+  if (!job.negative_prompt.empty() && !job.negative_caption_file.empty())
+    fail("give a negative prompt or a negative caption embedding file, not both");
+  if (job.negative_prompt.empty() && job.negative_caption_file.empty()) return std::nullopt;
+  if (!guidance_enabled(job.cfg_scale))
+    fail("a negative prompt steers the guidance, which is off at cfg scale 1: set a cfg scale, or drop the negative prompt");
+  return job.negative_prompt.empty() ? load_caption(job.negative_caption_file, cfg)
+                                     : encode_prompt(job.negative_prompt, model_dir, cfg);
 }
 
 std::vector<int64_t> shape_of(const LatentShape& s) { return {1, s.channels, s.frames, s.height, s.width}; }
@@ -196,6 +211,7 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
   if (std::isnan(job.cfg_scale)) job.cfg_scale = defaults.cfg_scale;
   if (job.steps <= 0) fail("steps must be positive, got ", job.steps);
   const Caption cap = resolve_caption(job, model_dir, cfg);
+  const std::optional<Caption> negative = resolve_negative_caption(job, model_dir, cfg);
 
   // The initial latent, drawn whole (never per shard) so the result does not depend on the layout.
   const LatentShape ls = latent_shape(cfg, job.frames, job.height, job.width);
@@ -223,6 +239,8 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
   so.name = job.sampler;
   so.steps = job.steps;
   so.timestep_transform = job.timestep_transform && defaults.timestep_transform;
+  so.shift = std::isnan(job.flow_shift) ? defaults.flow_shift : job.flow_shift;
+  if (so.name != "rflow" && so.shift > 0) fail("a flow shift is for the rflow sampler, not ", so.name);
   const auto run_dtype = options.dtype().toScalarType();
   auto sampler = make_sampler(so, {static_cast<double>(job.height), static_cast<double>(job.width), job.frames,
                                    cfg.latent_space, run_dtype == at::kDouble ? at::kFloat : run_dtype});
@@ -232,6 +250,10 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
   req.z0 = z0;
   req.caption_y = cap.y;
   req.caption_mask = cap.mask;
+  if (negative) {
+    req.negative_y = negative->y;
+    req.negative_mask = negative->mask;
+  }
   req.fps = job.frames == 1 ? 120.0f : static_cast<float>(job.fps);  // the reference's IMG_FPS for single images
   req.height = static_cast<float>(job.height);
   req.width = static_cast<float>(job.width);
@@ -288,8 +310,10 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
               {"seed", job.seed},
               {"steps", job.steps},
               {"sampler", sampler->name()},
-              {"timestep_transform", so.timestep_transform},
+              {"timestep_transform", so.timestep_transform && !(so.shift > 0)},
+              {"flow_shift", so.shift},
               {"prompt", job.prompt},
+              {"negative_prompt", job.negative_prompt.empty() ? job.negative_caption_file : job.negative_prompt},
               {"cfg_scale", job.cfg_scale},
               {"frames", job.frames},
               {"height", job.height},

@@ -23,12 +23,15 @@ struct VideoJob {
   std::string caption_file;  // safetensors with y [L, C] and optional mask
   int random_caption = 0;    // N valid random tokens drawn from the seed (benchmarks)
   std::string init_noise;    // start from this latent instead of the seeded noise
+  // Optional negative caption for the guidance's unconditional branch (at most one; none: the null caption).
+  std::string negative_prompt, negative_caption_file;
   uint64_t seed = 42;        // of the initial noise (and of a random caption)
   int frames = 0, height = 0, width = 0;  // 0: the model's default geometry
   double cfg_scale = NAN;                 // NaN: the model's default
   int steps = 30, fps = 24;
   std::string sampler = "rflow";
   bool timestep_transform = true;  // rflow: Open-Sora's transform where the model uses it
+  double flow_shift = NAN;         // rflow: a fixed timestep shift (0: none; NaN: the model's default)
   std::string cache = "none";
   std::vector<std::string> cache_opts;  // KEY=VALUE
   // Outputs.

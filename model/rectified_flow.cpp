@@ -35,13 +35,27 @@ float RectifiedFlow::transform(float t, const VideoGeometry& g, int num_timestep
   return new_t * static_cast<float>(num_timesteps);
 }
 
+at::Tensor shift_noise_levels(const at::Tensor& t, double s) {
+  if (!(s > 0) || !std::isfinite(s)) fail("the flow shift must be a positive number, got ", s);
+  return t * s / (1.0 + (s - 1.0) * t);
+}
+
+float RectifiedFlow::shift(float t, double s, int num_timesteps) {
+  const at::Tensor tn = at::scalar_tensor(static_cast<double>(t) / num_timesteps, at::kDouble);
+  return static_cast<float>(shift_noise_levels(tn, s).item<double>() * num_timesteps);
+}
+
 RectifiedFlow::RectifiedFlow(const SamplerOptions& o, const VideoGeometry& g) : num_timesteps_(o.num_timesteps) {
   if (o.num_timesteps <= 0) fail("num_timesteps must be positive");
-  if (o.timestep_transform && (g.height <= 0 || g.width <= 0))
+  if (!(o.shift >= 0) || !std::isfinite(o.shift)) fail("the flow shift must be a positive number (0: none), got ", o.shift);
+  const bool shifted = o.shift > 0;
+  if (!shifted && o.timestep_transform && (g.height <= 0 || g.width <= 0))
     fail("the rectified-flow timestep transform needs the video's pixel height and width");
   for (int i = 0; i < o.steps; ++i) {
     const float t = static_cast<float>((1.0 - static_cast<double>(i) / o.steps) * o.num_timesteps);
-    timesteps_.push_back(o.timestep_transform ? transform(t, g, o.num_timesteps) : t);
+    timesteps_.push_back(shifted                ? shift(t, o.shift, o.num_timesteps)
+                         : o.timestep_transform ? transform(t, g, o.num_timesteps)
+                                                : t);
   }
 }
 

@@ -28,6 +28,9 @@ struct SamplerOptions {
   int steps = 30;
   int num_timesteps = 1000;
   bool timestep_transform = true;  // rflow only (Open-Sora 1.2 samples with it)
+  // rflow only: a fixed shift s > 0 of every timestep, t' = s t / (1 + (s - 1) t) (SD3 / Wan's flow
+  // shift; s > 1 spends more steps at high noise). Replaces the timestep transform; 0: no shift.
+  double shift = 0;
 };
 
 class Sampler {
@@ -51,6 +54,8 @@ class RectifiedFlow : public Sampler {
   at::Tensor step(int i, const at::Tensor& z, const at::Tensor& v) const override;
   // The transform alone (exposed for tests): t in [0, T], returns the transformed float32 value.
   static float transform(float t, const VideoGeometry& geometry, int num_timesteps);
+  // The fixed shift alone: t in [0, T] -> s t / (1 + (s - 1) t) in the same units.
+  static float shift(float t, double s, int num_timesteps);
 
  private:
   int num_timesteps_;
@@ -71,6 +76,10 @@ class DDIM : public Sampler {
   std::vector<float> timesteps_;
   std::vector<double> alphas_cumprod_;
 };
+
+// The flow shift on noise levels in [0, 1]: s t / (1 + (s - 1) t), elementwise (the sampler's grid
+// and `ditto train --t-sampling shifted` draw through this one formula).
+at::Tensor shift_noise_levels(const at::Tensor& t, double s);
 
 std::unique_ptr<Sampler> make_sampler(const SamplerOptions& options, const VideoGeometry& geometry);
 

@@ -244,7 +244,9 @@ TEST(Training, ImageStepsAndHeldOutEvaluation) {
   r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --eval-clips 6 --out " + dir);
   EXPECT_NE(r.output.find("--eval-clips must be a positive multiple of 4"), std::string::npos) << r.output;
   r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --t-sampling cubic --out " + dir);
-  EXPECT_NE(r.output.find("--t-sampling must be uniform or logit-normal"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--t-sampling must be uniform, logit-normal or shifted"), std::string::npos) << r.output;
+  r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --t-sampling shifted --t-shift 0 --out " + dir);
+  EXPECT_NE(r.output.find("--t-shift must be a positive number"), std::string::npos) << r.output;
   r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --restart-schedule --out " + dir);
   EXPECT_NE(r.output.find("--restart-schedule needs --resume"), std::string::npos) << r.output;
 }

@@ -82,3 +82,39 @@ TEST(DemoModel, AdherenceIsReportedOnlyWhereTheCheckerApplies) {
   EXPECT_NE(m.at("adherence").get<std::string>().find("not checked: the checker reads clips of 16 frames of 32x32"),
             std::string::npos) << m.dump();
 }
+
+TEST(DemoModel, NegativePromptAndFlowShiftReachTheSampler) {
+  const std::string d = ditto::test::temp_dir();
+  const std::string base = "sample --prompt 'a red circle moving right fast' --steps 2 --seed 3 --quiet --no-mp4 ";
+  auto r = ditto::test::run_ditto(base + "--out " + d + "/plain");
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = ditto::test::run_ditto(base + "--negative-prompt 'a red circle moving left fast' --flow-shift 3 --out " + d + "/neg");
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto m = nlohmann::json::parse(ditto::test::read_bytes(d + "/neg/metrics.json"));
+  EXPECT_EQ(m["run"]["negative_prompt"], "a red circle moving left fast");
+  EXPECT_EQ(m["run"]["flow_shift"], 3.0);
+  // 2 steps: t = 1, 0.5; shifted by 3: 1, 1.5 / 2 = 0.75.
+  EXPECT_EQ(m["timesteps"], nlohmann::json::array({1000.0, 750.0})) << m["timesteps"].dump();
+  EXPECT_NE(ditto::test::read_bytes(d + "/neg/latent.safetensors"), ditto::test::read_bytes(d + "/plain/latent.safetensors"));
+  // Bad negatives are errors that name the problem.
+  r = ditto::test::run_ditto(base + "--negative-prompt 'a red hexagon' --out " + d + "/bad");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("'hexagon' is not in the text encoder's vocabulary"), std::string::npos) << r.output;
+  r = ditto::test::run_ditto(base + "--negative-prompt 'a red circle' --cfg-scale 1 --out " + d + "/bad");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("off at cfg scale 1"), std::string::npos) << r.output;
+  r = ditto::test::run_ditto(base + "--flow-shift -2 --out " + d + "/bad");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("flow shift must be a positive number"), std::string::npos) << r.output;
+  // The job file's fields: the good line renders with them, the bad ones fail alone.
+  ditto::test::write_bytes(d + "/jobs.jsonl",
+      R"({"prompt": "a red circle moving right fast", "steps": 2, "seed": 3, "negative_prompt": "a red circle moving left fast", "flow_shift": 3, "output": "good"})" "\n"
+      R"({"prompt": "a red circle", "steps": 2, "flow_shift": -1, "output": "shift"})" "\n"
+      R"({"prompt": "a red circle", "steps": 2, "negative_prompt": "a blue circle", "negative_caption_embedding": "n.safetensors", "output": "both"})" "\n");
+  r = ditto::test::run_ditto("render --no-mp4 --quiet --jobs " + d + "/jobs.jsonl --out " + d + "/render");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_EQ(ditto::test::read_bytes(d + "/render/good/latent.safetensors"), ditto::test::read_bytes(d + "/neg/latent.safetensors"));
+  const std::string failures = ditto::test::read_bytes(d + "/render/failures.jsonl");
+  EXPECT_NE(failures.find("'flow_shift' must be a number >= 0"), std::string::npos) << failures;
+  EXPECT_NE(failures.find("give 'negative_prompt' or 'negative_caption_embedding', not both"), std::string::npos) << failures;
+}

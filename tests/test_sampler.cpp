@@ -46,6 +46,34 @@ TEST(RectifiedFlow, TransformHandValues) {
   EXPECT_THROW(RectifiedFlow(rflow(5, true), {512, 512, 16, LatentSpace::OpenSoraV12}), Error);
 }
 
+TEST(RectifiedFlow, FlowShiftHandValues) {
+  // s = 3, t = 0.5: 1.5 / 2 = 0.75; the ends stay put; s = 1 is the identity.
+  EXPECT_NEAR(RectifiedFlow::shift(500.0f, 3.0, 1000), 750.0, 1e-3);
+  EXPECT_NEAR(RectifiedFlow::shift(1000.0f, 3.0, 1000), 1000.0, 1e-3);
+  EXPECT_EQ(RectifiedFlow::shift(0.0f, 3.0, 1000), 0.0f);
+  EXPECT_NEAR(RectifiedFlow::shift(123.0f, 1.0, 1000), 123.0, 1e-4);
+  // 4 steps with s = 2 replace the transform (which this geometry would refuse: 16 Open-Sora frames):
+  // t = 1, 0.75, 0.5, 0.25 -> 2t / (1 + t) = 1, 6/7, 2/3, 2/5.
+  SamplerOptions o = rflow(4, true);
+  o.shift = 2.0;
+  RectifiedFlow rf(o, {512, 512, 16, LatentSpace::OpenSoraV12});
+  const std::vector<double> want = {1000.0, 6000.0 / 7, 2000.0 / 3, 400.0};
+  ASSERT_EQ(rf.timesteps().size(), 4u);
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(rf.timesteps()[i], want[i], 1e-3) << "step " << i;
+  // Euler steps follow the shifted grid: z moves by v * (t_i - t_{i+1}) / T.
+  at::Tensor z = at::zeros({1}, kF64), v = at::ones({1}, kF64);
+  EXPECT_NEAR(rf.step(0, z, v).item<double>(), 1.0 - 6.0 / 7, 1e-6);
+  EXPECT_NEAR(rf.step(3, z, v).item<double>(), 0.4, 1e-6);
+  // The elementwise form (training's shifted noise levels): s = 3 maps 0.25 to 0.5 and 0.5 to 0.75.
+  at::Tensor levels = shift_noise_levels(at::tensor({0.0, 0.25, 0.5, 1.0}, kF64), 3.0);
+  EXPECT_TRUE(at::allclose(levels, at::tensor({0.0, 0.5, 0.75, 1.0}, kF64), 0, 1e-12)) << levels;
+  EXPECT_THROW(shift_noise_levels(levels, 0.0), Error);
+  o.shift = -1;
+  EXPECT_THROW(RectifiedFlow(o, {}), Error);
+  o.shift = NAN;
+  EXPECT_THROW(RectifiedFlow(o, {}), Error);
+}
+
 TEST(RectifiedFlow, TimestepsEqualTheReferenceSampler) {
   // The official RFLOW sampler's float32 timesteps for 48x72, 51 frames, 5 steps.
   auto in = load_safetensors(ditto::test::fixture("sample_inputs.safetensors"));
