@@ -49,6 +49,7 @@ at::Tensor sample_video(const STDiT3& model, const Sampler& sampler, const Video
     fail("the negative caption is ", req.negative_y.sizes(), " with mask ",
          req.negative_mask.defined() ? req.negative_mask.sizes() : at::IntArrayRef{}, ", the caption ",
          req.caption_y.sizes(), " with mask ", req.caption_mask.sizes());
+  if (negative && !guided) fail("a negative caption needs guidance (cfg scale != 1): there is no unconditional branch to put it in");
   const at::Tensor uncond_y = negative ? req.negative_y.to(at::kFloat).cpu() : null_y;
   const at::Tensor uncond_mask = negative ? req.negative_mask : req.caption_mask;
   ForwardArgs base;

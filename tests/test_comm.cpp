@@ -283,6 +283,9 @@ TEST(SequenceParallel, NegativeCaptionGuidesAsTwoSeparateModelCalls) {
   VideoRequest bad = req;
   bad.negative_mask = at::ones({1, 5}, at::kLong);
   EXPECT_THROW(sample_video(m, rf, bad, {}), Error);
+  VideoRequest unguided = req;
+  unguided.cfg_scale = 1.0;
+  EXPECT_THROW(sample_video(m, rf, unguided, {}), Error);
 }
 
 TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
