@@ -255,7 +255,8 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
       held.wrong_motion.push_back(demo_prompt(a));
     }
   }
-  auto evaluate = [&](int step) {
+  // The held-out losses of the weights in the model now (`label` names them in the log).
+  auto evaluate_weights = [&](int step, const char* label) {
     c10::NoGradGuard no_grad;
     const at::Tensor &x0 = held.x0, &noise = held.noise, &t = held.t;
     auto [y, mask] = text.encode(held.prompts);
@@ -274,11 +275,24 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
       return o.str() + "]";
     };
     const double gain = 1 - own.mean().item<double>() / null.mean().item<double>();
-    std::cerr << "eval step " << step << ": loss (by noise quarter) " << row("own caption", own) << ", "
+    std::cerr << label << " step " << step << ": loss (by noise quarter) " << row("own caption", own) << ", "
               << row("another clip's", other) << ", " << row("null", null) << ", "
               << row("own with the motion wrong", wrong_motion) << "; own vs null " << -100 * gain
               << "%, own vs motion wrong " << -100 * (1 - own.mean().item<double>() / wrong_motion.mean().item<double>())
               << "% (the motion words are read where this is clearly negative)\n";
+  };
+  // Both the training weights and their EMA (the weights `ditto train` exports): with small batches
+  // the two part ways, and only the EMA ships.
+  auto evaluate = [&](int step) {
+    evaluate_weights(step, "eval");
+    c10::NoGradGuard no_grad;
+    std::vector<at::Tensor> training;
+    for (auto& p : params) {
+      training.push_back(p.param.detach().clone());
+      p.param.detach().copy_(p.ema);
+    }
+    evaluate_weights(step, "eval EMA");
+    for (size_t i = 0; i < params.size(); ++i) params[i].param.detach().copy_(training[i]);
   };
 
   // Linear warm-up, then cosine decay from lr to final_lr * lr at the last step; the schedule starts

@@ -229,6 +229,16 @@ TEST(Training, ImageStepsAndHeldOutEvaluation) {
     evals.push_back({std::stod((*it)[1]), std::stod((*it)[2]), std::stod((*it)[3]), std::stod((*it)[4]),
                      std::stod((*it)[5])});
   ASSERT_EQ(evals.size(), 2u) << r.output;
+  // The same evaluation of the EMA weights follows each: at step 0 they are the weights themselves.
+  const std::regex eval_ema(R"(eval EMA step (\d+): loss \(by noise quarter\) own caption ([0-9.eE+-]+) )");
+  std::vector<std::pair<int, double>> ema_evals;
+  for (std::sregex_iterator it(r.output.begin(), r.output.end(), eval_ema), end; it != end; ++it)
+    ema_evals.emplace_back(std::stoi((*it)[1]), std::stod((*it)[2]));
+  ASSERT_EQ(ema_evals.size(), 2u) << r.output;
+  EXPECT_EQ(ema_evals[0], std::make_pair(0, evals[0][1]));
+  EXPECT_EQ(ema_evals[1].first, 20);
+  EXPECT_NE(ema_evals[1].second, evals[1][1]);  // EMA 0.995 after 20 steps: still mostly the initial weights
+  EXPECT_NE(ema_evals[1].second, evals[0][1]);
   EXPECT_EQ(evals[0][0], 0);
   EXPECT_EQ(evals[0][1], evals[0][2]);
   EXPECT_EQ(evals[0][1], evals[0][3]);
