@@ -114,12 +114,13 @@ int main(int argc, char** argv) {
       if (demo) {
         attributes.push_back(demo_prompt_set(DemoPromptSet::Evaluation, v));
         std::tie(req.caption_y, req.caption_mask) = text->encode({demo_prompt(attributes.back())});
-        DemoAttributes reversed = attributes.back();
-        bool moving = false;
-        for (DemoObject* o : {static_cast<DemoObject*>(&reversed), reversed.second ? &*reversed.second : nullptr})
-          if (o && !o->is_still()) o->direction ^= 1, moving = true;  // left <-> right, up <-> down
-        if (negative_motion && moving)
-          std::tie(req.negative_y, req.negative_mask) = text->encode({demo_prompt(reversed)});
+        if (negative_motion) {
+          DemoAttributes reversed = attributes.back();
+          bool moving = false;
+          for (DemoObject* o : {static_cast<DemoObject*>(&reversed), reversed.second ? &*reversed.second : nullptr})
+            if (o && !o->is_still()) o->direction ^= 1, moving = true;  // left <-> right, up <-> down
+          if (moving) std::tie(req.negative_y, req.negative_mask) = text->encode({demo_prompt(reversed)});
+        }
       } else {
         req.caption_y = at::randn({1, 1, cfg.model_max_length, cfg.caption_channels}, gen, at::kFloat);
         req.caption_mask = at::ones({1, cfg.model_max_length}, at::kLong);

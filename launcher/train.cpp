@@ -34,6 +34,24 @@ struct Trainable {
   bool decay;  // weight decay on matrices only
 };
 
+// --init-from: a model directory's weights for `cfg`. A model without the per-frame modulation
+// starts a frame_modulation config with its frame_block at the training initialisation (zero: the
+// same predictions at step 0); every other difference is the loader's "does not match" error.
+STDiT3 init_from_model(const std::string& dir, const STDiT3Config& cfg, uint64_t seed, const at::TensorOptions& options) {
+  STDiT3Config source = cfg;
+  if (cfg.frame_modulation && !load_config(dir + "/config.json").frame_modulation) source.frame_modulation = false;
+  std::map<std::string, at::Tensor> weights = load_checkpoint(dir, source, options);
+  if (source.frame_modulation != cfg.frame_modulation) {
+    const std::map<std::string, at::Tensor> fresh = STDiT3::training_init(cfg, seed, options).weights();
+    for (const auto& [name, t] : fresh)
+      if (!weights.count(name)) {
+        weights[name] = t;
+        std::cerr << "--init-from: '" << name << "' is new in this config (frame_modulation): training initialisation\n";
+      }
+  }
+  return STDiT3(cfg, std::move(weights));
+}
+
 }  // namespace
 
 int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
@@ -99,8 +117,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   tc.dim = cfg.caption_channels;
   tc.max_tokens = cfg.model_max_length;
   // Fresh weights (Open-Sora's initialisation), or a model directory's as the start of a new run.
-  STDiT3 init = init_from.empty() ? STDiT3::training_init(cfg, seed, options)
-                                  : STDiT3(cfg, load_checkpoint(init_from, cfg, options));
+  STDiT3 init = init_from.empty() ? STDiT3::training_init(cfg, seed, options) : init_from_model(init_from, cfg, seed, options);
   TextEncoder text = init_from.empty() ? TextEncoder::random(tc, seed + 1, options) : TextEncoder::load(init_from, options);
   if (!init_from.empty() && (text.config().vocab != tc.vocab || text.config().dim != tc.dim ||
                              text.config().max_tokens != tc.max_tokens))

@@ -88,6 +88,7 @@ STDiT3Config load_config(const std::string& path) {
       fail(where("temporal_pos_embed"), ": unknown ", v.dump(), " (known: \"none\", \"sincos\")");
     c.temporal_pos_embed = v == "sincos";
   }
+  get("frame_modulation", c.frame_modulation);
   try {
     c.validate();
   } catch (const Error& e) {
@@ -123,6 +124,7 @@ void save_config(const STDiT3Config& c, const std::string& path) {
   j["torch_dtype"] = "float32";
   j["latent_space"] = latent_space_name(c.latent_space);
   j["temporal_pos_embed"] = c.temporal_pos_embed ? "sincos" : "none";
+  if (c.frame_modulation) j["frame_modulation"] = true;
   write_file_atomic(path, [&](std::ostream& out) { out << j.dump(2) << "\n"; });
 }
 
@@ -144,18 +146,20 @@ STDiT3Config builtin_config(const std::string& name) {
     c.num_heads = 4;
     c.caption_channels = 32;
     c.model_max_length = 8;
-  } else if (name == "ditto-demo" || name == "ditto-demo-tiny") {  // pixel space, 16 x 32 x 32 RGB clips
+  } else if (name == "ditto-demo" || name == "ditto-demo-fm" || name == "ditto-demo-tiny") {  // pixel space, 16 x 32 x 32 RGB
     c.latent_space = LatentSpace::Pixel;
     c.in_channels = 3;
     c.pred_sigma = false;
     c.patch_size = {1, 4, 4};
-    c.hidden_size = name == "ditto-demo" ? 128 : 32;
-    c.depth = name == "ditto-demo" ? 4 : 1;
+    const bool full = name != "ditto-demo-tiny";
+    c.hidden_size = full ? 128 : 32;
+    c.depth = full ? 4 : 1;
     c.num_heads = 4;
-    c.caption_channels = name == "ditto-demo" ? 64 : 16;
+    c.caption_channels = full ? 64 : 16;
     c.model_max_length = 18;  // the longest demo prompt (two objects and a background) has 17 words
     c.input_sq_size = 32;
     c.temporal_pos_embed = true;
+    c.frame_modulation = name == "ditto-demo-fm";
   } else {
     std::string known;
     for (const auto& n : builtin_config_names()) known += (known.empty() ? "" : ", ") + n;
@@ -166,7 +170,7 @@ STDiT3Config builtin_config(const std::string& name) {
 }
 
 std::vector<std::string> builtin_config_names() {
-  return {"stdit3-xl", "stdit3-3b", "stdit3-small", "stdit3-tiny", "ditto-demo", "ditto-demo-tiny"};
+  return {"stdit3-xl", "stdit3-3b", "stdit3-small", "stdit3-tiny", "ditto-demo", "ditto-demo-fm", "ditto-demo-tiny"};
 }
 
 LatentShape latent_shape(const STDiT3Config& c, int frames, int height, int width) {

@@ -30,6 +30,11 @@ struct STDiT3Config {
   // attention sees relative positions only, through RoPE); the demo model has it, because its
   // prompts fix where the object is in each frame, which relative positions alone cannot tell.
   bool temporal_pos_embed = false;
+  // ditto field "frame_modulation": every block's adaLN shift/scale/gate also gets a per-frame term, a
+  // linear map of the frame index's 1D sin-cos embedding ("frame_block", zero at initialisation), so
+  // a block can scale its features by a function of the frame (a product the additive embedding
+  // alone must learn through attention). The demo's experimental config ditto-demo-fm has it.
+  bool frame_modulation = false;
 
   int out_channels() const { return pred_sigma ? 2 * in_channels : in_channels; }
   int head_dim() const { return hidden_size / num_heads; }

@@ -58,6 +58,10 @@ std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& c) {
   }
   add("t_block.1.weight", {6 * C, C});
   add("t_block.1.bias", {6 * C});
+  if (c.frame_modulation) {
+    add("frame_block.weight", {6 * C, C});
+    add("frame_block.bias", {6 * C});
+  }
   add("y_embedder.y_proj.fc1.weight", {C, c.caption_channels});
   add("y_embedder.y_proj.fc1.bias", {C});
   add("y_embedder.y_proj.fc2.weight", {C, C});
@@ -280,6 +284,7 @@ STDiT3 STDiT3::training_init(const STDiT3Config& config, uint64_t seed, const at
     const std::string& n = spec.name;
     at::Tensor t;
     const bool zero = n.rfind("final_layer.linear.", 0) == 0 || n.rfind("fps_embedder.mlp.2.", 0) == 0 ||
+                      n.rfind("frame_block.", 0) == 0 ||  // the per-frame terms start at zero: no change at first
                       n.find(".cross_attn.proj.") != std::string::npos ||
                       is(n, "temporal_blocks.", ".attn.proj.weight") || is(n, "temporal_blocks.", ".mlp.fc2.weight");
     if (n == "rope.freqs" || n.find("scale_shift_table") != std::string::npos || n == "y_embedder.y_embedding") {
@@ -379,13 +384,15 @@ Conditioning STDiT3::condition(const ForwardArgs& a) const {
     }
   }
   std::tie(c.rope_cos, c.rope_sin) = layers::rope_tables(w("rope.freqs"), c.grid_t);
-  if (config_.temporal_pos_embed) {
+  if (config_.temporal_pos_embed || config_.frame_modulation) {
     at::Tensor f = a.frame_index.defined() ? a.frame_index : at::arange(c.grid_t, at::kLong);
     if (f.dim() == 1) f = f.unsqueeze(0);
     if (f.dim() != 2 || f.size(1) != c.grid_t)
       fail("forward: frame_index must be [T'] or [B, T'] with T' = ", c.grid_t, ", got ", f.sizes());
     if (f.size(0) != 1) f = repeat_to_batch(f, B, "frame_index");
-    c.temporal_pos = layers::pos_embed_1d(f.to(dev), config_.hidden_size, compute).to(dtype).unsqueeze(2);
+    const at::Tensor frame_embed = layers::pos_embed_1d(f.to(dev), config_.hidden_size, compute).to(dtype);  // [B|1, T, C]
+    if (config_.temporal_pos_embed) c.temporal_pos = frame_embed.unsqueeze(2);
+    if (config_.frame_modulation) c.frame_mlp = at::linear(frame_embed, w("frame_block.weight"), w("frame_block.bias"));
   } else if (a.frame_index.defined()) {
     fail("forward: frame_index given, but the model has no temporal position embedding");
   }
@@ -412,10 +419,15 @@ at::Tensor STDiT3::embed_tokens(const at::Tensor& tokens, int64_t s_begin, const
 
 namespace {
 
-// adaLN-single parameters of a block: 6 tensors [B, 1, 1, C] (shift/scale/gate for msa, then mlp).
-std::vector<at::Tensor> block_modulation(const at::Tensor& sst, const at::Tensor& t_mlp) {
-  const int64_t B = t_mlp.size(0), C = sst.size(1);
-  at::Tensor m = (sst.unsqueeze(0) + t_mlp.reshape({B, 6, C})).reshape({B, 6, 1, 1, C});
+// adaLN-single parameters of a block: 6 tensors [B, 1, 1, C] (shift/scale/gate for msa, then mlp);
+// [B, T, 1, C] with per-frame terms (config.frame_modulation).
+std::vector<at::Tensor> block_modulation(const at::Tensor& sst, const Conditioning& c) {
+  const int64_t B = c.t_mlp.size(0), C = sst.size(1);
+  at::Tensor m = (sst.unsqueeze(0) + c.t_mlp.reshape({B, 6, C})).reshape({B, 6, 1, 1, C});
+  if (c.frame_mlp.defined()) {
+    const int64_t Bf = c.frame_mlp.size(0), T = c.frame_mlp.size(1);
+    m = m + c.frame_mlp.reshape({Bf, T, 6, C}).permute({0, 2, 1, 3}).unsqueeze(3);  // [Bf, 6, T, 1, C]
+  }
   return m.unbind(1);
 }
 
@@ -424,7 +436,7 @@ std::vector<at::Tensor> block_modulation(const at::Tensor& sst, const at::Tensor
 at::Tensor STDiT3::self_attention_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c,
                                            SequenceLayout* layout) const {
   const BlockWeights& bw = block_weights(kind, index);
-  const auto mod = block_modulation(bw.sst, c.t_mlp);
+  const auto mod = block_modulation(bw.sst, c);
   at::Tensor h = modulated_input(kind, index, x, c);
   // Spatial attention needs whole frames: the only place activations change layout.
   const bool switch_layout = layout && kind == BlockKind::Spatial;
@@ -472,13 +484,13 @@ at::Tensor STDiT3::cross_attention_residual(BlockKind kind, int index, const at:
 
 at::Tensor STDiT3::mlp_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c) const {
   const BlockWeights& bw = block_weights(kind, index);
-  const auto mod = block_modulation(bw.sst, c.t_mlp);
+  const auto mod = block_modulation(bw.sst, c);
   at::Tensor h = layers::modulate(layers::layer_norm(x), mod[3], mod[4]);
   return mod[5] * layers::mlp(h, bw.fc1_w, bw.fc1_b, bw.fc2_w, bw.fc2_b);
 }
 
 at::Tensor STDiT3::modulated_input(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c) const {
-  const auto mod = block_modulation(block_weights(kind, index).sst, c.t_mlp);
+  const auto mod = block_modulation(block_weights(kind, index).sst, c);
   return layers::modulate(layers::layer_norm(x), mod[0], mod[1]);
 }
 

@@ -41,6 +41,7 @@ struct Conditioning {
   at::Tensor y_mask;   // [B, L] bool, undefined when every token is valid
   at::Tensor rope_cos, rope_sin;  // [T, D/2]
   at::Tensor temporal_pos;        // [B or 1, T, 1, C]; undefined without config.temporal_pos_embed
+  at::Tensor frame_mlp;           // [B or 1, T, 6C] per-frame adaLN terms; undefined without config.frame_modulation
   int64_t grid_t = 0, grid_h = 0, grid_w = 0;  // token grid
   int64_t tx = 0, hx = 0, wx = 0;              // input latent size (for the crop)
   double pos_scale = 1;                        // sqrt(height * width) / input_sq_size (pixels)

@@ -215,23 +215,28 @@ TEST(SequenceParallel, EvenSplitMovesTwoPMinusOneOverPOfTheActivation) {
 
 TEST(SequenceParallel, SamplingMatchesOneRankWithAndWithoutCfgParallel) {
   const int P = world().size(), r = world().rank();
-  const STDiT3Config c = builtin_config("stdit3-tiny");
-  STDiT3 m = STDiT3::random(c, 7, kF32);
-  VideoRequest req = ditto::test::tiny_video_request(8, 40, 72, /*valid_tokens=*/6);  // 5 x 9: padded to 3 x 5 tokens
-  req.cfg_scale = 6.0;
-  SamplerOptions so;
-  so.steps = 3;
-  RectifiedFlow rf(so, {40, 72, 51, LatentSpace::OpenSoraV12});
-  const at::Tensor reference = sample_video(m, rf, req, {});
-  at::Tensor z = sample_video(m, rf, req, {&world(), nullptr});
-  EXPECT_LT(ditto::test::rel_err(z, reference), 1e-5) << "sp " << P;
-  if (P % 2 == 0) {
-    const WorldLayout w = make_world_layout(P, r, P / 2, 2);
-    ProcessGroups g = make_process_groups(world(), w);
-    g.cfg->reset_counters();
-    at::Tensor zc = sample_video(m, rf, req, {g.sp.get(), g.cfg.get()});
-    EXPECT_LT(ditto::test::rel_err(zc, reference), 1e-5) << "cfg 2 x sp " << P / 2;
-    EXPECT_EQ(g.cfg->counters().all_gather.calls, so.steps);  // one exchange of predictions per step
+  // The stock block, and the demo's experimental per-frame modulation (terms broadcast over each
+  // rank's share of a frame's tokens).
+  for (bool frame_modulation : {false, true}) {
+    STDiT3Config c = builtin_config("stdit3-tiny");
+    c.frame_modulation = frame_modulation;
+    STDiT3 m = STDiT3::random(c, 7, kF32);
+    VideoRequest req = ditto::test::tiny_video_request(8, 40, 72, /*valid_tokens=*/6);  // 5 x 9: padded to 3 x 5 tokens
+    req.cfg_scale = 6.0;
+    SamplerOptions so;
+    so.steps = 3;
+    RectifiedFlow rf(so, {40, 72, 51, LatentSpace::OpenSoraV12});
+    const at::Tensor reference = sample_video(m, rf, req, {});
+    at::Tensor z = sample_video(m, rf, req, {&world(), nullptr});
+    EXPECT_LT(ditto::test::rel_err(z, reference), 1e-5) << "sp " << P << ", frame modulation " << frame_modulation;
+    if (P % 2 == 0) {
+      const WorldLayout w = make_world_layout(P, r, P / 2, 2);
+      ProcessGroups g = make_process_groups(world(), w);
+      g.cfg->reset_counters();
+      at::Tensor zc = sample_video(m, rf, req, {g.sp.get(), g.cfg.get()});
+      EXPECT_LT(ditto::test::rel_err(zc, reference), 1e-5) << "cfg 2 x sp " << P / 2 << ", frame modulation " << frame_modulation;
+      EXPECT_EQ(g.cfg->counters().all_gather.calls, so.steps);  // one exchange of predictions per step
+    }
   }
 }
 

@@ -384,7 +384,30 @@ TEST(Training, AFewStepsLowerTheLossOnAFixedBatch) {
   EXPECT_NE(r.output.find("train step 1 "), std::string::npos) << r.output;
   r = ditto::test::run_ditto("train --config ditto-demo --steps 1 --out " + dir + "/bad --init-from " + dir);
   EXPECT_NE(r.output.find("does not match its config"), std::string::npos) << r.output;
+  r = ditto::test::run_ditto("train --config ditto-demo-fm --steps 1 --out " + dir + "/bad --init-from " + dir);
+  EXPECT_NE(r.output.find("does not match its config"), std::string::npos) << r.output;
   r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --out " + dir + "/bad --init-from " + dir +
                              " --resume " + dir + "/checkpoint.safetensors");
   EXPECT_NE(r.output.find("--init-from and --resume exclude each other"), std::string::npos) << r.output;
+}
+
+TEST(Training, InitFromAModelWithoutFrameModulationStartsItAtZero) {
+  // ditto-demo-fm from a ditto-demo model: the new frame_block starts at zero, so the first loss on a
+  // fixed batch equals the one the same weights give without it; the exported model has it.
+  const std::string dir = ditto::test::temp_dir();
+  const std::string common = "--steps 1 --batch 1 --image-batch 0 --fixed-batch --log-every 1 --quiet --threads 1 ";
+  auto r = ditto::test::run_ditto("train --config ditto-demo " + common + "--out " + dir + "/base");
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = ditto::test::run_ditto("train --config ditto-demo " + common + "--out " + dir + "/plain --init-from " + dir + "/base");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::vector<double> plain = logged_losses(r.output, false);
+  r = ditto::test::run_ditto("train --config ditto-demo-fm " + common + "--out " + dir + "/fm --init-from " + dir + "/base");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("'frame_block.weight' is new in this config"), std::string::npos) << r.output;
+  const std::vector<double> fm = logged_losses(r.output, false);
+  ASSERT_EQ(plain.size(), 1u);
+  ASSERT_EQ(fm.size(), 1u);
+  EXPECT_EQ(fm[0], plain[0]);
+  EXPECT_TRUE(load_config(dir + "/fm/config.json").frame_modulation);
+  EXPECT_EQ(load_safetensors(dir + "/fm/model.safetensors").count("frame_block.weight"), 1u);
 }

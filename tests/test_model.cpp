@@ -300,6 +300,60 @@ TEST(Model, TemporalPositionEmbeddingIsTheFrameSinCos) {
   EXPECT_FALSE(load_config(dir + "/config.json").temporal_pos_embed);
 }
 
+TEST(Model, FrameModulationAddsALinearMapOfTheFrameSinCosToEveryBlocksAdaLN) {
+  // frame_modulation: block modulation = scale_shift_table + t_mlp + (W e_f + b) for the tokens of
+  // frame f, e_f the frame's sin-cos (as the temporal embedding). At initialisation (W, b zero) the
+  // model predicts exactly what the same weights without it do.
+  STDiT3Config c = builtin_config("stdit3-tiny");
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  STDiT3 stock = STDiT3::random(c, 2, f64);
+  STDiT3Config fc = c;
+  fc.frame_modulation = true;
+  std::map<std::string, at::Tensor> w = stock.weights();
+  const int C = c.hidden_size;
+  w["frame_block.weight"] = at::zeros({6 * C, C}, f64);
+  w["frame_block.bias"] = at::zeros({6 * C}, f64);
+  ForwardArgs a = tiny_inputs(c, 2, 3);
+  a.x = a.x.to(at::kDouble);
+  EXPECT_TRUE(at::equal(STDiT3(fc, w).forward(a), stock.forward(a)));
+  // Random W and b: the modulated input of a block differs from the stock one by LN(x) * dscale_f + dshift_f,
+  // with (dshift_f, dscale_f) the first two C-chunks of W e_f + b, written out here in float64.
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(11);
+  w["frame_block.weight"] = at::randn({6 * C, C}, g, f64) * 0.1;
+  w["frame_block.bias"] = at::randn({6 * C}, g, f64) * 0.1;
+  STDiT3 m(fc, w);
+  const Conditioning cm = m.condition(a), cs = stock.condition(a);
+  const at::Tensor x = at::randn({2, cm.grid_t, cm.grid_s(), C}, g, f64);
+  for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {
+    const at::Tensor diff = m.modulated_input(kind, 1, x, cm) - stock.modulated_input(kind, 1, x, cs);
+    const at::Tensor mean = x.mean(-1, true), var = (x - mean).pow(2).mean(-1, true);
+    const at::Tensor ln = (x - mean) / (var + 1e-6).sqrt();
+    for (int64_t f = 0; f < cm.grid_t; ++f) {
+      at::Tensor e = at::zeros({C}, f64);
+      for (int k = 0; k < C / 2; ++k) {
+        const double angle = f * std::pow(10000.0, -k / (C / 2.0));
+        e[k] = std::sin(angle);
+        e[C / 2 + k] = std::cos(angle);
+      }
+      const at::Tensor terms = at::mv(w["frame_block.weight"], e) + w["frame_block.bias"];
+      const at::Tensor expected = ln.select(1, f) * terms.narrow(0, C, C) + terms.narrow(0, 0, C);
+      EXPECT_LT((diff.select(1, f) - expected).abs().max().item<double>(), 1e-10) << "frame " << f;
+    }
+  }
+  // The frames are told apart: the same input in every frame comes out different per frame.
+  ForwardArgs same = a;
+  same.x = a.x.narrow(2, 0, 1).expand_as(a.x).contiguous();
+  const at::Tensor out = m.forward(same);
+  EXPECT_GT((out.select(2, 0) - out.select(2, 2)).abs().max().item<double>(), 1e-3);
+  // The built-in experimental config has it, the shipped demo config not; it survives save and load.
+  EXPECT_TRUE(builtin_config("ditto-demo-fm").frame_modulation);
+  EXPECT_FALSE(builtin_config("ditto-demo").frame_modulation);
+  const std::string dir = temp_dir();
+  m.save_pretrained(dir);
+  EXPECT_TRUE(load_config(dir + "/config.json").frame_modulation);
+  EXPECT_TRUE(at::equal(STDiT3::from_pretrained(dir, f64).forward(a), m.forward(a)));
+}
+
 TEST(Model, FrameIndexPlacesSingleFramesInTheClip) {
   // An image step's batch of single frames, each with the index of the frame it was cut from,
   // equals forwarding each frame alone with its index; the default index is 0..T'-1, and the
