@@ -214,7 +214,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
       }
     });
     out.x0 = at::stack(clips).to(options);
-    if (single_frames && model.config().temporal_pos_embed) {
+    if (single_frames && model.config().reads_frame_index()) {
       std::vector<int64_t> index;
       for (const Draw& d : draws) index.push_back(d.frame);
       out.frame_index = at::tensor(index).view({n, 1});

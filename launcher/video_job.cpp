@@ -240,7 +240,6 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
   so.steps = job.steps;
   so.timestep_transform = job.timestep_transform && defaults.timestep_transform;
   so.shift = std::isnan(job.flow_shift) ? defaults.flow_shift : job.flow_shift;
-  if (so.name != "rflow" && so.shift > 0) fail("a flow shift is for the rflow sampler, not ", so.name);
   const auto run_dtype = options.dtype().toScalarType();
   auto sampler = make_sampler(so, {static_cast<double>(job.height), static_cast<double>(job.width), job.frames,
                                    cfg.latent_space, run_dtype == at::kDouble ? at::kFloat : run_dtype});

@@ -35,6 +35,8 @@ struct STDiT3Config {
   // a block can scale its features by a function of the frame (a product the additive embedding
   // alone must learn through attention). The demo's experimental config ditto-demo-fm has it.
   bool frame_modulation = false;
+  // Whether the forward reads each token frame's index (ForwardArgs::frame_index).
+  bool reads_frame_index() const { return temporal_pos_embed || frame_modulation; }
 
   int out_channels() const { return pred_sigma ? 2 * in_channels : in_channels; }
   int head_dim() const { return hidden_size / num_heads; }

@@ -32,7 +32,10 @@ at::Tensor sample(const Sampler& sampler, const at::Tensor& z0, const GuidedFn& 
 std::unique_ptr<Sampler> make_sampler(const SamplerOptions& o, const VideoGeometry& geometry) {
   if (o.steps <= 0) fail("--steps must be positive, got ", o.steps);
   if (o.name == "rflow") return std::make_unique<RectifiedFlow>(o, geometry);
-  if (o.name == "ddim") return std::make_unique<DDIM>(o);
+  if (o.name == "ddim") {
+    if (o.shift > 0) fail("a flow shift is for the rflow sampler, not ddim");
+    return std::make_unique<DDIM>(o);
+  }
   fail("unknown sampler '", o.name, "' (known: rflow, ddim)");
 }
 

@@ -384,7 +384,7 @@ Conditioning STDiT3::condition(const ForwardArgs& a) const {
     }
   }
   std::tie(c.rope_cos, c.rope_sin) = layers::rope_tables(w("rope.freqs"), c.grid_t);
-  if (config_.temporal_pos_embed || config_.frame_modulation) {
+  if (config_.reads_frame_index()) {
     at::Tensor f = a.frame_index.defined() ? a.frame_index : at::arange(c.grid_t, at::kLong);
     if (f.dim() == 1) f = f.unsqueeze(0);
     if (f.dim() != 2 || f.size(1) != c.grid_t)
@@ -394,7 +394,7 @@ Conditioning STDiT3::condition(const ForwardArgs& a) const {
     if (config_.temporal_pos_embed) c.temporal_pos = frame_embed.unsqueeze(2);
     if (config_.frame_modulation) c.frame_mlp = at::linear(frame_embed, w("frame_block.weight"), w("frame_block.bias"));
   } else if (a.frame_index.defined()) {
-    fail("forward: frame_index given, but the model has no temporal position embedding");
+    fail("forward: frame_index given, but the model reads none (no temporal position embedding or frame modulation)");
   }
   // The reference holds the sizes as model-dtype tensors (bf16 rounds a width of 854 to 856).
   const double hpx = a.height.reshape({-1})[0].to(dtype).item<double>();

@@ -68,6 +68,9 @@ TEST(RectifiedFlow, FlowShiftHandValues) {
   at::Tensor levels = shift_noise_levels(at::tensor({0.0, 0.25, 0.5, 1.0}, kF64), 3.0);
   EXPECT_TRUE(at::allclose(levels, at::tensor({0.0, 0.5, 0.75, 1.0}, kF64), 0, 1e-12)) << levels;
   EXPECT_THROW(shift_noise_levels(levels, 0.0), Error);
+  SamplerOptions ddim = o;
+  ddim.name = "ddim";
+  EXPECT_THROW(make_sampler(ddim, {}), Error);  // the shift is rflow's
   o.shift = -1;
   EXPECT_THROW(RectifiedFlow(o, {}), Error);
   o.shift = NAN;
