@@ -18,6 +18,7 @@
 #include "launcher/adamw.h"
 #include "launcher/common.h"
 #include "launcher/progress.h"
+#include "launcher/train_loss.h"
 #include "model/demo_data.h"
 #include "model/error.h"
 #include "model/safetensors.h"
@@ -58,11 +59,11 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   std::string out_dir, resume, init_from, config_name;
   int steps = 0, batch = 0, checkpoint_every = 0, threads = 0, warmup = 0, log_every = 0, eval_every = 0;
   int image_batch = 0, image_every = 0, eval_clips = 0;
-  double max_seconds = 0, t_shift = 0;
+  double max_seconds = 0, t_shift = 0, sign_weight = 0;
   std::string t_sampling;
   double lr = 0, ema_decay = 0, dropout = 0, wd = 0, two_objects = 0, final_lr = 0;
   uint64_t seed = 0;
-  bool quiet = false, fixed_batch = false, restart_schedule = false;
+  bool quiet = false, fixed_batch = false, restart_schedule = false, sign_pairs = false;
   po::options_description desc("options");
   // clang-format off
   desc.add_options()
@@ -78,6 +79,8 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("t-sampling", po::value(&t_sampling)->default_value("uniform"), "how training draws noise levels t: uniform; logit-normal (sigmoid of a standard normal, as Open-Sora 1.2 and SD3 train: more weight on the middle, where shapes and colours are decided); or shifted (uniform u through the flow shift s u / (1 + (s - 1) u), s = --t-shift: more weight on high noise, where the layout and the motion are decided)")
     ("t-shift", po::value(&t_shift)->default_value(3.0), "the shift s of --t-sampling shifted (3: half the noise levels above 0.75)")
     ("two-objects", po::value(&two_objects)->default_value(0.3), "fraction of clips with two objects")
+    ("sign-pairs", po::bool_switch(&sign_pairs), "draw every batch as pairs of twins: the same scene, frame, noise and noise level, the second with every object moving the opposite way. The pair's loss splits into the error of the pair's mean and of its difference; the difference is what only the direction words (left or right, up or down) can explain at high noise")
+    ("sign-weight", po::value(&sign_weight)->default_value(0), "with --sign-pairs: extra weight on the difference part of each pair's loss, 1/4 mean((v_a - v_b) - (u_a - u_b))^2 (0: the plain loss of the pair's two clips; pairs trained with the null caption are left out of it)")
     ("weight-decay", po::value(&wd)->default_value(0.01), "AdamW weight decay (matrices only)")
     ("ema", po::value(&ema_decay)->default_value(0.995), "EMA decay of the exported weights")
     ("caption-dropout", po::value(&dropout)->default_value(0.1), "probability of training a clip with the null caption (for CFG)")
@@ -106,6 +109,10 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   if (max_seconds < 0) fail("--max-seconds must be >= 0, got ", max_seconds);
   if (restart_schedule && resume.empty()) fail("--restart-schedule needs --resume");
   if (!init_from.empty() && !resume.empty()) fail("--init-from and --resume exclude each other");
+  if (sign_pairs && (batch % 2 || image_batch % 2))
+    fail("--sign-pairs needs even --batch and --image-batch (pairs of twins), got ", batch, " and ", image_batch);
+  if (!(sign_weight >= 0 && std::isfinite(sign_weight))) fail("--sign-weight must be >= 0, got ", sign_weight);
+  if (sign_weight > 0 && !sign_pairs) fail("--sign-weight needs --sign-pairs");
   ModelOptions mo;
   mo.threads = threads;
   const at::TensorOptions options = resolve_tensor_options(mo, mpi).dtype(at::kFloat);
@@ -184,7 +191,9 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     std::vector<std::string> prompts;
     std::vector<DemoAttributes> attributes;  // what each prompt says
   };
-  auto make_batch = [&](std::mt19937_64& rng, int n, double two, bool single_frames = false) {
+  // With `pairs`, clips 2i and 2i + 1 are twins: one scene, render seed and frame, the second with the
+  // motion reversed.
+  auto make_batch = [&](std::mt19937_64& rng, int n, double two, bool single_frames = false, bool pairs = false) {
     // The random draws stay in one sequential order (the stream is a function of the seed and step);
     // only the rendering, the costly part, runs in parallel.
     struct Draw {
@@ -195,15 +204,22 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     std::vector<Draw> draws;
     Batch out;
     const int64_t frames = DemoClipSettings{}.frames;
-    for (int b = 0; b < n; ++b) {
+    for (int b = 0; b < n; b += pairs ? 2 : 1) {
       DemoAttributes a = random_demo_attributes(rng(), two);
       Draw d{a, rng(), 0};
       if (single_frames) d.frame = static_cast<int64_t>(rng() % frames);
-      draws.push_back(d);
       // Some prompts leave the background out ("a red circle moving right slow"): any background fits.
-      if (rng() % 4 == 0) a.background = -1;
-      out.prompts.push_back(demo_prompt(a));
-      out.attributes.push_back(a);
+      const bool unnamed_background = rng() % 4 == 0;
+      for (int twin = 0; twin < (pairs ? 2 : 1); ++twin) {
+        if (twin) {
+          a = reversed_motion(a);
+          d.scene = reversed_motion(d.scene);
+        }
+        draws.push_back(d);
+        if (unnamed_background) a.background = -1;
+        out.prompts.push_back(demo_prompt(a));
+        out.attributes.push_back(a);
+      }
     }
     std::vector<at::Tensor> clips(n);
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
@@ -221,9 +237,9 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     }
     return out;
   };
-  // The rectified-flow loss per clip: the model's velocity at x_t = (1 - t) x0 + t noise against x0 - noise.
-  auto flow_loss = [&](const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t, const at::Tensor& y,
-                       const at::Tensor& mask, const at::Tensor& frame_index = {}) {
+  // The model's velocity at x_t = (1 - t) x0 + t noise (its target: x0 - noise).
+  auto velocity = [&](const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t, const at::Tensor& y,
+                      const at::Tensor& mask, const at::Tensor& frame_index = {}) {
     const int64_t n = x0.size(0);
     const at::Tensor tb = t.view({n, 1, 1, 1, 1});
     ForwardArgs a;
@@ -246,15 +262,21 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
       at::autocast::set_autocast_enabled(at::kCUDA, false);
       at::autocast::clear_cache();
     }
-    return (pred.to(at::kFloat) - (x0 - noise)).pow(2).mean({1, 2, 3, 4});
+    return pred.to(at::kFloat);
+  };
+  // The rectified-flow loss per clip.
+  auto flow_loss = [&](const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t, const at::Tensor& y,
+                       const at::Tensor& mask, const at::Tensor& frame_index = {}) {
+    return (velocity(x0, noise, t, y, mask, frame_index) - (x0 - noise)).pow(2).mean({1, 2, 3, 4});
   };
   // Held-out evaluation: one-object clips from a stream no training step draws (seed offset), at
   // noise levels spread evenly over (0, 1); the same noise for every caption variant. Drawn once.
   struct HeldOut {
     at::Tensor x0, noise, t;
     // Each clip's caption, the caption seven clips on, and its own caption with the motion wrong
-    // (the opposite direction; "moving right fast" for a still object).
+    // (the opposite direction; "moving right slow" for a still object).
     std::vector<std::string> prompts, others, wrong_motion;
+    std::vector<bool> moving;  // whether the clip's object moves (its wrong motion is then the reverse)
   } held;
   if (eval_every > 0) {
     const int n = eval_clips;
@@ -267,8 +289,9 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     held.t = ((at::arange(n, at::kFloat) + 0.5) / n).to(options.device());
     for (int i = 0; i < n; ++i) held.others.push_back(held.prompts[(i + 7) % n]);  // never its own: n is a multiple of 4
     for (DemoAttributes a : b.attributes) {
-      a.direction = a.is_still() ? 1 : a.direction ^ 1;  // left <-> right, up <-> down (demo_directions order)
-      if (a.is_still()) a.speed = 1;
+      held.moving.push_back(!a.is_still());
+      if (a.is_still()) a.direction = 1;  // "moving right slow" (a still object's speed field is 0)
+      else a = reversed_motion(a);
       held.wrong_motion.push_back(demo_prompt(a));
     }
   }
@@ -280,11 +303,27 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     auto [yo, masko] = text.encode(held.others);
     // Per quarter of the noise range (t in (0, .25), ..., (.75, 1)) and overall.
     auto quarters = [](const at::Tensor& l) { return l.view({4, -1}).mean(1).cpu(); };
-    const at::Tensor own = quarters(flow_loss(x0, noise, t, y, mask));
+    const at::Tensor own_clip = flow_loss(x0, noise, t, y, mask), own = quarters(own_clip);
     const at::Tensor other = quarters(flow_loss(x0, noise, t, yo, masko));
     const at::Tensor null = quarters(flow_loss(x0, noise, t, null_y.expand_as(y), mask));
     auto [ym, maskm] = text.encode(held.wrong_motion);
-    const at::Tensor wrong_motion = quarters(flow_loss(x0, noise, t, ym, maskm));
+    const at::Tensor wrong_clip = flow_loss(x0, noise, t, ym, maskm);
+    const at::Tensor wrong_motion = quarters(wrong_clip);
+    // The sign alone: the moving clips with their direction reversed, in the top noise quarter (where
+    // the noise says least about where the object is) and overall.
+    double sign_own[2] = {0, 0}, sign_wrong[2] = {0, 0};
+    const at::Tensor own_cpu = own_clip.cpu(), wrong_cpu = wrong_clip.cpu();
+    for (int i = 0; i < static_cast<int>(held.moving.size()); ++i) {
+      if (!held.moving[i]) continue;
+      for (int top = 0; top < 2; ++top) {
+        if (top && 4 * i < 3 * static_cast<int>(held.moving.size())) continue;
+        sign_own[top] += own_cpu[i].item<double>();
+        sign_wrong[top] += wrong_cpu[i].item<double>();
+      }
+    }
+    auto percent_gap = [](double own_loss, double wrong_loss) {
+      return wrong_loss > 0 ? std::to_string(-100 * (1 - own_loss / wrong_loss)) + "%" : std::string("n/a (no moving clip)");
+    };
     auto row = [](const char* what, const at::Tensor& l) {
       std::ostringstream o;
       o << what << " " << l.mean().item<double>() << " [";
@@ -296,7 +335,8 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
               << row("another clip's", other) << ", " << row("null", null) << ", "
               << row("own with the motion wrong", wrong_motion) << "; own vs null " << -100 * gain
               << "%, own vs motion wrong " << -100 * (1 - own.mean().item<double>() / wrong_motion.mean().item<double>())
-              << "% (the motion words are read where this is clearly negative)\n";
+              << "% (the motion words are read where this is clearly negative); sign (moving clips, direction reversed) "
+              << percent_gap(sign_own[0], sign_wrong[0]) << ", top quarter " << percent_gap(sign_own[1], sign_wrong[1]) << "\n";
   };
   // Both the training weights and their EMA (the weights `ditto train` exports): with small batches
   // the two part ways, and only the EMA ships.
@@ -333,18 +373,25 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     std::mt19937_64 rng(seed * 1000003 + (fixed_batch ? 0 : step));
     const bool image_step = image_batch > 0 && (step + 1) % image_every == 0;
     const int n = image_step ? image_batch : batch;
-    const Batch b = make_batch(rng, n, two_objects, image_step);
+    const Batch b = make_batch(rng, n, two_objects, image_step, sign_pairs);
     const double data_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     const at::Tensor& x0 = b.x0;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
-    at::Tensor noise = at::randn(x0.sizes(), gen, at::kFloat).to(options.device());
-    at::Tensor t = t_sampling == "logit-normal" ? at::sigmoid(at::randn({n}, gen, at::kFloat)) : at::rand({n}, gen, at::kFloat);
+    // Twins share their noise, noise level and caption dropout.
+    const int draws = sign_pairs ? n / 2 : n;
+    auto per_draw = [&](const at::Tensor& v) { return sign_pairs ? v.repeat_interleave(2, 0) : v; };
+    std::vector<int64_t> noise_shape = x0.sizes().vec();
+    noise_shape[0] = draws;
+    at::Tensor noise = per_draw(at::randn(noise_shape, gen, at::kFloat)).to(options.device());
+    at::Tensor t = t_sampling == "logit-normal" ? at::sigmoid(at::randn({draws}, gen, at::kFloat)) : at::rand({draws}, gen, at::kFloat);
     if (t_sampling == "shifted") t = shift_noise_levels(t, t_shift);
-    t = t.to(options.device());
-    at::Tensor drop = (at::rand({n}, gen, at::kFloat) < dropout).to(options.device());
+    t = per_draw(t).to(options.device());
+    at::Tensor drop = per_draw(at::rand({draws}, gen, at::kFloat) < dropout).to(options.device());
     auto [y, mask] = text.encode(b.prompts);
     y = at::where(drop.view({n, 1, 1, 1}), null_y.expand_as(y), y);
-    const at::Tensor loss = flow_loss(x0, noise, t, y, mask, b.frame_index).mean();
+    const at::Tensor error = velocity(x0, noise, t, y, mask, b.frame_index) - (x0 - noise);
+    const at::Tensor loss =
+        training_loss(error, sign_weight, sign_pairs ? drop.view({draws, 2}).select(1, 0).logical_not() : at::Tensor());
     const double rate = learning_rate(step);
     for (auto& p : params) p.param.mutable_grad() = at::Tensor();
     loss.backward();

@@ -164,6 +164,15 @@ DemoAttributes demo_prompt_set(DemoPromptSet set, int k) {
   return all[i % all.size()];
 }
 
+DemoAttributes reversed_motion(DemoAttributes a) {
+  auto reverse = [](DemoObject& o) {
+    if (!o.is_still()) o.direction ^= 1;  // demo_directions(): left right up down still
+  };
+  reverse(a);
+  if (a.second) reverse(*a.second);
+  return a;
+}
+
 DemoAttributes random_demo_attributes(uint64_t seed, double two_objects) {
   static const std::vector<DemoObject> objects = all_objects();
   std::mt19937_64 rng(seed);

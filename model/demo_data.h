@@ -67,6 +67,9 @@ DemoAttributes demo_prompt_set(DemoPromptSet set, int k);
 // The training distribution: a one-object scene, or with probability `two_objects` a two-object
 // scene (two different colours), uniformly over the attributes.
 DemoAttributes random_demo_attributes(uint64_t seed, double two_objects);
+// The same scene with every moving object going the opposite way (left <-> right, up <-> down);
+// still objects stay still.
+DemoAttributes reversed_motion(DemoAttributes a);
 
 // A clip [3, frames, size, size] in [-1, 1]. Layout: one object's path is centred in the frame;
 // two objects travel in lanes a third of the frame apart. `seed` jitters each start position by a

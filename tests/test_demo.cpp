@@ -12,6 +12,7 @@
 
 #include "launcher/adamw.h"
 #include "launcher/quality.h"
+#include "launcher/train_loss.h"
 #include "model/config.h"
 #include "model/demo_data.h"
 #include "model/error.h"
@@ -99,6 +100,27 @@ TEST(DemoData, OneFrameEqualsThatFrameOfTheClip) {
       EXPECT_TRUE(at::equal(render_demo_frame(a, 77, f), clip.narrow(1, f, 1))) << prompt << " frame " << f;
   }
   EXPECT_THROW(render_demo_frame(parse_demo_prompt("a red circle still on a black background"), 1, 16), Error);
+}
+
+TEST(DemoData, ReversedMotionIsTheTwinWithTheOtherSign) {
+  const DemoAttributes a = parse_demo_prompt("a red square moving left fast and a blue circle moving up slow on a checkered background");
+  const DemoAttributes r = reversed_motion(a);
+  EXPECT_EQ(demo_prompt(r), "a red square moving right fast and a blue circle moving down slow on a checkered background");
+  EXPECT_TRUE(reversed_motion(r) == a);
+  const DemoAttributes still = parse_demo_prompt("a white circle still and a green triangle moving down fast on a gray background");
+  EXPECT_EQ(demo_prompt(reversed_motion(still)), "a white circle still and a green triangle moving up fast on a gray background");
+  // Rendered from the same seed (as --sign-pairs renders twins), the checker reads each twin's own
+  // direction and not the other's, for every one-object moving scene.
+  int moving = 0;
+  for (const auto& s : all_demo_attributes()) {
+    if (s.is_still()) continue;
+    const DemoAttributes twin = reversed_motion(s);
+    const at::Tensor clip = render_demo_clip(twin, 500 + moving);
+    EXPECT_TRUE(check_adherence(clip, twin).ok()) << demo_prompt(twin);
+    EXPECT_FALSE(check_adherence(clip, s).direction) << demo_prompt(s);
+    ++moving;
+  }
+  EXPECT_EQ(moving, 480);
 }
 
 TEST(Adherence, PassesEveryTrueClipAndFailsWrongOnes) {
@@ -223,11 +245,12 @@ TEST(Training, ImageStepsAndHeldOutEvaluation) {
   // three losses are equal. Training makes them differ.
   std::regex eval(R"(eval step (\d+): loss \(by noise quarter\) own caption ([0-9.eE+-]+) \[[^\]]*\], )"
                   R"(another clip's ([0-9.eE+-]+) \[[^\]]*\], null ([0-9.eE+-]+) \[[^\]]*\], )"
-                  R"(own with the motion wrong ([0-9.eE+-]+))");
-  std::vector<std::array<double, 5>> evals;
+                  R"(own with the motion wrong ([0-9.eE+-]+).*sign \(moving clips, direction reversed\) )"
+                  R"(([0-9.eE+-]+)%, top quarter ([0-9.eE+-]+%|n/a))");
+  std::vector<std::array<double, 7>> evals;
   for (std::sregex_iterator it(r.output.begin(), r.output.end(), eval), end; it != end; ++it)
     evals.push_back({std::stod((*it)[1]), std::stod((*it)[2]), std::stod((*it)[3]), std::stod((*it)[4]),
-                     std::stod((*it)[5])});
+                     std::stod((*it)[5]), std::stod((*it)[6]), (*it)[7] == "n/a" ? 0.0 : std::stod((*it)[7])});
   ASSERT_EQ(evals.size(), 2u) << r.output;
   // The same evaluation of the EMA weights follows each: at step 0 they are the weights themselves.
   const std::regex eval_ema(R"(eval EMA step (\d+): loss \(by noise quarter\) own caption ([0-9.eE+-]+) )");
@@ -243,9 +266,12 @@ TEST(Training, ImageStepsAndHeldOutEvaluation) {
   EXPECT_EQ(evals[0][1], evals[0][2]);
   EXPECT_EQ(evals[0][1], evals[0][3]);
   EXPECT_EQ(evals[0][1], evals[0][4]);
+  EXPECT_EQ(evals[0][5], 0);  // the sign gaps: no caption can matter yet
+  EXPECT_EQ(evals[0][6], 0);
   EXPECT_EQ(evals[1][0], 20);
   EXPECT_NE(evals[1][1], evals[1][2]);
   EXPECT_NE(evals[1][1], evals[1][4]);  // the wrong-motion captions differ from the own ones
+  EXPECT_NE(evals[1][5], 0);
   EXPECT_NE(evals[1][1], evals[0][1]);
   for (const auto& e : evals) EXPECT_TRUE(std::isfinite(e[1]) && e[1] > 0) << r.output;
   // Options checked.
@@ -259,6 +285,56 @@ TEST(Training, ImageStepsAndHeldOutEvaluation) {
   EXPECT_NE(r.output.find("--t-shift must be a positive number"), std::string::npos) << r.output;
   r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --restart-schedule --out " + dir);
   EXPECT_NE(r.output.find("--restart-schedule needs --resume"), std::string::npos) << r.output;
+  r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --sign-pairs --batch 3 --out " + dir);
+  EXPECT_NE(r.output.find("--sign-pairs needs even --batch and --image-batch"), std::string::npos) << r.output;
+  r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --sign-weight 1 --out " + dir);
+  EXPECT_NE(r.output.find("--sign-weight needs --sign-pairs"), std::string::npos) << r.output;
+  r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --sign-pairs --sign-weight -1 --out " + dir);
+  EXPECT_NE(r.output.find("--sign-weight must be >= 0"), std::string::npos) << r.output;
+}
+
+TEST(Training, TwinLossEqualsTheFormulaInFloat64) {
+  at::Tensor e = at::randn({6, 3, 2, 4, 4}, at::TensorOptions().dtype(at::kDouble));
+  const at::Tensor captioned = at::tensor({1, 0, 1}).to(at::kBool);
+  const int64_t per_clip = e[0].numel();
+  // Plain: the mean square error, whatever `captioned` says.
+  double plain = 0;
+  for (int64_t i = 0; i < e.numel(); ++i) plain += std::pow(e.view(-1)[i].item<double>(), 2);
+  plain /= e.numel();
+  EXPECT_NEAR(training_loss(e, 0, captioned).item<double>(), plain, 1e-12);
+  EXPECT_NEAR(training_loss(e, 0, at::Tensor()).item<double>(), plain, 1e-12);
+  // With twins: plus 2.5 x the difference part of the captioned pairs (pair 1 has the null caption).
+  double extra = 0;
+  for (int p : {0, 2}) {
+    const at::Tensor a = e[2 * p].reshape(-1), b = e[2 * p + 1].reshape(-1);
+    double d = 0;
+    for (int64_t k = 0; k < per_clip; ++k) d += std::pow(a[k].item<double>() - b[k].item<double>(), 2);
+    extra += d / per_clip / 4;
+  }
+  EXPECT_NEAR(training_loss(e, 2.5, captioned).item<double>(), plain + 2.5 * extra / 3, 1e-12);
+  // The split it rests on: a pair's mean loss is the mean part plus the difference part.
+  const at::Tensor a = e[0], b = e[1];
+  EXPECT_NEAR(((a.pow(2).mean() + b.pow(2).mean()) / 2).item<double>(),
+              ((a + b).pow(2).mean() / 4 + (a - b).pow(2).mean() / 4).item<double>(), 1e-12);
+  EXPECT_THROW(training_loss(e.narrow(0, 0, 5), 1, captioned), Error);
+  EXPECT_THROW(training_loss(e, 1, at::ones({2}, at::kBool)), Error);
+}
+
+TEST(Training, SignPairsAddTheDifferenceTermOfCaptionedPairsOnly) {
+  const std::string dir = ditto::test::temp_dir();
+  // The first step's loss (the same weights, twins and noise in every run): the extra term adds to it
+  // when the pairs keep their captions, and nothing when caption dropout takes every caption.
+  auto first_loss = [&](const std::string& extra) {
+    auto r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --batch 4 --image-batch 0 --log-every 1 "
+                                    "--quiet --threads 1 --sign-pairs --out " + dir + " " + extra);
+    EXPECT_EQ(r.code, 0) << r.output;
+    const std::vector<double> loss = logged_losses(r.output, false);
+    EXPECT_EQ(loss.size(), 1u) << r.output;
+    return loss.empty() ? -1.0 : loss[0];
+  };
+  const double plain = first_loss("--caption-dropout 0"), weighted = first_loss("--caption-dropout 0 --sign-weight 3");
+  EXPECT_GT(weighted, plain * 1.0001);
+  EXPECT_EQ(first_loss("--caption-dropout 1"), first_loss("--caption-dropout 1 --sign-weight 3"));
 }
 
 TEST(Training, AdamWStepEqualsTheFormula) {
