@@ -25,6 +25,8 @@ void STDiT3Config::validate() const {
   for (int p : patch_size) positive("patch_size", p);
   if (hidden_size % num_heads != 0)
     fail("config: hidden_size ", hidden_size, " is not divisible by num_heads ", num_heads);
+  if (frame_caption_modulation && !frame_modulation)
+    fail("config: frame_caption_modulation needs frame_modulation (it changes what the per-frame term reads)");
   if (head_dim() % 2 != 0) fail("config: head dim ", head_dim(), " must be even for the temporal RoPE");
   if (hidden_size % 4 != 0) fail("config: hidden_size ", hidden_size, " must be divisible by 4 (2D sin-cos position embedding)");
   if (mlp_ratio <= 0) fail("config: mlp_ratio must be positive");
@@ -89,6 +91,7 @@ STDiT3Config load_config(const std::string& path) {
     c.temporal_pos_embed = v == "sincos";
   }
   get("frame_modulation", c.frame_modulation);
+  get("frame_caption_modulation", c.frame_caption_modulation);
   try {
     c.validate();
   } catch (const Error& e) {
@@ -125,6 +128,7 @@ void save_config(const STDiT3Config& c, const std::string& path) {
   j["latent_space"] = latent_space_name(c.latent_space);
   j["temporal_pos_embed"] = c.temporal_pos_embed ? "sincos" : "none";
   if (c.frame_modulation) j["frame_modulation"] = true;
+  if (c.frame_caption_modulation) j["frame_caption_modulation"] = true;
   write_file_atomic(path, [&](std::ostream& out) { out << j.dump(2) << "\n"; });
 }
 
@@ -146,7 +150,7 @@ STDiT3Config builtin_config(const std::string& name) {
     c.num_heads = 4;
     c.caption_channels = 32;
     c.model_max_length = 8;
-  } else if (name == "ditto-demo" || name == "ditto-demo-fm" || name == "ditto-demo-tiny") {  // pixel space, 16 x 32 x 32 RGB
+  } else if (name == "ditto-demo" || name == "ditto-demo-fm" || name == "ditto-demo-fcm" || name == "ditto-demo-tiny") {  // pixel space, 16 x 32 x 32 RGB
     c.latent_space = LatentSpace::Pixel;
     c.in_channels = 3;
     c.pred_sigma = false;
@@ -159,7 +163,8 @@ STDiT3Config builtin_config(const std::string& name) {
     c.model_max_length = 18;  // the longest demo prompt (two objects and a background) has 17 words
     c.input_sq_size = 32;
     c.temporal_pos_embed = true;
-    c.frame_modulation = name == "ditto-demo-fm";
+    c.frame_modulation = name == "ditto-demo-fm" || name == "ditto-demo-fcm";
+    c.frame_caption_modulation = name == "ditto-demo-fcm";
   } else {
     std::string known;
     for (const auto& n : builtin_config_names()) known += (known.empty() ? "" : ", ") + n;
@@ -170,7 +175,7 @@ STDiT3Config builtin_config(const std::string& name) {
 }
 
 std::vector<std::string> builtin_config_names() {
-  return {"stdit3-xl", "stdit3-3b", "stdit3-small", "stdit3-tiny", "ditto-demo", "ditto-demo-fm", "ditto-demo-tiny"};
+  return {"stdit3-xl", "stdit3-3b", "stdit3-small", "stdit3-tiny", "ditto-demo", "ditto-demo-fm", "ditto-demo-fcm", "ditto-demo-tiny"};
 }
 
 LatentShape latent_shape(const STDiT3Config& c, int frames, int height, int width) {

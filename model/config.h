@@ -35,6 +35,13 @@ struct STDiT3Config {
   // a block can scale its features by a function of the frame (a product the additive embedding
   // alone must learn through attention). The demo's experimental config ditto-demo-fm has it.
   bool frame_modulation = false;
+  // ditto field "frame_caption_modulation" (needs frame_modulation): the per-frame term reads the frame,
+  // the timestep and the caption, W SiLU(t + e_f + mean caption token) + b, instead of W e_f + b. The
+  // SiLU's curvature holds the products of the frame's and the caption's features, so one linear map
+  // (zero at the start) can turn a direction word into a frame-dependent scale and shift: "left"
+  // makes the early frames differ from the late ones the other way than "right". Built-in
+  // ditto-demo-fcm (experimental).
+  bool frame_caption_modulation = false;
   // Whether the forward reads each token frame's index (ForwardArgs::frame_index).
   bool reads_frame_index() const { return temporal_pos_embed || frame_modulation; }
 

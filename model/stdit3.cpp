@@ -364,6 +364,7 @@ Conditioning STDiT3::condition(const ForwardArgs& a) const {
     fail("forward: y has ", y.size(2), " channels, the model's caption_channels is ", config_.caption_channels);
   c.y = layers::mlp(y.to(options_), w("y_embedder.y_proj.fc1.weight"), w("y_embedder.y_proj.fc1.bias"),
                     w("y_embedder.y_proj.fc2.weight"), w("y_embedder.y_proj.fc2.bias"));
+  at::Tensor caption_mean = c.y.mean(1);  // [B, C] over the valid tokens (frame_caption_modulation)
   if (a.mask.defined()) {
     at::Tensor m = a.mask;
     while (m.dim() > 2 && m.size(1) == 1) m = m.squeeze(1);
@@ -373,6 +374,10 @@ Conditioning STDiT3::condition(const ForwardArgs& a) const {
     at::Tensor valid = repeat_to_batch(m, B, "mask").ne(0).cpu();
     at::Tensor counts = valid.sum(1);
     if (counts.min().item<int64_t>() == 0) fail("forward: a caption mask row has no valid token");
+    if (config_.frame_caption_modulation) {
+      const at::Tensor v = valid.to(dev).to(c.y.scalar_type());
+      caption_mean = (c.y * v.unsqueeze(-1)).sum(1) / v.sum(1, true);
+    }
     // The common case (every row the same prefix of valid tokens) needs no attention mask.
     const int64_t first = counts[0].item<int64_t>();
     const bool prefix = valid.narrow(1, 0, first).all().item<bool>() &&
@@ -392,7 +397,12 @@ Conditioning STDiT3::condition(const ForwardArgs& a) const {
     if (f.size(0) != 1) f = repeat_to_batch(f, B, "frame_index");
     const at::Tensor frame_embed = layers::pos_embed_1d(f.to(dev), config_.hidden_size, compute).to(dtype);  // [B|1, T, C]
     if (config_.temporal_pos_embed) c.temporal_pos = frame_embed.unsqueeze(2);
-    if (config_.frame_modulation) c.frame_mlp = at::linear(frame_embed, w("frame_block.weight"), w("frame_block.bias"));
+    if (config_.frame_modulation) {
+      const at::Tensor input = config_.frame_caption_modulation
+                                   ? at::silu(c.t.unsqueeze(1) + frame_embed + caption_mean.unsqueeze(1))  // [B, T, C]
+                                   : frame_embed;
+      c.frame_mlp = at::linear(input, w("frame_block.weight"), w("frame_block.bias"));
+    }
   } else if (a.frame_index.defined()) {
     fail("forward: frame_index given, but the model reads none (no temporal position embedding or frame modulation)");
   }

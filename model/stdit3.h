@@ -42,6 +42,7 @@ struct Conditioning {
   at::Tensor rope_cos, rope_sin;  // [T, D/2]
   at::Tensor temporal_pos;        // [B or 1, T, 1, C]; undefined without config.temporal_pos_embed
   at::Tensor frame_mlp;           // [B or 1, T, 6C] per-frame adaLN terms; undefined without config.frame_modulation
+                                  // ([B, T, 6C] with config.frame_caption_modulation)
   int64_t grid_t = 0, grid_h = 0, grid_w = 0;  // token grid
   int64_t tx = 0, hx = 0, wx = 0;              // input latent size (for the crop)
   double pos_scale = 1;                        // sqrt(height * width) / input_sq_size (pixels)

@@ -215,11 +215,12 @@ TEST(SequenceParallel, EvenSplitMovesTwoPMinusOneOverPOfTheActivation) {
 
 TEST(SequenceParallel, SamplingMatchesOneRankWithAndWithoutCfgParallel) {
   const int P = world().size(), r = world().rank();
-  // The stock block, and the demo's experimental per-frame modulation (terms broadcast over each
-  // rank's share of a frame's tokens).
-  for (bool frame_modulation : {false, true}) {
+  // The stock block, and the demo's experimental per-frame modulations (terms broadcast over each
+  // rank's share of a frame's tokens; with the caption, per row of the CFG batch).
+  for (int frame_modulation : {0, 1, 2}) {  // none, per frame, per frame reading the caption
     STDiT3Config c = builtin_config("stdit3-tiny");
-    c.frame_modulation = frame_modulation;
+    c.frame_modulation = frame_modulation > 0;
+    c.frame_caption_modulation = frame_modulation == 2;
     STDiT3 m = STDiT3::random(c, 7, kF32);
     VideoRequest req = ditto::test::tiny_video_request(8, 40, 72, /*valid_tokens=*/6);  // 5 x 9: padded to 3 x 5 tokens
     req.cfg_scale = 6.0;

@@ -468,7 +468,7 @@ TEST(Training, AFewStepsLowerTheLossOnAFixedBatch) {
 }
 
 TEST(Training, InitFromAModelWithoutFrameModulationStartsItAtZero) {
-  // ditto-demo-fm from a ditto-demo model: the new frame_block starts at zero, so the first loss on a
+  // ditto-demo-fm (and -fcm) from a ditto-demo model: the new frame_block starts at zero, so the first loss on a
   // fixed batch equals the one the same weights give without it; the exported model has it.
   const std::string dir = ditto::test::temp_dir();
   const std::string common = "--steps 1 --batch 1 --image-batch 0 --fixed-batch --log-every 1 --quiet --threads 1 ";
@@ -486,4 +486,11 @@ TEST(Training, InitFromAModelWithoutFrameModulationStartsItAtZero) {
   EXPECT_EQ(fm[0], plain[0]);
   EXPECT_TRUE(load_config(dir + "/fm/config.json").frame_modulation);
   EXPECT_EQ(load_safetensors(dir + "/fm/model.safetensors").count("frame_block.weight"), 1u);
+  // Likewise the variant whose per-frame term also reads the timestep and the caption.
+  r = ditto::test::run_ditto("train --config ditto-demo-fcm " + common + "--out " + dir + "/fcm --init-from " + dir + "/base");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::vector<double> fcm = logged_losses(r.output, false);
+  ASSERT_EQ(fcm.size(), 1u);
+  EXPECT_EQ(fcm[0], plain[0]);
+  EXPECT_TRUE(load_config(dir + "/fcm/config.json").frame_caption_modulation);
 }

@@ -300,6 +300,19 @@ TEST(Model, TemporalPositionEmbeddingIsTheFrameSinCos) {
   EXPECT_FALSE(load_config(dir + "/config.json").temporal_pos_embed);
 }
 
+namespace {
+// The 1D sin-cos embedding of frame f, width C, in float64 (sin half, then cos half).
+at::Tensor frame_sincos(int64_t f, int C) {
+  at::Tensor e = at::zeros({C}, at::kDouble);
+  for (int k = 0; k < C / 2; ++k) {
+    const double angle = f * std::pow(10000.0, -k / (C / 2.0));
+    e[k] = std::sin(angle);
+    e[C / 2 + k] = std::cos(angle);
+  }
+  return e;
+}
+}  // namespace
+
 TEST(Model, FrameModulationAddsALinearMapOfTheFrameSinCosToEveryBlocksAdaLN) {
   // frame_modulation: block modulation = scale_shift_table + t_mlp + (W e_f + b) for the tokens of
   // frame f, e_f the frame's sin-cos (as the temporal embedding). At initialisation (W, b zero) the
@@ -329,13 +342,7 @@ TEST(Model, FrameModulationAddsALinearMapOfTheFrameSinCosToEveryBlocksAdaLN) {
     const at::Tensor mean = x.mean(-1, true), var = (x - mean).pow(2).mean(-1, true);
     const at::Tensor ln = (x - mean) / (var + 1e-6).sqrt();
     for (int64_t f = 0; f < cm.grid_t; ++f) {
-      at::Tensor e = at::zeros({C}, f64);
-      for (int k = 0; k < C / 2; ++k) {
-        const double angle = f * std::pow(10000.0, -k / (C / 2.0));
-        e[k] = std::sin(angle);
-        e[C / 2 + k] = std::cos(angle);
-      }
-      const at::Tensor terms = at::mv(w["frame_block.weight"], e) + w["frame_block.bias"];
+      const at::Tensor terms = at::mv(w["frame_block.weight"], frame_sincos(f, C)) + w["frame_block.bias"];
       const at::Tensor expected = ln.select(1, f) * terms.narrow(0, C, C) + terms.narrow(0, 0, C);
       EXPECT_LT((diff.select(1, f) - expected).abs().max().item<double>(), 1e-10) << "frame " << f;
     }
@@ -351,6 +358,70 @@ TEST(Model, FrameModulationAddsALinearMapOfTheFrameSinCosToEveryBlocksAdaLN) {
   const std::string dir = temp_dir();
   m.save_pretrained(dir);
   EXPECT_TRUE(load_config(dir + "/config.json").frame_modulation);
+  EXPECT_TRUE(at::equal(STDiT3::from_pretrained(dir, f64).forward(a), m.forward(a)));
+}
+
+TEST(Model, FrameCaptionModulationReadsTheFrameTheTimestepAndTheMeanCaptionToken) {
+  // frame_caption_modulation: the per-frame term is W SiLU(t + e_f + ybar) + b, with t the timestep
+  // (+ fps) embedding and ybar the mean of the projected caption tokens under the mask. Zero W, b: the
+  // stock model's prediction, exactly.
+  STDiT3Config c = builtin_config("stdit3-tiny");
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  STDiT3 stock = STDiT3::random(c, 4, f64);
+  STDiT3Config fc = c;
+  fc.frame_modulation = fc.frame_caption_modulation = true;
+  std::map<std::string, at::Tensor> w = stock.weights();
+  const int C = c.hidden_size;
+  w["frame_block.weight"] = at::zeros({6 * C, C}, f64);
+  w["frame_block.bias"] = at::zeros({6 * C}, f64);
+  ForwardArgs a = tiny_inputs(c, 2, 5);
+  a.x = a.x.to(at::kDouble);
+  a.y = a.y.to(at::kDouble);
+  // Not a prefix in row 0 (tokens 0, 2, 3 valid), the first five in row 1.
+  a.mask = at::tensor({1, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0}, at::kLong).view({2, 8});
+  EXPECT_TRUE(at::equal(STDiT3(fc, w).forward(a), stock.forward(a)));
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(12);
+  w["frame_block.weight"] = at::randn({6 * C, C}, g, f64) * 0.1;
+  w["frame_block.bias"] = at::randn({6 * C}, g, f64) * 0.1;
+  STDiT3 m(fc, w);
+  const Conditioning cm = m.condition(a), cs = stock.condition(a);
+  const at::Tensor x = at::randn({2, cm.grid_t, cm.grid_s(), C}, g, f64);
+  const at::Tensor mean = x.mean(-1, true), var = (x - mean).pow(2).mean(-1, true);
+  const at::Tensor ln = (x - mean) / (var + 1e-6).sqrt();
+  for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {
+    const at::Tensor diff = m.modulated_input(kind, 0, x, cm) - stock.modulated_input(kind, 0, x, cs);
+    for (int64_t b = 0; b < 2; ++b) {
+      // ybar written out: the caption projection (fc1, tanh-GELU, fc2) of the valid tokens, averaged.
+      at::Tensor sum = at::zeros({C}, f64);
+      int valid = 0;
+      for (int64_t l = 0; l < 8; ++l) {
+        if (a.mask[b][l].item<int64_t>() == 0) continue;
+        const at::Tensor h = at::gelu(at::mv(w["y_embedder.y_proj.fc1.weight"], a.y[b][0][l]) + w["y_embedder.y_proj.fc1.bias"], "tanh");
+        sum += at::mv(w["y_embedder.y_proj.fc2.weight"], h) + w["y_embedder.y_proj.fc2.bias"];
+        ++valid;
+      }
+      for (int64_t f = 0; f < cm.grid_t; ++f) {
+        const at::Tensor u = cs.t[b] + frame_sincos(f, C) + sum / valid;
+        const at::Tensor terms = at::mv(w["frame_block.weight"], u * at::sigmoid(u)) + w["frame_block.bias"];
+        const at::Tensor expected = ln[b][f] * terms.narrow(0, C, C) + terms.narrow(0, 0, C);
+        EXPECT_LT((diff[b][f] - expected).abs().max().item<double>(), 1e-10) << "row " << b << " frame " << f;
+      }
+    }
+  }
+  // The caption changes the per-frame terms: another caption, another modulation.
+  ForwardArgs other = a;
+  other.y = a.y.flip({2});
+  EXPECT_GT((m.condition(other).frame_mlp - cm.frame_mlp).abs().max().item<double>(), 1e-3);
+  // Config: needs frame_modulation; the built-in experimental config has it; save and load keep it.
+  STDiT3Config bad = c;
+  bad.frame_caption_modulation = true;
+  EXPECT_THROW(bad.validate(), Error);
+  EXPECT_TRUE(builtin_config("ditto-demo-fcm").frame_caption_modulation);
+  EXPECT_TRUE(builtin_config("ditto-demo-fcm").frame_modulation);
+  EXPECT_FALSE(builtin_config("ditto-demo-fm").frame_caption_modulation);
+  const std::string dir = temp_dir();
+  m.save_pretrained(dir);
+  EXPECT_TRUE(load_config(dir + "/config.json").frame_caption_modulation);
   EXPECT_TRUE(at::equal(STDiT3::from_pretrained(dir, f64).forward(a), m.forward(a)));
 }
 
