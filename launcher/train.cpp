@@ -60,7 +60,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   std::string out_dir, resume, init_from, config_name;
   int steps = 0, batch = 0, checkpoint_every = 0, threads = 0, warmup = 0, log_every = 0, eval_every = 0;
   int image_batch = 0, image_every = 0, eval_clips = 0;
-  double max_seconds = 0, t_shift = 0, sign_weight = 0;
+  double max_seconds = 0, t_shift = 0, sign_weight = 0, word_identity = 0;
   std::string t_sampling;
   double lr = 0, ema_decay = 0, dropout = 0, wd = 0, two_objects = 0, final_lr = 0;
   uint64_t seed = 0;
@@ -79,6 +79,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("image-every", po::value(&image_every)->default_value(2), "with --image-batch: every N-th step is an image step")
     ("t-sampling", po::value(&t_sampling)->default_value("uniform"), "how training draws noise levels t: uniform; logit-normal (sigmoid of a standard normal, as Open-Sora 1.2 and SD3 train: more weight on the middle, where shapes and colours are decided); or shifted (uniform u through the flow shift s u / (1 + (s - 1) u), s = --t-shift: more weight on high noise, where the layout and the motion are decided)")
     ("t-shift", po::value(&t_shift)->default_value(3.0), "the shift s of --t-sampling shifted (3: half the noise levels above 0.75)")
+    ("word-identity", po::value(&word_identity)->default_value(0), "weight of an auxiliary text-encoder loss: every output token must point back at its own word among the input token embeddings (cross-entropy over the vocabulary), so words the diffusion loss has not yet made the encoder tell apart (left and right) stay apart (0: off)")
     ("two-objects", po::value(&two_objects)->default_value(0.3), "fraction of clips with two objects")
     ("sign-pairs", po::bool_switch(&sign_pairs), "draw every batch as pairs of twins: the same scene, frame, noise and noise level, the second with every object moving the opposite way. The pair's loss splits into the error of the pair's mean and of its difference; the difference is what only the direction words (left or right, up or down) can explain at high noise")
     ("sign-weight", po::value(&sign_weight)->default_value(0), "with --sign-pairs: extra weight on the difference part of each pair's loss, 1/4 mean((v_a - v_b) - (u_a - u_b))^2 (0: the plain loss of the pair's two clips; pairs trained with the null caption are left out of it)")
@@ -114,6 +115,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     fail("--sign-pairs needs even --batch and --image-batch (pairs of twins), got ", batch, " and ", image_batch);
   if (!(sign_weight >= 0 && std::isfinite(sign_weight))) fail("--sign-weight must be >= 0, got ", sign_weight);
   if (sign_weight > 0 && !sign_pairs) fail("--sign-weight needs --sign-pairs");
+  if (!(word_identity >= 0 && std::isfinite(word_identity))) fail("--word-identity must be >= 0, got ", word_identity);
   ModelOptions mo;
   mo.threads = threads;
   const at::TensorOptions options = resolve_tensor_options(mo, mpi).dtype(at::kFloat);
@@ -388,11 +390,20 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     if (t_sampling == "shifted") t = shift_noise_levels(t, t_shift);
     t = per_draw(t).to(options.device());
     at::Tensor drop = per_draw(at::rand({draws}, gen, at::kFloat) < dropout).to(options.device());
-    auto [y, mask] = text.encode(b.prompts);
-    y = at::where(drop.view({n, 1, 1, 1}), null_y.expand_as(y), y);
+    auto [encoded, mask] = text.encode(b.prompts);
+    const at::Tensor y = at::where(drop.view({n, 1, 1, 1}), null_y.expand_as(encoded), encoded);
     const at::Tensor error = velocity(x0, noise, t, y, mask, b.frame_index) - (x0 - noise);
-    const at::Tensor loss =
+    at::Tensor loss =
         training_loss(error, sign_weight, sign_pairs ? drop.view({draws, 2}).select(1, 0).logical_not() : at::Tensor());
+    if (word_identity > 0) {
+      std::vector<int64_t> ids;
+      for (const auto& p : b.prompts) {
+        const std::vector<int64_t> w = text.tokenize(p);
+        ids.insert(ids.end(), w.begin(), w.end());
+      }
+      const at::Tensor id = at::tensor(ids, at::kLong).view({n, -1});
+      loss = loss + word_identity * word_identity_loss(encoded, id, text.weights().at("token_embedding"));
+    }
     const double rate = learning_rate(step);
     for (auto& p : params) p.param.mutable_grad() = at::Tensor();
     loss.backward();

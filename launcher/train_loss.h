@@ -13,4 +13,11 @@ namespace ditto {
 // pairs trained with the null caption (caption dropout) are left out of the extra term.
 at::Tensor training_loss(const at::Tensor& error, double sign_weight, const at::Tensor& captioned);
 
+// The text encoder's word-identity loss: each valid output token y[b, l] [D] must point back at its
+// own word among the input token embeddings (embedding [V + 1, D], row 0 the padding): the mean over
+// valid tokens of the cross-entropy of the logits y[b, l] . embedding[v] (v = 1..V) against ids[b, l].
+// It keeps words the diffusion loss has not yet taught the encoder to tell apart ("left" vs "right")
+// from collapsing onto one output. y [B, L, D] or [B, 1, L, D], ids [B, L] (0: padding).
+at::Tensor word_identity_loss(const at::Tensor& y, const at::Tensor& ids, const at::Tensor& embedding);
+
 }  // namespace ditto

@@ -320,6 +320,43 @@ TEST(Training, TwinLossEqualsTheFormulaInFloat64) {
   EXPECT_THROW(training_loss(e, 1, at::ones({2}, at::kBool)), Error);
 }
 
+TEST(Training, WordIdentityLossIsTheCrossEntropyOverTheVocabulary) {
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(3);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const at::Tensor y = at::randn({2, 1, 3, 4}, g, f64), embedding = at::randn({4, 4}, g, f64);  // 3 words + padding
+  const at::Tensor ids = at::tensor({1, 3, 0, 2, 0, 0}, at::kLong).view({2, 3});
+  double expected = 0;
+  int valid = 0;
+  for (int b = 0; b < 2; ++b)
+    for (int l = 0; l < 3; ++l) {
+      const int64_t id = ids[b][l].item<int64_t>();
+      if (id == 0) continue;
+      double logits[3], top = -1e300, sum = 0;
+      for (int v = 0; v < 3; ++v) {
+        logits[v] = at::dot(y[b][0][l], embedding[v + 1]).item<double>();
+        top = std::max(top, logits[v]);
+      }
+      for (double z : logits) sum += std::exp(z - top);
+      expected += top + std::log(sum) - logits[id - 1];
+      ++valid;
+    }
+  EXPECT_NEAR(word_identity_loss(y, ids, embedding).item<double>(), expected / valid, 1e-12);
+  EXPECT_NEAR(word_identity_loss(y.squeeze(1), ids, embedding).item<double>(), expected / valid, 1e-12);
+  EXPECT_THROW(word_identity_loss(y, ids.narrow(1, 0, 2), embedding), Error);
+  // In ditto train: the first step's loss grows by the weighted term; a negative weight is refused.
+  const std::string dir = ditto::test::temp_dir();
+  auto first_loss = [&](const std::string& extra) {
+    auto r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --batch 2 --image-batch 0 --log-every 1 "
+                                    "--quiet --threads 1 --out " + dir + " " + extra);
+    EXPECT_EQ(r.code, 0) << r.output;
+    const std::vector<double> loss = logged_losses(r.output, false);
+    return loss.empty() ? -1.0 : loss[0];
+  };
+  EXPECT_GT(first_loss("--word-identity 0.5"), first_loss("") + 0.1);  // ln(24) / 2 = 1.6 for an untrained encoder
+  auto r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --word-identity -1 --out " + dir);
+  EXPECT_NE(r.output.find("--word-identity must be >= 0"), std::string::npos) << r.output;
+}
+
 TEST(Training, SignPairsAddTheDifferenceTermOfCaptionedPairsOnly) {
   const std::string dir = ditto::test::temp_dir();
   // The first step's loss (the same weights, twins and noise in every run): the extra term adds to it
