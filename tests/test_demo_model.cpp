@@ -41,13 +41,13 @@ TEST(DemoModel, ShippedWeightsLoadStrictly) {
 TEST(DemoModel, SampledVideosShowTheirPromptedColourShapeAndBackground) {
   // The first evaluation prompts (none of them a profiling or calibration prompt), each sampled by
   // `ditto sample` with its defaults and read back by the adherence checker; metrics.json reports the
-  // same reading. The shipped model draws the prompted colour, shape and background (64, 57 and 64 of
-  // the 64 evaluation prompts) but gets the motion right only for some (MODEL_CARD.md: all
-  // attributes at once 21 of 64), so those three are required here (8 of 8 each when written), and
-  // the whole prompt for 2 of the 8 (3 when written).
+  // same reading. The shipped model draws the prompted colour, background and direction for nearly
+  // every evaluation prompt (64, 64 and 61 of 64) and the shape for most (52 of 64; MODEL_CARD.md: all
+  // attributes at once 49 of 64). Here colour and background are required for 7 of 8 (8 when
+  // written), shape 6 (7), direction 5 (6), and the whole prompt 4 (5).
   const std::string d = ditto::test::temp_dir();
   constexpr int kPrompts = 8;
-  int color = 0, shape = 0, background = 0, all = 0;
+  int color = 0, shape = 0, background = 0, direction = 0, all = 0;
   std::string report;
   for (int k = 0; k < kPrompts; ++k) {
     const DemoAttributes a = demo_prompt_set(DemoPromptSet::Evaluation, k);
@@ -62,13 +62,15 @@ TEST(DemoModel, SampledVideosShowTheirPromptedColourShapeAndBackground) {
     color += adh.color;
     shape += adh.shape;
     background += adh.background;
+    direction += adh.direction;
     all += adh.ok();
     report += demo_prompt(a) + ": " + adh.json().dump() + "\n";
   }
   EXPECT_GE(color, 7) << report;
-  EXPECT_GE(shape, 7) << report;
+  EXPECT_GE(shape, 6) << report;
   EXPECT_GE(background, 7) << report;
-  EXPECT_GE(all, 2) << report;
+  EXPECT_GE(direction, 5) << report;
+  EXPECT_GE(all, 4) << report;
   std::cout << all << " of " << kPrompts << " pass every attribute\n" << report;
 }
 
