@@ -311,6 +311,18 @@ at::Tensor frame_sincos(int64_t f, int C) {
   }
   return e;
 }
+// frame_block W [6C, C] and b [6C]: zero (the training initialisation), or random from g.
+void set_frame_block(std::map<std::string, at::Tensor>& w, int C, at::Generator* g = nullptr) {
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  w["frame_block.weight"] = g ? at::randn({6 * C, C}, *g, f64) * 0.1 : at::zeros({6 * C, C}, f64);
+  w["frame_block.bias"] = g ? at::randn({6 * C}, *g, f64) * 0.1 : at::zeros({6 * C}, f64);
+}
+
+// LayerNorm without affine over the last dimension (eps 1e-6), as the blocks' modulated input uses.
+at::Tensor plain_layer_norm(const at::Tensor& x) {
+  const at::Tensor mean = x.mean(-1, true), var = (x - mean).pow(2).mean(-1, true);
+  return (x - mean) / (var + 1e-6).sqrt();
+}
 }  // namespace
 
 TEST(Model, FrameModulationAddsALinearMapOfTheFrameSinCosToEveryBlocksAdaLN) {
@@ -324,23 +336,20 @@ TEST(Model, FrameModulationAddsALinearMapOfTheFrameSinCosToEveryBlocksAdaLN) {
   fc.frame_modulation = true;
   std::map<std::string, at::Tensor> w = stock.weights();
   const int C = c.hidden_size;
-  w["frame_block.weight"] = at::zeros({6 * C, C}, f64);
-  w["frame_block.bias"] = at::zeros({6 * C}, f64);
+  set_frame_block(w, C);
   ForwardArgs a = tiny_inputs(c, 2, 3);
   a.x = a.x.to(at::kDouble);
   EXPECT_TRUE(at::equal(STDiT3(fc, w).forward(a), stock.forward(a)));
   // Random W and b: the modulated input of a block differs from the stock one by LN(x) * dscale_f + dshift_f,
   // with (dshift_f, dscale_f) the first two C-chunks of W e_f + b, written out here in float64.
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(11);
-  w["frame_block.weight"] = at::randn({6 * C, C}, g, f64) * 0.1;
-  w["frame_block.bias"] = at::randn({6 * C}, g, f64) * 0.1;
+  set_frame_block(w, C, &g);
   STDiT3 m(fc, w);
   const Conditioning cm = m.condition(a), cs = stock.condition(a);
   const at::Tensor x = at::randn({2, cm.grid_t, cm.grid_s(), C}, g, f64);
   for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {
     const at::Tensor diff = m.modulated_input(kind, 1, x, cm) - stock.modulated_input(kind, 1, x, cs);
-    const at::Tensor mean = x.mean(-1, true), var = (x - mean).pow(2).mean(-1, true);
-    const at::Tensor ln = (x - mean) / (var + 1e-6).sqrt();
+    const at::Tensor ln = plain_layer_norm(x);
     for (int64_t f = 0; f < cm.grid_t; ++f) {
       const at::Tensor terms = at::mv(w["frame_block.weight"], frame_sincos(f, C)) + w["frame_block.bias"];
       const at::Tensor expected = ln.select(1, f) * terms.narrow(0, C, C) + terms.narrow(0, 0, C);
@@ -372,8 +381,7 @@ TEST(Model, FrameCaptionModulationReadsTheFrameTheTimestepAndTheMeanCaptionToken
   fc.frame_modulation = fc.frame_caption_modulation = true;
   std::map<std::string, at::Tensor> w = stock.weights();
   const int C = c.hidden_size;
-  w["frame_block.weight"] = at::zeros({6 * C, C}, f64);
-  w["frame_block.bias"] = at::zeros({6 * C}, f64);
+  set_frame_block(w, C);
   ForwardArgs a = tiny_inputs(c, 2, 5);
   a.x = a.x.to(at::kDouble);
   a.y = a.y.to(at::kDouble);
@@ -381,13 +389,11 @@ TEST(Model, FrameCaptionModulationReadsTheFrameTheTimestepAndTheMeanCaptionToken
   a.mask = at::tensor({1, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0}, at::kLong).view({2, 8});
   EXPECT_TRUE(at::equal(STDiT3(fc, w).forward(a), stock.forward(a)));
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(12);
-  w["frame_block.weight"] = at::randn({6 * C, C}, g, f64) * 0.1;
-  w["frame_block.bias"] = at::randn({6 * C}, g, f64) * 0.1;
+  set_frame_block(w, C, &g);
   STDiT3 m(fc, w);
   const Conditioning cm = m.condition(a), cs = stock.condition(a);
   const at::Tensor x = at::randn({2, cm.grid_t, cm.grid_s(), C}, g, f64);
-  const at::Tensor mean = x.mean(-1, true), var = (x - mean).pow(2).mean(-1, true);
-  const at::Tensor ln = (x - mean) / (var + 1e-6).sqrt();
+  const at::Tensor ln = plain_layer_norm(x);
   for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {
     const at::Tensor diff = m.modulated_input(kind, 0, x, cm) - stock.modulated_input(kind, 0, x, cs);
     for (int64_t b = 0; b < 2; ++b) {
