@@ -227,6 +227,16 @@ std::vector<double> logged_losses(const std::string& output, bool image_steps) {
     if (((*it)[3] == "frames") == image_steps) loss.push_back(std::stod((*it)[2]));
   return loss;
 }
+
+// The loss of the one step of `ditto train --config ditto-demo-tiny --steps 1 --image-batch 0 OPTIONS`.
+double first_step_loss(const std::string& options) {
+  auto r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --image-batch 0 --log-every 1 --quiet "
+                                  "--threads 1 --out " + ditto::test::temp_dir() + " " + options);
+  EXPECT_EQ(r.code, 0) << r.output;
+  const std::vector<double> loss = logged_losses(r.output, false);
+  EXPECT_EQ(loss.size(), 1u) << r.output;
+  return loss.empty() ? -1.0 : loss[0];
+}
 }  // namespace
 
 TEST(Training, ImageStepsAndHeldOutEvaluation) {
@@ -344,29 +354,13 @@ TEST(Training, WordIdentityLossIsTheCrossEntropyOverTheVocabulary) {
   EXPECT_NEAR(word_identity_loss(y.squeeze(1), ids, embedding).item<double>(), expected / valid, 1e-12);
   EXPECT_THROW(word_identity_loss(y, ids.narrow(1, 0, 2), embedding), Error);
   // In ditto train: the first step's loss grows by the weighted term.
-  const std::string dir = ditto::test::temp_dir();
-  auto first_loss = [&](const std::string& extra) {
-    auto r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --batch 2 --image-batch 0 --log-every 1 "
-                                    "--quiet --threads 1 --out " + dir + " " + extra);
-    EXPECT_EQ(r.code, 0) << r.output;
-    const std::vector<double> loss = logged_losses(r.output, false);
-    return loss.empty() ? -1.0 : loss[0];
-  };
-  EXPECT_GT(first_loss("--word-identity 0.5"), first_loss("") + 0.1);  // ln(24) / 2 = 1.6 for an untrained encoder
+  EXPECT_GT(first_step_loss("--batch 2 --word-identity 0.5"), first_step_loss("--batch 2") + 0.1);  // ln(24) / 2 = 1.6 for an untrained encoder
 }
 
 TEST(Training, SignPairsAddTheDifferenceTermOfCaptionedPairsOnly) {
-  const std::string dir = ditto::test::temp_dir();
   // The first step's loss (the same weights, twins and noise in every run): the extra term adds to it
   // when the pairs keep their captions, and nothing when caption dropout takes every caption.
-  auto first_loss = [&](const std::string& extra) {
-    auto r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --batch 4 --image-batch 0 --log-every 1 "
-                                    "--quiet --threads 1 --sign-pairs --out " + dir + " " + extra);
-    EXPECT_EQ(r.code, 0) << r.output;
-    const std::vector<double> loss = logged_losses(r.output, false);
-    EXPECT_EQ(loss.size(), 1u) << r.output;
-    return loss.empty() ? -1.0 : loss[0];
-  };
+  auto first_loss = [](const std::string& extra) { return first_step_loss("--batch 4 --sign-pairs " + extra); };
   const double plain = first_loss("--caption-dropout 0"), weighted = first_loss("--caption-dropout 0 --sign-weight 3");
   EXPECT_GT(weighted, plain * 1.0001);
   EXPECT_EQ(first_loss("--caption-dropout 1"), first_loss("--caption-dropout 1 --sign-weight 3"));
