@@ -40,8 +40,12 @@ struct Trainable {
 // same predictions at step 0); every other difference is the loader's "does not match" error.
 STDiT3 init_from_model(const std::string& dir, const STDiT3Config& cfg, uint64_t seed, const at::TensorOptions& options) {
   STDiT3Config source = cfg;
-  if (cfg.frame_modulation && !load_config(dir + "/config.json").frame_modulation)
-    source.frame_modulation = source.frame_caption_modulation = false;
+  const STDiT3Config from = load_config(dir + "/config.json");
+  if (from.frame_modulation && from.frame_caption_modulation != cfg.frame_caption_modulation)
+    fail("--init-from '", dir, "': its per-frame term reads ", from.frame_caption_modulation ? "the caption" : "the frame only",
+         ", this config's reads ", cfg.frame_caption_modulation ? "the caption" : "the frame only",
+         " (frame_caption_modulation): its weights would not mean the same");
+  if (cfg.frame_modulation && !from.frame_modulation) source.frame_modulation = source.frame_caption_modulation = false;
   std::map<std::string, at::Tensor> weights = load_checkpoint(dir, source, options);
   if (source.frame_modulation != cfg.frame_modulation) {
     const std::map<std::string, at::Tensor> fresh = STDiT3::training_init(cfg, seed, options).weights();

@@ -522,4 +522,10 @@ TEST(Training, InitFromAModelWithoutFrameModulationStartsItAtZero) {
   ASSERT_EQ(fcm.size(), 1u);
   EXPECT_EQ(fcm[0], plain[0]);
   EXPECT_TRUE(load_config(dir + "/fcm/config.json").frame_caption_modulation);
+  // A per-frame term trained on another input is not taken over silently.
+  r = ditto::test::run_ditto("train --config ditto-demo-fcm " + common + "--out " + dir + "/bad --init-from " + dir + "/fm");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("its per-frame term reads the frame only"), std::string::npos) << r.output;
+  r = ditto::test::run_ditto("train --config ditto-demo-fm " + common + "--out " + dir + "/bad --init-from " + dir + "/fcm");
+  EXPECT_NE(r.output.find("its per-frame term reads the caption"), std::string::npos) << r.output;
 }
