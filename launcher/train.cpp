@@ -41,7 +41,10 @@ struct Trainable {
 STDiT3 init_from_model(const std::string& dir, const STDiT3Config& cfg, uint64_t seed, const at::TensorOptions& options) {
   STDiT3Config source = cfg;
   const STDiT3Config from = load_config(dir + "/config.json");
-  if (from.frame_modulation && from.frame_caption_modulation != cfg.frame_caption_modulation)
+  if (from.frame_modulation && !cfg.frame_modulation)
+    fail("--init-from '", dir, "': the model has per-frame modulation (frame_modulation), this config has none; train it with --config ",
+         from.frame_caption_modulation ? "ditto-demo-fcm" : "ditto-demo-fm");
+  if (from.frame_modulation && cfg.frame_modulation && from.frame_caption_modulation != cfg.frame_caption_modulation)
     fail("--init-from '", dir, "': its per-frame term reads ", from.frame_caption_modulation ? "the caption" : "the frame only",
          ", this config's reads ", cfg.frame_caption_modulation ? "the caption" : "the frame only",
          " (frame_caption_modulation): its weights would not mean the same");

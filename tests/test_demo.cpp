@@ -528,4 +528,6 @@ TEST(Training, InitFromAModelWithoutFrameModulationStartsItAtZero) {
   EXPECT_NE(r.output.find("its per-frame term reads the frame only"), std::string::npos) << r.output;
   r = ditto::test::run_ditto("train --config ditto-demo-fm " + common + "--out " + dir + "/bad --init-from " + dir + "/fcm");
   EXPECT_NE(r.output.find("its per-frame term reads the caption"), std::string::npos) << r.output;
+  r = ditto::test::run_ditto("train --config ditto-demo " + common + "--out " + dir + "/bad --init-from " + dir + "/fcm");
+  EXPECT_NE(r.output.find("this config has none; train it with --config ditto-demo-fcm"), std::string::npos) << r.output;
 }
