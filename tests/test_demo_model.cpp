@@ -42,9 +42,9 @@ TEST(DemoModel, SampledVideosShowTheirPromptedColourShapeAndBackground) {
   // The first evaluation prompts (none of them a profiling or calibration prompt), each sampled by
   // `ditto sample` with its defaults and read back by the adherence checker; metrics.json reports the
   // same reading. The shipped model draws the prompted colour, background and direction for nearly
-  // every evaluation prompt (64, 64 and 61 of 64) and the shape for most (52 of 64; MODEL_CARD.md: all
-  // attributes at once 49 of 64). Here colour and background are required for 7 of 8 (8 when
-  // written), shape 6 (7), direction 5 (6), and the whole prompt 4 (5).
+  // every evaluation prompt (64, 64 and 62 of 64) and the shape for most (55 of 64; MODEL_CARD.md: all
+  // attributes at once 53 of 64). Here colour and background are required for 7 of 8, shape 6,
+  // direction 5 and the whole prompt 4 (the shipped model: 6 of 8 whole).
   const std::string d = ditto::test::temp_dir();
   constexpr int kPrompts = 8;
   int color = 0, shape = 0, background = 0, direction = 0, all = 0;
