@@ -286,7 +286,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     // Each clip's caption, the caption seven clips on, and its own caption with the motion wrong
     // (the opposite direction; "moving right slow" for a still object).
     std::vector<std::string> prompts, others, wrong_motion;
-    std::vector<bool> moving;  // whether the clip's object moves (its wrong motion is then the reverse)
+    at::Tensor moving;  // [n] 1 where the clip's object moves (its wrong motion is then the reverse), else 0
   } held;
   if (eval_every > 0) {
     const int n = eval_clips;
@@ -298,12 +298,14 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     held.noise = at::randn(held.x0.sizes(), gen, at::kFloat).to(options.device());
     held.t = ((at::arange(n, at::kFloat) + 0.5) / n).to(options.device());
     for (int i = 0; i < n; ++i) held.others.push_back(held.prompts[(i + 7) % n]);  // never its own: n is a multiple of 4
+    std::vector<float> moving;
     for (DemoAttributes a : b.attributes) {
-      held.moving.push_back(!a.is_still());
+      moving.push_back(a.is_still() ? 0.0f : 1.0f);
       if (a.is_still()) a.direction = 1;  // "moving right slow" (a still object's speed field is 0)
       else a = reversed_motion(a);
       held.wrong_motion.push_back(demo_prompt(a));
     }
+    held.moving = at::tensor(moving);
   }
   // The held-out losses of the weights in the model now (`label` names them in the log).
   auto evaluate_weights = [&](int step, const char* label) {
@@ -321,16 +323,10 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     const at::Tensor wrong_motion = quarters(wrong_clip);
     // The sign alone: the moving clips with their direction reversed, in the top noise quarter (where
     // the noise says least about where the object is) and overall.
-    double sign_own[2] = {0, 0}, sign_wrong[2] = {0, 0};
+    const at::Tensor top_quarter = held.moving * (at::arange(held.moving.size(0)) >= held.moving.size(0) * 3 / 4);
     const at::Tensor own_cpu = own_clip.cpu(), wrong_cpu = wrong_clip.cpu();
-    for (int i = 0; i < static_cast<int>(held.moving.size()); ++i) {
-      if (!held.moving[i]) continue;
-      for (int top = 0; top < 2; ++top) {
-        if (top && 4 * i < 3 * static_cast<int>(held.moving.size())) continue;
-        sign_own[top] += own_cpu[i].item<double>();
-        sign_wrong[top] += wrong_cpu[i].item<double>();
-      }
-    }
+    const double sign_own[2] = {(own_cpu * held.moving).sum().item<double>(), (own_cpu * top_quarter).sum().item<double>()};
+    const double sign_wrong[2] = {(wrong_cpu * held.moving).sum().item<double>(), (wrong_cpu * top_quarter).sum().item<double>()};
     auto percent_gap = [](double own_loss, double wrong_loss) {
       return wrong_loss > 0 ? std::to_string(-100 * (1 - own_loss / wrong_loss)) + "%" : std::string("n/a (no moving clip)");
     };

@@ -318,6 +318,14 @@ void set_frame_block(std::map<std::string, at::Tensor>& w, int C, at::Generator*
   w["frame_block.bias"] = g ? at::randn({6 * C}, *g, f64) * 0.1 : at::zeros({6 * C}, f64);
 }
 
+// Saves m, loads it back (float64), expects the same prediction for `a`; returns the config read back.
+STDiT3Config saved_and_loaded(const STDiT3& m, const ForwardArgs& a) {
+  const std::string dir = temp_dir();
+  m.save_pretrained(dir);
+  EXPECT_TRUE(at::equal(STDiT3::from_pretrained(dir, at::TensorOptions().dtype(at::kDouble)).forward(a), m.forward(a)));
+  return load_config(dir + "/config.json");
+}
+
 // LayerNorm without affine over the last dimension (eps 1e-6), as the blocks' modulated input uses.
 at::Tensor plain_layer_norm(const at::Tensor& x) {
   const at::Tensor mean = x.mean(-1, true), var = (x - mean).pow(2).mean(-1, true);
@@ -364,10 +372,7 @@ TEST(Model, FrameModulationAddsALinearMapOfTheFrameSinCosToEveryBlocksAdaLN) {
   // The built-in experimental config has it, the shipped demo config not; it survives save and load.
   EXPECT_TRUE(builtin_config("ditto-demo-fm").frame_modulation);
   EXPECT_FALSE(builtin_config("ditto-demo").frame_modulation);
-  const std::string dir = temp_dir();
-  m.save_pretrained(dir);
-  EXPECT_TRUE(load_config(dir + "/config.json").frame_modulation);
-  EXPECT_TRUE(at::equal(STDiT3::from_pretrained(dir, f64).forward(a), m.forward(a)));
+  EXPECT_TRUE(saved_and_loaded(m, a).frame_modulation);
 }
 
 TEST(Model, FrameCaptionModulationReadsTheFrameTheTimestepAndTheMeanCaptionToken) {
@@ -425,10 +430,7 @@ TEST(Model, FrameCaptionModulationReadsTheFrameTheTimestepAndTheMeanCaptionToken
   EXPECT_TRUE(builtin_config("ditto-demo-fcm").frame_caption_modulation);
   EXPECT_TRUE(builtin_config("ditto-demo-fcm").frame_modulation);
   EXPECT_FALSE(builtin_config("ditto-demo-fm").frame_caption_modulation);
-  const std::string dir = temp_dir();
-  m.save_pretrained(dir);
-  EXPECT_TRUE(load_config(dir + "/config.json").frame_caption_modulation);
-  EXPECT_TRUE(at::equal(STDiT3::from_pretrained(dir, f64).forward(a), m.forward(a)));
+  EXPECT_TRUE(saved_and_loaded(m, a).frame_caption_modulation);
 }
 
 TEST(Model, FrameIndexPlacesSingleFramesInTheClip) {
