@@ -42,7 +42,7 @@ TEST(DemoModel, SampledVideosShowTheirPromptedColourShapeAndBackground) {
   // The first evaluation prompts (none of them a profiling or calibration prompt), each sampled by
   // `ditto sample` with its defaults and read back by the adherence checker; metrics.json reports the
   // same reading. The shipped model draws the prompted colour, background, direction and speed for
-  // every evaluation prompt (64 of 64) and the shape for 58 (MODEL_CARD.md: all attributes at once 58
+  // every evaluation prompt (64 of 64) and the shape for 62 (MODEL_CARD.md: all attributes at once 62
   // of 64). Here colour and background are required for 7 of 8, shape 6, direction 7 and the whole
   // prompt 6 (the shipped model: 8 of 8 whole).
   const std::string d = ditto::test::temp_dir();
