@@ -10,8 +10,8 @@
 
 #include "dist/mpi_communicator.h"
 #include "dist/nccl_communicator.h"
-#include "launcher/common.h"
-#include "launcher/device_sync.h"
+#include "pipeline/model_options.h"
+#include "pipeline/timing.h"
 #include "model/error.h"
 
 using namespace ditto;

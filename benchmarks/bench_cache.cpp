@@ -14,10 +14,12 @@
 #include "cache/cache_runner.h"
 #include "dist/mpi_communicator.h"
 #include "dist/video_sampler.h"
-#include "launcher/common.h"
-#include "launcher/device_sync.h"
-#include "launcher/quality.h"
-#include "model/demo_data.h"
+#include "pipeline/model_options.h"
+#include "pipeline/timing.h"
+#include "pipeline/quality.h"
+#include "demo/adherence.h"
+#include "demo/demo.h"
+#include "demo/demo_data.h"
 #include "model/error.h"
 #include "model/text_encoder.h"
 
@@ -82,48 +84,60 @@ int main(int argc, char** argv) {
   try {
     po::variables_map vm;
     if (!parse_command_line("bench_cache", "cache policies side by side", desc, {argv + 1, argv + argc}, vm)) return 0;
+    register_demo();
     default_to_demo_model(mo);
     const at::TensorOptions options = resolve_tensor_options(mo, mpi);
-    STDiT3 model = load_model(mo, options);
-    const STDiT3Config& cfg = model.config();
-    const bool pixel = cfg.latent_space == LatentSpace::Pixel;
-    const bool demo = pixel && !mo.model_dir.empty() && TextEncoder::present(mo.model_dir);
-    const SamplingDefaults defaults = sampling_defaults(cfg);
+    const std::unique_ptr<DiT> model = load_model(mo, options);
+    const ModelOutline& outline = model->outline();
+    const ModelFamily& family = family_of(outline);
+    const DiTShape& cfg = outline.shape;
+    const std::unique_ptr<VAE> vae = family.vae(outline);
+    const bool pixel = vae->name() == "pixel";
+    const TextEncoderKind* text_kind = text_encoder_kind(mo.model_dir);
+    const bool demo = pixel && text_kind && text_kind->name == "ditto-words";  // demo prompts and the adherence checker
+    const SamplingDefaults defaults = family.sampling(outline);
     if (cfg_scale == 0) cfg_scale = defaults.cfg_scale;
     if (!frames) frames = defaults.frames;
     if (!height) height = defaults.height;
     if (!width) width = defaults.width;
-    const LatentShape ls = latent_shape(cfg, frames, height, width);
+    const LatentShape ls = vae->latent_shape(frames, height, width);
     SamplerOptions so;
     so.steps = steps;
     so.timestep_transform = defaults.timestep_transform;
     so.shift = flow_shift < 0 ? defaults.flow_shift : flow_shift;
-    RectifiedFlow rf(so, {double(height), double(width), frames, cfg.latent_space});
+    RectifiedFlow rf(so, defaults.timestep_transform && family.timestep_transform
+                             ? family.timestep_transform(outline, {frames, height, width}, options.dtype().toScalarType())
+                             : TimestepTransform());
     MpiCommunicator world(MPI_COMM_WORLD);
     Communicator* sp = world.size() > 1 ? &world : nullptr;
 
     // The same requests for every policy.
     std::vector<VideoRequest> requests;
     std::vector<DemoAttributes> attributes;
-    std::unique_ptr<TextEncoder> text;
-    if (demo) text = std::make_unique<TextEncoder>(TextEncoder::load(mo.model_dir, at::TensorOptions().dtype(at::kFloat)));
+    const std::shared_ptr<const TextEncoder> text = demo ? find_text_encoder(mo.model_dir) : nullptr;
     for (int v = 0; v < videos; ++v) {
       VideoRequest req;
       at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1000 + v);
       req.z0 = at::randn({1, ls.channels, ls.frames, ls.height, ls.width}, gen, at::kFloat);
       if (demo) {
         attributes.push_back(demo_prompt_set(DemoPromptSet::Evaluation, v));
-        std::tie(req.caption_y, req.caption_mask) = text->encode({demo_prompt(attributes.back())});
+        const Caption cap = text->encode(demo_prompt(attributes.back()));
+        req.caption_y = cap.y;
+        req.caption_mask = cap.mask;
         if (negative_motion) {
           DemoAttributes reversed = attributes.back();
           bool moving = false;
           for (DemoObject* o : {static_cast<DemoObject*>(&reversed), reversed.second ? &*reversed.second : nullptr})
             if (o && !o->is_still()) o->direction ^= 1, moving = true;  // left <-> right, up <-> down
-          if (moving) std::tie(req.negative_y, req.negative_mask) = text->encode({demo_prompt(reversed)});
+          if (moving) {
+            const Caption neg = text->encode(demo_prompt(reversed));
+            req.negative_y = neg.y;
+            req.negative_mask = neg.mask;
+          }
         }
       } else {
-        req.caption_y = at::randn({1, 1, cfg.model_max_length, cfg.caption_channels}, gen, at::kFloat);
-        req.caption_mask = at::ones({1, cfg.model_max_length}, at::kLong);
+        req.caption_y = at::randn({1, 1, cfg.caption_tokens, cfg.caption_channels}, gen, at::kFloat);
+        req.caption_mask = at::ones({1, cfg.caption_tokens}, at::kLong);
       }
       req.height = float(height);
       req.width = float(width);
@@ -162,8 +176,8 @@ int main(int argc, char** argv) {
     for (const auto& preset : all_presets) {
       if (!only.empty() && preset.policy != "none" && ("," + only + ",").find("," + preset.policy + ",") == std::string::npos)
         continue;
-      auto policy = make_cache_policy(preset.policy, preset.options, cfg.depth, steps, cfg.hidden_size);
-      CacheRunner runner(model, *policy, sp);
+      auto policy = make_cache_policy(preset.policy, preset.options, policy_context(outline, steps));
+      CacheRunner runner(*model, *policy, sp);
       double seconds = 0, psnr_sum = 0, ssim_sum = 0, computed = 0, total = 0;
       int adherent = 0, finite = 0;
       // Demo only: compute by the prompted motion of the first object (still, slow, fast), the
@@ -176,7 +190,7 @@ int main(int argc, char** argv) {
         runner.begin_video(rf.timesteps());
         world.barrier();
         const auto t0 = std::chrono::steady_clock::now();
-        at::Tensor z = sample_video(model, rf, requests[v], {sp, nullptr}, nullptr, runner.token_forward());
+        at::Tensor z = sample_video(*model, rf, requests[v], {sp, nullptr}, nullptr, runner.token_forward());
         synchronize(options.device());
         seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         const auto rep = runner.report();

@@ -1,15 +1,21 @@
-// Per-step forward time of STDiT3 (one CFG-batched model call, as a sampling step makes it), with
-// the FLOP count of the performance model and the utilisation it implies. Prints one table and
-// writes the same rows as JSON.
+// Per-step cost of a DiT in one run: the whole forward as `ditto forward` makes it (conditioning
+// included), and a sampling step as the sampler makes it (the video prepared once; per step the
+// timestep conditioning, the CFG-batched forward, guidance and the update), with the FLOP count of
+// the performance model, the utilisation it implies and the host reads of device memory per step.
+// Prints one table and writes the same rows as JSON.
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "launcher/common.h"
-#include "launcher/device_sync.h"
+#include "dist/video_sampler.h"
 #include "model/error.h"
+#include "model/host_sync.h"
+#include "pipeline/model_options.h"
+#include "pipeline/timing.h"
+#include "pipeline/version.h"
 
 using namespace ditto;
 
@@ -26,61 +32,101 @@ int main(int argc, char** argv) {
     ("latent", po::value(&latent)->default_value("15x60x106"), "latent T x H x W (15x60x106: 51 frames at 480p)")
     ("batch", po::value(&batch)->default_value(2), "forward batch (2 = one CFG step for one video)")
     ("caption-tokens", po::value(&tokens)->default_value(0), "valid caption tokens (0: the model's maximum)")
-    ("warmup", po::value(&warmup)->default_value(2), "untimed forwards first")
-    ("iters", po::value(&iters)->default_value(5), "timed forwards")
+    ("warmup", po::value(&warmup)->default_value(2), "untimed forwards (and steps) first")
+    ("iters", po::value(&iters)->default_value(5), "timed forwards (and steps)")
     ("peak-tflops", po::value(&peak_tflops)->default_value(0), "device peak for the dtype, for utilisation (H100 SXM bf16 dense: 989)")
-    ("json", po::value(&json_path), "also write the row as JSON here");
+    ("json", po::value(&json_path), "also write the rows as JSON here");
   // clang-format on
   try {
     po::variables_map vm;
-    if (!parse_command_line("bench_forward", "time one STDiT3 forward", desc, {argv + 1, argv + argc}, vm)) return 0;
+    if (!parse_command_line("bench_forward", "time one DiT forward and one sampling step", desc, {argv + 1, argv + argc}, vm))
+      return 0;
     int t = 0, h = 0, w = 0;
     if (std::sscanf(latent.c_str(), "%dx%dx%d", &t, &h, &w) != 3) fail("--latent must be TxHxW, got '", latent, "'");
+    if (batch != 1 && batch != 2) fail("--batch must be 1 or 2 (a CFG step batches two)");
+    if (iters < 1 || warmup < 0) fail("--iters must be >= 1 and --warmup >= 0");
     const at::TensorOptions options = resolve_tensor_options(mo, mpi);
-    STDiT3 model = load_model(mo, options);
-    const STDiT3Config& c = model.config();
-    const int L = tokens > 0 ? tokens : c.model_max_length;
+    const std::unique_ptr<DiT> model = load_model(mo, options);
+    const DiTShape& c = model->shape();
+    const int L = tokens > 0 ? tokens : c.caption_tokens;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);
     auto f32 = at::TensorOptions().dtype(at::kFloat);
-    ForwardArgs a;
+    DiTInputs a;
     a.x = at::randn({batch, c.in_channels, t, h, w}, gen, f32).to(options.device());
     a.timestep = at::full({batch}, 500.0f).to(options.device());
-    a.y = at::randn({batch, 1, c.model_max_length, c.caption_channels}, gen, f32).to(options.device());
-    a.mask = at::zeros({1, c.model_max_length}, at::kLong);
+    a.y = at::randn({batch, 1, c.caption_tokens, c.caption_channels}, gen, f32).to(options.device());
+    a.mask = at::zeros({1, c.caption_tokens}, at::kLong);
     a.mask.narrow(1, 0, L).fill_(1);
     a.mask = a.mask.to(options.device());
     a.fps = at::full({1}, 24.0f).to(options.device());
     a.height = at::full({1}, 8.0f * h).to(options.device());
     a.width = at::full({1}, 8.0f * w).to(options.device());
-    for (int i = 0; i < warmup; ++i) model.forward(a);
-    synchronize(options.device());
-    std::vector<double> ms;
-    for (int i = 0; i < iters; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      model.forward(a);
-      synchronize(options.device());
-      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    }
-    std::sort(ms.begin(), ms.end());
-    const double median = ms[ms.size() / 2];
-    const auto& p = c.patch_size;
-    const int64_t gt = (t + p[0] - 1) / p[0], gs = ((h + p[1] - 1) / p[1]) * ((w + p[2] - 1) / p[2]);
-    const double flops = stdit3_forward_flops(c, batch, gt, gs, L);
-    const double tflops = flops / (median / 1e3) / 1e12;
+    auto timed = [&](int n, const std::function<void()>& f) {
+      std::vector<double> ms;
+      for (int i = 0; i < n; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        f();
+        synchronize(options.device());
+        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::sort(ms.begin(), ms.end());
+      return ms;
+    };
+    timed(warmup, [&] { model->forward(a); });
+    const std::vector<double> forward_ms = timed(iters, [&] { model->forward(a); });
+
+    // Sampling steps: one video of warmup + iters steps; the step times are the sampler's own.
+    VideoRequest req;
+    req.z0 = a.x.narrow(0, 0, 1).cpu();
+    req.caption_y = a.y.narrow(0, 0, 1).cpu();
+    req.caption_mask = a.mask.cpu();
+    req.height = 8.0f * h;
+    req.width = 8.0f * w;
+    req.cfg_scale = batch == 2 ? 5.0 : 1.0;
+    SamplerOptions so;
+    so.steps = warmup + iters;
+    RectifiedFlow rf(so, nullptr);
+    StepTimer timer(options.device());
+    std::vector<int64_t> reads;
+    timer.start();
+    sample_video(*model, rf, req, {}, [&](int, const at::Tensor&) {
+      timer.mark();
+      reads.push_back(host_reads());
+    });
+    std::vector<double> step_ms;
+    const std::vector<double> step_s = timer.seconds();
+    for (size_t i = warmup; i < step_s.size(); ++i) step_ms.push_back(1e3 * step_s[i]);
+    std::sort(step_ms.begin(), step_ms.end());
+    const double reads_per_step = iters > 1 ? static_cast<double>(reads.back() - reads[warmup]) / (iters - 1) : 0.0;
+
+    const TokenGrid grid = token_grid(t, h, w, c.patch);
+    const double flops = model->forward_flops(grid, batch, L);
     const std::string source = model_source(mo);
     const std::string dtype = dtype_name(options.dtype().toScalarType());
-    std::printf("| model | latent | batch | tokens/sample | dtype | device | min ms | median ms | TFLOP/fwd | TFLOP/s | MFU |\n");
-    std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
-    char mfu[32] = "-";
-    if (peak_tflops > 0) std::snprintf(mfu, sizeof mfu, "%.1f%%", 100 * tflops / peak_tflops);
-    std::printf("| %s | %s | %d | %lld | %s | %s | %.2f | %.2f | %.3f | %.2f | %s |\n", source.c_str(), latent.c_str(),
-                batch, static_cast<long long>(gt * gs), dtype.c_str(), options.device().str().c_str(), ms.front(),
-                median, flops / 1e12, tflops, mfu);
+    std::printf("# %s, latent %s, batch %d, %lld tokens/sample, %s on %s, ditto %s (%s)\n", source.c_str(), latent.c_str(),
+                batch, static_cast<long long>(grid.tokens()), dtype.c_str(), options.device().str().c_str(),
+                ditto_version().c_str(), ditto_git_sha().c_str());
+    std::printf("| what | min ms | median ms | TFLOP | TFLOP/s | MFU | host reads/step |\n");
+    std::printf("|---|---|---|---|---|---|---|\n");
+    nlohmann::ordered_json rows = nlohmann::json::array();
+    auto row = [&](const char* what, const std::vector<double>& ms, const std::string& reads_cell) {
+      const double median = ms[ms.size() / 2], tflops = flops / (median / 1e3) / 1e12;
+      char mfu[32] = "-";
+      if (peak_tflops > 0) std::snprintf(mfu, sizeof mfu, "%.1f%%", 100 * tflops / peak_tflops);
+      std::printf("| %s | %.2f | %.2f | %.3f | %.2f | %s | %s |\n", what, ms.front(), median, flops / 1e12, tflops, mfu,
+                  reads_cell.c_str());
+      rows.push_back({{"what", what}, {"ms", ms}, {"median_ms", median}, {"flops", flops}, {"tflops_per_s", tflops}});
+    };
+    row("forward", forward_ms, "-");
+    char cell[32];
+    std::snprintf(cell, sizeof cell, "%.2f", reads_per_step);
+    row("sampling step", step_ms, cell);
+    rows.back()["host_reads_per_step"] = reads_per_step;
     if (!json_path.empty()) {
-      nlohmann::ordered_json j = {{"model", source},     {"latent", latent},        {"batch", batch},
-                                  {"tokens_per_sample", gt * gs}, {"caption_tokens", L}, {"dtype", dtype},
-                                  {"device", options.device().str()}, {"ms", ms}, {"median_ms", median},
-                                  {"flops", flops},      {"tflops_per_s", tflops}, {"peak_tflops", peak_tflops}};
+      nlohmann::ordered_json j = {{"model", source}, {"family", model->family()}, {"latent", latent}, {"batch", batch},
+                                  {"tokens_per_sample", grid.tokens()}, {"caption_tokens", L}, {"dtype", dtype},
+                                  {"device", options.device().str()}, {"peak_tflops", peak_tflops},
+                                  {"ditto_version", ditto_version()}, {"ditto_git_sha", ditto_git_sha()}, {"rows", rows}};
       std::ofstream(json_path) << j.dump(2) << "\n";
     }
   } catch (const std::exception& e) {

@@ -10,8 +10,8 @@
 #include "dist/mpi_communicator.h"
 #include "dist/nccl_communicator.h"
 #include "dist/video_sampler.h"
-#include "launcher/common.h"
-#include "launcher/device_sync.h"
+#include "pipeline/model_options.h"
+#include "pipeline/timing.h"
 #include "model/error.h"
 
 using namespace ditto;
@@ -39,20 +39,24 @@ int main(int argc, char** argv) {
     if (!parse_command_line("bench_scaling", "sequence-parallel scaling", desc, {argv + 1, argv + argc}, vm)) return 0;
     if (steps < 2) fail("--steps must be at least 2 (the first step is warm-up)");
     const at::TensorOptions options = resolve_tensor_options(mo, mpi);
-    STDiT3 model = load_model(mo, options);
-    const STDiT3Config& cfg = model.config();
-    const LatentShape ls = latent_shape(cfg, frames, height, width);
+    const std::unique_ptr<DiT> model = load_model(mo, options);
+    const ModelOutline& outline = model->outline();
+    const ModelFamily& family = family_of(outline);
+    const LatentShape ls = family.vae(outline)->latent_shape(frames, height, width);
+    const DiTShape& cfg = outline.shape;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
     VideoRequest req;
     req.z0 = at::randn({1, ls.channels, ls.frames, ls.height, ls.width}, gen, at::TensorOptions().dtype(at::kFloat));
-    req.caption_y = at::randn({1, 1, cfg.model_max_length, cfg.caption_channels}, gen, at::TensorOptions().dtype(at::kFloat));
-    req.caption_mask = at::ones({1, cfg.model_max_length}, at::kLong);
+    req.caption_y = at::randn({1, 1, cfg.caption_tokens, cfg.caption_channels}, gen, at::TensorOptions().dtype(at::kFloat));
+    req.caption_mask = at::ones({1, cfg.caption_tokens}, at::kLong);
     req.height = static_cast<float>(height);
     req.width = static_cast<float>(width);
     req.cfg_scale = cfg_scale;
     SamplerOptions so;
     so.steps = steps;
-    RectifiedFlow rf(so, {static_cast<double>(height), static_cast<double>(width), frames, cfg.latent_space});
+    const bool transform = family.sampling(outline).timestep_transform && family.timestep_transform;
+    RectifiedFlow rf(so, transform ? family.timestep_transform(outline, {frames, height, width}, options.dtype().toScalarType())
+                                   : TimestepTransform());
 
     MpiCommunicator world(MPI_COMM_WORLD);
     std::vector<int> ps;
@@ -82,7 +86,7 @@ int main(int argc, char** argv) {
         std::vector<double> times, comm_at;
         std::vector<int64_t> bytes_at;
         auto last = std::chrono::steady_clock::now();
-        sample_video(model, rf, req, {group.get(), nullptr}, [&](int, const at::Tensor&) {
+        sample_video(*model, rf, req, {group.get(), nullptr}, [&](int, const at::Tensor&) {
           synchronize(options.device());
           const auto now = std::chrono::steady_clock::now();
           times.push_back(std::chrono::duration<double>(now - last).count());

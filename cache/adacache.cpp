@@ -53,11 +53,13 @@ double moreg_score(double diff, double next, double prev, const MoRegParams& p) 
   return std::pow(m / p.scale, p.power) / p.divisor;
 }
 
-AdaCachePolicy::AdaCachePolicy(Codebook codebook, UnitId metric, MoRegParams moreg, std::string preset)
-    : codebook_(std::move(codebook)), metric_(metric), moreg_(moreg), preset_(std::move(preset)) {}
+AdaCachePolicy::AdaCachePolicy(Codebook codebook, int metric, std::string metric_name, MoRegParams moreg,
+                               std::string preset)
+    : codebook_(std::move(codebook)), metric_(metric), metric_name_(std::move(metric_name)), moreg_(moreg),
+      preset_(std::move(preset)) {}
 
 nlohmann::json AdaCachePolicy::params() const {
-  nlohmann::json j = {{"codebook", codebook_.str()}, {"preset", preset_}, {"metric_unit", unit_name(metric_)},
+  nlohmann::json j = {{"codebook", codebook_.str()}, {"preset", preset_}, {"metric_unit", metric_name_},
                       {"moreg", moreg_.enabled}};
   if (moreg_.enabled) j["moreg_window"] = {moreg_.first, moreg_.last};
   return j;
@@ -81,14 +83,15 @@ StepPlan AdaCachePolicy::plan(int step) {
   return p;
 }
 
-std::vector<double> AdaCachePolicy::partial_sums(const at::Tensor& r, int step) {
-  // [|p_old - p_new|, |p_old|, sum_f |r[f+1] - r[f]|, sum_f |r[f+1]|, sum_f |r[f]|, have_prev]
-  std::vector<double> s(6, 0.0);
-  auto l1 = [](const at::Tensor& t) { return t.abs().sum(at::kDouble).item<double>(); };
+at::Tensor AdaCachePolicy::partial_sums(const at::Tensor& r, int step) {
+  // [|p_old - p_new|, |p_old|, sum_f |r[f+1] - r[f]|, sum_f |r[f+1]|, sum_f |r[f]|, have_prev], on r's device.
+  const at::Tensor zero = at::zeros({}, r.options().dtype(at::kDouble));
+  auto l1 = [](const at::Tensor& t) { return t.abs().sum(at::kDouble); };
+  std::vector<at::Tensor> s(6, zero);
   if (have_prev_) {
     s[0] = l1(prev_residual_ - r);
     s[1] = l1(prev_residual_);
-    s[5] = 1;
+    s[5] = at::ones({}, zero.options());
   }
   const int64_t T = r.size(1);
   if (moreg_.enabled && T > 1) {
@@ -97,9 +100,9 @@ std::vector<double> AdaCachePolicy::partial_sums(const at::Tensor& r, int step) 
     s[3] = l1(next);
     s[4] = l1(prev);
   }
-  prev_residual_ = r.detach().clone();
+  prev_residual_ = r.detach();  // residuals are never written in place: no copy needed
   have_prev_ = true;
-  return s;
+  return at::stack(s);
 }
 
 std::vector<int64_t> AdaCachePolicy::decide(const std::vector<double>& sums, int step) {
@@ -133,9 +136,13 @@ void AdaCachePolicy::apply(const std::vector<int64_t>& decision, int step) {
 
 nlohmann::json AdaCachePolicy::log_entry(int) const { return last_log_; }
 
-AdaCacheUnitPolicy::AdaCacheUnitPolicy(Codebook codebook, int depth, Grouping grouping, std::string preset)
-    : codebook_(std::move(codebook)), depth_(depth),
-      groups_(grouping == Grouping::Unit ? unit_count(depth) : 2 * depth), grouping_(grouping), preset_(std::move(preset)) {}
+AdaCacheUnitPolicy::AdaCacheUnitPolicy(Codebook codebook, const std::vector<UnitInfo>& units, Grouping grouping,
+                                       std::string preset)
+    : codebook_(std::move(codebook)), units_(static_cast<int>(units.size())), grouping_(grouping),
+      preset_(std::move(preset)) {
+  for (const UnitInfo& u : units) block_of_.push_back(u.block);
+  groups_ = grouping == Grouping::Unit ? units_ : (units.empty() ? 0 : units.back().block + 1);
+}
 
 nlohmann::json AdaCacheUnitPolicy::params() const {
   return {{"preset", preset_}, {"codebook", codebook_.str()}, {"per", grouping_ == Grouping::Unit ? "unit" : "block"},
@@ -146,10 +153,10 @@ void AdaCacheUnitPolicy::reset(const std::vector<float>& timesteps) {
   steps_ = static_cast<int>(timesteps.size());
   last_.assign(groups_, 0);
   next_.assign(groups_, 1);
-  prev_.assign(unit_count(depth_), at::Tensor());
+  prev_.assign(units_, at::Tensor());
   num_.assign(groups_, at::Tensor());
   den_.assign(groups_, at::Tensor());
-  computed_.assign(groups_, 0);
+  computed_.assign(groups_, false);
   last_log_ = nlohmann::json::object();
 }
 
@@ -157,35 +164,34 @@ StepPlan AdaCacheUnitPolicy::plan(int step) {
   const int s = step + 1;
   const bool forced = s <= 2 || s >= steps_ - 1;
   StepPlan p;
-  p.compute.resize(unit_count(depth_));
-  for (int u = 0; u < unit_count(depth_); ++u) p.compute[u] = forced || s >= next_[group_of(u)];
+  p.compute.resize(units_);
+  for (int u = 0; u < units_; ++u) p.compute[u] = forced || s >= next_[group_of(u)];
   return p;
 }
 
 void AdaCacheUnitPolicy::observe_unit(int unit, const at::Tensor& r, int) {
   const int g = group_of(unit);
-  if (prev_[unit].defined()) {  // device-side sums: one transfer per step, in partial_sums
+  if (prev_[unit].defined()) {  // device-side sums: one transfer per step, by the runner
     const at::Tensor num = (prev_[unit] - r).abs().sum(at::kDouble), den = prev_[unit].abs().sum(at::kDouble);
     num_[g] = num_[g].defined() ? num_[g] + num : num;
     den_[g] = den_[g].defined() ? den_[g] + den : den;
   }
   prev_[unit] = r;
-  computed_[g] = 1;
+  computed_[g] = true;
   sum_options_ = r.options().dtype(at::kDouble);
 }
 
-std::vector<double> AdaCacheUnitPolicy::partial_sums(const at::Tensor&, int) {
+at::Tensor AdaCacheUnitPolicy::partial_sums(const at::Tensor&, int) {
   // [num per group, den per group, computed per group]; the flags are alike on every rank.
+  const at::Tensor zero = at::zeros({}, sum_options_), one = at::ones({}, sum_options_);
   std::vector<at::Tensor> sums;
   for (const auto* v : {&num_, &den_})
-    for (const at::Tensor& t : *v) sums.push_back(t.defined() ? t : at::zeros({}, sum_options_));
-  const at::Tensor host = at::stack(sums).cpu();
-  std::vector<double> s(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
-  s.insert(s.end(), computed_.begin(), computed_.end());
+    for (const at::Tensor& t : *v) sums.push_back(t.defined() ? t : zero);
+  for (bool c : computed_) sums.push_back(c ? one : zero);
   std::fill(num_.begin(), num_.end(), at::Tensor());
   std::fill(den_.begin(), den_.end(), at::Tensor());
-  std::fill(computed_.begin(), computed_.end(), 0.0);
-  return s;
+  std::fill(computed_.begin(), computed_.end(), false);
+  return at::stack(sums);
 }
 
 std::vector<int64_t> AdaCacheUnitPolicy::decide(const std::vector<double>& sums, int step) {

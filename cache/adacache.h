@@ -32,13 +32,15 @@ double moreg_score(double diff, double next, double prev, const MoRegParams& p);
 
 class AdaCachePolicy : public CachePolicy {
  public:
-  AdaCachePolicy(Codebook codebook, UnitId metric, MoRegParams moreg, std::string preset);
+  // metric: the index of the unit whose residual feeds the metric, and its name (for the logs).
+  AdaCachePolicy(Codebook codebook, int metric, std::string metric_name, MoRegParams moreg, std::string preset);
   std::string name() const override { return "adacache"; }
   nlohmann::json params() const override;
   void reset(const std::vector<float>& timesteps) override;
   StepPlan plan(int step) override;
-  std::optional<UnitId> metric_unit() const override { return metric_; }
-  std::vector<double> partial_sums(const at::Tensor& residual, int step) override;
+  bool reuses_stack() const override { return true; }
+  std::optional<int> metric_unit() const override { return metric_; }
+  at::Tensor partial_sums(const at::Tensor& residual, int step) override;
   std::vector<int64_t> decide(const std::vector<double>& sums, int step) override;
   size_t decision_size() const override { return 4; }
   void apply(const std::vector<int64_t>& decision, int step) override;
@@ -48,7 +50,8 @@ class AdaCachePolicy : public CachePolicy {
 
  private:
   Codebook codebook_;
-  UnitId metric_;
+  int metric_;
+  std::string metric_name_;
   MoRegParams moreg_;
   std::string preset_;
   int steps_ = 0;
@@ -60,13 +63,13 @@ class AdaCachePolicy : public CachePolicy {
 };
 
 // AdaCache with per-unit rates (a step past the paper): every group of units (one unit, or one
-// block's three) has its own metric, the relative L1 change of its residuals between its computed
+// block's units) has its own metric, the relative L1 change of its residuals between its computed
 // steps per step elapsed, and its own rate from the codebook. Steps 1, 2, N-1 and N compute all.
 // Decisions are coordinated like AdaCache's: sums from every rank, rank 0 decides, all apply.
 class AdaCacheUnitPolicy : public CachePolicy {
  public:
   enum class Grouping { Unit, Block };
-  AdaCacheUnitPolicy(Codebook codebook, int depth, Grouping grouping, std::string preset);
+  AdaCacheUnitPolicy(Codebook codebook, const std::vector<UnitInfo>& units, Grouping grouping, std::string preset);
   std::string name() const override { return "adacache"; }
   nlohmann::json params() const override;
   void reset(const std::vector<float>& timesteps) override;
@@ -74,23 +77,24 @@ class AdaCacheUnitPolicy : public CachePolicy {
   bool reuses_units() const override { return true; }
   bool observes_units() const override { return true; }
   void observe_unit(int unit, const at::Tensor& residual, int step) override;
-  std::vector<double> partial_sums(const at::Tensor& unused, int step) override;
+  at::Tensor partial_sums(const at::Tensor& unused, int step) override;
   std::vector<int64_t> decide(const std::vector<double>& sums, int step) override;
   size_t decision_size() const override { return 2 * groups_; }
   void apply(const std::vector<int64_t>& decision, int step) override;
   nlohmann::json log_entry(int step) const override { return last_log_; }
-  int group_of(int unit) const { return grouping_ == Grouping::Unit ? unit : unit / 3; }
+  int group_of(int unit) const { return grouping_ == Grouping::Unit ? unit : block_of_[unit]; }
 
  private:
   Codebook codebook_;
-  int depth_, groups_;
+  std::vector<int> block_of_;  // per unit: its block
+  int units_, groups_;
   Grouping grouping_;
   std::string preset_;
   int steps_ = 0;
   std::vector<int> last_, next_;               // 1-based step of the group's last / next compute
   std::vector<at::Tensor> prev_;               // per unit: this rank's residual at its last compute
   std::vector<at::Tensor> num_, den_;          // this step's local sums per group (on the device)
-  std::vector<double> computed_;
+  std::vector<bool> computed_;                 // per group: computed this step
   at::TensorOptions sum_options_ = at::TensorOptions().dtype(at::kDouble);
   nlohmann::json last_log_;
 };

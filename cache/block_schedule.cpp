@@ -33,6 +33,7 @@ void check_format(const nlohmann::json& j, const char* format, const char* what)
 
 nlohmann::ordered_json ChangeCurves::to_json() const {
   nlohmann::ordered_json j = file_header("ditto-change-curves", depth, steps);
+  j["units_per_layer"] = units_per_layer;
   j["runs"] = runs;
   j["timesteps"] = timesteps;
   j["source"] = source;
@@ -47,6 +48,7 @@ ChangeCurves ChangeCurves::from_json(const nlohmann::json& j) {
   c.depth = j.at("depth");
   c.steps = j.at("steps");
   c.runs = j.at("runs");
+  c.units_per_layer = j.value("units_per_layer", 6);
   c.timesteps = j.at("timesteps").get<std::vector<float>>();
   c.source = j.value("source", nlohmann::json::object());
   for (const auto& u : j.at("units")) {
@@ -54,7 +56,8 @@ ChangeCurves ChangeCurves::from_json(const nlohmann::json& j) {
     c.l1rel.push_back(u.at("l1rel").get<std::vector<double>>());
     if (static_cast<int>(c.l1rel.back().size()) != c.steps) fail("change curve of ", c.units.back(), " has the wrong length");
   }
-  if (static_cast<int>(c.units.size()) != unit_count(c.depth)) fail("change curves: ", c.units.size(), " units for depth ", c.depth);
+  if (static_cast<int>(c.units.size()) != c.units_per_layer * c.depth)
+    fail("change curves: ", c.units.size(), " units for depth ", c.depth);
   return c;
 }
 
@@ -126,6 +129,7 @@ double BlockSchedule::compute_fraction() const {
 
 nlohmann::ordered_json BlockSchedule::to_json() const {
   nlohmann::ordered_json j = file_header("ditto-blockcache-schedule", depth, steps);
+  j["units_per_layer"] = units_per_layer;
   j["delta"] = delta;
   j["compute_fraction"] = compute_fraction();
   j["source"] = source;
@@ -134,7 +138,8 @@ nlohmann::ordered_json BlockSchedule::to_json() const {
     std::vector<int> steps_on;  // 1-based steps that compute
     for (int t = 0; t < steps; ++t)
       if (compute[u][t]) steps_on.push_back(t + 1);
-    j["units"].push_back({{"name", unit_name(unit_id(u))}, {"compute_steps", steps_on}});
+    j["units"].push_back({{"name", u < static_cast<int>(units.size()) ? units[u] : std::to_string(u)},
+                          {"compute_steps", steps_on}});
   }
   return j;
 }
@@ -145,10 +150,11 @@ BlockSchedule BlockSchedule::from_json(const nlohmann::json& j) {
   s.depth = j.at("depth");
   s.steps = j.at("steps");
   s.delta = j.at("delta");
+  s.units_per_layer = j.value("units_per_layer", 6);
   s.source = j.value("source", nlohmann::json::object());
   const auto& units = j.at("units");
-  if (static_cast<int>(units.size()) != unit_count(s.depth))
-    fail("block-cache schedule: ", units.size(), " units, a depth-", s.depth, " model has ", unit_count(s.depth));
+  if (static_cast<int>(units.size()) != s.units_per_layer * s.depth)
+    fail("block-cache schedule: ", units.size(), " units, a depth-", s.depth, " model has ", s.units_per_layer * s.depth);
   for (int u = 0; u < static_cast<int>(units.size()); ++u) {
     std::vector<uint8_t> c(s.steps, 0);
     for (int step : units[u].at("compute_steps").get<std::vector<int>>()) {
@@ -158,6 +164,7 @@ BlockSchedule BlockSchedule::from_json(const nlohmann::json& j) {
     if (!c.front() || !c.back())
       fail("block-cache schedule: unit ", units[u].value("name", std::to_string(u)), " must compute the first and the last step");
     s.compute.push_back(c);
+    s.units.push_back(units[u].value("name", std::to_string(u)));
   }
   return s;
 }
@@ -184,30 +191,44 @@ BlockSchedule derive_schedule(const ChangeCurves& curves, double delta) {
   s.depth = curves.depth;
   s.steps = curves.steps;
   s.delta = delta;
+  s.units_per_layer = curves.units_per_layer;
+  s.units = curves.units;
   s.source = {{"curves", curves.source}, {"runs", curves.runs}};
   for (const auto& c : curves.l1rel) s.compute.push_back(derive_unit_schedule(c, delta));
   return s;
 }
 
-ScaleShift ScaleShift::identity(const BlockSchedule& s, int hidden) {
+namespace {
+std::vector<std::string> names_of(const std::vector<UnitInfo>& units) {
+  std::vector<std::string> names;
+  for (const UnitInfo& u : units) names.push_back(u.name);
+  return names;
+}
+}  // namespace
+
+ScaleShift ScaleShift::identity(const BlockSchedule& s, const std::vector<UnitInfo>& units, int hidden) {
+  if (s.compute.size() != units.size())
+    fail("the schedule has ", s.compute.size(), " units, the model ", units.size());
   ScaleShift ss;
+  ss.names_ = names_of(units);
   for (int u = 0; u < static_cast<int>(s.compute.size()); ++u)
     if (std::find(s.compute[u].begin(), s.compute[u].end(), 0) != s.compute[u].end())
       ss.params_[u] = {at::zeros({2 * hidden, hidden}, at::kFloat), at::zeros({2 * hidden}, at::kFloat)};
   return ss;
 }
 
-ScaleShift ScaleShift::load(const std::string& path, int depth, int hidden) {
+ScaleShift ScaleShift::load(const std::string& path, const std::vector<UnitInfo>& units, int hidden) {
   ScaleShift ss;
+  ss.names_ = names_of(units);
   std::map<std::string, int> by_name;
-  for (int u = 0; u < unit_count(depth); ++u) by_name[unit_name(unit_id(u))] = u;
+  for (int u = 0; u < static_cast<int>(units.size()); ++u) by_name[units[u].name] = u;
   for (auto& [key, t] : load_safetensors(path)) {
     const auto dot = key.rfind('.');
     if (key.rfind("unit.", 0) != 0 || dot == std::string::npos || dot <= 5)
       fail("calibration '", path, "': unexpected tensor '", key, "'");
     const std::string name = key.substr(5, dot - 5), what = key.substr(dot + 1);
     auto it = by_name.find(name);
-    if (it == by_name.end()) fail("calibration '", path, "': unit '", name, "' is not in a depth-", depth, " model");
+    if (it == by_name.end()) fail("calibration '", path, "': unit '", name, "' is not a unit of this model");
     auto& p = ss.params_[it->second];
     if (what == "weight") {
       if (t.sizes() != at::IntArrayRef({2 * hidden, hidden}))
@@ -221,15 +242,15 @@ ScaleShift ScaleShift::load(const std::string& path, int depth, int hidden) {
     }
   }
   for (const auto& [u, p] : ss.params_)
-    if (!p.first.defined() || !p.second.defined()) fail("calibration '", path, "': ", unit_name(unit_id(u)), " lacks its weight or bias");
+    if (!p.first.defined() || !p.second.defined()) fail("calibration '", path, "': ", ss.names_[u], " lacks its weight or bias");
   return ss;
 }
 
 void ScaleShift::save(const std::string& path, const std::map<std::string, std::string>& metadata) const {
   NamedTensors t;
   for (const auto& [u, p] : params_) {
-    t.emplace_back("unit." + unit_name(unit_id(u)) + ".weight", p.first.detach().to(at::kFloat).cpu().contiguous());
-    t.emplace_back("unit." + unit_name(unit_id(u)) + ".bias", p.second.detach().to(at::kFloat).cpu().contiguous());
+    t.emplace_back("unit." + names_.at(u) + ".weight", p.first.detach().to(at::kFloat).cpu().contiguous());
+    t.emplace_back("unit." + names_.at(u) + ".bias", p.second.detach().to(at::kFloat).cpu().contiguous());
   }
   save_safetensors(path, t, metadata);
 }
@@ -257,8 +278,8 @@ nlohmann::json BlockCachePolicy::params() const {
           {"calibration", calibration_path_}};
 }
 
-at::Tensor BlockCachePolicy::adjust_reused(int unit, const at::Tensor& cached, const Conditioning& c) const {
-  return calibration_.apply(unit, cached, c.t);
+at::Tensor BlockCachePolicy::adjust_reused(int unit, const at::Tensor& cached, const DiTContext& c) const {
+  return calibration_.apply(unit, cached, c.timestep_embedding());
 }
 
 void BlockCachePolicy::reset(const std::vector<float>& timesteps) {

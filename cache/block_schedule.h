@@ -1,4 +1,4 @@
-// Block Caching (Wimbauer et al., "Cache Me if You Can", CVPR 2024) on the STDiT's units: change
+// Block Caching (Wimbauer et al., "Cache Me if You Can", CVPR 2024) on a DiT's units: change
 // curves profiled from uncached runs, per-unit schedules derived from them for a threshold delta,
 // and the static policy that follows a schedule (every rank alike, no communication).
 #pragma once
@@ -19,7 +19,8 @@ double l1_rel(const at::Tensor& cur, const at::Tensor& prev);
 // Mean relative change of every unit's residual per step, averaged over profiling runs.
 struct ChangeCurves {
   int depth = 0, steps = 0, runs = 0;
-  std::vector<std::string> units;         // unit_name() in unit_index order
+  int units_per_layer = 6;                 // the model's units per layer (STDiT3: 2 blocks x 3)
+  std::vector<std::string> units;          // unit names in the model's unit order
   std::vector<std::vector<double>> l1rel;  // [unit][step]; step 0 (no previous output) is 0
   std::vector<float> timesteps;
   nlohmann::json source;  // what was profiled (model, prompts, seeds)
@@ -38,7 +39,9 @@ std::vector<uint8_t> derive_unit_schedule(const std::vector<double>& curve, doub
 
 struct BlockSchedule {
   int depth = 0, steps = 0;
+  int units_per_layer = 6;
   double delta = 0;
+  std::vector<std::string> units;             // unit names (empty in files without them: by index)
   std::vector<std::vector<uint8_t>> compute;  // [unit][step]
   nlohmann::json source;
 
@@ -55,10 +58,10 @@ BlockSchedule derive_schedule(const ChangeCurves& curves, double delta);
 // Zero weights are the identity.
 class ScaleShift {
  public:
-  // Zero-initialised layers for every unit the schedule reuses at some step.
-  static ScaleShift identity(const BlockSchedule& s, int hidden);
-  // Tensors "unit.<name>.weight" [2C, C] and ".bias" [2C] (float32); checked against depth and C.
-  static ScaleShift load(const std::string& path, int depth, int hidden);
+  // Zero-initialised layers for every unit the schedule reuses at some step (units: the model's).
+  static ScaleShift identity(const BlockSchedule& s, const std::vector<UnitInfo>& units, int hidden);
+  // Tensors "unit.<name>.weight" [2C, C] and ".bias" [2C] (float32); checked against the model's units and C.
+  static ScaleShift load(const std::string& path, const std::vector<UnitInfo>& units, int hidden);
   void save(const std::string& path, const std::map<std::string, std::string>& metadata) const;
   bool has(int unit) const { return params_.count(unit) > 0; }
   // r [B, ..., C] (a reused residual), t [B, C].
@@ -67,6 +70,7 @@ class ScaleShift {
 
  private:
   std::map<int, std::pair<at::Tensor, at::Tensor>> params_;
+  std::vector<std::string> names_;  // unit names, for the file
 };
 
 // `--cache blockcache --cache-opt schedule=FILE [--cache-opt calibration=FILE]`: the schedule's
@@ -79,7 +83,7 @@ class BlockCachePolicy : public CachePolicy {
   void reset(const std::vector<float>& timesteps) override;
   StepPlan plan(int step) override;
   bool reuses_units() const override { return true; }
-  at::Tensor adjust_reused(int unit, const at::Tensor& cached, const Conditioning& c) const override;
+  at::Tensor adjust_reused(int unit, const at::Tensor& cached, const DiTContext& c) const override;
 
  private:
   BlockSchedule s_;

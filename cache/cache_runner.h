@@ -1,8 +1,9 @@
-// Runs one step's block stack under a caching policy on this rank's shard: computes or reuses each
-// unit as the plan says, keeps the residuals reuse needs (in the layout they are produced in, so a
-// reused unit costs no compute and no communication), and carries out the decision protocol of
-// adaptive policies: partial sums -> one all-reduce over the video's ranks -> rank 0 decides ->
-// broadcast -> every rank applies the broadcast decision.
+// Runs one step's units under a caching policy on this rank's share of the tokens: computes or reuses
+// each unit as the plan says (through the model's one block loop), keeps the residuals reuse needs
+// (in the layout they are produced in, so a reused unit costs no compute and no communication), and
+// carries out the decision protocol of adaptive policies: partial sums -> one all-reduce over the
+// video's ranks -> one read to the host -> rank 0 decides -> broadcast -> every rank applies the
+// broadcast decision.
 #pragma once
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -10,35 +11,36 @@
 #include "cache/policy.h"
 #include "dist/communicator.h"
 #include "dist/video_sampler.h"
-#include "model/stdit3.h"
+#include "model/dit.h"
 
 namespace ditto {
 
 class CacheRunner {
  public:
   // group: every rank of the video (sequence x CFG parallel); null on one rank.
-  CacheRunner(const STDiT3& model, CachePolicy& policy, Communicator* group);
+  CacheRunner(const DiT& model, CachePolicy& policy, Communicator* group);
 
   // A new video: resets the policy and drops every cached tensor.
   void begin_video(const std::vector<float>& timesteps);
-  // The model call of step `step` (0-based) on this rank's tokens; returns output tokens.
-  at::Tensor forward(const at::Tensor& tokens, int64_t s_begin, const Conditioning& cond, SequenceLayout* layout,
-                     int step);
+  // The model call of step `step` (0-based) on this rank's tokens; returns the head's output tokens.
+  at::Tensor forward(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx, AttentionSeam* seam, int step);
   // forward() as the video sampler's model call.
   TokenForward token_forward() {
-    return [this](const at::Tensor& t, int64_t s0, const Conditioning& c, SequenceLayout* l, int step) {
-      return forward(t, s0, c, l, step);
+    return [this](const at::Tensor& t, int64_t b, const DiTContext& c, AttentionSeam* s, int step) {
+      return forward(t, b, c, s, step);
     };
   }
   // Units computed / total, FLOPs and bytes saved, the per-step decision log.
   nlohmann::json report() const;
   // Replaces how a reused unit's residual is made (calibration training: the teacher's residual is
   // computed from x, the student's own input to the unit); default: the policy's adjust_reused.
-  using ReuseHook = std::function<at::Tensor(const UnitId& unit, int step, const at::Tensor& cached, const at::Tensor& x,
-                                             const Conditioning& c, SequenceLayout* layout)>;
+  using ReuseHook = std::function<at::Tensor(int unit, int step, const at::Tensor& cached, const at::Tensor& x,
+                                             const DiTContext& c, AttentionSeam* seam)>;
   void set_reuse_hook(ReuseHook f) { reuse_hook_ = std::move(f); }
   // One unit's residual for input x (what a computed unit adds).
-  at::Tensor compute_unit(const UnitId& u, const at::Tensor& x, const Conditioning& c, SequenceLayout* layout) const;
+  at::Tensor compute_unit(int unit, const at::Tensor& x, const DiTContext& c, AttentionSeam* seam) const {
+    return model_.unit_residual(unit, x, c, seam);
+  }
   // Called with every computed unit's residual (this rank's shard) and the step (profiling).
   using UnitObserver = std::function<void(int unit, int step, const at::Tensor& residual)>;
   void set_unit_observer(UnitObserver f) { observer_ = std::move(f); }
@@ -46,16 +48,16 @@ class CacheRunner {
   int last_step_units() const { return last_units_; }
 
  private:
-  // Blocks [first, last) in execution order (flat index: pair * 2 + temporal).
-  at::Tensor run_blocks(at::Tensor x, const Conditioning& c, SequenceLayout* layout, const std::vector<uint8_t>& mask,
-                        int first, int last, int step);
+  at::Tensor run(at::Tensor x, const DiTContext& c, AttentionSeam* seam, const std::vector<uint8_t>& mask, int first,
+                 int last, int step);
   void coordinate(const at::Tensor& local, int step);
-  void count_unit(const UnitId& u, bool computed, const Conditioning& c, SequenceLayout* layout, int64_t batch);
+  void count_unit(int unit, bool computed);
 
-  const STDiT3& model_;
+  const DiT& model_;
   CachePolicy& policy_;
   Communicator* group_;
-  std::vector<at::Tensor> unit_cache_;  // per unit_index (policies that reuse single units)
+  std::vector<UnitInfo> costs_;          // this video's units with their FLOPs and bytes (set at its first step)
+  std::vector<at::Tensor> unit_cache_;  // per unit (policies that reuse single units)
   at::Tensor stack_residual_;           // x_out - x_in of the skippable part of the stack
   at::Tensor metric_residual_;
   int last_units_ = 0;

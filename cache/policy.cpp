@@ -5,6 +5,8 @@
 #include <cmath>
 #include <fstream>
 #include <cstring>
+#include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -13,13 +15,31 @@
 #include "cache/schedule_policies.h"
 #include "cache/threshold_policies.h"
 #include "model/error.h"
+#include "model/host_sync.h"
 
 namespace ditto {
 
-std::string unit_name(const UnitId& u) {
-  static const char* units[] = {"attn", "cross_attn", "mlp"};
-  return std::string(u.block_kind == BlockKind::Spatial ? "spatial_blocks." : "temporal_blocks.") +
-         std::to_string(u.block) + "." + units[static_cast<int>(u.unit)];
+PolicyContext policy_context(const ModelOutline& model, int steps) {
+  PolicyContext c;
+  c.units = model.units;
+  c.depth = model.shape.depth;
+  c.steps = steps;
+  c.hidden = model.shape.hidden_size;
+  c.defaults = family_of(model).cache(model);
+  return c;
+}
+
+int unit_named(const std::vector<UnitInfo>& units, const std::string& name) {
+  for (size_t u = 0; u < units.size(); ++u)
+    if (units[u].name == name) return static_cast<int>(u);
+  fail("the model has no unit '", name, "'", units.empty() ? "" : " (its units are named like '" + units.front().name + "')");
+}
+
+std::vector<double> CachePolicy::local_sums(const at::Tensor& local, int step) {
+  const at::Tensor s = partial_sums(local, step);
+  if (!s.defined()) return {};
+  const at::Tensor h = read_to_host(s).to(at::kDouble).contiguous();
+  return std::vector<double>(h.data_ptr<double>(), h.data_ptr<double>() + h.numel());
 }
 
 int64_t pack_double(double v) {
@@ -94,19 +114,37 @@ class Options {
   const PolicyOptions& o_;
 };
 
-UnitId parse_metric_unit(const std::string& residual, int block, int depth) {
-  if (block < 0 || block >= depth) fail("adacache: block ", block, " is outside 0..", depth - 1);
-  if (residual == "t-attn") return {BlockKind::Temporal, block, UnitKind::SelfAttn};
-  if (residual == "s-attn") return {BlockKind::Spatial, block, UnitKind::SelfAttn};
-  if (residual == "t-cross") return {BlockKind::Temporal, block, UnitKind::CrossAttn};
-  if (residual == "t-mlp") return {BlockKind::Temporal, block, UnitKind::Mlp};
-  fail("adacache: residual '", residual, "' unknown (t-attn, s-attn, t-cross, t-mlp)");
+// AdaCache's metric unit from block=B residual=R: the self-attention (attn), cross-attention (cross)
+// or MLP (mlp) of layer B's temporal (t-) or spatial (s-) block, or of its only block (no prefix).
+int parse_metric_unit(const std::string& residual, int block, const PolicyContext& ctx) {
+  if (block < 0 || block >= ctx.depth) fail("adacache: block ", block, " is outside 0..", ctx.depth - 1);
+  std::string part = residual;
+  std::optional<UnitRole> kind;
+  if (part.rfind("t-", 0) == 0) kind = UnitRole::TemporalAttention, part = part.substr(2);
+  else if (part.rfind("s-", 0) == 0) kind = UnitRole::SpatialAttention, part = part.substr(2);
+  if (part != "attn" && part != "cross" && part != "mlp")
+    fail("adacache: residual '", residual, "' unknown (t-attn, s-attn, t-cross, t-mlp; attn, cross, mlp for full-attention models)");
+  // The block of layer `block` whose self-attention has the asked role (or the layer's first block).
+  int chosen = -1;
+  for (const UnitInfo& u : ctx.units)
+    if (u.group == block && is_self_attention(u.role) && (!kind || u.role == *kind) && chosen < 0) chosen = u.block;
+  if (chosen < 0) fail("adacache: layer ", block, " has no block for residual '", residual, "'");
+  for (size_t u = 0; u < ctx.units.size(); ++u) {
+    const UnitInfo& info = ctx.units[u];
+    if (info.block != chosen) continue;
+    if ((part == "attn" && is_self_attention(info.role)) || (part == "cross" && info.role == UnitRole::CrossAttention) ||
+        (part == "mlp" && info.role == UnitRole::Mlp))
+      return static_cast<int>(u);
+  }
+  fail("adacache: layer ", block, " has no unit for residual '", residual, "'");
 }
 
 }  // namespace
 
-std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const PolicyOptions& o, int depth, int steps,
-                                               int hidden) {
+std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const PolicyOptions& o,
+                                               const PolicyContext& ctx) {
+  const int depth = ctx.depth, steps = ctx.steps;
+  const CacheDefaults& defaults = ctx.defaults;
   if (name == "none") {
     Options opt(name, o, {});
     return std::make_unique<NonePolicy>();
@@ -116,13 +154,20 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
     return std::make_unique<StaticPolicy>(opt.integer("interval", 2), opt.integer("first", 1), opt.integer("last", 0));
   }
   if (name == "pab") {
-    Options opt(name, o, {"spatial", "temporal", "cross", "mlp", "window"});
-    const auto [lo, hi] = opt.range("window", 450, 930);  // Open-Sora's defaults (VideoSys)
-    return std::make_unique<PabPolicy>(depth, opt.integer("spatial", 2), opt.integer("temporal", 4),
-                                       opt.integer("cross", 6), opt.integer("mlp", 0), lo, hi);
+    Options opt(name, o, {"spatial", "temporal", "attn", "cross", "mlp", "window"});
+    const auto [lo, hi] = opt.range("window", defaults.pab_window.first, defaults.pab_window.second);
+    std::map<UnitRole, int> ranges = defaults.pab_ranges;
+    const std::pair<const char*, UnitRole> keys[] = {{"spatial", UnitRole::SpatialAttention},
+                                                     {"temporal", UnitRole::TemporalAttention},
+                                                     {"attn", UnitRole::FullAttention},
+                                                     {"cross", UnitRole::CrossAttention},
+                                                     {"mlp", UnitRole::Mlp}};
+    for (const auto& [key, role] : keys)
+      if (opt.has(key)) ranges[role] = opt.integer(key, 0);
+    return std::make_unique<PabPolicy>(ctx.units, ranges, lo, hi);
   }
   if (name == "adacache") {
-    Options opt(name, o, {"preset", "codebook", "block", "residual", "moreg", "moreg_window", "per"});
+    Options opt(name, o, {"preset", "codebook", "block", "residual", "unit", "moreg", "moreg_window", "per"});
     // The published codebooks are for 100 and 30 steps; other counts use the nearer one.
     const std::string speed = opt.str("preset", "fast");
     std::string preset = speed;
@@ -140,9 +185,9 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
     // per=unit / per=block: a rate per unit or per block instead of one for the stack.
     const std::string per = opt.str("per", "stack");
     if (per == "unit" || per == "block") {
-      for (const char* k : {"moreg", "moreg_window", "block", "residual"})
+      for (const char* k : {"moreg", "moreg_window", "block", "residual", "unit"})
         if (opt.has(k)) fail("adacache: option ", k, " is for per=stack (each unit is its own metric with per=", per, ")");
-      return std::make_unique<AdaCacheUnitPolicy>(cb, depth,
+      return std::make_unique<AdaCacheUnitPolicy>(cb, ctx.units,
                                                   per == "unit" ? AdaCacheUnitPolicy::Grouping::Unit
                                                                 : AdaCacheUnitPolicy::Grouping::Block,
                                                   opt.has("codebook") ? "custom" : preset);
@@ -155,24 +200,41 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
     const auto [first, last] = opt.range("moreg_window", a, b);
     moreg.first = static_cast<int>(first);
     moreg.last = static_cast<int>(last);
-    const UnitId metric = parse_metric_unit(opt.str("residual", "t-attn"), opt.integer("block", depth / 2 - (depth > 1)), depth);
-    return std::make_unique<AdaCachePolicy>(cb, metric, moreg, opt.has("codebook") ? "custom" : preset);
+    // The metric unit: unit=NAME, block=B residual=R, or the family's default.
+    if (opt.has("unit") && (opt.has("block") || opt.has("residual")))
+      fail("adacache: give unit=NAME or block=/residual=, not both");
+    int metric;
+    if (opt.has("unit")) {
+      metric = unit_named(ctx.units, opt.str("unit", ""));
+    } else if (opt.has("block") || opt.has("residual") || defaults.metric_unit.empty()) {
+      metric = parse_metric_unit(opt.str("residual", "t-attn"), opt.integer("block", depth / 2 - (depth > 1)), ctx);
+    } else {
+      metric = unit_named(ctx.units, defaults.metric_unit);
+    }
+    return std::make_unique<AdaCachePolicy>(cb, metric, ctx.units.at(metric).name, moreg,
+                                            opt.has("codebook") ? "custom" : preset);
   }
   if (name == "teacache") {
     Options opt(name, o, {"threshold", "coefficients"});
-    // Open-Sora 1.2's fitted polynomial (TeaCache); thresholds 0.1 (slow) and 0.2 (fast).
-    std::vector<double> coef = {2.17546007e+02, -1.18329252e+02, 2.68662585e+01, -4.59364272e-02, 4.84426240e-02};
+    std::vector<double> coef = defaults.teacache_coefficients;
     if (opt.has("coefficients")) {
       coef.clear();
       std::stringstream ss(opt.str("coefficients", ""));
       std::string c;
-      while (std::getline(ss, c, '/')) coef.push_back(std::stod(c));
+      while (std::getline(ss, c, '/')) {
+        try {
+          coef.push_back(std::stod(c));
+        } catch (const std::exception&) {
+          fail("teacache: coefficient '", c, "' is not a number (coefficients=C0/C1/...)");
+        }
+      }
     }
-    return std::make_unique<TeaCachePolicy>(opt.num("threshold", 0.1), coef);
+    if (coef.empty()) fail("teacache: this model family has no published rescale coefficients; give coefficients=C0/C1/...");
+    return std::make_unique<TeaCachePolicy>(opt.num("threshold", defaults.teacache_threshold), coef);
   }
   if (name == "fbcache") {
     Options opt(name, o, {"threshold"});
-    return std::make_unique<FirstBlockCachePolicy>(opt.num("threshold", 0.08));
+    return std::make_unique<FirstBlockCachePolicy>(opt.num("threshold", defaults.fbcache_threshold));
   }
   if (name == "blockcache") {
     Options opt(name, o, {"schedule", "calibration"});
@@ -181,13 +243,15 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
     BlockSchedule s = BlockSchedule::load(path);
     if (depth > 0 && s.depth != depth)
       fail("block-cache schedule '", path, "' is for a depth-", s.depth, " model, this one has depth ", depth);
+    if (s.compute.size() != ctx.units.size())
+      fail("block-cache schedule '", path, "' has ", s.compute.size(), " units, this model has ", ctx.units.size());
     if (steps > 0 && s.steps != steps)
       fail("block-cache schedule '", path, "' is for ", s.steps, " steps, the run has ", steps);
     ScaleShift calibration;
     const std::string cal = opt.str("calibration", "");
     if (!cal.empty()) {
-      if (hidden <= 0) fail("blockcache: calibration needs the model's width");
-      calibration = ScaleShift::load(cal, s.depth, hidden);
+      if (ctx.hidden <= 0) fail("blockcache: calibration needs the model's width");
+      calibration = ScaleShift::load(cal, ctx.units, ctx.hidden);
     }
     return std::make_unique<BlockCachePolicy>(std::move(s), path, std::move(calibration), cal);
   }

@@ -1,5 +1,5 @@
-// The caching-policy interface. A policy says, before each step, which units of the block stack the
-// step computes; adaptive policies also turn metric partial sums (reduced over every rank of the
+// The caching-policy interface. A policy says, before each step, which units of the model the step
+// computes; adaptive policies also turn metric partial sums (reduced over every rank of the
 // video) into a decision that rank 0 makes and every rank applies. Chosen per run by name + options.
 #pragma once
 #include <ATen/ATen.h>
@@ -11,27 +11,25 @@
 #include <string>
 #include <vector>
 
-#include "model/stdit3.h"
+#include "model/dit.h"
+#include "model/family.h"
 
 namespace ditto {
 
-// A unit is what can be skipped: one of a block's three residual branches.
-enum class UnitKind { SelfAttn = 0, CrossAttn = 1, Mlp = 2 };
-struct UnitId {
-  BlockKind block_kind;
-  int block;
-  UnitKind unit;
+// Units are addressed by their index in the model's unit table (DiT::units()): what a policy knows
+// of a model is that table, its depth and width, and its family's cache defaults.
+struct PolicyContext {
+  std::vector<UnitInfo> units;
+  int depth = 0;   // the model's layers (schedule files are per depth)
+  int steps = 0;   // the run's sampling steps (0: not known yet)
+  int hidden = 0;  // the model's width (calibration files)
+  CacheDefaults defaults;
 };
-// Units in execution order: pair i, spatial then temporal, then self-attn, cross-attn, MLP.
-inline int unit_index(const UnitId& u) {
-  return (u.block * 2 + (u.block_kind == BlockKind::Temporal ? 1 : 0)) * 3 + static_cast<int>(u.unit);
-}
-inline int unit_count(int depth) { return depth * 6; }
-inline UnitId unit_id(int index) {
-  const int block = index / 3;
-  return {block % 2 ? BlockKind::Temporal : BlockKind::Spatial, block / 2, static_cast<UnitKind>(index % 3)};
-}
-std::string unit_name(const UnitId& u);
+// The context of a model: its units, sizes and its family's defaults.
+PolicyContext policy_context(const ModelOutline& model, int steps);
+inline PolicyContext policy_context(const DiT& model, int steps) { return policy_context(model.outline(), steps); }
+// The index of the unit called `name`; an Error when the model has none.
+int unit_named(const std::vector<UnitInfo>& units, const std::string& name);
 
 enum class StepMode {
   Compute,     // run the blocks; `compute` says which units (empty: all); reused units add their cache
@@ -41,14 +39,14 @@ enum class StepMode {
 
 struct StepPlan {
   StepMode mode = StepMode::Compute;
-  std::vector<uint8_t> compute;  // per unit_index, Compute mode only
+  std::vector<uint8_t> compute;  // per unit index, Compute mode only
 };
 
 // What a probe-mode policy looks at before deciding the rest of the step.
 enum class ProbeKind {
   None,
-  ModulatedInput,  // TeaCache: modulate(LN(x_embed)) of spatial block 0
-  FirstBlock,      // first-block cache: the residual of spatial block 0 (computed every step)
+  TeaCache,    // the model's TeaCache signal (DiT::probe) of the embedded input
+  FirstBlock,  // first-block cache: the residual of the first block (computed every step)
 };
 
 // Options of a policy as given on the command line: key -> value.
@@ -63,8 +61,10 @@ class CachePolicy {
   virtual void reset(const std::vector<float>& timesteps) = 0;
   // Steps are 0-based here; user-facing step numbers in options and logs are 1-based.
   virtual StepPlan plan(int step) = 0;
-  // True if reused units need their own cached residuals (otherwise only the stack residual).
+  // True if reused units need their own cached residuals.
   virtual bool reuses_units() const { return false; }
+  // True if the policy may reuse the whole stack (the runner then keeps the stack residual).
+  virtual bool reuses_stack() const { return false; }
 
   // --- adaptive policies ---
   // Policies with per-unit metrics see every computed unit's residual (this rank's shard), then
@@ -72,12 +72,15 @@ class CachePolicy {
   virtual bool observes_units() const { return false; }
   virtual void observe_unit(int unit, const at::Tensor& residual, int step) {}
   // The unit whose residual feeds the metric on computed steps.
-  virtual std::optional<UnitId> metric_unit() const { return std::nullopt; }
+  virtual std::optional<int> metric_unit() const { return std::nullopt; }
   virtual ProbeKind probe() const { return ProbeKind::None; }
-  // This rank's partial sums (float64) of the metric from its local shard: the metric unit's
-  // residual [B, T, S_r, C] on computed steps, or the probe tensor in probe mode. Must be exactly
-  // additive over shards; may keep local state (the previous residual of this shard).
-  virtual std::vector<double> partial_sums(const at::Tensor& local, int step) { return {}; }
+  // This rank's partial sums of the metric from its local shard: the metric unit's residual on
+  // computed steps, or the probe tensor in probe mode, as a float64 vector on the shard's device (the
+  // runner reads it to the host once per decision). Must be exactly additive over shards; may keep
+  // local state (the previous residual of this shard).
+  virtual at::Tensor partial_sums(const at::Tensor& local, int step) { return {}; }
+  // partial_sums() read to the host (tests and one-rank use).
+  std::vector<double> local_sums(const at::Tensor& local, int step);
   // Rank 0 only: the decision from the sums reduced over every rank of the video. Fixed length.
   virtual std::vector<int64_t> decide(const std::vector<double>& sums, int step) { return {}; }
   virtual size_t decision_size() const { return 0; }
@@ -86,16 +89,15 @@ class CachePolicy {
   // For probes: did the applied decision say to compute the rest of this step?
   virtual bool probe_says_compute() const { return true; }
   // A reused unit's cached residual as the step uses it (calibrated policies adjust it).
-  virtual at::Tensor adjust_reused(int unit, const at::Tensor& cached, const Conditioning& c) const { return cached; }
+  virtual at::Tensor adjust_reused(int unit, const at::Tensor& cached, const DiTContext& c) const { return cached; }
   // Extra fields for this step's decision-log entry.
   virtual nlohmann::json log_entry(int step) const { return nlohmann::json::object(); }
 };
 
-// `none`, `static`, `pab`, `adacache`, `teacache`, `fbcache`; unknown names or options are an Error
-// that lists what is known.
-// `hidden` (the model's width) is needed only to check a calibration file.
-std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const PolicyOptions& options, int depth,
-                                               int steps, int hidden = 0);
+// `none`, `static`, `pab`, `adacache`, `teacache`, `fbcache`, `blockcache`; unknown names or options
+// are an Error that lists what is known.
+std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const PolicyOptions& options,
+                                               const PolicyContext& context);
 std::vector<std::string> cache_policy_names();
 // Parses "key=value" strings (the --cache-opt values).
 PolicyOptions parse_policy_options(const std::vector<std::string>& items);

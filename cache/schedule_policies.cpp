@@ -25,34 +25,32 @@ StepPlan StaticPolicy::plan(int step) {
   return p;
 }
 
-PabPolicy::PabPolicy(int depth, int spatial, int temporal, int cross, int mlp, double lo, double hi)
-    : depth_(depth), spatial_(spatial), temporal_(temporal), cross_(cross), mlp_(mlp), lo_(lo), hi_(hi) {
-  if (spatial < 1 || temporal < 1 || cross < 1 || mlp < 0) fail("pab: ranges must be >= 1 (mlp >= 0)");
+PabPolicy::PabPolicy(const std::vector<UnitInfo>& units, std::map<UnitRole, int> ranges, double lo, double hi)
+    : ranges_(std::move(ranges)), lo_(lo), hi_(hi) {
+  for (const auto& [role, range] : ranges_)
+    if (range < 0) fail("pab: the ", unit_role_name(role), " range must be >= 0 (0: never reused), got ", range);
   if (lo >= hi) fail("pab: the timestep window must satisfy lo < hi");
+  for (const UnitInfo& u : units) roles_.push_back(u.role);
 }
 
 nlohmann::json PabPolicy::params() const {
-  return {{"spatial_range", spatial_}, {"temporal_range", temporal_}, {"cross_range", cross_},
-          {"mlp_range", mlp_}, {"timestep_window", {lo_, hi_}}};
+  nlohmann::json ranges = nlohmann::json::object();
+  for (const auto& [role, range] : ranges_) ranges[unit_role_name(role)] = range;
+  return {{"ranges", ranges}, {"timestep_window", {lo_, hi_}}};
 }
 
 void PabPolicy::reset(const std::vector<float>& timesteps) { timesteps_ = timesteps; }
 
 StepPlan PabPolicy::plan(int step) {
   StepPlan p;
-  p.compute.assign(unit_count(depth_), 1);
+  p.compute.assign(roles_.size(), 1);
   const double t = timesteps_.at(step);
   if (!(lo_ < t && t < hi_)) return p;  // outside the window every unit computes
   // A unit with range R is broadcast (reused) unless step % R == 0 (VideoSys' rule, step counted
   // from the start of the video).
-  auto reuse = [&](int range) { return range > 0 && step % range != 0; };
-  for (int i = 0; i < depth_; ++i) {
-    for (BlockKind k : {BlockKind::Spatial, BlockKind::Temporal}) {
-      const int attn_range = k == BlockKind::Spatial ? spatial_ : temporal_;
-      if (reuse(attn_range)) p.compute[unit_index({k, i, UnitKind::SelfAttn})] = 0;
-      if (reuse(cross_)) p.compute[unit_index({k, i, UnitKind::CrossAttn})] = 0;
-      if (mlp_ > 0 && reuse(mlp_)) p.compute[unit_index({k, i, UnitKind::Mlp})] = 0;
-    }
+  for (size_t u = 0; u < roles_.size(); ++u) {
+    auto it = ranges_.find(roles_[u]);
+    if (it != ranges_.end() && it->second > 0 && step % it->second != 0) p.compute[u] = 0;
   }
   return p;
 }

@@ -1,6 +1,8 @@
 // Policies whose schedule depends only on the step and timestep: every rank computes the same plan
 // without communicating.
 #pragma once
+#include <map>
+
 #include "cache/policy.h"
 
 namespace ditto {
@@ -22,16 +24,17 @@ class StaticPolicy : public CachePolicy {
   nlohmann::json params() const override;
   void reset(const std::vector<float>& timesteps) override;
   StepPlan plan(int step) override;
+  bool reuses_stack() const override { return true; }
 
  private:
   int interval_, first_, last_, steps_ = 0;
 };
 
-// Pyramid Attention Broadcast: spatial, temporal and cross attention reused over their own ranges
-// while the timestep is inside (lo, hi); optional MLP range (0: never).
+// Pyramid Attention Broadcast: each unit role (spatial, temporal, full and cross attention, MLP) reused
+// over its own range while the timestep is inside (lo, hi); a role without a range (or 0) always computes.
 class PabPolicy : public CachePolicy {
  public:
-  PabPolicy(int depth, int spatial, int temporal, int cross, int mlp, double lo, double hi);
+  PabPolicy(const std::vector<UnitInfo>& units, std::map<UnitRole, int> ranges, double lo, double hi);
   std::string name() const override { return "pab"; }
   nlohmann::json params() const override;
   void reset(const std::vector<float>& timesteps) override;
@@ -39,7 +42,8 @@ class PabPolicy : public CachePolicy {
   bool reuses_units() const override { return true; }
 
  private:
-  int depth_, spatial_, temporal_, cross_, mlp_;
+  std::vector<UnitRole> roles_;  // per unit
+  std::map<UnitRole, int> ranges_;
   double lo_, hi_;
   std::vector<float> timesteps_;
 };

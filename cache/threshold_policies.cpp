@@ -8,7 +8,7 @@
 namespace ditto {
 
 namespace {
-double l1(const at::Tensor& t) { return t.abs().sum(at::kDouble).item<double>(); }
+at::Tensor l1(const at::Tensor& t) { return t.abs().sum(at::kDouble); }  // on t's device
 }  // namespace
 
 TeaCachePolicy::TeaCachePolicy(double threshold, std::vector<double> coefficients)
@@ -38,13 +38,10 @@ StepPlan TeaCachePolicy::plan(int) {
   return p;
 }
 
-std::vector<double> TeaCachePolicy::partial_sums(const at::Tensor& ind, int) {
-  std::vector<double> s = {0, 0};
-  if (previous_.defined()) {
-    s[0] = l1(ind - previous_);
-    s[1] = l1(previous_);
-  }
-  previous_ = ind.detach().clone();  // the reference moves every step, computed or not
+at::Tensor TeaCachePolicy::partial_sums(const at::Tensor& ind, int) {
+  at::Tensor s = previous_.defined() ? at::stack({l1(ind - previous_), l1(previous_)})
+                                     : at::zeros({2}, ind.options().dtype(at::kDouble));
+  previous_ = ind.detach();  // the reference moves every step, computed or not
   return s;
 }
 
@@ -90,10 +87,10 @@ StepPlan FirstBlockCachePolicy::plan(int) {
   return p;
 }
 
-std::vector<double> FirstBlockCachePolicy::partial_sums(const at::Tensor& r, int) {
-  candidate_ = r.detach().clone();
-  if (!reference_.defined()) return {0, 0};
-  return {l1(r - reference_), l1(reference_)};
+at::Tensor FirstBlockCachePolicy::partial_sums(const at::Tensor& r, int) {
+  candidate_ = r.detach();
+  if (!reference_.defined()) return at::zeros({2}, r.options().dtype(at::kDouble));
+  return at::stack({l1(r - reference_), l1(reference_)});
 }
 
 std::vector<int64_t> FirstBlockCachePolicy::decide(const std::vector<double>& sums, int step) {

@@ -1,5 +1,5 @@
 // Threshold policies that decide within the step from a cheap probe: TeaCache (accumulated,
-// polynomial-rescaled relative change of block 0's modulated input) and first-block cache (relative
+// polynomial-rescaled relative change of the model's TeaCache signal) and first-block cache (relative
 // change of block 0's residual against the last computed step).
 #pragma once
 #include <vector>
@@ -15,8 +15,9 @@ class TeaCachePolicy : public CachePolicy {
   nlohmann::json params() const override;
   void reset(const std::vector<float>& timesteps) override;
   StepPlan plan(int step) override;
-  ProbeKind probe() const override { return ProbeKind::ModulatedInput; }
-  std::vector<double> partial_sums(const at::Tensor& indicator, int step) override;
+  bool reuses_stack() const override { return true; }
+  ProbeKind probe() const override { return ProbeKind::TeaCache; }
+  at::Tensor partial_sums(const at::Tensor& indicator, int step) override;
   std::vector<int64_t> decide(const std::vector<double>& sums, int step) override;
   size_t decision_size() const override { return 3; }
   void apply(const std::vector<int64_t>& decision, int step) override;
@@ -41,8 +42,9 @@ class FirstBlockCachePolicy : public CachePolicy {
   nlohmann::json params() const override { return {{"threshold", threshold_}}; }
   void reset(const std::vector<float>& timesteps) override;
   StepPlan plan(int step) override;
+  bool reuses_stack() const override { return true; }
   ProbeKind probe() const override { return ProbeKind::FirstBlock; }
-  std::vector<double> partial_sums(const at::Tensor& residual, int step) override;
+  at::Tensor partial_sums(const at::Tensor& residual, int step) override;
   std::vector<int64_t> decide(const std::vector<double>& sums, int step) override;
   size_t decision_size() const override { return 2; }
   void apply(const std::vector<int64_t>& decision, int step) override;

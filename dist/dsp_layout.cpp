@@ -1,4 +1,6 @@
-// The two layout switches of dynamic sequence parallelism (see dsp_layout.h).
+// The two layout switches of dynamic sequence parallelism (see dsp_layout.h). On the wire every
+// share is position-major, [S_share, B, T_share, C]: what to_frames receives is already the frame
+// layout's memory, and what spatial attention hands back position-major is already what to_space sends.
 #include "dist/dsp_layout.h"
 
 #include "model/error.h"
@@ -10,26 +12,34 @@ DspLayout::DspLayout(Communicator& comm, int64_t grid_t, int64_t grid_s)
 
 at::Tensor DspLayout::to_frames(const at::Tensor& x) {
   const int P = comm_.size(), r = comm_.rank();
-  if (x.size(2) != s_.counts[r]) fail("to_frames: shard has ", x.size(2), " positions, expected ", s_.counts[r]);
+  if (x.dim() != 4 || x.size(2) != s_.counts[r] || x.size(1) != t_.offsets.back() + t_.counts.back())
+    fail("to_frames: shard is ", x.sizes(), ", expected [B, ", t_.offsets.back() + t_.counts.back(), ", ", s_.counts[r], ", C]");
+  const int64_t B = x.size(0), C = x.size(3);
+  const at::Tensor by_position = x.permute({2, 0, 1, 3});  // [S_r, B, T, C]
+  at::Tensor frames = at::empty({s_.offsets.back() + s_.counts.back(), B, t_.counts[r], C}, x.options());
   std::vector<at::Tensor> send, recv;
   for (int j = 0; j < P; ++j) {
-    send.push_back(x.narrow(1, t_.offsets[j], t_.counts[j]).contiguous());
-    recv.push_back(at::empty({x.size(0), t_.counts[r], s_.counts[j], x.size(3)}, x.options()));
+    send.push_back(by_position.narrow(2, t_.offsets[j], t_.counts[j]).contiguous());
+    recv.push_back(frames.narrow(0, s_.offsets[j], s_.counts[j]));  // contiguous: the outermost dimension
   }
   comm_.all_to_all(send, recv);
-  return at::cat(recv, 2);
+  return frames.permute({1, 2, 0, 3});  // [B, T_r, S, C]
 }
 
 at::Tensor DspLayout::to_space(const at::Tensor& x) {
   const int P = comm_.size(), r = comm_.rank();
-  if (x.size(1) != t_.counts[r]) fail("to_space: shard has ", x.size(1), " frames, expected ", t_.counts[r]);
-  std::vector<at::Tensor> send, recv;
+  if (x.dim() != 4 || x.size(1) != t_.counts[r] || x.size(2) != s_.offsets.back() + s_.counts.back())
+    fail("to_space: shard is ", x.sizes(), ", expected [B, ", t_.counts[r], ", ", s_.offsets.back() + s_.counts.back(), ", C]");
+  const int64_t B = x.size(0), C = x.size(3);
+  const at::Tensor by_position = x.permute({2, 0, 1, 3});  // [S, B, T_r, C]: no copy when x is position-major
+  std::vector<at::Tensor> send, recv, parts;
   for (int j = 0; j < P; ++j) {
-    send.push_back(x.narrow(2, s_.offsets[j], s_.counts[j]).contiguous());
-    recv.push_back(at::empty({x.size(0), t_.counts[j], s_.counts[r], x.size(3)}, x.options()));
+    send.push_back(by_position.narrow(0, s_.offsets[j], s_.counts[j]).contiguous());
+    recv.push_back(at::empty({s_.counts[r], B, t_.counts[j], C}, x.options()));
   }
   comm_.all_to_all(send, recv);
-  return at::cat(recv, 1);
+  for (const at::Tensor& part : recv) parts.push_back(part.permute({1, 2, 0, 3}));  // [B, T_j, S_r, C]
+  return at::cat(parts, 1);
 }
 
 int64_t DspLayout::round_trip_bytes(int64_t batch, int64_t channels, int64_t element_size) const {
@@ -38,6 +48,32 @@ int64_t DspLayout::round_trip_bytes(int64_t batch, int64_t channels, int64_t ele
   for (int j = 0; j < P; ++j)
     if (j != r) elements += t_.counts[j] * s_.counts[r] + t_.counts[r] * s_.counts[j];
   return elements * batch * channels * element_size;
+}
+
+at::Tensor DspLayout::enter(AttentionScope scope, const at::Tensor& x) {
+  if (scope == AttentionScope::Video) fail("DSP cannot shard full 3-D attention (use Ulysses)");
+  return scope == AttentionScope::Frame ? to_frames(x) : x;
+}
+
+at::Tensor DspLayout::leave(AttentionScope scope, const at::Tensor& x) {
+  return scope == AttentionScope::Frame ? to_space(x) : x;
+}
+
+int64_t DspLayout::bytes(AttentionScope scope, int64_t batch, int64_t channels, int64_t element_size) const {
+  return scope == AttentionScope::Frame ? round_trip_bytes(batch, channels, element_size) : 0;
+}
+
+at::Tensor DspLayout::shard(const at::Tensor& tokens) const {
+  const int r = comm_.rank();
+  return tokens.narrow(2, s_.offsets[r], s_.counts[r]).contiguous();
+}
+
+at::Tensor DspLayout::gather(const at::Tensor& local) { return all_gather_cat(comm_, local.contiguous(), 2); }
+
+std::unique_ptr<SequenceParallel> make_sequence_parallel(const std::string& layout, Communicator& comm,
+                                                         const TokenGrid& grid) {
+  if (layout == "dsp") return std::make_unique<DspLayout>(comm, grid.t, grid.s());
+  fail("unknown sequence-parallel layout '", layout, "' (known: dsp)");
 }
 
 }  // namespace ditto

@@ -2,17 +2,30 @@
 // rank's spatial positions, all frames); spatial self-attention alone runs in frame layout. Each
 // switch is one all-to-all with per-rank sizes, so uneven T or S need no padding.
 #pragma once
-#include "dist/communicator.h"
-#include "model/sequence_layout.h"
+#include "dist/sequence_parallel.h"
 
 namespace ditto {
 
-class DspLayout : public SequenceLayout {
+class DspLayout : public SequenceParallel {
  public:
   DspLayout(Communicator& comm, int64_t grid_t, int64_t grid_s);
-  at::Tensor to_frames(const at::Tensor& x) override;  // [B, T, S_r, C] -> [B, T_r, S, C]
-  at::Tensor to_space(const at::Tensor& x) override;   // [B, T_r, S, C] -> [B, T, S_r, C]
-  int64_t round_trip_bytes(int64_t batch, int64_t channels, int64_t element_size) const override;
+  std::string name() const override { return "dsp"; }
+  // [B, T, S_r, C] -> [B, T_r, S, C]. The result is a view of a position-major buffer ([S, B, T_r, C]
+  // in memory): every rank's share lands in it in place, so the switch costs one packing copy.
+  at::Tensor to_frames(const at::Tensor& x);
+  // [B, T_r, S, C] (any memory order) -> [B, T, S_r, C] contiguous. A position-major input is sent
+  // without packing; the received shares are placed with one copy.
+  at::Tensor to_space(const at::Tensor& x);
+  int64_t round_trip_bytes(int64_t batch, int64_t channels, int64_t element_size) const;
+
+  // AttentionSeam: frame-scope attention runs in frame layout; the rest is local in space layout.
+  at::Tensor enter(AttentionScope scope, const at::Tensor& x) override;
+  at::Tensor leave(AttentionScope scope, const at::Tensor& x) override;
+  int64_t bytes(AttentionScope scope, int64_t batch, int64_t channels, int64_t element_size) const override;
+  // SequenceParallel: spatial positions are sharded.
+  at::Tensor shard(const at::Tensor& tokens) const override;
+  int64_t shard_begin() const override { return s_.offsets[comm_.rank()]; }
+  at::Tensor gather(const at::Tensor& local) override;
 
   const Split& frames() const { return t_; }
   const Split& positions() const { return s_; }

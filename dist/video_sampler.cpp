@@ -3,56 +3,61 @@
 
 #include <memory>
 
-#include "dist/dsp_layout.h"
-#include "dist/parallel_layout.h"
 #include "model/error.h"
 #include "model/layers.h"
 
 namespace ditto {
 
-at::Tensor sample_video(const STDiT3& model, const Sampler& sampler, const VideoRequest& req, const VideoGroups& g,
+at::Tensor sample_video(const DiT& model, Sampler& sampler, const VideoRequest& req, const VideoGroups& g,
                         const StepFn& on_step, const TokenForward& forward) {
-  const STDiT3Config& cfg = model.config();
+  const DiTShape& shape = model.shape();
   const at::Device dev = model.options().device();
   const auto state_type = model.options().dtype().toScalarType() == at::kDouble ? at::kDouble : at::kFloat;
-  const int P = g.sp ? g.sp->size() : 1, r = g.sp ? g.sp->rank() : 0;
+  const int P = g.sp ? g.sp->size() : 1;
   const bool cfg_parallel = g.cfg && g.cfg->size() > 1;
   const bool guided = guidance_enabled(req.cfg_scale);
   if (cfg_parallel && g.cfg->size() != 2) fail("a CFG-parallel group has 2 ranks, not ", g.cfg->size());
   if (cfg_parallel && !guided) fail("--cfg-parallel 2 needs guidance: --cfg-scale must not be 1");
 
-  // The latent in token form, this rank's spatial positions only.
+  // The latent in token form, this rank's share only.
   const at::Tensor z0 = req.z0.to(state_type);
-  const at::Tensor tokens = layers::patchify(z0, cfg.patch_size);  // [1, T', S, K]
-  const int64_t grid_t = tokens.size(1), grid_s = tokens.size(2);
-  check_sequence_layout(P, grid_t, grid_s);
-  const Split positions(grid_s, P);
-  auto shard = [&](const at::Tensor& t) {
-    return t.narrow(2, positions.offsets[r], positions.counts[r]).contiguous().to(dev);
-  };
+  const at::Tensor tokens = layers::patchify(z0, shape.patch);  // [1, T', S, K]
+  const TokenGrid grid = token_grid(z0.size(2), z0.size(3), z0.size(4), shape.patch);
+  const std::string layout_name = g.layout.empty() ? model.parallel_layouts().front() : g.layout;
+  std::unique_ptr<SequenceParallel> layout;
+  if (P > 1) {
+    model.check_layout(layout_name, P, grid);
+    layout = make_sequence_parallel(layout_name, *g.sp, grid);
+  }
+  auto shard = [&](const at::Tensor& t) { return (layout ? layout->shard(t) : t).to(dev); };
+  const int64_t begin = layout ? layout->shard_begin() : 0;
   at::Tensor z = shard(tokens);
   // Padded pixels (sizes not divisible by the patch) stay zero, as the reference re-pads every step.
-  const auto& p = cfg.patch_size;
+  const auto& p = shape.patch;
   const bool padded = z0.size(2) % p[0] || z0.size(3) % p[1] || z0.size(4) % p[2];
-  const at::Tensor valid = padded ? shard(layers::patchify(at::ones_like(z0), cfg.patch_size)) : at::Tensor();
-  std::unique_ptr<DspLayout> layout;
-  if (P > 1) layout = std::make_unique<DspLayout>(*g.sp, grid_t, grid_s);
+  const at::Tensor valid = padded ? shard(layers::patchify(at::ones_like(z0), shape.patch)) : at::Tensor();
 
   // The model arguments: this rank's branch (CFG-parallel) or both branches batched.
-  const at::Tensor null_y = model.null_caption().to(at::kFloat).cpu();
-  if (req.caption_y.sizes() != null_y.sizes())
-    fail("the caption embedding is ", req.caption_y.sizes(), ", the model's null caption ", null_y.sizes());
-  // The unconditional branch: the null caption, or a negative caption with its own mask.
+  const std::vector<int64_t> caption_shape = {1, 1, shape.caption_tokens, shape.caption_channels};
+  if (req.caption_y.sizes() != at::IntArrayRef(caption_shape))
+    fail("the caption embedding is ", req.caption_y.sizes(), ", the model reads ", at::IntArrayRef(caption_shape));
+  // The unconditional branch: a negative caption with its own mask, or the model's null caption.
   const bool negative = req.negative_y.defined();
-  if (negative && (req.negative_y.sizes() != null_y.sizes() || !req.negative_mask.defined() ||
+  if (negative && (req.negative_y.sizes() != req.caption_y.sizes() || !req.negative_mask.defined() ||
                    req.negative_mask.sizes() != req.caption_mask.sizes()))
     fail("the negative caption is ", req.negative_y.sizes(), " with mask ",
          req.negative_mask.defined() ? req.negative_mask.sizes() : at::IntArrayRef{}, ", the caption ",
          req.caption_y.sizes(), " with mask ", req.caption_mask.sizes());
   if (negative && !guided) fail("a negative caption needs guidance (cfg scale != 1): there is no unconditional branch to put it in");
-  const at::Tensor uncond_y = negative ? req.negative_y.to(at::kFloat).cpu() : null_y;
+  at::Tensor uncond_y = negative ? req.negative_y.to(at::kFloat).cpu() : at::Tensor();
+  if (guided && !negative) {
+    uncond_y = model.null_caption();
+    if (!uncond_y.defined())
+      fail("the model has no learned null caption: guidance needs an unconditional caption (a negative or empty prompt)");
+    uncond_y = uncond_y.to(at::kFloat).cpu();
+  }
   const at::Tensor uncond_mask = negative ? req.negative_mask : req.caption_mask;
-  ForwardArgs base;
+  DiTInputs base;
   if (cfg_parallel) {
     base.y = g.cfg->rank() == 0 ? req.caption_y : uncond_y;
     base.mask = g.cfg->rank() == 0 ? req.caption_mask : uncond_mask;
@@ -68,15 +73,14 @@ at::Tensor sample_video(const STDiT3& model, const Sampler& sampler, const Video
   base.height = on_dev(req.height);
   base.width = on_dev(req.width);
   base.x = z0.to(dev).expand({batch, -1, -1, -1, -1});  // read for its shape only
+  // Everything that does not depend on the timestep, once per video.
+  const std::unique_ptr<DiTContext> ctx = model.prepare(base);
 
   GuidedFn guided_prediction = [&](const at::Tensor& zt, float t, int step) {
-    ForwardArgs a = base;
-    a.timestep = at::full({batch}, t, at::TensorOptions().dtype(at::kFloat).device(dev));
-    const Conditioning c = model.condition(a);
+    model.set_timestep(*ctx, at::full({batch}, t, at::TensorOptions().dtype(at::kFloat).device(dev)));
     at::Tensor in = batch == 2 && !cfg_parallel ? at::cat({zt, zt}, 0) : zt;
-    at::Tensor out = forward ? forward(in, positions.offsets[r], c, layout.get(), step)
-                             : model.forward_tokens(in, positions.offsets[r], c, layout.get());
-    at::Tensor pred = model.prediction_channels(out);
+    at::Tensor out = forward ? forward(in, begin, *ctx, layout.get(), step) : model.forward_tokens(in, begin, *ctx, layout.get());
+    at::Tensor pred = model.prediction(out);
     if (cfg_parallel) {  // one exchange of predictions per step: [cond; uncond] on both ranks
       std::vector<at::Tensor> both = {at::empty_like(pred), at::empty_like(pred)};
       g.cfg->all_gather(pred, both);
@@ -87,9 +91,8 @@ at::Tensor sample_video(const STDiT3& model, const Sampler& sampler, const Video
   };
   at::Tensor zf = sample(sampler, z, guided_prediction, on_step);
 
-  at::Tensor full = P > 1 ? all_gather_cat(*g.sp, zf, 2) : zf;
-  return layers::unpatchify(full, cfg.patch_size, cfg.in_channels, grid_t, (z0.size(3) + p[1] - 1) / p[1],
-                            (z0.size(4) + p[2] - 1) / p[2], z0.size(2), z0.size(3), z0.size(4));
+  at::Tensor full = layout ? layout->gather(zf) : zf;
+  return layers::unpatchify(full, shape.patch, shape.in_channels, grid.t, grid.h, grid.w, grid.tx, grid.hx, grid.wx);
 }
 
 }  // namespace ditto

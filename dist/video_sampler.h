@@ -6,8 +6,9 @@
 #include <ATen/ATen.h>
 
 #include "dist/communicator.h"
+#include "dist/sequence_parallel.h"
+#include "model/dit.h"
 #include "model/sampler.h"
-#include "model/stdit3.h"
 
 namespace ditto {
 
@@ -16,7 +17,7 @@ struct VideoRequest {
   at::Tensor caption_y;     // [1, 1, L, Cc] conditional caption embedding
   at::Tensor caption_mask;  // [1, L] (nonzero = valid); the unconditional branch uses it too
   // Optional negative caption for the unconditional branch ([1, 1, L, Cc] and [1, L]); undefined:
-  // the model's null caption with caption_mask.
+  // the model's learned null caption with caption_mask (a model without one needs this caption).
   at::Tensor negative_y, negative_mask;
   float fps = 24, height = 0, width = 0;  // model inputs (pixels)
   double cfg_scale = 7.0;
@@ -25,17 +26,18 @@ struct VideoRequest {
 struct VideoGroups {
   Communicator* sp = nullptr;   // null or size 1: no sequence parallelism
   Communicator* cfg = nullptr;  // null or size 1: batched CFG; size 2: rank 0 conditional, rank 1 unconditional
+  std::string layout;           // the sequence-parallel layout (empty: the model's first)
 };
 
-// The model call of one step on this rank's tokens (default: STDiT3::forward_tokens); a caching
-// runner plugs in here.
-using TokenForward = std::function<at::Tensor(const at::Tensor& tokens, int64_t s_begin, const Conditioning& cond,
-                                              SequenceLayout* layout, int step)>;
+// The model call of one step on this rank's tokens (default: DiT::forward_tokens); a caching
+// runner plugs in here. ctx holds the step's timestep conditioning.
+using TokenForward = std::function<at::Tensor(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx,
+                                              AttentionSeam* seam, int step)>;
 
-// Every rank of the video's groups calls this with the same request. Returns the final latent
-// [1, C, T, H, W] (float32; float64 for a float64 model) on every rank of the video.
-at::Tensor sample_video(const STDiT3& model, const Sampler& sampler, const VideoRequest& request,
-                        const VideoGroups& groups, const StepFn& on_step = nullptr,
-                        const TokenForward& forward = nullptr);
+// Every rank of the video's groups calls this with the same request. The model prepares the video
+// once; each step sets the timestep and runs the forward. Returns the final latent [1, C, T, H, W]
+// (float32; float64 for a float64 model) on every rank of the video.
+at::Tensor sample_video(const DiT& model, Sampler& sampler, const VideoRequest& request, const VideoGroups& groups,
+                        const StepFn& on_step = nullptr, const TokenForward& forward = nullptr);
 
 }  // namespace ditto

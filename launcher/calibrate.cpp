@@ -12,9 +12,9 @@
 #include "cache/block_schedule.h"
 #include "cache/cache_runner.h"
 #include "dist/mpi_communicator.h"
-#include "launcher/common.h"
-#include "launcher/video_job.h"
-#include "model/demo_data.h"
+#include "launcher/commands.h"
+#include "pipeline/model_options.h"
+#include "pipeline/video_job.h"
 #include "model/error.h"
 #include "model/text_encoder.h"
 
@@ -49,11 +49,12 @@ int run_calibrate(const std::vector<std::string>& args, const MpiEnv& mpi) {
   if (prompts <= 0 || seeds <= 0 || epochs < 0) fail("--prompts and --seeds must be positive, --epochs >= 0");
   const at::TensorOptions options = resolve_tensor_options(mo, mpi);
   default_to_demo_model(mo);
-  STDiT3 model = load_model(mo, options);
-  const STDiT3Config& cfg = model.config();
+  const std::unique_ptr<DiT> model = load_model(mo, options);
+  const ModelOutline& outline = model->outline();
   const BlockSchedule schedule = BlockSchedule::load(schedule_path);
-  if (schedule.depth != cfg.depth) fail("schedule '", schedule_path, "' is for depth ", schedule.depth, ", the model has ", cfg.depth);
-  ScaleShift ss = ScaleShift::identity(schedule, cfg.hidden_size);
+  if (schedule.depth != outline.shape.depth)
+    fail("schedule '", schedule_path, "' is for depth ", schedule.depth, ", the model has ", outline.shape.depth);
+  ScaleShift ss = ScaleShift::identity(schedule, outline.units, outline.shape.hidden_size);
   struct Adam {
     at::Tensor m, v;
   };
@@ -67,7 +68,6 @@ int run_calibrate(const std::vector<std::string>& args, const MpiEnv& mpi) {
   base.steps = schedule.steps;
   base.cache = "blockcache";
   base.cache_opts = {"schedule=" + schedule_path};
-  const bool has_text = !mo.model_dir.empty() && TextEncoder::present(mo.model_dir);
   MpiCommunicator world(MPI_COMM_WORLD);
   const WorldLayout wl = make_world_layout(1, 0, 1, 1);
   ProcessGroups groups = make_process_groups(world, wl);
@@ -100,20 +100,19 @@ int run_calibrate(const std::vector<std::string>& args, const MpiEnv& mpi) {
     for (int run = 0; run < prompts * seeds; ++run) {
       VideoJob job = base;
       const int p = run / seeds, s = run % seeds;
-      use_prompt_set(job, has_text, cfg, DemoPromptSet::Calibration, p, s, seeds, 2000);  // not the profile's seeds
-      render_video(model, mo.model_dir, model_source(mo), options, wl, job,
+      use_prompt_set(job, mo.model_dir, outline, "calibration", p, s, seeds, 2000);  // not the profile's seeds
+      render_video(*model, mo.model_dir, model_source(mo), options, wl, job,
                    {groups.sp.get(), groups.cfg.get(), groups.video.get(), "mpi"},
                    nullptr, [&](CacheRunner& runner) {
-                     runner.set_reuse_hook([&](const UnitId& u, int, const at::Tensor& cached, const at::Tensor& x,
-                                               const Conditioning& c, SequenceLayout* layout) {
-                       const int idx = unit_index(u);
+                     runner.set_reuse_hook([&](int idx, int, const at::Tensor& cached, const at::Tensor& x,
+                                               const DiTContext& c, AttentionSeam* seam) {
                        if (!ss.has(idx)) return cached;
                        at::Tensor target;
                        {
                          c10::NoGradGuard no_grad;
-                         target = runner.compute_unit(u, x, c, layout).to(at::kFloat);
+                         target = runner.compute_unit(idx, x, c, seam).to(at::kFloat);
                        }
-                       const at::Tensor pred = ss.apply(idx, cached.detach(), c.t.detach()).to(at::kFloat);
+                       const at::Tensor pred = ss.apply(idx, cached.detach(), c.timestep_embedding().detach()).to(at::kFloat);
                        const at::Tensor loss = (pred - target).pow(2).mean();
                        loss.backward();
                        loss_sum += loss.detach().to(at::kDouble);

@@ -1,7 +1,8 @@
 // `ditto forward`: one model forward pass on inputs saved under the official argument names.
 #include <iostream>
 
-#include "launcher/common.h"
+#include "launcher/commands.h"
+#include "pipeline/model_options.h"
 #include "model/error.h"
 #include "model/safetensors.h"
 
@@ -24,7 +25,8 @@ int run_forward(const std::vector<std::string>& args, const MpiEnv& mpi) {
 
   if (mpi.size() > 1) fail("ditto forward runs on one rank (it checks one forward pass); launch it without mpirun -np N");
   const at::TensorOptions options = resolve_tensor_options(mo, mpi);
-  STDiT3 model = load_model(mo, options);
+  const std::unique_ptr<DiT> loaded = load_model(mo, options);
+  const DiT& model = *loaded;
   SafetensorsFile file(inputs);
   auto get = [&](const char* name, bool required) -> at::Tensor {
     if (!file.contains(name)) {
@@ -35,7 +37,7 @@ int run_forward(const std::vector<std::string>& args, const MpiEnv& mpi) {
     }
     return file.tensor(name).clone().to(options.device());
   };
-  ForwardArgs a;
+  DiTInputs a;
   a.x = get("x", true);
   a.timestep = get("timestep", true);
   a.y = get("y", true);
@@ -44,7 +46,7 @@ int run_forward(const std::vector<std::string>& args, const MpiEnv& mpi) {
   a.height = get("height", true);
   a.width = get("width", true);
   NamedTensors dumped;
-  STDiT3::Observer observe;
+  DiT::Observer observe;
   if (dump) observe = [&](const std::string& name, const at::Tensor& t) { dumped.emplace_back(name, t.cpu()); };
   at::Tensor result = model.forward(a, observe);
   NamedTensors tensors{{"out", result.cpu()}};

@@ -1,5 +1,5 @@
 // The ditto command: MPI start-up, then one of the launcher's commands.
-#include "launcher/common.h"
+#include "launcher/commands.h"
 
 int main(int argc, char** argv) {
   ditto::MpiEnv mpi(&argc, &argv);

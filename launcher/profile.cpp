@@ -11,11 +11,11 @@
 #include "cache/block_schedule.h"
 #include "cache/cache_runner.h"
 #include "dist/mpi_communicator.h"
-#include "launcher/common.h"
-#include "launcher/video_job.h"
-#include "launcher/video_writer.h"
+#include "launcher/commands.h"
+#include "pipeline/model_options.h"
+#include "pipeline/video_job.h"
+#include "pipeline/video_writer.h"
 #include "model/atomic_file.h"
-#include "model/demo_data.h"
 #include "model/error.h"
 #include "model/text_encoder.h"
 
@@ -65,15 +65,16 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const at::TensorOptions options = resolve_tensor_options(mo, mpi);
   const std::string backend = resolve_backend(comm_name, options.device());
   default_to_demo_model(mo);
-  STDiT3 model = load_model(mo, options);
-  const STDiT3Config& cfg = model.config();
-  const bool has_text = !mo.model_dir.empty() && TextEncoder::present(mo.model_dir);
+  const std::unique_ptr<DiT> model = load_model(mo, options);
+  const ModelOutline& outline = model->outline();
+  const TextEncoderKind* text = text_encoder_kind(mo.model_dir);
+  const bool has_prompts = text && text->prompt_set;
 
   MpiCommunicator world(MPI_COMM_WORLD);
   ProcessGroups groups = make_process_groups(world, wl);
   auto sp_comm = group_backend(std::move(groups.sp), backend, options.device(), 600);
   auto cfg_comm = group_backend(std::move(groups.cfg), backend, options.device(), 600);
-  const int units = unit_count(cfg.depth), steps = base.steps;
+  const int units = model->unit_count(), steps = base.steps;
   // Sum over this group's runs of each run's L1rel(unit, step).
   at::Tensor curve_sum = at::zeros({units, steps}, at::kDouble);
   std::vector<float> timesteps;
@@ -85,13 +86,13 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
   for (int run = wl.dp_index; run < runs; run += wl.dp) {
     VideoJob job = base;
     const int p = run / seeds, s = run % seeds;
-    use_prompt_set(job, has_text, cfg, DemoPromptSet::Profile, p, s, seeds, 1000);
+    use_prompt_set(job, mo.model_dir, outline, "profile", p, s, seeds, 1000);
     // Per run: sums of |o_t - o_{t-1}| and |o_t| of this rank's shard, reduced over the group after.
     // Kept on the run's device (no transfer per unit); the residuals are kept in their own dtype.
     const auto sum_options = options.dtype(at::kDouble);
     at::Tensor num = at::zeros({units, steps}, sum_options), den = at::zeros({units, steps}, sum_options);
     std::vector<at::Tensor> prev(units);
-    RenderedVideo v = render_video(model, mo.model_dir, model_source(mo), options, wl, job,
+    RenderedVideo v = render_video(*model, mo.model_dir, model_source(mo), options, wl, job,
                                    {sp_comm.get(), cfg_comm.get(), groups.video.get(), backend}, nullptr,
                                    [&](CacheRunner& runner) {
                                      runner.set_unit_observer([&](int unit, int step, const at::Tensor& r) {
@@ -119,14 +120,15 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
 
   if (mpi.rank() == 0) {
     ChangeCurves c;
-    c.depth = cfg.depth;
+    c.depth = outline.shape.depth;
+    c.units_per_layer = units / std::max(1, outline.shape.depth);
     c.steps = steps;
     c.runs = runs;
     for (int t = 0; t < steps; ++t) c.timesteps.push_back(static_cast<float>(ts[t].item<double>()));
     c.source = {{"model", model_source(mo)}, {"prompts", prompts}, {"seeds", seeds}, {"steps", steps},
-                {"prompt_set", has_text ? "demo profile set" : "random captions"}};
+                {"prompt_set", has_prompts ? text->name + " profile set" : "random captions"}};
     for (int u = 0; u < units; ++u) {
-      c.units.push_back(unit_name(unit_id(u)));
+      c.units.push_back(outline.units[u].name);
       std::vector<double> curve(steps);
       for (int t = 0; t < steps; ++t) curve[t] = curve_sum[u][t].item<double>() / runs;
       c.l1rel.push_back(curve);

@@ -31,10 +31,10 @@
 #include "cache/policy.h"
 #include "dist/mpi_communicator.h"
 #include "dist/parallel_layout.h"
-#include "launcher/common.h"
-#include "launcher/video_job.h"
+#include "launcher/commands.h"
+#include "pipeline/model_options.h"
+#include "pipeline/video_job.h"
 #include "model/atomic_file.h"
-#include "model/config.h"
 #include "model/error.h"
 #include "model/text_encoder.h"
 
@@ -398,7 +398,6 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
       std::istringstream in(read_text(jobs_file));
       std::string text;
       std::map<std::string, std::vector<int>> by_name;
-      std::map<std::string, std::unique_ptr<TextEncoder>> encoders;
       for (int line = 1; std::getline(in, text); ++line) {
         if (text.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines are allowed
         ++total_lines;
@@ -407,16 +406,15 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
           JobLine jl = parse_job(text, line, d);
           name = jl.output;
           // Prompts must tokenize with the job's model's text encoder (when the model has one).
-          if (!jl.job.prompt.empty() && !jl.model.empty() && TextEncoder::present(jl.model)) {
-            auto& enc = encoders[jl.model];
-            if (!enc) enc = std::make_unique<TextEncoder>(TextEncoder::load(jl.model, at::TensorOptions().dtype(at::kFloat)));
-            enc->tokenize(jl.job.prompt);
-          }
-          // The cache policy and its options, against the job's model's depth and steps.
-          std::optional<STDiT3Config> mc;
-          if (!jl.model.empty() && file_exists(jl.model + "/config.json")) mc = load_config(jl.model + "/config.json");
-          else if (jl.model.empty() && !mo.config_name.empty()) mc = builtin_config(mo.config_name);
-          if (mc) make_cache_policy(jl.job.cache, parse_policy_options(jl.job.cache_opts), mc->depth, jl.job.steps, mc->hidden_size);
+          if (!jl.job.prompt.empty())
+            if (const auto text = find_text_encoder(jl.model)) text->check(jl.job.prompt);
+          // The cache policy and its options, against the job's model's units and steps.
+          std::optional<ModelOutline> outline;
+          if (!jl.model.empty() && file_exists(jl.model + "/config.json")) outline = read_outline(jl.model);
+          else if (jl.model.empty() && !mo.config_name.empty()) outline = builtin_outline(mo.config_name);
+          if (outline)
+            make_cache_policy(jl.job.cache, parse_policy_options(jl.job.cache_opts),
+                              policy_context(*outline, with_model_defaults(jl.job, *outline).steps));
           by_name[jl.output].push_back(line);
           jobs.push_back(std::move(jl));
         } catch (const std::exception& e) {
@@ -572,7 +570,7 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
   // Every group: ask for a job, render it, report, until there is none. Every rank of the group
   // parses the job from the same line text and the same command line.
   std::string loaded_source;  // the group's resident model (one at a time)
-  std::unique_ptr<STDiT3> loaded;
+  std::unique_ptr<DiT> loaded;
   std::string last_result;
   for (;;) {
     std::string assignment;
@@ -589,7 +587,7 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
     std::string error;
     RenderedVideo v;
     JobLine jl;
-    const STDiT3* model = nullptr;
+    const DiT* model = nullptr;
     try {
       jl = parse_job(a.at("spec").dump(), line, d);
       ModelOptions jmo = mo;
@@ -597,7 +595,7 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
       const std::string key = model_source(jmo);
       if (!loaded || loaded_source != key) {
         loaded.reset();  // free the old one before loading
-        loaded = std::make_unique<STDiT3>(load_model(jmo, options));
+        loaded = load_model(jmo, options);
         loaded_source = key;
       }
       model = loaded.get();
@@ -622,7 +620,7 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
           remove_tree(partial);
           v.metrics["command"] = "render";
           v.metrics["job"] = {{"line", line}, {"output", name}};
-          const json m = write_video_outputs(partial, v, jl.job, model->config());
+          const json m = write_video_outputs(partial, v, jl.job, model->outline());
           if (::rename(partial.c_str(), final_dir.c_str()) != 0)
             fail("cannot rename '", partial, "' to '", final_dir, "': ", std::strerror(errno));
           const json& c = m.at("cache");

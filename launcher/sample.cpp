@@ -6,10 +6,11 @@
 
 #include "dist/mpi_communicator.h"
 #include "dist/parallel_layout.h"
-#include "launcher/common.h"
-#include "launcher/device_sync.h"
-#include "launcher/progress.h"
-#include "launcher/video_job.h"
+#include "launcher/commands.h"
+#include "pipeline/model_options.h"
+#include "pipeline/timing.h"
+#include "pipeline/progress.h"
+#include "pipeline/video_job.h"
 #include "model/error.h"
 
 namespace ditto {
@@ -69,7 +70,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const int sources = !caption_file.empty() + (random_caption > 0) + !prompt.empty();
   if (sources != 1) fail("give exactly one of --caption-embedding FILE, --random-caption N or --prompt TEXT");
   default_to_demo_model(mo);
-  STDiT3 model = load_model(mo, options);
+  const std::unique_ptr<DiT> model = load_model(mo, options);
   VideoJob job;
   job.prompt = prompt;
   job.caption_file = caption_file;
@@ -82,6 +83,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   job.height = vm["height"].defaulted() ? 0 : height;
   job.width = vm["width"].defaulted() ? 0 : width;
   job.cfg_scale = vm["cfg-scale"].defaulted() ? NAN : cfg_scale;
+  if (steps <= 0) fail("steps must be positive, got ", steps);
   job.steps = steps;
   job.fps = fps;
   job.sampler = sampler_name;
@@ -111,14 +113,14 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
               << ", " << wl.describe() << " (" << backend << "), " << steps << " steps, cache " << cache_name
               << ", seed " << seed << "\n";
   Progress progress(steps, "sampling", talk);
-  RenderedVideo v = render_video(model, mo.model_dir, model_source(mo), options, wl, job,
+  RenderedVideo v = render_video(*model, mo.model_dir, model_source(mo), options, wl, job,
                                  {sp_comm.get(), cfg_comm.get(), groups.video.get(), backend},
                                  [&](int done, int, double step_s, double elapsed) { progress.update(done, step_s, elapsed); });
   progress.finish();
   if (root) {
     v.metrics["command"] = "sample";
     v.metrics["timing"]["load_s"] = load_s;
-    write_video_outputs(video_dir, v, job, model.config());
+    write_video_outputs(video_dir, v, job, model->outline());
     if (talk || (!quiet && wl.dp > 1))
       std::cerr << "ditto sample: " << steps << " steps in " << v.metrics["timing"]["sample_s"].get<double>() << " s ("
                 << v.metrics["timing"]["steady_step_s"].get<double>() << " s/step steady), wrote " << video_dir << "/\n";

@@ -41,6 +41,10 @@ STDiT3Config load_config(const std::string& path) {
   } catch (const std::exception& e) {
     fail("'", path, "': malformed JSON: ", e.what());
   }
+  return parse_config(j, path);
+}
+
+STDiT3Config parse_config(const nlohmann::json& j, const std::string& path) {
   if (!j.is_object()) fail("'", path, "': the config is not a JSON object");
   STDiT3Config c;
   auto where = [&](const char* key) { return "'" + path + "', field '" + key + "'"; };
@@ -101,6 +105,11 @@ STDiT3Config load_config(const std::string& path) {
 }
 
 void save_config(const STDiT3Config& c, const std::string& path) {
+  const nlohmann::ordered_json j = config_json(c);
+  write_file_atomic(path, [&](std::ostream& out) { out << j.dump(2) << "\n"; });
+}
+
+nlohmann::ordered_json config_json(const STDiT3Config& c) {
   nlohmann::ordered_json j;
   j["architectures"] = {"STDiT3"};
   j["model_type"] = "STDiT3";
@@ -129,7 +138,7 @@ void save_config(const STDiT3Config& c, const std::string& path) {
   j["temporal_pos_embed"] = c.temporal_pos_embed ? "sincos" : "none";
   if (c.frame_modulation) j["frame_modulation"] = true;
   if (c.frame_caption_modulation) j["frame_caption_modulation"] = true;
-  write_file_atomic(path, [&](std::ostream& out) { out << j.dump(2) << "\n"; });
+  return j;
 }
 
 STDiT3Config builtin_config(const std::string& name) {
@@ -176,17 +185,6 @@ STDiT3Config builtin_config(const std::string& name) {
 
 std::vector<std::string> builtin_config_names() {
   return {"stdit3-xl", "stdit3-3b", "stdit3-small", "stdit3-tiny", "ditto-demo", "ditto-demo-fm", "ditto-demo-fcm", "ditto-demo-tiny"};
-}
-
-LatentShape latent_shape(const STDiT3Config& c, int frames, int height, int width) {
-  if (frames <= 0 || height <= 0 || width <= 0)
-    fail("frames, height and width must be positive (got ", frames, "x", height, "x", width, ")");
-  if (c.latent_space == LatentSpace::Pixel) return {c.in_channels, frames, height, width};
-  // Open-Sora 1.2 VAE: 8x spatial (floor), micro-batches of 17 frames -> 5 latents, and a
-  // remainder r -> ceil(r / 4) (the temporal VAE pads to a multiple of its 4x downsampling).
-  if (height < 8 || width < 8) fail("height and width must be at least 8 pixels for the Open-Sora VAE");
-  const int t = frames / 17 * 5 + (frames % 17 + 3) / 4;
-  return {c.in_channels, t, height / 8, width / 8};
 }
 
 }  // namespace ditto

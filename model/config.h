@@ -2,6 +2,7 @@
 // description of the latent space (which VAE the model works in), and the built-in named configs.
 #pragma once
 #include <array>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -56,16 +57,13 @@ struct STDiT3Config {
 // an Error). Writes the same names back, plus ditto's own fields.
 STDiT3Config load_config(const std::string& path);
 void save_config(const STDiT3Config& config, const std::string& path);
+// The same from and to JSON; `where` names the source in errors.
+STDiT3Config parse_config(const nlohmann::json& j, const std::string& where);
+nlohmann::ordered_json config_json(const STDiT3Config& config);
 
 // Named configs for random-weight runs: stdit3-xl, stdit3-3b, stdit3-small, stdit3-tiny.
 STDiT3Config builtin_config(const std::string& name);
 std::vector<std::string> builtin_config_names();
-
-// Latent geometry for a pixel-space request (frames, height, width in pixels).
-struct LatentShape {
-  int channels, frames, height, width;
-};
-LatentShape latent_shape(const STDiT3Config& config, int frames, int height, int width);
 
 const char* latent_space_name(LatentSpace s);
 

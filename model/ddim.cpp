@@ -20,7 +20,7 @@ DDIM::DDIM(const SamplerOptions& o) {
   for (int i = 0; i < o.steps; ++i) timesteps_.push_back(static_cast<float>((o.steps - 1 - i) * stride));
 }
 
-at::Tensor DDIM::step(int i, const at::Tensor& z, const at::Tensor& eps) const {
+at::Tensor DDIM::step(int i, const at::Tensor& z, const at::Tensor& eps) {
   const double a = alphas_cumprod_.at(static_cast<int>(timesteps_[i]));
   const double a_prev =
       i + 1 < static_cast<int>(timesteps_.size()) ? alphas_cumprod_.at(static_cast<int>(timesteps_[i + 1])) : 1.0;

@@ -1,6 +1,7 @@
 // STDiT3 building blocks; numerics follow the Open-Sora 1.2 reference (see layers.h).
 #include "model/layers.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -160,6 +161,24 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 at::Tensor mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                const at::Tensor& b2) {
   return at::linear(at::gelu(at::linear(x, w1, b1), "tanh"), w2, b2);
+}
+
+std::vector<int64_t> memory_order(const at::Tensor& x) {
+  // Size-1 dimensions first (their stride means nothing), then the others by decreasing stride.
+  std::vector<int64_t> order, rest;
+  for (int64_t d = 0; d < x.dim(); ++d) (x.size(d) == 1 ? order : rest).push_back(d);
+  std::stable_sort(rest.begin(), rest.end(), [&](int64_t a, int64_t b) { return x.stride(a) > x.stride(b); });
+  order.insert(order.end(), rest.begin(), rest.end());
+  return order;
+}
+
+at::Tensor linear_in_memory_order(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  const std::vector<int64_t> order = memory_order(x);
+  const at::Tensor physical = x.permute(order);
+  if (order.back() != x.dim() - 1 || !physical.is_contiguous()) return at::linear(x, w, b);
+  std::vector<int64_t> inverse(order.size());
+  for (size_t i = 0; i < order.size(); ++i) inverse[order[i]] = static_cast<int64_t>(i);
+  return at::linear(physical, w, b).permute(inverse);
 }
 
 }  // namespace ditto::layers

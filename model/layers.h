@@ -5,6 +5,7 @@
 
 #include <array>
 #include <utility>
+#include <vector>
 
 namespace ditto::layers {
 
@@ -69,5 +70,12 @@ at::Tensor attention_in_batches(const at::Tensor& q, const at::Tensor& k, const 
 // timm Mlp with tanh-GELU: fc2(gelu_tanh(fc1(x))).
 at::Tensor mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                const at::Tensor& b2);
+
+// The dimensions of x from outermost to innermost in memory (a permutation of 0..dim-1).
+std::vector<int64_t> memory_order(const at::Tensor& x);
+// at::linear over the last dimension of x computed in x's memory order: a dense x whose dimensions
+// are permuted (a layout switch may hand over such a view) is read in place, not copied first. The
+// result has x's shape and x's memory order.
+at::Tensor linear_in_memory_order(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 
 }  // namespace ditto::layers

@@ -19,8 +19,9 @@ GuidedFn batched_guidance(ModelFn model, double scale) {
   };
 }
 
-at::Tensor sample(const Sampler& sampler, const at::Tensor& z0, const GuidedFn& model, const StepFn& on_step) {
+at::Tensor sample(Sampler& sampler, const at::Tensor& z0, const GuidedFn& model, const StepFn& on_step) {
   const auto& ts = sampler.timesteps();
+  sampler.reset();
   at::Tensor z = z0;
   for (int i = 0; i < static_cast<int>(ts.size()); ++i) {
     z = sampler.step(i, z, model(z, ts[i], i).to(z.scalar_type()));
@@ -29,9 +30,9 @@ at::Tensor sample(const Sampler& sampler, const at::Tensor& z0, const GuidedFn& 
   return z;
 }
 
-std::unique_ptr<Sampler> make_sampler(const SamplerOptions& o, const VideoGeometry& geometry) {
+std::unique_ptr<Sampler> make_sampler(const SamplerOptions& o, const TimestepTransform& transform) {
   if (o.steps <= 0) fail("--steps must be positive, got ", o.steps);
-  if (o.name == "rflow") return std::make_unique<RectifiedFlow>(o, geometry);
+  if (o.name == "rflow") return std::make_unique<RectifiedFlow>(o, transform);
   if (o.name == "ddim") {
     if (o.shift > 0) fail("a flow shift is for the rflow sampler, not ddim");
     return std::make_unique<DDIM>(o);

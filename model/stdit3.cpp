@@ -192,6 +192,7 @@ STDiT3::STDiT3(STDiT3Config config, std::map<std::string, at::Tensor> weights)
   }
   if (!missing.empty()) fail("STDiT3: ", missing.size(), " weights missing, first '", missing.front(), "'");
   options_ = weights_.at("x_embedder.proj.weight").options();
+  outline_ = stdit3_outline(config_);
   for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {
     auto& vec = kind == BlockKind::Spatial ? spatial_ : temporal_;
     for (int i = 0; i < config_.depth; ++i) {
@@ -320,37 +321,24 @@ at::Tensor STDiT3::null_caption() const {
   return e.unsqueeze(0).unsqueeze(0);
 }
 
-Conditioning STDiT3::condition(const ForwardArgs& a) const {
+Conditioning STDiT3::prepare_conditioning(const ForwardArgs& a) const {
   if (!a.x.defined() || a.x.dim() != 5) fail("forward: x must be [B, C, T, H, W]");
   if (a.x.size(1) != config_.in_channels)
     fail("forward: x has ", a.x.size(1), " channels, the model takes ", config_.in_channels);
-  for (auto [t, name] : {std::pair{&a.timestep, "timestep"}, {&a.y, "y"}, {&a.fps, "fps"}, {&a.height, "height"},
-                         {&a.width, "width"}})
+  for (auto [t, name] : {std::pair{&a.y, "y"}, {&a.fps, "fps"}, {&a.height, "height"}, {&a.width, "width"}})
     if (!t->defined()) fail("forward: input '", name, "' is missing");
   const int64_t B = a.x.size(0);
   const auto dtype = options_.dtype().toScalarType();
   const auto compute = layers::compute_type(dtype);
   const auto dev = options_.device();
   Conditioning c;
-  const auto& p = config_.patch_size;
-  c.tx = a.x.size(2);
-  c.hx = a.x.size(3);
-  c.wx = a.x.size(4);
-  c.grid_t = (c.tx + p[0] - 1) / p[0];
-  c.grid_h = (c.hx + p[1] - 1) / p[1];
-  c.grid_w = (c.wx + p[2] - 1) / p[2];
+  c.batch = B;
+  c.grid = token_grid(a.x.size(2), a.x.size(3), a.x.size(4), config_.patch_size);
 
-  // Timestep: rounded to the model dtype first (the reference's `timestep.to(dtype)`).
-  at::Tensor ts = repeat_to_batch(a.timestep.reshape({-1}), B, "timestep").to(dev).to(dtype);
-  at::Tensor t_freq = layers::timestep_embedding(ts, 256, compute).to(dtype);
-  at::Tensor t = at::linear(at::silu(at::linear(t_freq, w("t_embedder.mlp.0.weight"), w("t_embedder.mlp.0.bias"))),
-                            w("t_embedder.mlp.2.weight"), w("t_embedder.mlp.2.bias"));
   at::Tensor fps = repeat_to_batch(a.fps.reshape({-1}), B, "fps").to(dev).to(dtype);
   at::Tensor f_freq = layers::timestep_embedding(fps, 256, compute).to(dtype);
-  t = t + at::linear(at::silu(at::linear(f_freq, w("fps_embedder.mlp.0.weight"), w("fps_embedder.mlp.0.bias"))),
-                     w("fps_embedder.mlp.2.weight"), w("fps_embedder.mlp.2.bias"));
-  c.t = t;
-  c.t_mlp = at::linear(at::silu(t), w("t_block.1.weight"), w("t_block.1.bias"));
+  c.fps_emb = at::linear(at::silu(at::linear(f_freq, w("fps_embedder.mlp.0.weight"), w("fps_embedder.mlp.0.bias"))),
+                         w("fps_embedder.mlp.2.weight"), w("fps_embedder.mlp.2.bias"));
 
   // Caption: project all tokens, then attend only to the valid ones.
   at::Tensor y = a.y;
@@ -364,19 +352,20 @@ Conditioning STDiT3::condition(const ForwardArgs& a) const {
     fail("forward: y has ", y.size(2), " channels, the model's caption_channels is ", config_.caption_channels);
   c.y = layers::mlp(y.to(options_), w("y_embedder.y_proj.fc1.weight"), w("y_embedder.y_proj.fc1.bias"),
                     w("y_embedder.y_proj.fc2.weight"), w("y_embedder.y_proj.fc2.bias"));
-  at::Tensor caption_mean = c.y.mean(1);  // [B, C] over the valid tokens (frame_caption_modulation)
+  c.caption_mean = c.y.mean(1);  // [B, C] over the valid tokens (frame_caption_modulation)
   if (a.mask.defined()) {
     at::Tensor m = a.mask;
     while (m.dim() > 2 && m.size(1) == 1) m = m.squeeze(1);
     if (m.dim() == 1) m = m.unsqueeze(0);
     if (m.dim() != 2 || m.size(1) != y.size(1))
       fail("forward: mask must be [B, L] with L = ", y.size(1), " caption tokens");
+    // Read once per video on the host: which rows are prefixes decides the attention's shape.
     at::Tensor valid = repeat_to_batch(m, B, "mask").ne(0).cpu();
     at::Tensor counts = valid.sum(1);
     if (counts.min().item<int64_t>() == 0) fail("forward: a caption mask row has no valid token");
     if (config_.frame_caption_modulation) {
       const at::Tensor v = valid.to(dev).to(c.y.scalar_type());
-      caption_mean = (c.y * v.unsqueeze(-1)).sum(1) / v.sum(1, true);
+      c.caption_mean = (c.y * v.unsqueeze(-1)).sum(1) / v.sum(1, true);
     }
     // The common case (every row the same prefix of valid tokens) needs no attention mask.
     const int64_t first = counts[0].item<int64_t>();
@@ -388,20 +377,20 @@ Conditioning STDiT3::condition(const ForwardArgs& a) const {
       c.y_mask = valid.to(dev);
     }
   }
-  std::tie(c.rope_cos, c.rope_sin) = layers::rope_tables(w("rope.freqs"), c.grid_t);
+  c.caption_tokens = c.y.size(1);
+  std::tie(c.rope_cos, c.rope_sin) = layers::rope_tables(w("rope.freqs"), c.grid.t);
   if (config_.reads_frame_index()) {
-    at::Tensor f = a.frame_index.defined() ? a.frame_index : at::arange(c.grid_t, at::kLong);
+    at::Tensor f = a.frame_index.defined() ? a.frame_index : at::arange(c.grid.t, at::kLong);
     if (f.dim() == 1) f = f.unsqueeze(0);
-    if (f.dim() != 2 || f.size(1) != c.grid_t)
-      fail("forward: frame_index must be [T'] or [B, T'] with T' = ", c.grid_t, ", got ", f.sizes());
+    if (f.dim() != 2 || f.size(1) != c.grid.t)
+      fail("forward: frame_index must be [T'] or [B, T'] with T' = ", c.grid.t, ", got ", f.sizes());
     if (f.size(0) != 1) f = repeat_to_batch(f, B, "frame_index");
     const at::Tensor frame_embed = layers::pos_embed_1d(f.to(dev), config_.hidden_size, compute).to(dtype);  // [B|1, T, C]
     if (config_.temporal_pos_embed) c.temporal_pos = frame_embed.unsqueeze(2);
     if (config_.frame_modulation) {
-      const at::Tensor input = config_.frame_caption_modulation
-                                   ? at::silu(c.t.unsqueeze(1) + frame_embed + caption_mean.unsqueeze(1))  // [B, T, C]
-                                   : frame_embed;
-      c.frame_mlp = at::linear(input, w("frame_block.weight"), w("frame_block.bias"));
+      c.frame_embed = frame_embed;
+      if (!config_.frame_caption_modulation)  // reads the frame only: the same at every step
+        c.frame_mlp = at::linear(frame_embed, w("frame_block.weight"), w("frame_block.bias"));
     }
   } else if (a.frame_index.defined()) {
     fail("forward: frame_index given, but the model reads none (no temporal position embedding or frame modulation)");
@@ -410,21 +399,8 @@ Conditioning STDiT3::condition(const ForwardArgs& a) const {
   const double hpx = a.height.reshape({-1})[0].to(dtype).item<double>();
   const double wpx = a.width.reshape({-1})[0].to(dtype).item<double>();
   c.pos_scale = std::sqrt(hpx * wpx) / config_.input_sq_size;
+  c.pos_table = pos_embedding(c);
   return c;
-}
-
-at::Tensor STDiT3::pos_embedding(const Conditioning& c) const {
-  const int base_size = static_cast<int>(std::lround(std::sqrt(static_cast<double>(c.grid_s()))));
-  const auto dtype = options_.dtype().toScalarType();
-  return layers::pos_embed_2d(c.grid_h, c.grid_w, config_.hidden_size, c.pos_scale, base_size,
-                              layers::compute_type(dtype), options_.device(), dtype)
-      .to(dtype);
-}
-
-at::Tensor STDiT3::embed_tokens(const at::Tensor& tokens, int64_t s_begin, const Conditioning& c) const {
-  at::Tensor h = layers::embed_patches(tokens.to(options_), w("x_embedder.proj.weight"), w("x_embedder.proj.bias"));
-  h = h + pos_embedding(c).narrow(0, s_begin, tokens.size(2));
-  return c.temporal_pos.defined() ? h + c.temporal_pos : h;
 }
 
 namespace {
@@ -443,20 +419,79 @@ std::vector<at::Tensor> block_modulation(const at::Tensor& sst, const Conditioni
 
 }  // namespace
 
+void STDiT3::set_timestep(DiTContext& ctx, const at::Tensor& timestep) const {
+  auto& c = dynamic_cast<Conditioning&>(ctx);
+  if (!timestep.defined()) fail("forward: input 'timestep' is missing");
+  const auto dtype = options_.dtype().toScalarType();
+  // Timestep: rounded to the model dtype first (the reference's `timestep.to(dtype)`).
+  at::Tensor ts = repeat_to_batch(timestep.reshape({-1}), c.batch, "timestep").to(options_.device()).to(dtype);
+  at::Tensor t_freq = layers::timestep_embedding(ts, 256, layers::compute_type(dtype)).to(dtype);
+  at::Tensor t = at::linear(at::silu(at::linear(t_freq, w("t_embedder.mlp.0.weight"), w("t_embedder.mlp.0.bias"))),
+                            w("t_embedder.mlp.2.weight"), w("t_embedder.mlp.2.bias"));
+  c.t = t + c.fps_emb;
+  c.t_mlp = at::linear(at::silu(c.t), w("t_block.1.weight"), w("t_block.1.bias"));
+  if (config_.frame_caption_modulation) {
+    const at::Tensor input = at::silu(c.t.unsqueeze(1) + c.frame_embed + c.caption_mean.unsqueeze(1));  // [B, T, C]
+    c.frame_mlp = at::linear(input, w("frame_block.weight"), w("frame_block.bias"));
+  }
+  c.modulation.clear();
+  for (int i = 0; i < config_.depth; ++i)
+    for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal})
+      c.modulation.push_back(block_modulation(block_weights(kind, i).sst, c));
+}
+
+Conditioning STDiT3::condition(const ForwardArgs& a) const {
+  Conditioning c = prepare_conditioning(a);
+  set_timestep(c, a.timestep);
+  return c;
+}
+
+std::unique_ptr<DiTContext> STDiT3::prepare(const DiTInputs& inputs) const {
+  return std::make_unique<Conditioning>(prepare_conditioning(inputs));
+}
+
+at::Tensor STDiT3::pos_embedding(const Conditioning& c) const {
+  const int base_size = static_cast<int>(std::lround(std::sqrt(static_cast<double>(c.grid.s()))));
+  const auto dtype = options_.dtype().toScalarType();
+  return layers::pos_embed_2d(c.grid.h, c.grid.w, config_.hidden_size, c.pos_scale, base_size,
+                              layers::compute_type(dtype), options_.device(), dtype)
+      .to(dtype);
+}
+
+at::Tensor STDiT3::embed_tokens(const at::Tensor& tokens, int64_t s_begin, const Conditioning& c) const {
+  at::Tensor h = layers::embed_patches(tokens.to(options_), w("x_embedder.proj.weight"), w("x_embedder.proj.bias"));
+  h = h + c.pos_table.narrow(0, s_begin, tokens.size(2));
+  return c.temporal_pos.defined() ? h + c.temporal_pos : h;
+}
+
+const std::vector<at::Tensor>& STDiT3::modulation(BlockKind kind, int index, const Conditioning& c) const {
+  const size_t b = static_cast<size_t>(index) * 2 + (kind == BlockKind::Temporal ? 1 : 0);
+  if (b >= c.modulation.size()) fail("STDiT3: the conditioning has no timestep (call set_timestep first)");
+  return c.modulation[b];
+}
+
 at::Tensor STDiT3::self_attention_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c,
-                                           SequenceLayout* layout) const {
+                                           AttentionSeam* seam) const {
   const BlockWeights& bw = block_weights(kind, index);
-  const auto mod = block_modulation(bw.sst, c);
-  at::Tensor h = modulated_input(kind, index, x, c);
+  const auto& mod = modulation(kind, index, c);
+  const AttentionScope scope = kind == BlockKind::Spatial ? AttentionScope::Frame : AttentionScope::Time;
+  at::Tensor h = layers::modulate(layers::layer_norm(x), mod[0], mod[1]);
   // Spatial attention needs whole frames: the only place activations change layout.
-  const bool switch_layout = layout && kind == BlockKind::Spatial;
-  if (switch_layout) h = layout->to_frames(h);
+  if (seam) h = seam->enter(scope, h);
   const int64_t B = h.size(0), T = h.size(1), S = h.size(2), C = h.size(3);
   const int64_t H = config_.num_heads, D = config_.head_dim();
-  // Sequences: the S tokens of a frame (spatial) or the T frames of a position (temporal).
-  at::Tensor seq = kind == BlockKind::Spatial ? h.reshape({B * T, S, C}) : h.permute({0, 2, 1, 3}).reshape({B * S, T, C});
-  const int64_t N = seq.size(0), L = seq.size(1);
-  at::Tensor qkv = at::linear(seq, bw.qkv_w, bw.qkv_b).view({N, L, 3, H, D}).permute({2, 0, 3, 1, 4});
+  // Sequences: the S tokens of a frame (spatial) or the T frames of a position (temporal). A layout
+  // switch may hand frames over position-major ([S, B, T, C] in memory): the projections then read
+  // and write that order in place, and the output goes back in it.
+  const std::vector<int64_t> order = layers::memory_order(h);
+  size_t outer = 0;  // the outermost dimension of more than one element
+  while (outer + 1 < order.size() && h.size(order[outer]) == 1) ++outer;
+  const bool position_major = kind == BlockKind::Spatial && B * T > 1 && order[outer] == 2;
+  at::Tensor qkv = kind == BlockKind::Spatial
+                       ? layers::linear_in_memory_order(h, bw.qkv_w, bw.qkv_b).reshape({B * T, S, 3 * C})
+                       : at::linear(h.permute({0, 2, 1, 3}).reshape({B * S, T, C}), bw.qkv_w, bw.qkv_b);
+  const int64_t N = qkv.size(0), L = qkv.size(1);
+  qkv = qkv.view({N, L, 3, H, D}).permute({2, 0, 3, 1, 4});
   at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
   if (config_.qk_norm) {
     q = layers::rms_norm(q, bw.q_norm);
@@ -469,13 +504,18 @@ at::Tensor STDiT3::self_attention_residual(BlockKind kind, int index, const at::
   // 16-bit runs follow the reference's kernels: its explicit math path for temporal attention
   // (flash attention only pays off for long sequences).
   const bool half_precision = q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf;
-  at::Tensor o = (kind == BlockKind::Temporal && half_precision ? layers::attention_math(q, k, v)
-                                                                : layers::attention(q, k, v))
-                     .transpose(1, 2)
-                     .reshape({N, L, C});
-  o = at::linear(o, bw.proj_w, bw.proj_b);
-  o = kind == BlockKind::Spatial ? o.view({B, T, S, C}) : o.view({B, S, T, C}).permute({0, 2, 1, 3});
-  if (switch_layout) o = layout->to_space(o);
+  const AttentionSeam::Attend attend = [&](const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_) {
+    return kind == BlockKind::Temporal && half_precision ? layers::attention_math(q_, k_, v_) : layers::attention(q_, k_, v_);
+  };
+  at::Tensor o = seam ? seam->attention(scope, q, k, v, attend) : attend(q, k, v);  // [N, H, L, D]
+  if (position_major) {
+    o = at::linear(o.permute({2, 0, 1, 3}).reshape({L, N, C}), bw.proj_w, bw.proj_b);  // [S, B T, C]
+    o = o.view({S, B, T, C}).permute({1, 2, 0, 3});
+  } else {
+    o = at::linear(o.transpose(1, 2).reshape({N, L, C}), bw.proj_w, bw.proj_b);
+    o = kind == BlockKind::Spatial ? o.view({B, T, S, C}) : o.view({B, S, T, C}).permute({0, 2, 1, 3});
+  }
+  if (seam) o = seam->leave(scope, o);
   return mod[2] * o;
 }
 
@@ -494,19 +534,19 @@ at::Tensor STDiT3::cross_attention_residual(BlockKind kind, int index, const at:
 
 at::Tensor STDiT3::mlp_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c) const {
   const BlockWeights& bw = block_weights(kind, index);
-  const auto mod = block_modulation(bw.sst, c);
+  const auto& mod = modulation(kind, index, c);
   at::Tensor h = layers::modulate(layers::layer_norm(x), mod[3], mod[4]);
   return mod[5] * layers::mlp(h, bw.fc1_w, bw.fc1_b, bw.fc2_w, bw.fc2_b);
 }
 
 at::Tensor STDiT3::modulated_input(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c) const {
-  const auto mod = block_modulation(block_weights(kind, index).sst, c);
+  const auto& mod = modulation(kind, index, c);
   return layers::modulate(layers::layer_norm(x), mod[0], mod[1]);
 }
 
 at::Tensor STDiT3::block(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c,
-                         SequenceLayout* layout) const {
-  at::Tensor h = x + self_attention_residual(kind, index, x, c, layout);
+                         AttentionSeam* seam) const {
+  at::Tensor h = x + self_attention_residual(kind, index, x, c, seam);
   h = h + cross_attention_residual(kind, index, h, c);
   return h + mlp_residual(kind, index, h, c);
 }
@@ -529,30 +569,104 @@ at::Tensor STDiT3::prediction_channels(const at::Tensor& out) const {
   return t.reshape(shape);
 }
 
-at::Tensor STDiT3::forward_tokens(const at::Tensor& tokens, int64_t s_begin, const Conditioning& c,
-                                  SequenceLayout* layout, const Observer& observe) const {
-  at::Tensor x = embed_tokens(tokens, s_begin, c);
-  auto flat = [](const at::Tensor& t) { return t.reshape({t.size(0), t.size(1) * t.size(2), t.size(3)}); };
-  if (observe) observe("x_embed", flat(x));
-  for (int i = 0; i < config_.depth; ++i) {
-    for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {
-      x = block(kind, i, x, c, layout);
-      if (observe) observe(kind_prefix(kind) + std::to_string(i), flat(x));
-    }
-  }
-  return final_tokens(x, c);
+void STDiT3::observe_context(const DiTContext& ctx, const Observer& observe) const {
+  const auto& c = dynamic_cast<const Conditioning&>(ctx);
+  observe("t", c.t);
+  observe("t_mlp", c.t_mlp);
+  observe("pos_emb", c.pos_table.unsqueeze(0));
 }
 
-at::Tensor STDiT3::forward(const ForwardArgs& args, const Observer& observe) const {
-  Conditioning c = condition(args);
-  if (observe) {
-    observe("t", c.t);
-    observe("t_mlp", c.t_mlp);
-    observe("pos_emb", pos_embedding(c).unsqueeze(0));
+// --- DiT ---
+
+std::vector<UnitInfo> stdit3_units(int depth) {
+  std::vector<UnitInfo> units;
+  for (int i = 0; i < depth; ++i) {
+    for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {
+      const bool spatial = kind == BlockKind::Spatial;
+      const int block = 2 * i + (spatial ? 0 : 1);
+      const std::string p = kind_prefix(kind) + std::to_string(i) + ".";
+      const AttentionScope scope = spatial ? AttentionScope::Frame : AttentionScope::Time;
+      units.push_back({p + "attn", spatial ? UnitRole::SpatialAttention : UnitRole::TemporalAttention, scope, block, i});
+      units.push_back({p + "cross_attn", UnitRole::CrossAttention, scope, block, i});
+      units.push_back({p + "mlp", UnitRole::Mlp, scope, block, i});
+    }
   }
-  at::Tensor out = forward_tokens(layers::patchify(args.x, config_.patch_size), 0, c, nullptr, observe);
-  return layers::unpatchify(out, config_.patch_size, config_.out_channels(), c.grid_t, c.grid_h, c.grid_w, c.tx, c.hx,
-                            c.wx);
+  return units;
+}
+
+ModelOutline stdit3_outline(const STDiT3Config& c) {
+  ModelOutline o;
+  o.family = "stdit3";
+  o.shape.in_channels = c.in_channels;
+  o.shape.out_channels = c.out_channels();
+  o.shape.patch = c.patch_size;
+  o.shape.hidden_size = c.hidden_size;
+  o.shape.num_heads = c.num_heads;
+  o.shape.depth = c.depth;
+  o.shape.caption_tokens = c.model_max_length;
+  o.shape.caption_channels = c.caption_channels;
+  o.units = stdit3_units(c.depth);
+  o.config = config_json(c);
+  return o;
+}
+
+std::string STDiT3::block_name(int block) const {
+  return kind_prefix(block % 2 ? BlockKind::Temporal : BlockKind::Spatial) + std::to_string(block / 2);
+}
+
+nlohmann::ordered_json STDiT3::describe() const {
+  return {{"family", family()},
+          {"hidden_size", config_.hidden_size},
+          {"depth", config_.depth},
+          {"num_heads", config_.num_heads},
+          {"patch_size", config_.patch_size},
+          {"in_channels", config_.in_channels},
+          {"latent_space", latent_space_name(config_.latent_space)}};
+}
+
+double STDiT3::unit_flops(int unit, const TokenGrid& g, int64_t batch, int64_t caption_tokens) const {
+  const UnitFlops f = stdit3_unit_flops(config_, batch, g.t, g.s(), caption_tokens);
+  switch (units().at(unit).role) {
+    case UnitRole::SpatialAttention: return f.spatial_attn;
+    case UnitRole::TemporalAttention: return f.temporal_attn;
+    case UnitRole::CrossAttention: return f.cross_attn;
+    default: return f.mlp;
+  }
+}
+
+double STDiT3::forward_flops(const TokenGrid& g, int64_t batch, int64_t caption_tokens) const {
+  return stdit3_forward_flops(config_, batch, g.t, g.s(), caption_tokens);
+}
+
+at::Tensor STDiT3::embed(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx) const {
+  return embed_tokens(tokens, begin, dynamic_cast<const Conditioning&>(ctx));
+}
+
+at::Tensor STDiT3::unit_residual(int unit, const at::Tensor& x, const DiTContext& ctx, AttentionSeam* seam) const {
+  const auto& c = dynamic_cast<const Conditioning&>(ctx);
+  const int block = unit / 3;
+  const BlockKind kind = block % 2 ? BlockKind::Temporal : BlockKind::Spatial;
+  switch (unit % 3) {
+    case 0: return self_attention_residual(kind, block / 2, x, c, seam);
+    case 1: return cross_attention_residual(kind, block / 2, x, c);
+    default: return mlp_residual(kind, block / 2, x, c);
+  }
+}
+
+at::Tensor STDiT3::head(const at::Tensor& x, const DiTContext& ctx) const {
+  return final_tokens(x, dynamic_cast<const Conditioning&>(ctx));
+}
+
+at::Tensor STDiT3::probe(ProbeSignal signal, const at::Tensor& x, const DiTContext& ctx) const {
+  (void)signal;  // TeaCache: the modulated input of the first block's self-attention
+  return modulated_input(BlockKind::Spatial, 0, x, dynamic_cast<const Conditioning&>(ctx));
+}
+
+void STDiT3::check_layout(const std::string& layout, int ranks, const TokenGrid& g) const {
+  if (layout != "dsp") fail("STDiT3 runs sequence parallelism as DSP, not '", layout, "'");
+  if (ranks > g.s())
+    fail("--sp ", ranks, " is more ranks than the ", g.s(), " spatial token positions of this video (", g.t,
+         " frames x ", g.s(), " positions): use a larger video or fewer ranks");
 }
 
 UnitFlops stdit3_unit_flops(const STDiT3Config& c, int64_t B, int64_t T, int64_t S, int64_t L) {

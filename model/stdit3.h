@@ -1,6 +1,6 @@
-// STDiT3 (Open-Sora 1.2 `opensora/models/stdit/stdit3.py`): parameters under the official names,
-// strict checkpoint loading, and a forward pass split into the stages the sampler, the cache and
-// sequence parallelism drive one by one (embed -> blocks -> final layer).
+// STDiT3 (Open-Sora 1.2 `opensora/models/stdit/stdit3.py`) as a DiT: parameters under the official
+// names, strict checkpoint loading, per-video preparation apart from the per-step conditioning, and
+// the forward split into the units the sampler, the cache and sequence parallelism drive one by one.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -11,7 +11,7 @@
 
 #include "model/config.h"
 #include "model/safetensors.h"
-#include "model/sequence_layout.h"
+#include "model/dit.h"
 
 namespace ditto {
 
@@ -22,36 +22,39 @@ struct ParamSpec {
 // Every tensor of the official state dict, in its order (973 for STDiT3-XL/2).
 std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& config);
 
-// The arguments of the official forward. x: [B, Cin, T, H, W]; timestep: [B]; y: [B, 1, L, Cc]
-// (or [B, L, Cc]); mask: [B, L] or [1, L] (nonzero = valid token; undefined = all valid);
-// fps, height, width: [B] or [1] (height/width in pixels; only element 0 is used, as in the reference).
-// frame_index (optional, read only with config.temporal_pos_embed): the frame each token frame
-// shows, [T'] or [B, T']; default 0..T'-1. An image step trains single frames cut from clips with
-// the index of the frame they came from.
-struct ForwardArgs {
-  at::Tensor x, timestep, y, mask, fps, height, width;
-  at::Tensor frame_index;
-};
+// The official forward's arguments (see DiTInputs). fps, height and width are required; height and
+// width are pixels and only element 0 is used, as in the reference. frame_index is read only with
+// config.temporal_pos_embed or frame_modulation; default 0..T'-1 (an image step trains single frames
+// cut from clips with the index of the frame they came from).
+using ForwardArgs = DiTInputs;
 
-// What a forward computes once and every block reads.
-struct Conditioning {
-  at::Tensor t;        // [B, C]    timestep + fps embedding (the final layer's modulation input)
-  at::Tensor t_mlp;    // [B, 6C]   t_block(t): the blocks' adaLN-single input
+// STDiT3's per-video context: what prepare() computes once per video, and the step's conditioning
+// that set_timestep() writes.
+struct Conditioning : DiTContext {
+  // --- per video ---
   at::Tensor y;        // [B, L, C] projected caption tokens
   at::Tensor y_mask;   // [B, L] bool, undefined when every token is valid
+  at::Tensor fps_emb;  // [B, C]   the fps embedding (added to the timestep embedding)
   at::Tensor rope_cos, rope_sin;  // [T, D/2]
+  at::Tensor pos_table;           // [S, C] the 2D sin-cos position embedding of the whole token grid
   at::Tensor temporal_pos;        // [B or 1, T, 1, C]; undefined without config.temporal_pos_embed
-  at::Tensor frame_mlp;           // [B or 1, T, 6C] per-frame adaLN terms; undefined without config.frame_modulation
-                                  // ([B, T, 6C] with config.frame_caption_modulation)
-  int64_t grid_t = 0, grid_h = 0, grid_w = 0;  // token grid
-  int64_t tx = 0, hx = 0, wx = 0;              // input latent size (for the crop)
-  double pos_scale = 1;                        // sqrt(height * width) / input_sq_size (pixels)
-  int64_t grid_s() const { return grid_h * grid_w; }
+  at::Tensor frame_embed;         // [B or 1, T, C] the frames' 1D sin-cos (config.frame_modulation)
+  at::Tensor caption_mean;        // [B, C] mean valid caption token (config.frame_caption_modulation)
+  double pos_scale = 1;           // sqrt(height * width) / input_sq_size (pixels)
+  // --- per step ---
+  at::Tensor t;        // [B, C]    timestep + fps embedding (the final layer's modulation input)
+  at::Tensor t_mlp;    // [B, 6C]   t_block(t): the blocks' adaLN-single input
+  at::Tensor frame_mlp;  // [B or 1, T, 6C] per-frame adaLN terms; undefined without config.frame_modulation
+  // Per block (execution order): its 6 adaLN-single tensors [B, 1 or T, 1, C] (shift/scale/gate for
+  // self-attention, then for the MLP).
+  std::vector<std::vector<at::Tensor>> modulation;
+
+  const at::Tensor& timestep_embedding() const override { return t; }
 };
 
 enum class BlockKind { Spatial, Temporal };
 
-class STDiT3 {
+class STDiT3 : public DiT {
  public:
   // weights: every name of stdit3_param_specs, already in the run's dtype and device.
   STDiT3(STDiT3Config config, std::map<std::string, at::Tensor> weights);
@@ -68,32 +71,50 @@ class STDiT3 {
   static STDiT3 training_init(const STDiT3Config& config, uint64_t seed, const at::TensorOptions& options);
 
   const STDiT3Config& config() const { return config_; }
-  at::TensorOptions options() const { return options_; }
   const std::map<std::string, at::Tensor>& weights() const { return weights_; }
   // Writes config.json + model.safetensors (float32 unless keep_dtype) into dir.
   void save_pretrained(const std::string& dir) const;
 
-  // Observer for --dump: called with a name and a tensor at each stage of forward().
-  using Observer = std::function<void(const std::string&, const at::Tensor&)>;
+  // --- DiT ---
+  const ModelOutline& outline() const override { return outline_; }
+  at::TensorOptions options() const override { return options_; }
+  nlohmann::ordered_json describe() const override;
+  std::unique_ptr<DiTContext> prepare(const DiTInputs& inputs) const override;
+  void set_timestep(DiTContext& ctx, const at::Tensor& timestep) const override;
+  std::string block_name(int block) const override;
+  double unit_flops(int unit, const TokenGrid& grid, int64_t batch, int64_t caption_tokens) const override;
+  double forward_flops(const TokenGrid& grid, int64_t batch, int64_t caption_tokens) const override;
+  at::Tensor embed(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx) const override;
+  at::Tensor unit_residual(int unit, const at::Tensor& x, const DiTContext& ctx, AttentionSeam* seam) const override;
+  at::Tensor head(const at::Tensor& x, const DiTContext& ctx) const override;
+  at::Tensor prediction(const at::Tensor& head_out) const override { return prediction_channels(head_out); }
+  at::Tensor probe(ProbeSignal signal, const at::Tensor& x, const DiTContext& ctx) const override;
+  std::vector<std::string> parallel_layouts() const override { return {"dsp"}; }
+  // DSP: every rank holds at least one spatial position in the resting layout (frames may run out).
+  void check_layout(const std::string& layout, int ranks, const TokenGrid& grid) const override;
+  // The learned null caption (y_embedding) shaped [1, 1, L, Cc].
+  at::Tensor null_caption() const override;
 
-  // The whole official forward: returns [B, out_channels, T, H, W] in float32 (float64 for a float64 model).
-  at::Tensor forward(const ForwardArgs& args, const Observer& observe = nullptr) const;
+  // t, t_mlp and the 2D position embedding (pos_emb).
+  void observe_context(const DiTContext& ctx, const Observer& observe) const override;
 
   // --- stages ---
-  // Everything computed once per forward from timestep, fps, caption and sizes. x is only read for its shape.
+  // The per-video part of the conditioning (caption, masks, position tables); x is read for its shape.
+  Conditioning prepare_conditioning(const ForwardArgs& args) const;
+  // Both parts at once: prepare_conditioning + the step conditioning of args.timestep.
   Conditioning condition(const ForwardArgs& args) const;
   // The 2D sin-cos position embedding of the whole token grid: [S, C].
   at::Tensor pos_embedding(const Conditioning& cond) const;
   // Patch tokens (layers::patchify order) of spatial positions [s_begin, s_begin + S_r) -> [B, T', S_r, C],
   // plus the position embeddings (spatial, and temporal where the config has it).
   at::Tensor embed_tokens(const at::Tensor& tokens, int64_t s_begin, const Conditioning& cond) const;
-  // One block on x [B, T, S_r, C] in space layout. `layout` (null on one rank) moves spatial
+  // One block on x [B, T, S_r, C] in space layout. `seam` (null on one rank) moves spatial
   // self-attention to the frame layout and back; everything else is local to the shard.
   at::Tensor block(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond,
-                   SequenceLayout* layout = nullptr) const;
+                   AttentionSeam* seam = nullptr) const;
   // The gated self-attention residual of a block: gate_msa * attn(modulate(LN(x))).
   at::Tensor self_attention_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond,
-                                     SequenceLayout* layout = nullptr) const;
+                                     AttentionSeam* seam = nullptr) const;
   // The cross-attention residual, given x after the self-attention residual was added.
   at::Tensor cross_attention_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
   // The gated MLP residual, given x after the cross-attention residual was added.
@@ -102,16 +123,9 @@ class STDiT3 {
   at::Tensor modulated_input(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
   // T2I final layer on x [B, T', S_r, C] -> output tokens [B, T', S_r, pt*ph*pw*Cout] (float32/float64).
   at::Tensor final_tokens(const at::Tensor& x, const Conditioning& cond) const;
-  // Embedding, every block and the final layer on a shard of patch tokens (the sequence-parallel
-  // forward; on one rank s_begin = 0 and layout = null).
-  at::Tensor forward_tokens(const at::Tensor& tokens, int64_t s_begin, const Conditioning& cond,
-                            SequenceLayout* layout = nullptr, const Observer& observe = nullptr) const;
   // The first in_channels of every output token (the sampler's prediction; pred_sigma's half dropped):
   // [..., pt*ph*pw*Cout] -> [..., pt*ph*pw*Cin].
   at::Tensor prediction_channels(const at::Tensor& out_tokens) const;
-
-  // The learned null caption (y_embedding) shaped [1, 1, L, Cc].
-  at::Tensor null_caption() const;
 
  private:
   struct BlockWeights {
@@ -120,12 +134,20 @@ class STDiT3 {
   };
   const BlockWeights& block_weights(BlockKind kind, int index) const;
   const at::Tensor& w(const std::string& name) const;
+  const std::vector<at::Tensor>& modulation(BlockKind kind, int index, const Conditioning& c) const;
 
   STDiT3Config config_;
+  ModelOutline outline_;
   at::TensorOptions options_;
   std::map<std::string, at::Tensor> weights_;
   std::vector<BlockWeights> spatial_, temporal_;
 };
+
+// The unit table of a depth-`depth` STDiT3: per block pair i, spatial then temporal block, each with
+// self-attention, cross-attention and MLP (3 x 2 x depth units).
+std::vector<UnitInfo> stdit3_units(int depth);
+// A configuration's outline (family "stdit3", its shape and units, config.json's fields).
+ModelOutline stdit3_outline(const STDiT3Config& config);
 
 // Reads a checkpoint directory's tensors strictly against the config's specs and converts them to
 // `options`; every missing, unexpected, wrong-shape or non-float tensor is listed in one Error.

@@ -1,42 +1,52 @@
-// ditto's own small text encoder for the demo model: a word-level vocabulary, learned token and
-// position embeddings and a few pre-norm transformer layers. Its output [L, dim] is the caption
-// embedding the STDiT cross-attends to, as T5's output is for Open-Sora.
+// The text-encoder seam: prompts -> caption tokens and mask, as the DiT's cross-attention reads them.
+// Text encoders are found in model directories through a registry of kinds (the demo's word encoder
+// registers one); precomputed caption-embedding files and random captions are the other caption
+// sources.
 #pragma once
 #include <ATen/ATen.h>
 
-#include <map>
+#include <functional>
+#include <memory>
 #include <string>
-#include <utility>
 #include <vector>
 
 namespace ditto {
 
-struct TextEncoderConfig {
-  std::vector<std::string> vocab;  // id 0 is padding; word i has id i + 1
-  int dim = 64, layers = 2, heads = 4, max_tokens = 12;
+// One prompt's caption: y [1, 1, L, C] float32 and mask [1, L] int64 (nonzero = valid), on the CPU.
+struct Caption {
+  at::Tensor y, mask;
 };
 
 class TextEncoder {
  public:
-  TextEncoder(TextEncoderConfig config, std::map<std::string, at::Tensor> weights);
-  static TextEncoder random(const TextEncoderConfig& config, uint64_t seed, const at::TensorOptions& options);
-  // `dir`/text_encoder.safetensors (the vocabulary and sizes are in its metadata).
-  static bool present(const std::string& dir);
-  static TextEncoder load(const std::string& dir, const at::TensorOptions& options);
-  void save(const std::string& dir) const;
-
-  const TextEncoderConfig& config() const { return config_; }
-  std::map<std::string, at::Tensor>& weights() { return weights_; }
-  const std::map<std::string, at::Tensor>& weights() const { return weights_; }
-
-  // Word ids padded to max_tokens; a word outside the vocabulary is an Error listing the known words.
-  std::vector<int64_t> tokenize(const std::string& prompt) const;
-  // y [B, 1, max_tokens, dim] and mask [B, max_tokens] (int64) for a batch of prompts.
-  std::pair<at::Tensor, at::Tensor> encode(const std::vector<std::string>& prompts) const;
-
- private:
-  TextEncoderConfig config_;
-  std::map<std::string, at::Tensor> weights_;
+  virtual ~TextEncoder() = default;
+  virtual std::string name() const = 0;
+  virtual int tokens() const = 0;    // L
+  virtual int channels() const = 0;  // C
+  // An Error naming what in the prompt the encoder cannot take, without encoding it.
+  virtual void check(const std::string& prompt) const = 0;
+  virtual Caption encode(const std::string& prompt) const = 0;
 };
+
+// A caption-embedding file: `y` ([L, C], [1, L, C] or [1, 1, L, C]) and optional `mask` ([L] or
+// [1, L]), padded to `tokens` with masked-out zeros. Every problem is an Error naming the file.
+Caption load_caption_embedding(const std::string& path, int tokens, int channels);
+// `valid` tokens of a normal random caption drawn from `seed` (benchmarks), the rest masked out.
+Caption random_caption(int valid, uint64_t seed, int tokens, int channels);
+
+// A kind of text encoder a model directory may hold.
+struct TextEncoderKind {
+  std::string name;
+  std::function<bool(const std::string& dir)> present;
+  std::function<std::shared_ptr<const TextEncoder>(const std::string& dir)> load;  // float32, CPU
+  // Fixed prompt sets that fit this encoder ("profile", "calibration", "evaluation" -> prompt k), for
+  // tools that need prompts of their own; empty when it has none.
+  std::function<std::string(const std::string& set, int k)> prompt_set;
+};
+void register_text_encoder(TextEncoderKind kind);
+// The kind of text encoder `dir` holds (null: none).
+const TextEncoderKind* text_encoder_kind(const std::string& dir);
+// The text encoder of `dir`, loaded once per directory per process (null: none).
+std::shared_ptr<const TextEncoder> find_text_encoder(const std::string& dir);
 
 }  // namespace ditto

@@ -10,6 +10,7 @@
 #include "model/error.h"
 #include "model/safetensors.h"
 #include "test_util.h"
+#include "tiny_video.h"
 
 using namespace ditto;
 using ditto::test::read_bytes;
@@ -47,7 +48,7 @@ ChangeCurves toy_curves(int depth, int steps) {
   c.depth = depth;
   c.steps = steps;
   c.runs = 1;
-  for (int u = 0; u < unit_count(depth); ++u) {
+  for (int u = 0; u < 6 * depth; ++u) {
     c.units.push_back("u" + std::to_string(u));
     std::vector<double> curve(steps, 0.0);
     for (int t = 1; t < steps; ++t) curve[t] = 0.01 * (u + 1) * (1 + t % 3);
@@ -73,7 +74,7 @@ TEST(BlockCache, ScheduleFilesRoundTripAndTheirErrors) {
   EXPECT_GT(s.compute_fraction(), 0.2);
   EXPECT_LT(s.compute_fraction(), 1.0);
   // The policy computes exactly the scheduled units, and refuses a schedule for another model or step count.
-  auto p = make_cache_policy("blockcache", {{"schedule", d + "/s.json"}}, 2, 10);
+  auto p = make_cache_policy("blockcache", {{"schedule", d + "/s.json"}}, ditto::test::stdit3_policy_context(2, 10));
   std::vector<float> ts(10, 500.f);
   p->reset(ts);
   for (int t = 0; t < 10; ++t) {
@@ -90,10 +91,10 @@ TEST(BlockCache, ScheduleFilesRoundTripAndTheirErrors) {
       EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
     }
   };
-  expect_error([&] { make_cache_policy("blockcache", {{"schedule", d + "/s.json"}}, 4, 10); }, "is for a depth-2 model");
-  expect_error([&] { make_cache_policy("blockcache", {{"schedule", d + "/s.json"}}, 2, 30); }, "is for 10 steps");
-  expect_error([&] { make_cache_policy("blockcache", {}, 2, 10); }, "needs a schedule");
-  expect_error([&] { make_cache_policy("blockcache", {{"schedule", d + "/none.json"}}, 2, 10); }, "cannot read");
+  expect_error([&] { make_cache_policy("blockcache", {{"schedule", d + "/s.json"}}, ditto::test::stdit3_policy_context(4, 10)); }, "is for a depth-2 model");
+  expect_error([&] { make_cache_policy("blockcache", {{"schedule", d + "/s.json"}}, ditto::test::stdit3_policy_context(2, 30)); }, "is for 10 steps");
+  expect_error([&] { make_cache_policy("blockcache", {}, ditto::test::stdit3_policy_context(2, 10)); }, "needs a schedule");
+  expect_error([&] { make_cache_policy("blockcache", {{"schedule", d + "/none.json"}}, ditto::test::stdit3_policy_context(2, 10)); }, "cannot read");
   nlohmann::json j = s.to_json();
   j["units"][3]["compute_steps"] = {2, 10};
   ditto::test::write_bytes(d + "/bad.json", j.dump());
@@ -200,7 +201,7 @@ TEST(BlockCache, PerUnitAdaCacheRatesByHand) {
   // Unit u's residual at step s is (1 + g_u (s - 1)) * ones: its relative change between computed
   // steps a < b is g_u (b - a) / (1 + g_u (a - 1)), divided by b - a for the metric.
   const std::vector<double> g = {0.01, 0.1, 0.5, 0.01, 0.1, 0.5};
-  auto policy = make_cache_policy("adacache", {{"per", "unit"}, {"codebook", "0.05:4/0.2:2/1.0:1"}}, 1, 10);
+  auto policy = make_cache_policy("adacache", {{"per", "unit"}, {"codebook", "0.05:4/0.2:2/1.0:1"}}, ditto::test::stdit3_policy_context(1, 10));
   policy->reset(std::vector<float>(10, 500.f));
   ASSERT_TRUE(policy->observes_units());
   ASSERT_TRUE(policy->reuses_units());
@@ -211,7 +212,7 @@ TEST(BlockCache, PerUnitAdaCacheRatesByHand) {
     masks.push_back(p.compute);
     for (int u = 0; u < 6; ++u)
       if (p.compute[u]) policy->observe_unit(u, at::full({4}, 1 + g[u] * step, at::kDouble), step);
-    policy->apply(policy->decide(policy->partial_sums(at::Tensor(), step), step), step);
+    policy->apply(policy->decide(policy->local_sums(at::Tensor(), step), step), step);
   }
   EXPECT_EQ(masks[0], V(6, 1));  // steps 1 and 2 compute everything
   EXPECT_EQ(masks[1], V(6, 1));
@@ -224,8 +225,8 @@ TEST(BlockCache, PerUnitAdaCacheRatesByHand) {
   const auto log = policy->log_entry(4);
   EXPECT_NEAR(log["metrics"][2].get<double>(), 0.5 / 2.5, 1e-12);
   // per=block: a block's three units share one metric and one rate.
-  auto block = make_cache_policy("adacache", {{"per", "block"}}, 2, 30);
+  auto block = make_cache_policy("adacache", {{"per", "block"}}, ditto::test::stdit3_policy_context(2, 30));
   EXPECT_EQ(block->decision_size(), 2u * 4);
-  EXPECT_THROW(make_cache_policy("adacache", {{"per", "unit"}, {"moreg", "1"}}, 2, 30), Error);
-  EXPECT_THROW(make_cache_policy("adacache", {{"per", "pixel"}}, 2, 30), Error);
+  EXPECT_THROW(make_cache_policy("adacache", {{"per", "unit"}, {"moreg", "1"}}, ditto::test::stdit3_policy_context(2, 30)), Error);
+  EXPECT_THROW(make_cache_policy("adacache", {{"per", "pixel"}}, ditto::test::stdit3_policy_context(2, 30)), Error);
 }

@@ -10,6 +10,7 @@
 #include "cache/threshold_policies.h"
 #include "dist/video_sampler.h"
 #include "model/error.h"
+#include "model/opensora.h"
 #include "test_util.h"
 #include "tiny_video.h"
 
@@ -59,7 +60,7 @@ TEST(Codebook, LookupAtAndAroundEveryThreshold) {
 TEST(AdaCache, StateMachineFollowsAHandWrittenSchedule) {
   // 12 steps, codebook 0.1:4 / 0.2:2 / 1:1, no MoReg. Scripted metric sums per computed step
   // (|p_old - p_new|, |p_old|): relative change 0.05 -> rate 4 (after the first metric), etc.
-  AdaCachePolicy p(Codebook::parse("0.1:4/0.2:2/1:1"), {BlockKind::Temporal, 0, UnitKind::SelfAttn}, {}, "test");
+  AdaCachePolicy p(Codebook::parse("0.1:4/0.2:2/1:1"), 3, "temporal_blocks.0.attn", {}, "test");
   p.reset(steps_of(12));
   // Hand schedule (1-based): 1 computes (no metric yet, rate 1) -> 2 computes (d = 0.05 / 1 -> rate 4)
   // -> 6 computes (d = 0.6 / 4 = 0.15 -> rate 2) -> 8 computes (d = 0.5 / 2 = 0.25 -> rate 1)
@@ -91,7 +92,7 @@ TEST(AdaCache, MoRegHandValues) {
   // Inside the window: d = rel / k * (m + |10 (m - m_prev) / k|), m_prev starting at 1.
   m.first = 1;
   m.last = 10;
-  AdaCachePolicy p(Codebook::parse("0.1:4/1:1"), {BlockKind::Temporal, 0, UnitKind::SelfAttn}, m, "test");
+  AdaCachePolicy p(Codebook::parse("0.1:4/1:1"), 3, "temporal_blocks.0.attn", m, "test");
   p.reset(steps_of(10));
   p.apply(p.decide({0, 0, 0.7, 1.0, 1.0, 0}, 0), 0);  // step 1: no metric yet
   const double score = std::pow(0.35 / 0.385, 8);
@@ -110,16 +111,18 @@ TEST(StaticPolicy, IntervalInsideTheWindow) {
 }
 
 TEST(PabPolicy, RangesPerAttentionKindInsideTheTimestepWindow) {
-  PabPolicy p(/*depth=*/2, /*spatial=*/2, /*temporal=*/3, /*cross=*/4, /*mlp=*/0, 300, 900);
+  const std::vector<UnitInfo> units = stdit3_units(/*depth=*/2);
+  PabPolicy p(units, {{UnitRole::SpatialAttention, 2}, {UnitRole::TemporalAttention, 3}, {UnitRole::CrossAttention, 4}},
+              300, 900);
   std::vector<float> ts = {950, 850, 800, 700, 600, 500, 400, 250};
   p.reset(ts);
-  auto computes = [&](int step, BlockKind k, UnitKind u) { return p.plan(step).compute[unit_index({k, 1, u})] != 0; };
+  auto computes = [&](int step, const std::string& unit) { return p.plan(step).compute[unit_named(units, unit)] != 0; };
   for (int step = 0; step < 8; ++step) {
     const bool inside = ts[step] > 300 && ts[step] < 900;
-    EXPECT_EQ(computes(step, BlockKind::Spatial, UnitKind::SelfAttn), !inside || step % 2 == 0) << step;
-    EXPECT_EQ(computes(step, BlockKind::Temporal, UnitKind::SelfAttn), !inside || step % 3 == 0) << step;
-    EXPECT_EQ(computes(step, BlockKind::Temporal, UnitKind::CrossAttn), !inside || step % 4 == 0) << step;
-    EXPECT_TRUE(computes(step, BlockKind::Spatial, UnitKind::Mlp)) << step;
+    EXPECT_EQ(computes(step, "spatial_blocks.1.attn"), !inside || step % 2 == 0) << step;
+    EXPECT_EQ(computes(step, "temporal_blocks.1.attn"), !inside || step % 3 == 0) << step;
+    EXPECT_EQ(computes(step, "temporal_blocks.1.cross_attn"), !inside || step % 4 == 0) << step;
+    EXPECT_TRUE(computes(step, "spatial_blocks.1.mlp")) << step;
   }
 }
 
@@ -147,7 +150,7 @@ TEST(FirstBlockCache, ComparesWithTheLastComputedStep) {
   std::string got;
   const double scale[] = {1.0, 1.05, 1.08, 1.12, 1.0};  // relative to the reference (last computed)
   for (int step = 0; step < 5; ++step) {
-    auto sums = p.partial_sums(r0 * scale[step], step);
+    auto sums = p.local_sums(r0 * scale[step], step);
     p.apply(p.decide(sums, step), step);
     got += p.probe_says_compute() ? 'c' : 'r';
   }
@@ -161,10 +164,10 @@ TEST(CacheRunner, NoneIsTheUncachedModelAndStateResetsBetweenVideos) {
   const VideoRequest req = ditto::test::tiny_video_request(4, 48, 72);
   SamplerOptions so;
   so.steps = 12;
-  RectifiedFlow rf(so, {48, 72, 51, LatentSpace::OpenSoraV12});
+  RectifiedFlow rf(so, opensora_transform({48, 72, 51, LatentSpace::OpenSoraV12}));
   const at::Tensor reference = sample_video(m, rf, req, {});
   for (const std::string name : {"none", "static", "pab", "adacache", "teacache", "fbcache"}) {
-    auto policy = make_cache_policy(name, {}, c.depth, so.steps);
+    auto policy = make_cache_policy(name, {}, policy_context(m, so.steps));
     CacheRunner runner(m, *policy, nullptr);
     auto run = [&] {
       runner.begin_video(rf.timesteps());
@@ -175,7 +178,7 @@ TEST(CacheRunner, NoneIsTheUncachedModelAndStateResetsBetweenVideos) {
     auto [z2, r2] = run();  // a second video with the same runner: identical, no stale state
     EXPECT_TRUE(at::equal(z1, z2)) << name;
     EXPECT_EQ(r1["decisions"], r2["decisions"]) << name;
-    EXPECT_EQ(r1["units_total"], so.steps * unit_count(c.depth)) << name;
+    EXPECT_EQ(r1["units_total"], so.steps * m.unit_count()) << name;
     if (name == "none") {
       EXPECT_LT(ditto::test::rel_err(z1, reference), 1e-6);
       EXPECT_EQ(r1["units_computed"], r1["units_total"]);
@@ -205,7 +208,7 @@ TEST(CacheRunner, ReusedStackAddsTheLastResidual) {
   at::Tensor tok1 = at::randn({1, 3, 4, 16}, gen, at::kDouble), tok2 = at::randn({1, 3, 4, 16}, gen, at::kDouble);
   const Conditioning c1 = cond_at(900), c2 = cond_at(800);
   runner.forward(tok1, 0, c1, nullptr, 0);
-  EXPECT_EQ(runner.last_step_units(), unit_count(c.depth));
+  EXPECT_EQ(runner.last_step_units(), m.unit_count());
   at::Tensor out2 = runner.forward(tok2, 0, c2, nullptr, 1);
   EXPECT_EQ(runner.last_step_units(), 0);
   at::Tensor x1 = m.embed_tokens(tok1, 0, c1), y1 = x1;
@@ -216,17 +219,17 @@ TEST(CacheRunner, ReusedStackAddsTheLastResidual) {
 }
 
 TEST(CachePolicies, UnknownNamesAndOptionsAreErrors) {
-  EXPECT_THROW(make_cache_policy("magic", {}, 2, 30), Error);
-  EXPECT_THROW(make_cache_policy("pab", {{"spatail", "2"}}, 2, 30), Error);
-  EXPECT_THROW(make_cache_policy("adacache", {{"preset", "medium"}}, 2, 30), Error);
-  EXPECT_THROW(make_cache_policy("teacache", {{"threshold", "abc"}}, 2, 30), Error);
+  EXPECT_THROW(make_cache_policy("magic", {}, ditto::test::stdit3_policy_context(2, 30)), Error);
+  EXPECT_THROW(make_cache_policy("pab", {{"spatail", "2"}}, ditto::test::stdit3_policy_context(2, 30)), Error);
+  EXPECT_THROW(make_cache_policy("adacache", {{"preset", "medium"}}, ditto::test::stdit3_policy_context(2, 30)), Error);
+  EXPECT_THROW(make_cache_policy("teacache", {{"threshold", "abc"}}, ditto::test::stdit3_policy_context(2, 30)), Error);
   EXPECT_THROW(parse_policy_options({"noequals"}), Error);
-  auto p = make_cache_policy("adacache", {{"preset", "slow"}, {"moreg", "1"}}, 28, 30);
+  auto p = make_cache_policy("adacache", {{"preset", "slow"}, {"moreg", "1"}}, ditto::test::stdit3_policy_context(28, 30));
   EXPECT_EQ(p->params()["codebook"], "0.08:3/0.16:2/0.24:1/0.32:1/0.4:1/1:1");
   EXPECT_EQ(p->params()["metric_unit"], "temporal_blocks.13.attn");  // the released cache_loc
   EXPECT_EQ(p->params()["moreg_window"], nlohmann::json({4, 26}));
   const std::string file = ditto::test::temp_dir() + "/codebook.txt";
   ditto::test::write_bytes(file, "0.05:5/0.5:2/1:1\n");
-  EXPECT_EQ(make_cache_policy("adacache", {{"codebook", "@" + file}}, 28, 30)->params()["codebook"], "0.05:5/0.5:2/1:1");
-  EXPECT_THROW(make_cache_policy("adacache", {{"codebook", "@/nonexistent"}}, 28, 30), Error);
+  EXPECT_EQ(make_cache_policy("adacache", {{"codebook", "@" + file}}, ditto::test::stdit3_policy_context(28, 30))->params()["codebook"], "0.05:5/0.5:2/1:1");
+  EXPECT_THROW(make_cache_policy("adacache", {{"codebook", "@/nonexistent"}}, ditto::test::stdit3_policy_context(28, 30)), Error);
 }

@@ -9,6 +9,7 @@
 #include "dist/parallel_layout.h"
 #include "dist/video_sampler.h"
 #include "model/error.h"
+#include "model/opensora.h"
 #include "model/layers.h"
 #include "model/stdit3.h"
 #include "test_util.h"
@@ -170,7 +171,7 @@ TEST(SequenceParallel, ForwardMatchesOneRankAndMovesTheAnalyticBytes) {
     const Conditioning cond = m.condition(a);
     at::Tensor tokens = layers::patchify(a.x, c.patch_size);
     at::Tensor reference = m.forward_tokens(tokens, 0, cond);  // one rank, whole grid
-    DspLayout layout(world(), cond.grid_t, cond.grid_s());
+    DspLayout layout(world(), cond.grid.t, cond.grid.s());
     const Split& s = layout.positions();
     world().reset_counters();
     at::Tensor out = m.forward_tokens(tokens.narrow(2, s.offsets[r], s.counts[r]), s.offsets[r], cond, &layout);
@@ -183,7 +184,7 @@ TEST(SequenceParallel, ForwardMatchesOneRankAndMovesTheAnalyticBytes) {
     int64_t diag = 0;
     for (int j = 0; j < P; ++j) diag += layout.frames().counts[j] * s.counts[j];
     const int64_t elem = 2 * c.hidden_size * 4;  // B * C * sizeof(float)
-    EXPECT_EQ(bytes.item<int64_t>(), c.depth * 2 * (cond.grid_t * cond.grid_s() - diag) * elem);
+    EXPECT_EQ(bytes.item<int64_t>(), c.depth * 2 * (cond.grid.t * cond.grid.s() - diag) * elem);
   }
 }
 
@@ -201,7 +202,7 @@ TEST(SequenceParallel, EvenSplitMovesTwoPMinusOneOverPOfTheActivation) {
   a.height = at::full({1}, 16.0f);
   a.width = at::full({1}, 192.0f);
   const Conditioning cond = m.condition(a);
-  DspLayout layout(world(), cond.grid_t, cond.grid_s());
+  DspLayout layout(world(), cond.grid.t, cond.grid.s());
   const Split& s = layout.positions();
   at::Tensor tokens = layers::patchify(a.x, c.patch_size);
   world().reset_counters();
@@ -209,7 +210,7 @@ TEST(SequenceParallel, EvenSplitMovesTwoPMinusOneOverPOfTheActivation) {
                    cond, &layout);
   at::Tensor bytes = at::tensor({world().counters().all_to_all.bytes}, at::kLong);
   world().all_reduce(bytes, ReduceOp::Sum);
-  const int64_t activation = 1 * cond.grid_t * cond.grid_s() * c.hidden_size * 4;  // |x| in bytes
+  const int64_t activation = 1 * cond.grid.t * cond.grid.s() * c.hidden_size * 4;  // |x| in bytes
   EXPECT_EQ(bytes.item<int64_t>() * P, c.depth * 2 * (P - 1) * activation);
 }
 
@@ -226,7 +227,7 @@ TEST(SequenceParallel, SamplingMatchesOneRankWithAndWithoutCfgParallel) {
     req.cfg_scale = 6.0;
     SamplerOptions so;
     so.steps = 3;
-    RectifiedFlow rf(so, {40, 72, 51, LatentSpace::OpenSoraV12});
+    RectifiedFlow rf(so, opensora_transform({40, 72, 51, LatentSpace::OpenSoraV12}));
     const at::Tensor reference = sample_video(m, rf, req, {});
     at::Tensor z = sample_video(m, rf, req, {&world(), nullptr});
     EXPECT_LT(ditto::test::rel_err(z, reference), 1e-5) << "sp " << P << ", frame modulation " << frame_modulation;
@@ -256,7 +257,7 @@ TEST(SequenceParallel, NegativeCaptionGuidesAsTwoSeparateModelCalls) {
   req.negative_mask.narrow(1, 0, 4).fill_(1);
   SamplerOptions so;
   so.steps = 3;
-  RectifiedFlow rf(so, {32, 64, 51, LatentSpace::OpenSoraV12});
+  RectifiedFlow rf(so, opensora_transform({32, 64, 51, LatentSpace::OpenSoraV12}));
   auto branch = [&](const at::Tensor& z, float t, const at::Tensor& y, const at::Tensor& mask) {
     ForwardArgs a;
     a.x = z;
@@ -301,7 +302,7 @@ TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
   const VideoRequest req = ditto::test::tiny_video_request(12, 40, 72);
   SamplerOptions so;
   so.steps = 14;
-  RectifiedFlow rf(so, {40, 72, 51, LatentSpace::OpenSoraV12});
+  RectifiedFlow rf(so, opensora_transform({40, 72, 51, LatentSpace::OpenSoraV12}));
   // Thresholds loose enough that the random model skips steps under every adaptive policy.
   const std::vector<std::pair<std::string, PolicyOptions>> policies = {
       {"none", {}},
@@ -313,7 +314,7 @@ TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
       {"fbcache", {{"threshold", "0.6"}}}};
   for (const auto& [name, options] : policies) {
     auto run = [&](const VideoGroups& g, Communicator* video, Communicator* watch, std::vector<int64_t>* a2a_per_step) {
-      auto policy = make_cache_policy(name, options, c.depth, so.steps);
+      auto policy = make_cache_policy(name, options, policy_context(m, so.steps));
       CacheRunner runner(m, *policy, video);
       runner.begin_video(rf.timesteps());
       int64_t before = watch ? watch->counters().all_to_all.calls : 0;

@@ -10,14 +10,15 @@
 #include <set>
 #include <sstream>
 
-#include "launcher/adamw.h"
-#include "launcher/quality.h"
-#include "launcher/train_loss.h"
+#include "demo/adamw.h"
+#include "pipeline/quality.h"
+#include "demo/adherence.h"
+#include "demo/train_loss.h"
 #include "model/config.h"
-#include "model/demo_data.h"
+#include "demo/demo_data.h"
 #include "model/error.h"
 #include "model/safetensors.h"
-#include "model/text_encoder.h"
+#include "demo/word_encoder.h"
 #include "test_util.h"
 
 using namespace ditto;
@@ -195,11 +196,11 @@ TEST(Quality, PsnrAndSsimByHand) {
 }
 
 TEST(TextEncoder, VocabularyAndShapes) {
-  TextEncoderConfig c;
+  WordEncoderConfig c;
   c.vocab = {"a", "red", "square"};
   c.dim = 16;
   c.max_tokens = 4;
-  TextEncoder t = TextEncoder::random(c, 1, at::TensorOptions().dtype(at::kFloat));
+  WordEncoder t = WordEncoder::random(c, 1, at::TensorOptions().dtype(at::kFloat));
   EXPECT_EQ(t.tokenize("A red, square!"), (std::vector<int64_t>{1, 2, 3, 0}));
   try {
     t.tokenize("a blue square");
@@ -209,13 +210,13 @@ TEST(TextEncoder, VocabularyAndShapes) {
               std::string::npos)
         << e.what();
   }
-  auto [y, mask] = t.encode({"a red square", "square"});
+  auto [y, mask] = t.encode_batch({"a red square", "square"});
   EXPECT_EQ(y.sizes(), at::IntArrayRef({2, 1, 4, 16}));
   EXPECT_TRUE(at::equal(mask, at::tensor({1, 1, 1, 0, 1, 0, 0, 0}, at::kLong).reshape({2, 4})));
   const std::string dir = ditto::test::temp_dir();
   t.save(dir);
-  TextEncoder back = TextEncoder::load(dir, at::TensorOptions().dtype(at::kFloat));
-  EXPECT_TRUE(at::equal(back.encode({"a red square"}).first, t.encode({"a red square"}).first));
+  WordEncoder back = WordEncoder::load(dir, at::TensorOptions().dtype(at::kFloat));
+  EXPECT_TRUE(at::equal(back.encode_batch({"a red square"}).first, t.encode_batch({"a red square"}).first));
 }
 
 namespace {

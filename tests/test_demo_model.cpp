@@ -5,11 +5,12 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "launcher/quality.h"
-#include "model/demo_data.h"
+#include "pipeline/quality.h"
+#include "demo/adherence.h"
+#include "demo/demo_data.h"
 #include "model/safetensors.h"
 #include "model/stdit3.h"
-#include "model/text_encoder.h"
+#include "demo/word_encoder.h"
 #include "test_util.h"
 
 using namespace ditto;
@@ -31,7 +32,7 @@ TEST(DemoModel, DefaultModelOfDittoSample) {
 TEST(DemoModel, ShippedWeightsLoadStrictly) {
   STDiT3 model = STDiT3::from_pretrained(kDemo, at::TensorOptions().dtype(at::kFloat));
   EXPECT_EQ(model.config().latent_space, LatentSpace::Pixel);
-  TextEncoder text = TextEncoder::load(kDemo, at::TensorOptions().dtype(at::kFloat));
+  WordEncoder text = WordEncoder::load(kDemo, at::TensorOptions().dtype(at::kFloat));
   EXPECT_EQ(text.config().dim, model.config().caption_channels);
   // Every prompt of the data set tokenizes.
   for (const auto& a : all_demo_attributes()) EXPECT_NO_THROW(text.tokenize(demo_prompt(a)));

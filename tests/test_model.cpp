@@ -354,11 +354,11 @@ TEST(Model, FrameModulationAddsALinearMapOfTheFrameSinCosToEveryBlocksAdaLN) {
   set_frame_block(w, C, &g);
   STDiT3 m(fc, w);
   const Conditioning cm = m.condition(a), cs = stock.condition(a);
-  const at::Tensor x = at::randn({2, cm.grid_t, cm.grid_s(), C}, g, f64);
+  const at::Tensor x = at::randn({2, cm.grid.t, cm.grid.s(), C}, g, f64);
   for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {
     const at::Tensor diff = m.modulated_input(kind, 1, x, cm) - stock.modulated_input(kind, 1, x, cs);
     const at::Tensor ln = plain_layer_norm(x);
-    for (int64_t f = 0; f < cm.grid_t; ++f) {
+    for (int64_t f = 0; f < cm.grid.t; ++f) {
       const at::Tensor terms = at::mv(w["frame_block.weight"], frame_sincos(f, C)) + w["frame_block.bias"];
       const at::Tensor expected = ln.select(1, f) * terms.narrow(0, C, C) + terms.narrow(0, 0, C);
       EXPECT_LT((diff.select(1, f) - expected).abs().max().item<double>(), 1e-10) << "frame " << f;
@@ -397,7 +397,7 @@ TEST(Model, FrameCaptionModulationReadsTheFrameTheTimestepAndTheMeanCaptionToken
   set_frame_block(w, C, &g);
   STDiT3 m(fc, w);
   const Conditioning cm = m.condition(a), cs = stock.condition(a);
-  const at::Tensor x = at::randn({2, cm.grid_t, cm.grid_s(), C}, g, f64);
+  const at::Tensor x = at::randn({2, cm.grid.t, cm.grid.s(), C}, g, f64);
   const at::Tensor ln = plain_layer_norm(x);
   for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {
     const at::Tensor diff = m.modulated_input(kind, 0, x, cm) - stock.modulated_input(kind, 0, x, cs);
@@ -411,7 +411,7 @@ TEST(Model, FrameCaptionModulationReadsTheFrameTheTimestepAndTheMeanCaptionToken
         sum += at::mv(w["y_embedder.y_proj.fc2.weight"], h) + w["y_embedder.y_proj.fc2.bias"];
         ++valid;
       }
-      for (int64_t f = 0; f < cm.grid_t; ++f) {
+      for (int64_t f = 0; f < cm.grid.t; ++f) {
         const at::Tensor u = cs.t[b] + frame_sincos(f, C) + sum / valid;
         const at::Tensor terms = at::mv(w["frame_block.weight"], u * at::sigmoid(u)) + w["frame_block.bias"];
         const at::Tensor expected = ln[b][f] * terms.narrow(0, C, C) + terms.narrow(0, 0, C);

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "model/error.h"
+#include "model/opensora.h"
 #include "model/safetensors.h"
 #include "model/sampler.h"
 #include "model/stdit3.h"
@@ -34,16 +35,16 @@ TEST(RectifiedFlow, TransformHandValues) {
   // 512x512, 51 frames: r = 1 * sqrt(51 // 17 * 5) = sqrt(15); t' = r t / (1 + (r - 1) t).
   VideoGeometry g{512, 512, 51, LatentSpace::OpenSoraV12};
   const double r = std::sqrt(15.0);
-  EXPECT_NEAR(RectifiedFlow::transform(500.0f, g, 1000), 1000 * r * 0.5 / (1 + (r - 1) * 0.5), 1e-3);
-  EXPECT_NEAR(RectifiedFlow::transform(1000.0f, g, 1000), 1000.0, 1e-3);
+  EXPECT_NEAR(opensora_timestep_transform(500.0f, g, 1000), 1000 * r * 0.5 / (1 + (r - 1) * 0.5), 1e-3);
+  EXPECT_NEAR(opensora_timestep_transform(1000.0f, g, 1000), 1000.0, 1e-3);
   // One frame at 512x512: r = 1, the identity.
-  EXPECT_EQ(RectifiedFlow::transform(333.0f, {512, 512, 1, LatentSpace::OpenSoraV12}, 1000), 333.0f);
+  EXPECT_EQ(opensora_timestep_transform(333.0f, {512, 512, 1, LatentSpace::OpenSoraV12}, 1000), 333.0f);
   // 256x256 one frame: r = 0.5 -> t' = 0.5 t / (1 - 0.5 t); t = 400 -> 0.2 / 0.8 = 250.
-  EXPECT_NEAR(RectifiedFlow::transform(400.0f, {256, 256, 1, LatentSpace::OpenSoraV12}, 1000), 250.0, 1e-3);
+  EXPECT_NEAR(opensora_timestep_transform(400.0f, {256, 256, 1, LatentSpace::OpenSoraV12}, 1000), 250.0, 1e-3);
   // Pixel-space models use the frame count itself: 512x512, 4 frames -> r = 2; t = 500 -> 1/1.5.
-  EXPECT_NEAR(RectifiedFlow::transform(500.0f, {512, 512, 4, LatentSpace::Pixel}, 1000), 1000.0 / 1.5, 1e-3);
+  EXPECT_NEAR(opensora_timestep_transform(500.0f, {512, 512, 4, LatentSpace::Pixel}, 1000), 1000.0 / 1.5, 1e-3);
   // Fewer than 17 frames would zero Open-Sora's time ratio: refused, not silently collapsed.
-  EXPECT_THROW(RectifiedFlow(rflow(5, true), {512, 512, 16, LatentSpace::OpenSoraV12}), Error);
+  EXPECT_THROW(RectifiedFlow(rflow(5, true), opensora_transform({512, 512, 16, LatentSpace::OpenSoraV12})), Error);
 }
 
 TEST(RectifiedFlow, FlowShiftHandValues) {
@@ -56,7 +57,7 @@ TEST(RectifiedFlow, FlowShiftHandValues) {
   // t = 1, 0.75, 0.5, 0.25 -> 2t / (1 + t) = 1, 6/7, 2/3, 2/5.
   SamplerOptions o = rflow(4, true);
   o.shift = 2.0;
-  RectifiedFlow rf(o, {512, 512, 16, LatentSpace::OpenSoraV12});
+  RectifiedFlow rf(o, opensora_transform({512, 512, 16, LatentSpace::OpenSoraV12}));
   const std::vector<double> want = {1000.0, 6000.0 / 7, 2000.0 / 3, 400.0};
   ASSERT_EQ(rf.timesteps().size(), 4u);
   for (int i = 0; i < 4; ++i) EXPECT_NEAR(rf.timesteps()[i], want[i], 1e-3) << "step " << i;
@@ -80,7 +81,7 @@ TEST(RectifiedFlow, FlowShiftHandValues) {
 TEST(RectifiedFlow, TimestepsEqualTheReferenceSampler) {
   // The official RFLOW sampler's float32 timesteps for 48x72, 51 frames, 5 steps.
   auto in = load_safetensors(ditto::test::fixture("sample_inputs.safetensors"));
-  RectifiedFlow rf(rflow(5, true), {48, 72, 51, LatentSpace::OpenSoraV12});
+  RectifiedFlow rf(rflow(5, true), opensora_transform({48, 72, 51, LatentSpace::OpenSoraV12}));
   at::Tensor ref = in.at("timesteps");
   ASSERT_EQ(ref.numel(), 5);
   for (int i = 0; i < 5; ++i) EXPECT_EQ(rf.timesteps()[i], ref[i].item<float>()) << "step " << i;
@@ -91,7 +92,7 @@ TEST(RectifiedFlow, PointMassIsExactEveryStep) {
   // z_s - x* = (z_1 - x*) s along the flow; Euler is exact for this field at every step.
   at::manual_seed(0);
   at::Tensor xstar = at::randn({1, 2, 3, 4, 5}, kF64), z0 = at::randn({1, 2, 3, 4, 5}, kF64);
-  RectifiedFlow rf(rflow(7, true), {240, 426, 51, LatentSpace::OpenSoraV12});
+  RectifiedFlow rf(rflow(7, true), opensora_transform({240, 426, 51, LatentSpace::OpenSoraV12}));
   ModelFn field = [&](const at::Tensor& z, const at::Tensor& t, int) {
     return (xstar - z) / (t[0].item<double>() / 1000.0);
   };
@@ -182,7 +183,7 @@ TEST(OpenSoraParity, RectifiedFlowSamplingWithCfgMatchesTheReference) {
   STDiT3 m = STDiT3::from_pretrained(ditto::test::fixture(""), at::TensorOptions().dtype(at::kFloat));
   auto in = load_safetensors(ditto::test::fixture("sample_inputs.safetensors"));
   auto ref = load_safetensors(ditto::test::fixture("sample_out.safetensors"));
-  RectifiedFlow rf(rflow(5, true), {48, 72, 51, LatentSpace::OpenSoraV12});
+  RectifiedFlow rf(rflow(5, true), opensora_transform({48, 72, 51, LatentSpace::OpenSoraV12}));
   ForwardArgs base;
   base.y = at::cat({in.at("y"), m.null_caption()}, 0);
   base.mask = in.at("mask");
@@ -206,9 +207,9 @@ TEST(RectifiedFlow, Bf16SizesRoundTheRatioAsTheReferenceDoes) {
   // 1.875 * 3.875 = 7.265625 rounds (to even) to 7.25 in bf16. The rest is float32.
   VideoGeometry g{720, 1280, 51, LatentSpace::OpenSoraV12, at::kBFloat16};
   const float tn = 600.0f / 1000.0f, r = 7.25f;
-  EXPECT_EQ(RectifiedFlow::transform(600.0f, g, 1000), r * tn / (1.0f + (r - 1.0f) * tn) * 1000.0f);
+  EXPECT_EQ(opensora_timestep_transform(600.0f, g, 1000), r * tn / (1.0f + (r - 1.0f) * tn) * 1000.0f);
   // float32 sizes keep the exact ratio 1.875 * sqrt(15).
   g.size_dtype = at::kFloat;
   const float r32 = 1.875f * std::sqrt(15.0f);
-  EXPECT_EQ(RectifiedFlow::transform(600.0f, g, 1000), r32 * tn / (1.0f + (r32 - 1.0f) * tn) * 1000.0f);
+  EXPECT_EQ(opensora_timestep_transform(600.0f, g, 1000), r32 * tn / (1.0f + (r32 - 1.0f) * tn) * 1000.0f);
 }

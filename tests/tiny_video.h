@@ -1,7 +1,9 @@
 // The random tiny-model video request the cache and parallel tests sample (stdit3-tiny: 4 latent
 // channels, 8 caption tokens of 32 channels; 51 frames -> 15 latent frames).
 #pragma once
+#include "cache/policy.h"
 #include "dist/video_sampler.h"
+#include "model/stdit3.h"
 
 namespace ditto::test {
 
@@ -15,6 +17,13 @@ inline VideoRequest tiny_video_request(uint64_t seed, int height_px, int width_p
   req.height = static_cast<float>(height_px);
   req.width = static_cast<float>(width_px);
   return req;
+}
+
+// The cache-policy context of a depth-`depth` STDiT3 (its units and defaults; no weights) for `steps` steps.
+inline PolicyContext stdit3_policy_context(int depth, int steps) {
+  STDiT3Config c = builtin_config("stdit3-tiny");
+  c.depth = depth;
+  return policy_context(stdit3_outline(c), steps);
 }
 
 }  // namespace ditto::test

@@ -1,5 +1,5 @@
 // Procedural clips and prompts for the demo model (see demo_data.h).
-#include "model/demo_data.h"
+#include "demo/demo_data.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,6 +1,5 @@
-// Quality measures: PSNR and SSIM of a video against a reference, and the demo's prompt-adherence
-// checker (colour segmentation + centroid tracking) that tells whether a generated clip shows the
-// prompted colour, shape, direction and speed.
+// The demo's prompt-adherence checker (colour segmentation + centroid tracking): whether a generated
+// clip shows the prompted colour, shape, direction and speed.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -8,14 +7,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "model/demo_data.h"
+#include "demo/demo_data.h"
 
 namespace ditto {
-
-// Videos [C, T, H, W] (or [1, C, T, H, W]); data_range: max - min of the signal (2 for [-1, 1]).
-double psnr(const at::Tensor& video, const at::Tensor& reference, double data_range);
-// Mean SSIM over frames and channels (11 x 11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03).
-double ssim(const at::Tensor& video, const at::Tensor& reference, double data_range);
 
 struct Adherence {
   bool color = false, shape = false, direction = false, speed = false, background = false;

@@ -1,7 +1,9 @@
-// Shared launcher plumbing (see common.h).
-#include "launcher/common.h"
+// Model options, model loading and command-line parsing (see model_options.h).
+#include "pipeline/model_options.h"
 
 #include <ATen/Parallel.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <iostream>
@@ -10,11 +12,26 @@
 
 namespace ditto {
 
+namespace {
+
+std::string known_configs() {
+  std::string s;
+  for (const auto& n : builtin_config_names_all()) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
+bool is_dir(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+}  // namespace
+
 void add_model_options(po::options_description& desc, ModelOptions& o) {
   // clang-format off
   desc.add_options()
     ("model", po::value(&o.model_dir), "model directory: config.json + model.safetensors (or shards + index)")
-    ("config", po::value(&o.config_name), "built-in model config for random-weight runs: stdit3-xl, stdit3-3b, stdit3-small, stdit3-tiny")
+    ("config", po::value(&o.config_name), ("built-in model config for random-weight runs: " + known_configs()).c_str())
     ("random-weights", po::bool_switch(&o.random_weights), "use random weights for --config (benchmarks, tests)")
     ("weights-seed", po::value(&o.weights_seed)->default_value(0), "seed of --random-weights")
     ("dtype", po::value(&o.dtype), "float32 | bfloat16 | float16 | float64 (default: float32 on CPU, bfloat16 on CUDA)")
@@ -71,49 +88,65 @@ at::TensorOptions resolve_tensor_options(const ModelOptions& o, const MpiEnv& mp
 
 std::string demo_model_dir() {
   if (const char* env = std::getenv("DITTO_DEMO_MODEL")) return env;
-  return std::string(DITTO_SOURCE_DIR) + "/models/ditto-demo";
+  char exe[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return "";
+  std::string dir(exe, static_cast<size_t>(n));
+  dir = dir.substr(0, dir.rfind('/'));
+  for (const std::string& root : {dir, dir.substr(0, dir.rfind('/'))}) {
+    const std::string candidate = root + "/share/ditto/models/ditto-demo";
+    if (is_dir(candidate)) return candidate;
+  }
+  return dir + "/../share/ditto/models/ditto-demo";
 }
 
 void default_to_demo_model(ModelOptions& o) {
   if (!o.model_dir.empty() || !o.config_name.empty()) return;
-  if (!std::ifstream(demo_model_dir() + "/config.json").good())
-    fail("no model: pass --model DIR or --config NAME --random-weights (the demo model is not installed at ",
-         demo_model_dir(), ")");
-  o.model_dir = demo_model_dir();
-}
-
-SamplingDefaults sampling_defaults(const STDiT3Config& c) {
-  if (c.latent_space == LatentSpace::Pixel) return {16, 32, 32, 2.5, false, 0.0};
-  return {51, 240, 426, 7.0, true, 0.0};
+  const std::string dir = demo_model_dir();
+  if (!std::ifstream(dir + "/config.json").good())
+    fail("no model: pass --model DIR or --config NAME --random-weights (the demo model is not installed at ", dir,
+         "; DITTO_DEMO_MODEL names another place)");
+  o.model_dir = dir;
 }
 
 std::string model_source(const ModelOptions& o) {
   return o.model_dir.empty() ? "random:" + o.config_name + ":seed" + std::to_string(o.weights_seed) : o.model_dir;
 }
 
-STDiT3 load_model(const ModelOptions& o, const at::TensorOptions& options) {
+namespace {
+void check_model_options(const ModelOptions& o) {
   if (!o.model_dir.empty()) {
     if (!o.config_name.empty() || o.random_weights)
       fail("--model loads a checkpoint; --config/--random-weights are for random-weight runs, not both");
-    return STDiT3::from_pretrained(o.model_dir, options);
+    return;
   }
   if (o.config_name.empty())
     fail("no model: pass --model DIR (a checkpoint directory) or --config NAME --random-weights");
   if (!o.random_weights)
     fail("--config ", o.config_name, " has no weights: pass --random-weights to run it with random weights, "
          "or --model DIR to load a checkpoint");
-  return STDiT3::random(builtin_config(o.config_name), o.weights_seed, options);
+}
+}  // namespace
+
+std::unique_ptr<DiT> load_model(const ModelOptions& o, const at::TensorOptions& options) {
+  check_model_options(o);
+  return o.model_dir.empty() ? random_dit(o.config_name, o.weights_seed, options) : load_dit(o.model_dir, options);
+}
+
+ModelOutline model_outline(const ModelOptions& o) {
+  check_model_options(o);
+  return o.model_dir.empty() ? builtin_outline(o.config_name) : read_outline(o.model_dir);
 }
 
 bool parse_command_line(const std::string& command, const std::string& summary, po::options_description& desc,
-                        const std::vector<std::string>& args, po::variables_map& vm) {
+                        const std::vector<std::string>& args, po::variables_map& vm, const std::string& help_footer) {
   std::string config_file;
   desc.add_options()("help,h", "show this help")(
       "config-file", po::value(&config_file), "read options from an INI-style file (name = value per line)");
   try {
     po::store(po::command_line_parser(args).options(desc).run(), vm);
     if (vm.count("help")) {
-      std::cout << "ditto " << command << ": " << summary << "\n\n" << desc << "\n";
+      std::cout << "ditto " << command << ": " << summary << "\n\n" << desc << "\n" << help_footer;
       return false;
     }
     if (vm.count("config-file")) {
@@ -124,48 +157,6 @@ bool parse_command_line(const std::string& command, const std::string& summary, 
     fail(e.what(), " (see ditto ", command, " --help)");
   }
   return true;
-}
-
-namespace {
-
-void print_usage(std::ostream& os) {
-  os << "ditto: sample video Diffusion Transformers on one or many GPUs\n\n"
-        "usage: ditto COMMAND [options]     (ditto COMMAND --help for its options)\n\n"
-        "commands:\n"
-        "  sample    render one video from a caption embedding (or random caption) with a sampler\n"
-        "  render    render a job file (JSON Lines) of videos over data-parallel groups, resumable\n"
-        "  profile   per-unit change curves (JSON, CSV, heatmap) and Block Caching schedules\n"
-        "  calibrate train Block Caching's scale-shift layers for a schedule (base model frozen)\n"
-        "  forward   one model forward pass on saved inputs, to check against another implementation\n"
-        "  train     train the demo text-to-video model on generated clips\n";
-}
-
-}  // namespace
-
-int run_command(int argc, char** argv, const MpiEnv& mpi) {
-  if (argc < 2) {
-    print_usage(std::cerr);
-    return 2;
-  }
-  const std::string cmd = argv[1];
-  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
-    print_usage(std::cout);
-    return 0;
-  }
-  std::vector<std::string> args(argv + 2, argv + argc);
-  try {
-    if (cmd == "sample") return run_sample(args, mpi);
-    if (cmd == "forward") return run_forward(args, mpi);
-    if (cmd == "train") return run_train(args, mpi);
-    if (cmd == "render") return run_render(args, mpi);
-    if (cmd == "profile") return run_profile(args, mpi);
-    if (cmd == "calibrate") return run_calibrate(args, mpi);
-    fail("unknown command '", cmd, "' (ditto --help lists the commands)");
-  } catch (const std::exception& e) {
-    if (mpi.size() > 1) mpi.abort(e.what());
-    std::cerr << "ditto " << cmd << ": error: " << e.what() << "\n";
-    return 1;
-  }
 }
 
 }  // namespace ditto

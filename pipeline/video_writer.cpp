@@ -1,5 +1,5 @@
 // Y4M, PNG and MP4 writers (see video_writer.h).
-#include "launcher/video_writer.h"
+#include "pipeline/video_writer.h"
 
 #include <sys/wait.h>
 

@@ -1,5 +1,5 @@
 // One video rendered by one video group (see video_job.h).
-#include "launcher/video_job.h"
+#include "pipeline/video_job.h"
 
 #include <sys/stat.h>
 
@@ -15,107 +15,46 @@
 #include "dist/mpi_communicator.h"
 #include "dist/nccl_communicator.h"
 #include "dist/video_sampler.h"
-#include "launcher/device_sync.h"
-#include "launcher/quality.h"
-#include "launcher/video_writer.h"
 #include "model/atomic_file.h"
 #include "model/error.h"
+#include "model/host_sync.h"
 #include "model/safetensors.h"
 #include "model/sampler.h"
-#include "model/text_encoder.h"
+#include "pipeline/timing.h"
+#include "pipeline/version.h"
+#include "pipeline/video_writer.h"
 
 namespace ditto {
 
 namespace {
 
-struct Caption {
-  at::Tensor y;     // [1, 1, Lmax, Cc]
-  at::Tensor mask;  // [1, Lmax] int64
-};
-
-// Reads `y` ([L, C], [1, L, C] or [1, 1, L, C]) and optional `mask` ([L] or [1, L]); pads to the
-// model's token count with masked-out zeros.
-Caption load_caption(const std::string& path, const STDiT3Config& c) {
-  SafetensorsFile f(path);
-  if (!f.contains("y")) fail("caption embedding '", path, "' has no tensor 'y'");
-  at::Tensor y = f.tensor("y", at::TensorOptions().dtype(at::kFloat));
-  while (y.dim() > 2 && y.size(0) == 1) y = y.squeeze(0);
-  if (y.dim() != 2) fail("caption embedding '", path, "': y must be [L, C] or [1, 1, L, C], got ", y.sizes());
-  const int64_t L = y.size(0), Lmax = c.model_max_length;
-  if (y.size(1) != c.caption_channels)
-    fail("caption embedding '", path, "': y has ", y.size(1), " channels, the model's caption_channels is ",
-         c.caption_channels);
-  if (L > Lmax) fail("caption embedding '", path, "': ", L, " tokens, the model takes at most ", Lmax);
-  at::Tensor mask = at::ones({L}, at::kLong);
-  if (f.contains("mask")) {
-    mask = f.tensor("mask", at::TensorOptions().dtype(at::kLong)).reshape({-1});
-    if (mask.size(0) != L) fail("caption embedding '", path, "': mask has ", mask.size(0), " entries, y has ", L, " tokens");
-  }
-  if (mask.ne(0).sum().item<int64_t>() == 0) fail("caption embedding '", path, "': the mask has no valid token");
-  Caption cap;
-  cap.y = at::zeros({Lmax, c.caption_channels}, at::kFloat);
-  cap.y.narrow(0, 0, L).copy_(y);
-  cap.mask = at::zeros({Lmax}, at::kLong);
-  cap.mask.narrow(0, 0, L).copy_(mask);
-  cap.y = cap.y.reshape({1, 1, Lmax, c.caption_channels});
-  cap.mask = cap.mask.unsqueeze(0);
-  return cap;
-}
-
-Caption make_random_caption(int tokens, uint64_t seed, const STDiT3Config& c) {
-  if (tokens <= 0 || tokens > c.model_max_length)
-    fail("random caption tokens must be in 1..", c.model_max_length, ", got ", tokens);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed ^ 0x5eedcafeull);
-  Caption cap;
-  cap.y = at::randn({1, 1, c.model_max_length, c.caption_channels}, gen, at::kFloat);
-  cap.mask = at::zeros({1, c.model_max_length}, at::kLong);
-  cap.mask.narrow(1, 0, tokens).fill_(1);
-  return cap;
-}
-
-// A prompt through the model directory's own text encoder (loaded once per directory per process:
-// a batch of jobs encodes many prompts with one encoder).
-Caption encode_prompt(const std::string& prompt, const std::string& model_dir, const STDiT3Config& cfg) {
-  if (model_dir.empty() || !TextEncoder::present(model_dir))
+// A prompt through the model directory's own text encoder.
+Caption encode_prompt(const std::string& prompt, const std::string& model_dir, const ModelOutline& model) {
+  const std::shared_ptr<const TextEncoder> text = find_text_encoder(model_dir);
+  if (!text)
     fail("this model has no text encoder of its own: pass the text encoder's output as a caption embedding "
          "file (T5 for Open-Sora), or a random caption");
-  static std::mutex m;
-  static std::map<std::string, std::shared_ptr<const TextEncoder>> loaded;
-  std::shared_ptr<const TextEncoder> text;
-  {
-    std::lock_guard<std::mutex> g(m);
-    auto& slot = loaded[model_dir];
-    if (!slot) slot = std::make_shared<const TextEncoder>(TextEncoder::load(model_dir, at::TensorOptions().dtype(at::kFloat)));
-    text = slot;
-  }
-  if (text->config().dim != cfg.caption_channels) fail("the text encoder's width does not match the model's caption_channels");
-  Caption cap;
-  std::tie(cap.y, cap.mask) = text->encode({prompt});
-  return cap;
-}
-
-Caption resolve_caption(const VideoJob& job, const std::string& model_dir, const STDiT3Config& cfg) {
-  const int sources = !job.caption_file.empty() + (job.random_caption > 0) + !job.prompt.empty();
-  if (sources != 1) fail("give exactly one caption source: a prompt, a caption embedding file or a random caption");
-  if (!job.prompt.empty()) return encode_prompt(job.prompt, model_dir, cfg);
-  return job.caption_file.empty() ? make_random_caption(job.random_caption, job.seed, cfg)
-                                  : load_caption(job.caption_file, cfg);
+  if (text->channels() != model.shape.caption_channels || text->tokens() != model.shape.caption_tokens)
+    fail("the text encoder's output (", text->tokens(), " x ", text->channels(), ") does not match the model's caption (",
+         model.shape.caption_tokens, " x ", model.shape.caption_channels, ")");
+  return text->encode(prompt);
 }
 
 std::optional<Caption> resolve_negative_caption(const VideoJob& job, const std::string& model_dir,
-                                                const STDiT3Config& cfg) {
+                                                const ModelOutline& model) {
   if (!job.negative_prompt.empty() && !job.negative_caption_file.empty())
     fail("give a negative prompt or a negative caption embedding file, not both");
   if (job.negative_prompt.empty() && job.negative_caption_file.empty()) return std::nullopt;
   if (!guidance_enabled(job.cfg_scale))
     fail("a negative prompt steers the guidance, which is off at cfg scale 1: set a cfg scale, or drop the negative prompt");
-  return job.negative_prompt.empty() ? load_caption(job.negative_caption_file, cfg)
-                                     : encode_prompt(job.negative_prompt, model_dir, cfg);
+  return job.negative_prompt.empty()
+             ? load_caption_embedding(job.negative_caption_file, model.shape.caption_tokens, model.shape.caption_channels)
+             : encode_prompt(job.negative_prompt, model_dir, model);
 }
 
 std::vector<int64_t> shape_of(const LatentShape& s) { return {1, s.channels, s.frames, s.height, s.width}; }
 
-// z: [1, 3, T, H, W] in [-1, 1]; each pixel becomes an upscale x upscale block (0: enough to make
+// video: [1, 3, T, H, W] in [-1, 1]; each pixel becomes an upscale x upscale block (0: enough to make
 // the shorter side at least 256 pixels, so a 32 x 32 demo clip is watchable).
 RgbVideo to_rgb_video(const at::Tensor& z, int fps, int upscale) {
   if (upscale <= 0) upscale = std::max<int64_t>(1, (256 + std::min(z.size(3), z.size(4)) - 1) / std::min(z.size(3), z.size(4)));
@@ -160,15 +99,58 @@ void maybe_inject_fault(int rank, int step) {
 
 }  // namespace
 
-void use_prompt_set(VideoJob& job, bool has_text, const STDiT3Config& cfg, DemoPromptSet set, int p, int s, int seeds,
-                    uint64_t base_seed) {
-  if (has_text) {
-    job.prompt = demo_prompt(demo_prompt_set(set, p));
+namespace {
+std::string text_encoder_name(const std::string& model_dir) {
+  const TextEncoderKind* kind = text_encoder_kind(model_dir);
+  return kind ? kind->name : "none";
+}
+}  // namespace
+
+Caption resolve_caption(const VideoJob& job, const std::string& model_dir, const ModelOutline& model) {
+  const int sources = !job.caption_file.empty() + (job.random_caption > 0) + !job.prompt.empty();
+  if (sources != 1) fail("give exactly one caption source: a prompt, a caption embedding file or a random caption");
+  const DiTShape& sh = model.shape;
+  if (!job.prompt.empty()) return encode_prompt(job.prompt, model_dir, model);
+  return job.caption_file.empty() ? random_caption(job.random_caption, job.seed, sh.caption_tokens, sh.caption_channels)
+                                  : load_caption_embedding(job.caption_file, sh.caption_tokens, sh.caption_channels);
+}
+
+VideoJob with_model_defaults(VideoJob job, const ModelOutline& model) {
+  const SamplingDefaults d = family_of(model).sampling(model);
+  if (job.frames == 0) job.frames = d.frames;
+  if (job.height == 0) job.height = d.height;
+  if (job.width == 0) job.width = d.width;
+  if (job.steps == 0) job.steps = d.steps;
+  if (job.fps == 0) job.fps = d.fps;
+  if (std::isnan(job.cfg_scale)) job.cfg_scale = d.cfg_scale;
+  if (job.sampler.empty()) job.sampler = d.sampler;
+  if (std::isnan(job.flow_shift)) job.flow_shift = d.flow_shift;
+  return job;
+}
+
+void use_prompt_set(VideoJob& job, const std::string& model_dir, const ModelOutline& model, const std::string& set,
+                    int p, int s, int seeds, uint64_t base_seed) {
+  const TextEncoderKind* kind = text_encoder_kind(model_dir);
+  if (kind && kind->prompt_set) {
+    job.prompt = kind->prompt_set(set, p);
     job.seed = base_seed + s;
   } else {
-    job.random_caption = std::max(1, cfg.model_max_length / 2);
+    job.random_caption = std::max(1, model.shape.caption_tokens / 2);
     job.seed = base_seed + static_cast<uint64_t>(p) * seeds + s;
   }
+}
+
+namespace {
+std::mutex annotators_mutex;  // NOLINT: guards annotators()
+std::vector<OutputAnnotator>& annotators() {
+  static std::vector<OutputAnnotator> a;
+  return a;
+}
+}  // namespace
+
+void register_output_annotator(OutputAnnotator annotator) {
+  std::lock_guard<std::mutex> g(annotators_mutex);
+  annotators().push_back(std::move(annotator));
 }
 
 void make_dir(const std::string& dir) {
@@ -197,24 +179,20 @@ std::string resolve_backend(const std::string& name, const at::Device& device) {
   return backend;
 }
 
-RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, const std::string& model_description,
+RenderedVideo render_video(const DiT& model, const std::string& model_dir, const std::string& model_description,
                            const at::TensorOptions& options, const WorldLayout& wl, const VideoJob& job_in,
-                           const VideoGroupComms& comms, const StepHook& on_step,
-                           const RunnerSetup& setup) {
-  const STDiT3Config& cfg = model.config();
+                           const VideoGroupComms& comms, const StepHook& on_step, const RunnerSetup& setup) {
+  const ModelOutline& outline = model.outline();
+  const ModelFamily& family = family_of(outline);
   const auto dev = options.device();
-  VideoJob job = job_in;
-  const SamplingDefaults defaults = sampling_defaults(cfg);
-  if (job.frames == 0) job.frames = defaults.frames;
-  if (job.height == 0) job.height = defaults.height;
-  if (job.width == 0) job.width = defaults.width;
-  if (std::isnan(job.cfg_scale)) job.cfg_scale = defaults.cfg_scale;
+  const VideoJob job = with_model_defaults(job_in, outline);
   if (job.steps <= 0) fail("steps must be positive, got ", job.steps);
-  const Caption cap = resolve_caption(job, model_dir, cfg);
-  const std::optional<Caption> negative = resolve_negative_caption(job, model_dir, cfg);
+  const Caption cap = resolve_caption(job, model_dir, outline);
+  const std::optional<Caption> negative = resolve_negative_caption(job, model_dir, outline);
 
   // The initial latent, drawn whole (never per shard) so the result does not depend on the layout.
-  const LatentShape ls = latent_shape(cfg, job.frames, job.height, job.width);
+  const std::unique_ptr<VAE> vae = family.vae(outline);
+  const LatentShape ls = vae->latent_shape(job.frames, job.height, job.width);
   const auto z_dtype = options.dtype().toScalarType() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor z0;
   if (!job.init_noise.empty()) {
@@ -230,20 +208,21 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(job.seed);
     z0 = at::randn(shape_of(ls), gen, at::TensorOptions().dtype(at::kFloat)).to(z_dtype);
   }
-  const auto& pt = cfg.patch_size;
-  const int64_t grid_t = (ls.frames + pt[0] - 1) / pt[0];
-  const int64_t grid_s = ((ls.height + pt[1] - 1) / pt[1]) * ((ls.width + pt[2] - 1) / pt[2]);
-  check_sequence_layout(wl.sp, grid_t, grid_s);
+  const TokenGrid grid = token_grid(ls.frames, ls.height, ls.width, outline.shape.patch);
+  const std::string layout = model.parallel_layouts().front();
+  if (wl.sp > 1) model.check_layout(layout, wl.sp, grid);
 
   SamplerOptions so;
   so.name = job.sampler;
   so.steps = job.steps;
-  so.timestep_transform = job.timestep_transform && defaults.timestep_transform;
-  so.shift = std::isnan(job.flow_shift) ? defaults.flow_shift : job.flow_shift;
+  so.timestep_transform = job.timestep_transform && family.sampling(outline).timestep_transform;
+  so.shift = job.flow_shift;
   const auto run_dtype = options.dtype().toScalarType();
-  auto sampler = make_sampler(so, {static_cast<double>(job.height), static_cast<double>(job.width), job.frames,
-                                   cfg.latent_space, run_dtype == at::kDouble ? at::kFloat : run_dtype});
-  auto policy = make_cache_policy(job.cache, parse_policy_options(job.cache_opts), cfg.depth, job.steps, cfg.hidden_size);
+  TimestepTransform transform;
+  if (so.name == "rflow" && so.timestep_transform && !(so.shift > 0) && family.timestep_transform)
+    transform = family.timestep_transform(outline, {job.frames, job.height, job.width}, run_dtype);
+  auto sampler = make_sampler(so, transform);
+  auto policy = make_cache_policy(job.cache, parse_policy_options(job.cache_opts), policy_context(outline, job.steps));
 
   VideoRequest req;
   req.z0 = z0;
@@ -258,26 +237,31 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
   req.width = static_cast<float>(job.width);
   req.cfg_scale = job.cfg_scale;
 
-  synchronize(dev);
-  std::vector<double> step_s;
-  auto last = std::chrono::steady_clock::now();
-  const auto t_loop = last;
   comms.sp->reset_counters();
   comms.cfg->reset_counters();
   CacheRunner cache(model, *policy, comms.video);
   if (setup) setup(cache);
   cache.begin_video(sampler->timesteps());
-  at::Tensor z = sample_video(model, *sampler, req, {comms.sp, comms.cfg}, [&](int i, const at::Tensor&) {
-    synchronize(dev);
-    const auto now = std::chrono::steady_clock::now();
-    step_s.push_back(std::chrono::duration<double>(now - last).count());
+  // Step times come from device events read once at the end: no wait for the device per step.
+  StepTimer timer(dev);
+  const int64_t reads_before = host_reads();
+  const auto t_loop = std::chrono::steady_clock::now();
+  auto last = t_loop;
+  timer.start();
+  at::Tensor z = sample_video(model, *sampler, req, {comms.sp, comms.cfg, layout}, [&](int i, const at::Tensor&) {
+    timer.mark();
+    const auto now = std::chrono::steady_clock::now();  // when the host queued the step
+    if (on_step)
+      on_step(i + 1, job.steps, std::chrono::duration<double>(now - last).count(),
+              std::chrono::duration<double>(now - t_loop).count());
     last = now;
-    if (on_step) on_step(i + 1, job.steps, step_s.back(), std::chrono::duration<double>(now - t_loop).count());
     maybe_inject_fault(wl.rank, i + 1);
   }, cache.token_forward());
+  const std::vector<double> step_s = timer.seconds();
+  const int64_t step_reads = host_reads() - reads_before;
   const double sample_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_loop).count();
   // Every rank of the group holds the same gathered latent, so every rank sees a NaN alike.
-  if (!at::isfinite(z).all().item<bool>())
+  if (!read_to_host(at::isfinite(z).all()).item<bool>())
     fail("the final latent has NaN or infinite values (diverged; try fewer cached steps or another dtype)");
   const int64_t peak = peak_memory_bytes(dev);
   at::Tensor peaks = at::tensor({peak}, at::kLong);
@@ -288,7 +272,7 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
   const bool guided = guidance_enabled(job.cfg_scale);
   const int64_t batch = guided && wl.cfg == 1 ? 2 : 1;
   const int64_t caption_tokens = cap.mask.ne(0).sum().item<int64_t>();
-  const double flops = stdit3_forward_flops(cfg, batch, grid_t, grid_s, caption_tokens) / wl.sp;
+  const double flops = model.forward_flops(grid, batch, caption_tokens) / wl.sp;
   double steady = 0;  // mean over steps after the first (warm-up)
   for (size_t i = 1; i < step_s.size(); ++i) steady += step_s[i];
   steady = step_s.size() > 1 ? steady / (step_s.size() - 1) : step_s.front();
@@ -296,20 +280,18 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
   RenderedVideo out;
   out.z = z;
   nlohmann::ordered_json& m = out.metrics;
-  m["ditto_version"] = "0.1.0";
-  m["model"] = {{"source", model_description},
-                {"hidden_size", cfg.hidden_size},
-                {"depth", cfg.depth},
-                {"num_heads", cfg.num_heads},
-                {"patch_size", cfg.patch_size},
-                {"in_channels", cfg.in_channels},
-                {"latent_space", latent_space_name(cfg.latent_space)}};
+  m["ditto_version"] = ditto_version();
+  m["ditto_git_sha"] = ditto_git_sha();
+  nlohmann::ordered_json model_json = model.describe();
+  model_json["source"] = model_description;
+  model_json["vae"] = vae->name();
+  m["model"] = model_json;
   m["run"] = {{"device", dev.str()},
               {"dtype", dtype_name(options.dtype().toScalarType())},
               {"seed", job.seed},
               {"steps", job.steps},
               {"sampler", sampler->name()},
-              {"timestep_transform", so.timestep_transform && !(so.shift > 0)},
+              {"timestep_transform", static_cast<bool>(transform)},
               {"flow_shift", so.shift},
               {"prompt", job.prompt},
               {"negative_prompt", job.negative_prompt},
@@ -323,9 +305,11 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
                                                                           : job.caption_file},
               {"caption_tokens", caption_tokens},
               {"init_noise", job.init_noise},
+              {"text_encoder", text_encoder_name(model_dir)},
               {"latent_shape", shape_of(ls)},
-              {"token_grid", {grid_t, grid_s}},
+              {"token_grid", {grid.t, grid.s()}},
               {"world", {{"size", wl.world}, {"dp", wl.dp}, {"cfg", wl.cfg}, {"sp", wl.sp}, {"dp_index", wl.dp_index}}},
+              {"sequence_parallel_layout", wl.sp > 1 ? layout : "none"},
               {"comm_backend", comms.backend}};
   m["timesteps"] = sampler->timesteps();
   std::vector<int64_t> peak_list;
@@ -333,6 +317,8 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
   m["timing"] = {{"sample_s", sample_s},
                  {"step_s", step_s},
                  {"steady_step_s", steady},
+                 {"step_timer", dev.is_cuda() ? "cuda events" : "wall clock"},
+                 {"host_reads_per_step", static_cast<double>(step_reads) / job.steps},
                  {"flops_per_step_per_rank", flops},
                  {"tflops_per_s_per_rank", flops / steady / 1e12},
                  {"peak_memory_bytes_per_rank", peak_list}};
@@ -343,8 +329,9 @@ RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, co
   return out;
 }
 
-nlohmann::ordered_json write_video_outputs(const std::string& dir, const RenderedVideo& v, const VideoJob& job,
-                                           const STDiT3Config& cfg) {
+nlohmann::ordered_json write_video_outputs(const std::string& dir, const RenderedVideo& v, const VideoJob& job_in,
+                                           const ModelOutline& model) {
+  const VideoJob job = with_model_defaults(job_in, model);
   // Each file is written whole or not at all, and metrics.json last: it lists the files (names
   // relative to `dir`, so a renamed directory stays right), so a
   // directory whose metrics.json is missing holds no finished run.
@@ -360,9 +347,12 @@ nlohmann::ordered_json write_video_outputs(const std::string& dir, const Rendere
                     {"cfg_scale", std::to_string(run.at("cfg_scale").get<double>())},
                     {"sampler", run.at("sampler").get<std::string>()}});
   outputs["latent"] = "latent.safetensors";
-  if (cfg.latent_space == LatentSpace::Pixel && cfg.in_channels == 3) {
-    RgbVideo video = to_rgb_video(v.z, job.fps, job.upscale);
-    write_y4m(dir + "/video.y4m", video);
+  nlohmann::ordered_json m = v.metrics;
+  const std::unique_ptr<VAE> vae = family_of(model).vae(model);
+  if (vae->can_decode()) {
+    const at::Tensor video = vae->decode(v.z);
+    RgbVideo rgb = to_rgb_video(video, job.fps, job.upscale);
+    write_y4m(dir + "/video.y4m", rgb);
     outputs["y4m"] = "video.y4m";
     if (job.mp4 && ffmpeg_available()) {
       y4m_to_mp4(dir + "/video.y4m", dir + "/video.mp4");
@@ -370,31 +360,21 @@ nlohmann::ordered_json write_video_outputs(const std::string& dir, const Rendere
     }
     if (job.png) {
       make_dir(dir + "/frames");
-      for (size_t t = 0; t < video.frames.size(); ++t) {
+      for (size_t t = 0; t < rgb.frames.size(); ++t) {
         char name[64];
         std::snprintf(name, sizeof name, "/frames/frame_%04zu.png", t);
-        write_png(dir + name, video.width, video.height, video.frames[t].data());
+        write_png(dir + name, rgb.width, rgb.height, rgb.frames[t].data());
       }
       outputs["png_frames"] = "frames";
     }
-  } else {
-    outputs["video"] = std::string("not written: the model works in the ") + latent_space_name(cfg.latent_space) +
-                       " latent space; decode latent.safetensors with its VAE";
-  }
-  nlohmann::ordered_json m = v.metrics;
-  // A demo prompt on a pixel-space RGB model: what the adherence checker reads in the video.
-  if (cfg.latent_space == LatentSpace::Pixel && cfg.in_channels == 3 && !job.prompt.empty()) {
-    const DemoClipSettings demo;
-    try {
-      const DemoAttributes a = parse_demo_prompt(job.prompt);
-      if (v.z.size(2) != demo.frames || v.z.size(3) != demo.size || v.z.size(4) != demo.size)
-        m["adherence"] = "not checked: the checker reads clips of " + std::to_string(demo.frames) + " frames of " +
-                         std::to_string(demo.size) + "x" + std::to_string(demo.size);
-      else
-        m["adherence"] = check_adherence(v.z[0].to(at::kCPU, at::kFloat), a).json();
-    } catch (const Error& e) {
-      m["adherence"] = std::string("not checked: not a demo prompt (") + e.what() + ")";
+    std::vector<OutputAnnotator> extra;
+    {
+      std::lock_guard<std::mutex> g(annotators_mutex);
+      extra = annotators();
     }
+    for (const auto& annotate : extra) annotate(job, video, m);
+  } else {
+    outputs["video"] = "not written: " + vae->cannot_decode_reason();
   }
   m["outputs"] = outputs;
   write_file_atomic(dir + "/metrics.json", [&](std::ostream& os) { os << m.dump(2) << "\n"; });

@@ -1,6 +1,7 @@
-// One video, rendered by one video group (cfg x sp ranks): what `ditto sample` does once and
-// `ditto render` does per job. Resolves the caption and the initial noise, samples with the cache
-// policy, and writes the outputs (video, latent, metrics JSON) into a directory.
+// The inference pipeline for one video, rendered by one video group (cfg x sp ranks): what `ditto
+// sample` does once, `ditto render` per job and the benchmarks per run. Resolves the caption (text
+// encoder, caption-embedding file or random) and the initial noise, samples with the cache policy,
+// decodes through the family's VAE, and writes the outputs (video, latent, metrics JSON).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -12,8 +13,10 @@
 
 #include "dist/communicator.h"
 #include "dist/parallel_layout.h"
-#include "launcher/common.h"
-#include "model/demo_data.h"
+#include "model/dit.h"
+#include "model/family.h"
+#include "model/text_encoder.h"
+#include "pipeline/model_options.h"
 
 namespace ditto {
 
@@ -28,8 +31,8 @@ struct VideoJob {
   uint64_t seed = 42;        // of the initial noise (and of a random caption)
   int frames = 0, height = 0, width = 0;  // 0: the model's default geometry
   double cfg_scale = NAN;                 // NaN: the model's default
-  int steps = 30, fps = 24;
-  std::string sampler = "rflow";
+  int steps = 0, fps = 0;                 // 0: the model's default
+  std::string sampler;                    // empty: the model's default
   bool timestep_transform = true;  // rflow: Open-Sora's transform where the model uses it
   double flow_shift = NAN;         // rflow: a fixed timestep shift (0: none; NaN: the model's default)
   std::string cache = "none";
@@ -39,10 +42,16 @@ struct VideoJob {
   bool png = false, mp4 = true;
 };
 
-// Run (p, s) of a tool's prompts x seeds: demo prompt p of `set` with seed base_seed + s for models
-// with a text encoder, else a random caption of half the model's tokens drawn from the run's own seed.
-void use_prompt_set(VideoJob& job, bool has_text, const STDiT3Config& config, DemoPromptSet set, int p, int s,
-                    int seeds, uint64_t base_seed);
+// The model family's defaults in the job's unset fields (geometry, steps, fps, guidance, sampler, shift).
+VideoJob with_model_defaults(VideoJob job, const ModelOutline& model);
+
+// Run (p, s) of a tool's prompts x seeds: prompt p of the model's text encoder's prompt set `set`
+// ("profile", "calibration", "evaluation") with seed base_seed + s when it has one, else a random
+// caption of half the model's tokens drawn from the run's own seed.
+void use_prompt_set(VideoJob& job, const std::string& model_dir, const ModelOutline& model, const std::string& set,
+                    int p, int s, int seeds, uint64_t base_seed);
+// The caption of a job (exactly one source) and its negative caption (none: nullopt).
+Caption resolve_caption(const VideoJob& job, const std::string& model_dir, const ModelOutline& model);
 
 // The communicators a video group renders with.
 struct VideoGroupComms {
@@ -66,15 +75,20 @@ class CacheRunner;
 // `setup` (optional) configures the video's cache runner before sampling (profiling observers,
 // calibration hooks).
 using RunnerSetup = std::function<void(CacheRunner&)>;
-RenderedVideo render_video(const STDiT3& model, const std::string& model_dir, const std::string& model_description,
+RenderedVideo render_video(const DiT& model, const std::string& model_dir, const std::string& model_description,
                            const at::TensorOptions& options, const WorldLayout& layout, const VideoJob& job,
                            const VideoGroupComms& comms, const StepHook& on_step,
                            const RunnerSetup& setup = nullptr);
 
-// Writes the outputs into `dir` (created): latent.safetensors, video.y4m (+ .mp4, PNG frames) for
-// RGB pixel-space models, and metrics.json last, listing the files. Returns the metrics written.
+// Writes the outputs into `dir` (created): latent.safetensors, video.y4m (+ .mp4, PNG frames) when
+// the model's VAE decodes, and metrics.json last, listing the files. Returns the metrics written.
 nlohmann::ordered_json write_video_outputs(const std::string& dir, const RenderedVideo& v, const VideoJob& job,
-                                           const STDiT3Config& config);
+                                           const ModelOutline& model);
+
+// Extra readings of a finished video for metrics.json (the demo registers its adherence checker):
+// called with the job, the decoded video [1, 3, F, H, W] in [-1, 1] and the metrics to add to.
+using OutputAnnotator = std::function<void(const VideoJob& job, const at::Tensor& video, nlohmann::ordered_json& metrics)>;
+void register_output_annotator(OutputAnnotator annotator);
 
 // The run's communicator for one group: the MPI group itself, or NCCL over the same ranks.
 std::unique_ptr<Communicator> group_backend(std::unique_ptr<Communicator> mpi_group, const std::string& backend,

@@ -1,5 +1,5 @@
 // Progress display (see progress.h).
-#include "launcher/progress.h"
+#include "pipeline/progress.h"
 
 #include <unistd.h>
 

@@ -1,4 +1,4 @@
-#include "launcher/train_loss.h"
+#include "demo/train_loss.h"
 
 #include "model/error.h"
 

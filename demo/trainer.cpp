@@ -1,4 +1,4 @@
-// `ditto train`: trains the demo text-to-video model (a pixel-space STDiT plus ditto's own text
+// The demo's trainer (`ditto train`): trains the demo text-to-video model (a pixel-space STDiT plus ditto's own text
 // encoder) on procedurally generated clips with rectified flow, AdamW, caption dropout for CFG, EMA
 // weights, periodic checkpoints and resume.
 #include <sys/stat.h>
@@ -15,15 +15,17 @@
 #include <sstream>
 #include <tuple>
 
-#include "launcher/adamw.h"
-#include "launcher/common.h"
-#include "launcher/progress.h"
-#include "launcher/train_loss.h"
-#include "model/demo_data.h"
+#include "demo/adamw.h"
+#include "demo/demo_data.h"
+#include "demo/train_loss.h"
+#include "demo/trainer.h"
+#include "demo/word_encoder.h"
 #include "model/error.h"
 #include "model/safetensors.h"
 #include "model/sampler.h"
-#include "model/text_encoder.h"
+#include "model/stdit3.h"
+#include "pipeline/model_options.h"
+#include "pipeline/progress.h"
 
 namespace ditto {
 
@@ -129,13 +131,13 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const STDiT3Config cfg = builtin_config(config_name);
   if (cfg.latent_space != LatentSpace::Pixel || cfg.in_channels != 3)
     fail("ditto train makes pixel-space RGB models; config '", config_name, "' is not one");
-  TextEncoderConfig tc;
+  WordEncoderConfig tc;
   tc.vocab = demo_vocabulary();
   tc.dim = cfg.caption_channels;
   tc.max_tokens = cfg.model_max_length;
   // Fresh weights (Open-Sora's initialisation), or a model directory's as the start of a new run.
   STDiT3 init = init_from.empty() ? STDiT3::training_init(cfg, seed, options) : init_from_model(init_from, cfg, seed, options);
-  TextEncoder text = init_from.empty() ? TextEncoder::random(tc, seed + 1, options) : TextEncoder::load(init_from, options);
+  WordEncoder text = init_from.empty() ? WordEncoder::random(tc, seed + 1, options) : WordEncoder::load(init_from, options);
   if (!init_from.empty() && (text.config().vocab != tc.vocab || text.config().dim != tc.dim ||
                              text.config().max_tokens != tc.max_tokens))
     fail("--init-from '", init_from, "': its text encoder does not match config '", config_name,
@@ -311,14 +313,14 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   auto evaluate_weights = [&](int step, const char* label) {
     c10::NoGradGuard no_grad;
     const at::Tensor &x0 = held.x0, &noise = held.noise, &t = held.t;
-    auto [y, mask] = text.encode(held.prompts);
-    auto [yo, masko] = text.encode(held.others);
+    auto [y, mask] = text.encode_batch(held.prompts);
+    auto [yo, masko] = text.encode_batch(held.others);
     // Per quarter of the noise range (t in (0, .25), ..., (.75, 1)) and overall.
     auto quarters = [](const at::Tensor& l) { return l.view({4, -1}).mean(1).cpu(); };
     const at::Tensor own_clip = flow_loss(x0, noise, t, y, mask), own = quarters(own_clip);
     const at::Tensor other = quarters(flow_loss(x0, noise, t, yo, masko));
     const at::Tensor null = quarters(flow_loss(x0, noise, t, null_y.expand_as(y), mask));
-    auto [ym, maskm] = text.encode(held.wrong_motion);
+    auto [ym, maskm] = text.encode_batch(held.wrong_motion);
     const at::Tensor wrong_clip = flow_loss(x0, noise, t, ym, maskm);
     const at::Tensor wrong_motion = quarters(wrong_clip);
     // The sign alone: the moving clips with their direction reversed, in the top noise quarter (where
@@ -393,7 +395,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     if (t_sampling == "shifted") t = shift_noise_levels(t, t_shift);
     t = per_draw(t).to(options.device());
     at::Tensor drop = per_draw(at::rand({draws}, gen, at::kFloat) < dropout).to(options.device());
-    auto [encoded, mask] = text.encode(b.prompts);
+    auto [encoded, mask] = text.encode_batch(b.prompts);
     const at::Tensor y = at::where(drop.view({n, 1, 1, 1}), null_y.expand_as(encoded), encoded);
     const at::Tensor error = velocity(x0, noise, t, y, mask, b.frame_index) - (x0 - noise);
     at::Tensor loss =
@@ -445,7 +447,7 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   }
   for (auto& [name, t] : ema_model) t = t.detach().clone();
   STDiT3(cfg, ema_model).save_pretrained(out_dir);
-  TextEncoder(tc, ema_text).save(out_dir);
+  WordEncoder(tc, ema_text).save(out_dir);
   std::cerr << "ditto train: wrote " << out_dir << " (config.json, model.safetensors, text_encoder.safetensors; "
             << "final smoothed loss " << loss_ema << ")\n";
   return 0;

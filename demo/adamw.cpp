@@ -1,5 +1,5 @@
 // AdamW with clipping and EMA over parameter lists (see adamw.h).
-#include "launcher/adamw.h"
+#include "demo/adamw.h"
 
 #include <ATen/ops/_foreach_lerp.h>
 #include <ATen/ops/_foreach_mul.h>

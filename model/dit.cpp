@@ -1,0 +1,86 @@
+// The DiT interface's shared parts: the block loop, the plain forward over it, unit descriptions.
+#include "model/dit.h"
+
+#include "model/error.h"
+#include "model/layers.h"
+
+namespace ditto {
+
+const char* attention_scope_name(AttentionScope scope) {
+  switch (scope) {
+    case AttentionScope::Frame: return "frame";
+    case AttentionScope::Time: return "time";
+    default: return "video";
+  }
+}
+
+const char* unit_role_name(UnitRole role) {
+  switch (role) {
+    case UnitRole::SpatialAttention: return "spatial_attn";
+    case UnitRole::TemporalAttention: return "temporal_attn";
+    case UnitRole::FullAttention: return "attn";
+    case UnitRole::CrossAttention: return "cross_attn";
+    default: return "mlp";
+  }
+}
+
+bool is_self_attention(UnitRole role) {
+  return role == UnitRole::SpatialAttention || role == UnitRole::TemporalAttention || role == UnitRole::FullAttention;
+}
+
+std::vector<UnitInfo> DiT::describe_units(const DiTContext& ctx, const AttentionSeam* seam) const {
+  std::vector<UnitInfo> out = units();
+  const int64_t element = options().dtype().itemsize();
+  for (size_t u = 0; u < out.size(); ++u) {
+    out[u].flops = unit_flops(static_cast<int>(u), ctx.grid, ctx.batch, ctx.caption_tokens);
+    if (seam && is_self_attention(out[u].role))
+      out[u].bytes = seam->bytes(out[u].scope, ctx.batch, shape().hidden_size, element);
+  }
+  return out;
+}
+
+at::Tensor run_units(const std::vector<UnitInfo>& units, at::Tensor x, int first, int last, const UnitLoop& loop) {
+  if (first < 0 || last > static_cast<int>(units.size()) || first > last)
+    fail("run_units: units [", first, ", ", last, ") outside the model's ", units.size());
+  for (int u = first; u < last; ++u) {
+    x = x + loop.residual(u, x);
+    if (loop.after_block && (u + 1 == static_cast<int>(units.size()) || units[u + 1].block != units[u].block))
+      loop.after_block(units[u].block, x);
+  }
+  return x;
+}
+
+at::Tensor DiT::forward_tokens(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx, AttentionSeam* seam,
+                               const Observer& observe) const {
+  auto flat = [](const at::Tensor& t) { return t.reshape({t.size(0), t.size(1) * t.size(2), t.size(3)}); };
+  at::Tensor x = embed(tokens, begin, ctx);
+  if (observe) observe("x_embed", flat(x));
+  UnitLoop loop;
+  loop.residual = [&](int u, const at::Tensor& h) { return unit_residual(u, h, ctx, seam); };
+  if (observe) loop.after_block = [&](int block, const at::Tensor& h) { observe(block_name(block), flat(h)); };
+  x = run_units(units(), x, 0, unit_count(), loop);
+  return head(x, ctx);
+}
+
+at::Tensor DiT::forward(const DiTInputs& inputs, const Observer& observe) const {
+  const std::unique_ptr<DiTContext> ctx = prepare(inputs);
+  set_timestep(*ctx, inputs.timestep);
+  if (observe) observe_context(*ctx, observe);
+  const DiTShape& sh = shape();
+  const at::Tensor out = forward_tokens(layers::patchify(inputs.x, sh.patch), 0, *ctx, nullptr, observe);
+  const TokenGrid& g = ctx->grid;
+  return layers::unpatchify(out, sh.patch, sh.out_channels, g.t, g.h, g.w, g.tx, g.hx, g.wx);
+}
+
+TokenGrid token_grid(int64_t t, int64_t h, int64_t w, const std::array<int, 3>& p) {
+  TokenGrid g;
+  g.tx = t;
+  g.hx = h;
+  g.wx = w;
+  g.t = (t + p[0] - 1) / p[0];
+  g.h = (h + p[1] - 1) / p[1];
+  g.w = (w + p[2] - 1) / p[2];
+  return g;
+}
+
+}  // namespace ditto

@@ -1,0 +1,63 @@
+// The VAE seam: how a video's size in pixels maps to the model's latent, and back to pixels. Behind
+// it today: the pixel latent space (the demo works on RGB frames) and Open-Sora 1.2's latent
+// geometry (its VAE weights are not loaded yet, so its latents are written, not decoded).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+
+namespace ditto {
+
+struct LatentShape {
+  int channels, frames, height, width;
+};
+
+class VAE {
+ public:
+  virtual ~VAE() = default;
+  virtual std::string name() const = 0;
+  // The latent of a video of `frames` x `height` x `width` pixels; an Error for sizes it cannot take.
+  virtual LatentShape latent_shape(int frames, int height, int width) const = 0;
+  // Decoding a latent [1, C, T, H, W] into RGB frames [1, 3, F, H', W'] in [-1, 1].
+  virtual bool can_decode() const = 0;
+  // Why decode() is unavailable (empty when it is available).
+  virtual std::string cannot_decode_reason() const { return ""; }
+  virtual at::Tensor decode(const at::Tensor& latent) const = 0;
+  // Encoding RGB frames into a latent (optional).
+  virtual bool can_encode() const { return false; }
+  virtual at::Tensor encode(const at::Tensor& video) const;
+};
+
+// Models that work on pixels: the latent is the video itself ([-1, 1] RGB when channels is 3).
+class PixelSpace : public VAE {
+ public:
+  explicit PixelSpace(int channels) : channels_(channels) {}
+  std::string name() const override { return "pixel"; }
+  LatentShape latent_shape(int frames, int height, int width) const override;
+  bool can_decode() const override { return channels_ == 3; }
+  std::string cannot_decode_reason() const override;
+  at::Tensor decode(const at::Tensor& latent) const override;
+  bool can_encode() const override { return channels_ == 3; }
+  at::Tensor encode(const at::Tensor& video) const override;
+
+ private:
+  int channels_;
+};
+
+// Open-Sora 1.2's VAE geometry: 8x in space (floor), micro-batches of 17 frames -> 5 latents and a
+// remainder r -> ceil(r / 4). Decoding needs its VAE's weights, which ditto does not load yet.
+class OpenSoraV12Geometry : public VAE {
+ public:
+  explicit OpenSoraV12Geometry(int channels) : channels_(channels) {}
+  std::string name() const override { return "opensora-v1.2"; }
+  LatentShape latent_shape(int frames, int height, int width) const override;
+  bool can_decode() const override { return false; }
+  std::string cannot_decode_reason() const override;
+  at::Tensor decode(const at::Tensor& latent) const override;
+
+ private:
+  int channels_;
+};
+
+}  // namespace ditto

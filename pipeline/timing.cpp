@@ -1,0 +1,76 @@
+// Device synchronisation, step timing and peak-memory queries (CUDA parts only in CUDA builds).
+#include "pipeline/timing.h"
+
+#include <sys/resource.h>
+#ifdef DITTO_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
+namespace ditto {
+
+void synchronize(const at::Device& device) {
+#ifdef DITTO_CUDA
+  if (device.is_cuda()) c10::cuda::device_synchronize();
+#else
+  (void)device;
+#endif
+}
+
+int64_t peak_memory_bytes(const at::Device& device) {
+#ifdef DITTO_CUDA
+  if (device.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  }
+#endif
+  struct rusage ru {};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int64_t>(ru.ru_maxrss) * 1024;
+}
+
+struct StepTimer::Events {
+#ifdef DITTO_CUDA
+  std::vector<std::unique_ptr<at::cuda::CUDAEvent>> marks;  // marks[0]: the start
+#endif
+};
+
+StepTimer::StepTimer(const at::Device& device) : device_(device), events_(std::make_unique<Events>()) {}
+StepTimer::~StepTimer() = default;
+
+void StepTimer::start() {
+  wall_.clear();
+  start_ = std::chrono::steady_clock::now();
+#ifdef DITTO_CUDA
+  events_->marks.clear();
+  if (device_.is_cuda()) mark();
+#endif
+}
+
+void StepTimer::mark() {
+#ifdef DITTO_CUDA
+  if (device_.is_cuda()) {
+    events_->marks.push_back(std::make_unique<at::cuda::CUDAEvent>(cudaEventDefault));
+    events_->marks.back()->record();
+    return;
+  }
+#endif
+  wall_.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+}
+
+std::vector<double> StepTimer::seconds() {
+  std::vector<double> out;
+#ifdef DITTO_CUDA
+  if (device_.is_cuda()) {
+    auto& m = events_->marks;
+    if (m.size() > 1) m.back()->synchronize();
+    for (size_t i = 1; i < m.size(); ++i) out.push_back(m[i - 1]->elapsed_time(*m[i]) / 1e3);
+    return out;
+  }
+#endif
+  for (size_t i = 0; i < wall_.size(); ++i) out.push_back(wall_[i] - (i ? wall_[i - 1] : 0.0));
+  return out;
+}
+
+}  // namespace ditto

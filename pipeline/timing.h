@@ -1,0 +1,35 @@
+// Timing a video's steps without waiting for the device after each one, device synchronisation
+// where a whole measurement needs it, and peak memory.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <memory>
+#include <vector>
+
+namespace ditto {
+
+void synchronize(const at::Device& device);
+// Peak memory of this process: device allocator peak on CUDA, max resident set on CPU (bytes).
+int64_t peak_memory_bytes(const at::Device& device);
+
+// Per-step times. On CUDA each mark() records an event on the current stream (no wait) and the
+// times are read once, at the end; on the CPU mark() reads the wall clock.
+class StepTimer {
+ public:
+  explicit StepTimer(const at::Device& device);
+  ~StepTimer();
+  void start();
+  void mark();  // the end of a step
+  // Seconds of each step since start(), in order (on CUDA: waits once for the last step).
+  std::vector<double> seconds();
+
+ private:
+  struct Events;
+  at::Device device_;
+  std::chrono::steady_clock::time_point start_;
+  std::vector<double> wall_;  // CPU: seconds since start at each mark
+  std::unique_ptr<Events> events_;
+};
+
+}  // namespace ditto
