@@ -19,7 +19,7 @@ double l1_rel(const at::Tensor& cur, const at::Tensor& prev);
 // Mean relative change of every unit's residual per step, averaged over profiling runs.
 struct ChangeCurves {
   int depth = 0, steps = 0, runs = 0;
-  int units_per_layer = 6;                 // the model's units per layer (STDiT3: 2 blocks x 3)
+  int units_per_layer = 6;                 // the model's units per layer (a spatial-temporal pair: 2 blocks x 3)
   std::vector<std::string> units;          // unit names in the model's unit order
   std::vector<std::vector<double>> l1rel;  // [unit][step]; step 0 (no previous output) is 0
   std::vector<float> timesteps;

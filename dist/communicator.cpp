@@ -1,6 +1,8 @@
 // Shared communicator helpers (see communicator.h).
 #include "dist/communicator.h"
 
+#include <cstring>
+
 #include "model/error.h"
 
 namespace ditto {
@@ -35,6 +37,15 @@ at::Tensor all_gather_cat(Communicator& comm, const at::Tensor& local, int64_t d
   }
   comm.all_gather(send, recv);
   return at::cat(recv, dim);
+}
+
+std::string broadcast_string(Communicator& comm, const std::string& s, int root) {
+  at::Tensor n = at::tensor({static_cast<int64_t>(s.size())}, at::kLong);
+  comm.broadcast(n, root);
+  at::Tensor bytes = at::empty({n.item<int64_t>()}, at::kByte);
+  if (comm.rank() == root && !s.empty()) std::memcpy(bytes.data_ptr(), s.data(), s.size());
+  if (bytes.numel() > 0) comm.broadcast(bytes, root);
+  return std::string(reinterpret_cast<const char*>(bytes.data_ptr()), static_cast<size_t>(bytes.numel()));
 }
 
 }  // namespace ditto

@@ -64,5 +64,7 @@ struct Split {
 
 // All-gathers per-rank tensors that differ only in dimension `dim` and concatenates them in rank order.
 at::Tensor all_gather_cat(Communicator& comm, const at::Tensor& local, int64_t dim);
+// Rank `root`'s string on every rank (the others pass anything).
+std::string broadcast_string(Communicator& comm, const std::string& s, int root = 0);
 
 }  // namespace ditto

@@ -23,7 +23,7 @@ at::Tensor sample_video(const DiT& model, Sampler& sampler, const VideoRequest& 
   const at::Tensor z0 = req.z0.to(state_type);
   const at::Tensor tokens = layers::patchify(z0, shape.patch);  // [1, T', S, K]
   const TokenGrid grid = token_grid(z0.size(2), z0.size(3), z0.size(4), shape.patch);
-  const std::string layout_name = g.layout.empty() ? model.parallel_layouts().front() : g.layout;
+  const std::string layout_name = model.parallel_layouts().front();
   std::unique_ptr<SequenceParallel> layout;
   if (P > 1) {
     model.check_layout(layout_name, P, grid);

@@ -26,7 +26,6 @@ struct VideoRequest {
 struct VideoGroups {
   Communicator* sp = nullptr;   // null or size 1: no sequence parallelism
   Communicator* cfg = nullptr;  // null or size 1: batched CFG; size 2: rank 0 conditional, rank 1 unconditional
-  std::string layout;           // the sequence-parallel layout (empty: the model's first)
 };
 
 // The model call of one step on this rank's tokens (default: DiT::forward_tokens); a caching
@@ -34,8 +33,8 @@ struct VideoGroups {
 using TokenForward = std::function<at::Tensor(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx,
                                               AttentionSeam* seam, int step)>;
 
-// Every rank of the video's groups calls this with the same request. The model prepares the video
-// once; each step sets the timestep and runs the forward. Returns the final latent [1, C, T, H, W]
+// Every rank of the video's groups calls this with the same request. Sequence parallelism uses the
+// model's first layout (DiT::parallel_layouts). The model prepares the video once; each step sets the timestep and runs the forward. Returns the final latent [1, C, T, H, W]
 // (float32; float64 for a float64 model) on every rank of the video.
 at::Tensor sample_video(const DiT& model, Sampler& sampler, const VideoRequest& request, const VideoGroups& groups,
                         const StepFn& on_step = nullptr, const TokenForward& forward = nullptr);

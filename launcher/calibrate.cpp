@@ -15,6 +15,7 @@
 #include "launcher/commands.h"
 #include "pipeline/model_options.h"
 #include "pipeline/video_job.h"
+#include "pipeline/video_options.h"
 #include "model/error.h"
 #include "model/text_encoder.h"
 
@@ -36,15 +37,14 @@ int run_calibrate(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("seeds", po::value(&seeds)->default_value(1), "seeds per prompt")
     ("epochs", po::value(&epochs)->default_value(4), "passes over the prompts x seeds (0: write the identity)")
     ("lr", po::value(&lr)->default_value(1e-3), "Adam learning rate (one update per video)")
-    ("cfg-scale", po::value(&base.cfg_scale)->default_value(NAN, "model's"), "CFG scale")
-    ("frames", po::value(&base.frames)->default_value(0), "frames (0: the model's)")
-    ("height", po::value(&base.height)->default_value(0), "height (0: the model's)")
-    ("width", po::value(&base.width)->default_value(0), "width (0: the model's)")
     ("out", po::value(&out_path)->default_value("calibration.safetensors"), "the scale-shift layers (use with --cache-opt calibration=FILE)")
     ("quiet", po::bool_switch(&quiet), "no progress output");
   // clang-format on
+  const std::vector<std::string> video_flags = {"cfg-scale", "frames", "height", "width", "flow-shift"};
+  add_video_options(desc, video_flags, shown_defaults(args));
   po::variables_map vm;
   if (!parse_command_line("calibrate", "train Block Caching's scale-shift calibration", desc, args, vm)) return 0;
+  apply_video_options(vm, video_flags, base);
   if (mpi.size() > 1) fail("ditto calibrate runs on one rank");
   if (prompts <= 0 || seeds <= 0 || epochs < 0) fail("--prompts and --seeds must be positive, --epochs >= 0");
   const at::TensorOptions options = resolve_tensor_options(mo, mpi);

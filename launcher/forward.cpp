@@ -21,7 +21,7 @@ int run_forward(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("dump", po::bool_switch(&dump), "also write t, t_mlp, pos_emb, x_embed and every block's output");
   // clang-format on
   po::variables_map vm;
-  if (!parse_command_line("forward", "one STDiT3 forward pass on saved inputs", desc, args, vm)) return 0;
+  if (!parse_command_line("forward", "one model forward pass on saved inputs", desc, args, vm)) return 0;
 
   if (mpi.size() > 1) fail("ditto forward runs on one rank (it checks one forward pass); launch it without mpirun -np N");
   const at::TensorOptions options = resolve_tensor_options(mo, mpi);

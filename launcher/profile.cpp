@@ -14,6 +14,7 @@
 #include "launcher/commands.h"
 #include "pipeline/model_options.h"
 #include "pipeline/video_job.h"
+#include "pipeline/video_options.h"
 #include "pipeline/video_writer.h"
 #include "model/atomic_file.h"
 #include "model/error.h"
@@ -33,11 +34,6 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
   desc.add_options()
     ("prompts", po::value(&prompts)->default_value(32), "prompts (the demo's fixed prompt set; random captions for models without a text encoder)")
     ("seeds", po::value(&seeds)->default_value(2), "seeds per prompt")
-    ("steps", po::value(&base.steps)->default_value(30), "sampling steps (a schedule is for this step count)")
-    ("cfg-scale", po::value(&base.cfg_scale)->default_value(NAN, "model's"), "CFG scale")
-    ("frames", po::value(&base.frames)->default_value(0), "frames (0: the model's)")
-    ("height", po::value(&base.height)->default_value(0), "height (0: the model's)")
-    ("width", po::value(&base.width)->default_value(0), "width (0: the model's)")
     ("deltas", po::value(&deltas_text)->default_value("0.05,0.1,0.2,0.4"), "thresholds: one schedule file per delta")
     ("sp", po::value(&sp)->default_value(1), "sequence-parallel ranks per video")
     ("cfg-parallel", po::value(&cfg_parallel)->default_value(1), "2: conditional and unconditional branch on two ranks")
@@ -45,9 +41,12 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("out", po::value(&out_dir)->default_value("profile"), "output directory: curves.json, curves.csv, heatmap.png, schedule-delta-D.json")
     ("quiet", po::bool_switch(&quiet), "no progress output");
   // clang-format on
+  const std::vector<std::string> video_flags = {"steps", "cfg-scale", "frames", "height", "width", "sampler", "flow-shift"};
+  add_video_options(desc, video_flags, shown_defaults(args));
   po::variables_map vm;
   if (!parse_command_line("profile", "profile per-unit change curves and derive Block Caching schedules", desc, args, vm))
     return 0;
+  apply_video_options(vm, video_flags, base);
   if (prompts <= 0 || seeds <= 0) fail("--prompts and --seeds must be positive");
   std::vector<double> deltas;
   {
@@ -74,6 +73,7 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
   ProcessGroups groups = make_process_groups(world, wl);
   auto sp_comm = group_backend(std::move(groups.sp), backend, options.device(), 600);
   auto cfg_comm = group_backend(std::move(groups.cfg), backend, options.device(), 600);
+  base = with_model_defaults(base, outline);  // a schedule is for this step count
   const int units = model->unit_count(), steps = base.steps;
   // Sum over this group's runs of each run's L1rel(unit, step).
   at::Tensor curve_sum = at::zeros({units, steps}, at::kDouble);

@@ -144,7 +144,12 @@ bool parse_command_line(const std::string& command, const std::string& summary, 
   desc.add_options()("help,h", "show this help")(
       "config-file", po::value(&config_file), "read options from an INI-style file (name = value per line)");
   try {
-    po::store(po::command_line_parser(args).options(desc).run(), vm);
+    const po::parsed_options parsed = po::command_line_parser(args).options(desc).run();
+    // A word that belongs to no option is a mistake (an unquoted prompt), never silently dropped.
+    const std::vector<std::string> stray = po::collect_unrecognized(parsed.options, po::include_positional);
+    if (!stray.empty())
+      fail("unexpected argument '", stray.front(), "' (values with spaces need quotes: --prompt \"a red circle\")");
+    po::store(parsed, vm);
     if (vm.count("help")) {
       std::cout << "ditto " << command << ": " << summary << "\n\n" << desc << "\n" << help_footer;
       return false;
@@ -154,6 +159,8 @@ bool parse_command_line(const std::string& command, const std::string& summary, 
     }
     po::notify(vm);
   } catch (const po::error& e) {
+    fail(e.what(), " (see ditto ", command, " --help)");
+  } catch (const Error& e) {
     fail(e.what(), " (see ditto ", command, " --help)");
   }
   return true;

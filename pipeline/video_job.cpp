@@ -248,7 +248,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   const auto t_loop = std::chrono::steady_clock::now();
   auto last = t_loop;
   timer.start();
-  at::Tensor z = sample_video(model, *sampler, req, {comms.sp, comms.cfg, layout}, [&](int i, const at::Tensor&) {
+  at::Tensor z = sample_video(model, *sampler, req, {comms.sp, comms.cfg}, [&](int i, const at::Tensor&) {
     timer.mark();
     const auto now = std::chrono::steady_clock::now();  // when the host queued the step
     if (on_step)
