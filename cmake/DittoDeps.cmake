@@ -42,6 +42,7 @@ target_link_libraries(ditto_torch INTERFACE ${TORCH_LIBRARIES})
 target_include_directories(ditto_torch INTERFACE ${TORCH_INCLUDE_DIRS})
 target_compile_options(ditto_torch INTERFACE ${TORCH_CXX_FLAGS})
 target_compile_definitions(ditto_torch INTERFACE $<$<BOOL:${DITTO_CUDA}>:DITTO_CUDA=1>)
+set_target_properties(ditto_torch PROPERTIES EXPORT_NAME torch)
 
 # Where the loader finds the CUDA libraries LibTorch links (the wheel's nvidia/* folders or
 # /usr/local/cuda); baked into every executable's RUNPATH so no LD_LIBRARY_PATH is needed.
@@ -59,6 +60,10 @@ endif()
 list(REMOVE_DUPLICATES _ditto_rpath)
 set(CMAKE_BUILD_RPATH "${_ditto_rpath}" CACHE INTERNAL "")
 set(CMAKE_INSTALL_RPATH "${_ditto_rpath}" CACHE INTERNAL "")
+# Programs built against an installed ditto (find_package) get the same search path.
+foreach(_dir ${_ditto_rpath})
+  target_link_options(ditto_torch INTERFACE "LINKER:-rpath,${_dir}")
+endforeach()
 
 add_compile_options(-Wall -Wextra -Wno-unused-parameter)
 
@@ -69,4 +74,15 @@ target_precompile_headers(ditto_torch_pch PUBLIC ${PROJECT_SOURCE_DIR}/model/tor
 
 function(ditto_use_pch target)
   target_precompile_headers(${target} REUSE_FROM ditto_torch_pch)
+endfunction()
+
+# A ditto library: static, its headers included as "folder/name.h" from the source tree (and from
+# PREFIX/include once installed), the shared precompiled header, exported as ditto::<export_name>.
+set(DITTO_EXPORTED_LIBRARIES "" CACHE INTERNAL "")
+function(ditto_library name export_name)
+  add_library(${name} STATIC ${ARGN})
+  target_include_directories(${name} PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}> $<INSTALL_INTERFACE:include>)
+  set_target_properties(${name} PROPERTIES EXPORT_NAME ${export_name})
+  ditto_use_pch(${name})
+  set(DITTO_EXPORTED_LIBRARIES ${DITTO_EXPORTED_LIBRARIES} ${name} CACHE INTERNAL "")
 endfunction()

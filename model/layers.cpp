@@ -88,7 +88,7 @@ at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tens
 }
 
 at::Tensor patchify(const at::Tensor& x, const std::array<int, 3>& patch) {
-  TORCH_CHECK(x.dim() == 5, "patchify: x must be [B, C, T, H, W]");
+  if (x.dim() != 5) fail("patchify: x must be [B, C, T, H, W], got ", x.sizes());
   const int64_t pt = patch[0], ph = patch[1], pw = patch[2];
   const int64_t t = x.size(2), h = x.size(3), w = x.size(4);
   const int64_t pad_t = (pt - t % pt) % pt, pad_h = (ph - h % ph) % ph, pad_w = (pw - w % pw) % pw;

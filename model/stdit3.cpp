@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "model/error.h"
+#include "model/host_sync.h"
 #include "model/layers.h"
 
 namespace ditto {
@@ -360,7 +361,7 @@ Conditioning STDiT3::prepare_conditioning(const ForwardArgs& a) const {
     if (m.dim() != 2 || m.size(1) != y.size(1))
       fail("forward: mask must be [B, L] with L = ", y.size(1), " caption tokens");
     // Read once per video on the host: which rows are prefixes decides the attention's shape.
-    at::Tensor valid = repeat_to_batch(m, B, "mask").ne(0).cpu();
+    at::Tensor valid = read_to_host(repeat_to_batch(m, B, "mask").ne(0));
     at::Tensor counts = valid.sum(1);
     if (counts.min().item<int64_t>() == 0) fail("forward: a caption mask row has no valid token");
     if (config_.frame_caption_modulation) {
@@ -396,8 +397,8 @@ Conditioning STDiT3::prepare_conditioning(const ForwardArgs& a) const {
     fail("forward: frame_index given, but the model reads none (no temporal position embedding or frame modulation)");
   }
   // The reference holds the sizes as model-dtype tensors (bf16 rounds a width of 854 to 856).
-  const double hpx = a.height.reshape({-1})[0].to(dtype).item<double>();
-  const double wpx = a.width.reshape({-1})[0].to(dtype).item<double>();
+  const at::Tensor sizes = read_to_host(at::stack({a.height.reshape({-1})[0], a.width.reshape({-1})[0].to(a.height.device())}).to(dtype));
+  const double hpx = sizes[0].item<double>(), wpx = sizes[1].item<double>();
   c.pos_scale = std::sqrt(hpx * wpx) / config_.input_sq_size;
   c.pos_table = pos_embedding(c);
   return c;

@@ -10,6 +10,7 @@
 #include "cache/threshold_policies.h"
 #include "dist/video_sampler.h"
 #include "model/error.h"
+#include "model/host_sync.h"
 #include "model/opensora.h"
 #include "test_util.h"
 #include "tiny_video.h"
@@ -232,4 +233,52 @@ TEST(CachePolicies, UnknownNamesAndOptionsAreErrors) {
   ditto::test::write_bytes(file, "0.05:5/0.5:2/1:1\n");
   EXPECT_EQ(make_cache_policy("adacache", {{"codebook", "@" + file}}, ditto::test::stdit3_policy_context(28, 30))->params()["codebook"], "0.05:5/0.5:2/1:1");
   EXPECT_THROW(make_cache_policy("adacache", {{"codebook", "@/nonexistent"}}, ditto::test::stdit3_policy_context(28, 30)), Error);
+}
+
+TEST(CacheRunner, AStepReadsTheDeviceOncePerDecisionAndNeverOtherwise) {
+  // Per sampling step the host reads device memory only for a cache decision (one read each), so on
+  // a GPU a step never waits for the device otherwise. Every read on the sampling path goes through
+  // read_to_host(), which counts it.
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 m = STDiT3::random(c, 3, at::TensorOptions().dtype(at::kFloat));
+  const VideoRequest req = ditto::test::tiny_video_request(4, 48, 72);
+  SamplerOptions so;
+  so.steps = 10;
+  RectifiedFlow rf(so, opensora_transform({48, 72, 51, LatentSpace::OpenSoraV12}));
+  const std::vector<std::pair<std::string, PolicyOptions>> policies = {
+      {"none", {}}, {"static", {}}, {"pab", {{"window", "0:1001"}}},
+      {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}}}, {"adacache", {{"per", "unit"}}},
+      {"teacache", {{"threshold", "2.5"}}}, {"fbcache", {{"threshold", "0.6"}}}};
+  int64_t video_setup = -1;
+  for (const auto& [name, options] : policies) {
+    auto policy = make_cache_policy(name, options, policy_context(m, so.steps));
+    CacheRunner runner(m, *policy, nullptr);
+    runner.begin_video(rf.timesteps());
+    std::vector<int64_t> reads;
+    int64_t last = host_reads();
+    sample_video(m, rf, req, {}, [&](int, const at::Tensor&) {
+      reads.push_back(host_reads() - last);
+      last = host_reads();
+    }, runner.token_forward());
+    const auto log = runner.report()["decisions"];
+    int decisions = 0;
+    for (int i = 0; i < so.steps; ++i) {
+      const int decided = log[i].contains("decision") ? 1 : 0;
+      decisions += decided;
+      if (i > 0) {
+        EXPECT_EQ(reads[i], decided) << name << " step " << i + 1;
+      }
+    }
+    // The first step also prepares the video (the caption mask and the sizes: one read each).
+    const int64_t setup = reads[0] - (log[0].contains("decision") ? 1 : 0);
+    if (video_setup < 0) video_setup = setup;
+    EXPECT_EQ(setup, video_setup) << name;
+    EXPECT_EQ(setup, 2) << name;
+    if (name == "none" || name == "static" || name == "pab") {
+      EXPECT_EQ(decisions, 0) << name;
+    }
+    if (name == "teacache" || name == "fbcache" || options.count("per")) {
+      EXPECT_EQ(decisions, so.steps) << name;
+    }
+  }
 }
