@@ -63,9 +63,28 @@ STDiT3 init_from_model(const std::string& dir, const STDiT3Config& cfg, uint64_t
   return STDiT3(cfg, std::move(weights));
 }
 
-}  // namespace
+// bf16 autocast on CUDA for the guard's lifetime (nothing on the CPU).
+class BfloatAutocast {
+ public:
+  explicit BfloatAutocast(bool on) : on_(on) {
+    if (!on_) return;
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+  }
+  ~BfloatAutocast() {
+    if (!on_) return;
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+    at::autocast::clear_cache();
+  }
+  BfloatAutocast(const BfloatAutocast&) = delete;
+  BfloatAutocast& operator=(const BfloatAutocast&) = delete;
 
-int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
+ private:
+  bool on_;
+};
+
+// The options of `ditto train` (see --help for each).
+struct TrainOptions {
   std::string out_dir, resume, init_from, config_name;
   int steps = 0, batch = 0, checkpoint_every = 0, threads = 0, warmup = 0, log_every = 0, eval_every = 0;
   int image_batch = 0, image_every = 0, eval_clips = 0;
@@ -74,57 +93,96 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   double lr = 0, ema_decay = 0, dropout = 0, wd = 0, two_objects = 0, final_lr = 0;
   uint64_t seed = 0;
   bool quiet = false, fixed_batch = false, restart_schedule = false, sign_pairs = false;
+};
+
+// Parses and checks the options; false when --help was printed.
+bool parse_train_options(const std::vector<std::string>& args, TrainOptions& o) {
   po::options_description desc("options");
   // clang-format off
   desc.add_options()
-    ("out", po::value(&out_dir)->default_value("train_out"), "directory: checkpoint.safetensors while training, the model (EMA weights) at the end")
-    ("config", po::value(&config_name)->default_value("ditto-demo"), "model config to train")
-    ("steps", po::value(&steps)->default_value(3000), "optimizer steps (total, including resumed ones)")
-    ("batch", po::value(&batch)->default_value(8), "clips per step")
-    ("lr", po::value(&lr)->default_value(8e-4), "AdamW learning rate (after a linear warm-up)")
-    ("warmup", po::value(&warmup)->default_value(200), "warm-up steps")
-    ("final-lr", po::value(&final_lr)->default_value(0.1), "the learning rate at the last step, as a fraction of --lr (cosine decay after the warm-up)")
-    ("image-batch", po::value(&image_batch)->default_value(128), "joint image-video training as Open-Sora does: the image steps train on this many single frames (one random frame of a clip each; 0: videos only). Images teach shape, colour and background at 1/16 of a clip's cost, videos the motion")
-    ("image-every", po::value(&image_every)->default_value(2), "with --image-batch: every N-th step is an image step")
-    ("t-sampling", po::value(&t_sampling)->default_value("uniform"), "how training draws noise levels t: uniform; logit-normal (sigmoid of a standard normal, as Open-Sora 1.2 and SD3 train: more weight on the middle, where shapes and colours are decided); or shifted (uniform u through the flow shift s u / (1 + (s - 1) u), s = --t-shift: more weight on high noise, where the layout and the motion are decided)")
-    ("t-shift", po::value(&t_shift)->default_value(3.0), "the shift s of --t-sampling shifted (3: half the noise levels above 0.75)")
-    ("word-identity", po::value(&word_identity)->default_value(0), "weight of an auxiliary text-encoder loss: every output token must point back at its own word among the input token embeddings (cross-entropy over the vocabulary), so words the diffusion loss has not yet made the encoder tell apart (left and right) stay apart (0: off)")
-    ("two-objects", po::value(&two_objects)->default_value(0.3), "fraction of clips with two objects")
-    ("sign-pairs", po::bool_switch(&sign_pairs), "draw every batch as pairs of twins: the same scene, frame, noise and noise level, the second with every object moving the opposite way. The pair's loss splits into the error of the pair's mean and of its difference; the difference is what only the direction words (left or right, up or down) can explain at high noise")
-    ("sign-weight", po::value(&sign_weight)->default_value(0), "with --sign-pairs: extra weight on the difference part of each pair's loss, 1/4 mean((v_a - v_b) - (u_a - u_b))^2 (0: the plain loss of the pair's two clips; pairs trained with the null caption are left out of it)")
-    ("weight-decay", po::value(&wd)->default_value(0.01), "AdamW weight decay (matrices only)")
-    ("ema", po::value(&ema_decay)->default_value(0.995), "EMA decay of the exported weights")
-    ("caption-dropout", po::value(&dropout)->default_value(0.1), "probability of training a clip with the null caption (for CFG)")
-    ("checkpoint-every", po::value(&checkpoint_every)->default_value(200), "steps between checkpoints")
-    ("max-seconds", po::value(&max_seconds)->default_value(0), "stop after the first step that ends this many seconds into the run (0: no limit), writing the checkpoint and the model (EMA weights) at that step; --resume the checkpoint to go on with the same schedule")
-    ("resume", po::value(&resume), "continue from this checkpoint.safetensors")
-    ("init-from", po::value(&init_from), "start from this model directory's weights (e.g. the shipped demo model; a new run: step 0, fresh optimizer state, the architecture of --config)")
-    ("restart-schedule", po::bool_switch(&restart_schedule), "with --resume: warm up again and decay over this run's own steps (a new training phase) instead of continuing the schedule of steps 0..--steps")
-    ("seed", po::value(&seed)->default_value(0), "seed of the initial weights and the data stream")
-    ("threads", po::value(&threads)->default_value(0), "CPU threads (0: LibTorch's default)")
-    ("log-every", po::value(&log_every)->default_value(50), "print the loss every N steps (0: never)")
-    ("eval-every", po::value(&eval_every)->default_value(0), "every N steps (and at the start), the loss on a fixed held-out batch with its own captions, with each clip given another clip's caption, with the null caption, and with its own caption but the motion wrong: the gaps show whether the text conditioning, and its motion words, have taken hold (0: never)")
-    ("eval-clips", po::value(&eval_clips)->default_value(32), "clips in the held-out batch (a multiple of 4)")
-    ("fixed-batch", po::bool_switch(&fixed_batch), "train on one fixed batch (a check that the loss goes down)")
-    ("quiet", po::bool_switch(&quiet), "no progress output");
+    ("out", po::value(&o.out_dir)->default_value("train_out"), "directory: checkpoint.safetensors while training, the model (EMA weights) at the end")
+    ("config", po::value(&o.config_name)->default_value("ditto-demo"), "model config to train")
+    ("steps", po::value(&o.steps)->default_value(3000), "optimizer steps (total, including resumed ones)")
+    ("batch", po::value(&o.batch)->default_value(8), "clips per step")
+    ("lr", po::value(&o.lr)->default_value(8e-4), "AdamW learning rate (after a linear warm-up)")
+    ("warmup", po::value(&o.warmup)->default_value(200), "warm-up steps")
+    ("final-lr", po::value(&o.final_lr)->default_value(0.1), "the learning rate at the last step, as a fraction of --lr (cosine decay after the warm-up)")
+    ("image-batch", po::value(&o.image_batch)->default_value(128), "joint image-video training as Open-Sora does: the image steps train on this many single frames (one random frame of a clip each; 0: videos only). Images teach shape, colour and background at 1/16 of a clip's cost, videos the motion")
+    ("image-every", po::value(&o.image_every)->default_value(2), "with --image-batch: every N-th step is an image step")
+    ("t-sampling", po::value(&o.t_sampling)->default_value("uniform"), "how training draws noise levels t: uniform; logit-normal (sigmoid of a standard normal, as Open-Sora 1.2 and SD3 train: more weight on the middle, where shapes and colours are decided); or shifted (uniform u through the flow shift s u / (1 + (s - 1) u), s = --t-shift: more weight on high noise, where the layout and the motion are decided)")
+    ("t-shift", po::value(&o.t_shift)->default_value(3.0), "the shift s of --t-sampling shifted (3: half the noise levels above 0.75)")
+    ("word-identity", po::value(&o.word_identity)->default_value(0), "weight of an auxiliary text-encoder loss: every output token must point back at its own word among the input token embeddings (cross-entropy over the vocabulary), so words the diffusion loss has not yet made the encoder tell apart (left and right) stay apart (0: off)")
+    ("two-objects", po::value(&o.two_objects)->default_value(0.3), "fraction of clips with two objects")
+    ("sign-pairs", po::bool_switch(&o.sign_pairs), "draw every batch as pairs of twins: the same scene, frame, noise and noise level, the second with every object moving the opposite way. The pair's loss splits into the error of the pair's mean and of its difference; the difference is what only the direction words (left or right, up or down) can explain at high noise")
+    ("sign-weight", po::value(&o.sign_weight)->default_value(0), "with --sign-pairs: extra weight on the difference part of each pair's loss, 1/4 mean((v_a - v_b) - (u_a - u_b))^2 (0: the plain loss of the pair's two clips; pairs trained with the null caption are left out of it)")
+    ("weight-decay", po::value(&o.wd)->default_value(0.01), "AdamW weight decay (matrices only)")
+    ("ema", po::value(&o.ema_decay)->default_value(0.995), "EMA decay of the exported weights")
+    ("caption-dropout", po::value(&o.dropout)->default_value(0.1), "probability of training a clip with the null caption (for CFG)")
+    ("checkpoint-every", po::value(&o.checkpoint_every)->default_value(200), "steps between checkpoints")
+    ("max-seconds", po::value(&o.max_seconds)->default_value(0), "stop after the first step that ends this many seconds into the run (0: no limit), writing the checkpoint and the model (EMA weights) at that step; --resume the checkpoint to go on with the same schedule")
+    ("resume", po::value(&o.resume), "continue from this checkpoint.safetensors")
+    ("init-from", po::value(&o.init_from), "start from this model directory's weights (e.g. the shipped demo model; a new run: step 0, fresh optimizer state, the architecture of --config)")
+    ("restart-schedule", po::bool_switch(&o.restart_schedule), "with --resume: warm up again and decay over this run's own steps (a new training phase) instead of continuing the schedule of steps 0..--steps")
+    ("seed", po::value(&o.seed)->default_value(0), "seed of the initial weights and the data stream")
+    ("threads", po::value(&o.threads)->default_value(0), "CPU threads (0: LibTorch's default)")
+    ("log-every", po::value(&o.log_every)->default_value(50), "print the loss every N steps (0: never)")
+    ("eval-every", po::value(&o.eval_every)->default_value(0), "every N steps (and at the start), the loss on a fixed held-out batch with its own captions, with each clip given another clip's caption, with the null caption, and with its own caption but the motion wrong: the gaps show whether the text conditioning, and its motion words, have taken hold (0: never)")
+    ("eval-clips", po::value(&o.eval_clips)->default_value(32), "clips in the held-out batch (a multiple of 4)")
+    ("fixed-batch", po::bool_switch(&o.fixed_batch), "train on one fixed batch (a check that the loss goes down)")
+    ("quiet", po::bool_switch(&o.quiet), "no progress output");
   // clang-format on
   po::variables_map vm;
-  if (!parse_command_line("train", "train the demo text-to-video model", desc, args, vm)) return 0;
-  if (mpi.size() > 1) fail("ditto train runs on one rank");
-  if (t_sampling != "uniform" && t_sampling != "logit-normal" && t_sampling != "shifted")
-    fail("--t-sampling must be uniform, logit-normal or shifted, got '", t_sampling, "'");
-  if (t_sampling == "shifted" && !(t_shift > 0 && std::isfinite(t_shift)))
-    fail("--t-shift must be a positive number, got ", t_shift);
-  if (eval_clips < 4 || eval_clips % 4) fail("--eval-clips must be a positive multiple of 4, got ", eval_clips);
-  if (image_every < 1) fail("--image-every must be at least 1, got ", image_every);
-  if (max_seconds < 0) fail("--max-seconds must be >= 0, got ", max_seconds);
-  if (restart_schedule && resume.empty()) fail("--restart-schedule needs --resume");
-  if (!init_from.empty() && !resume.empty()) fail("--init-from and --resume exclude each other");
-  if (sign_pairs && (batch % 2 || image_batch % 2))
-    fail("--sign-pairs needs even --batch and --image-batch (pairs of twins), got ", batch, " and ", image_batch);
-  if (!(sign_weight >= 0 && std::isfinite(sign_weight))) fail("--sign-weight must be >= 0, got ", sign_weight);
-  if (sign_weight > 0 && !sign_pairs) fail("--sign-weight needs --sign-pairs");
-  if (!(word_identity >= 0 && std::isfinite(word_identity))) fail("--word-identity must be >= 0, got ", word_identity);
+  if (!parse_command_line("train", "train the demo text-to-video model", desc, args, vm)) return false;
+  if (o.t_sampling != "uniform" && o.t_sampling != "logit-normal" && o.t_sampling != "shifted")
+    fail("--t-sampling must be uniform, logit-normal or shifted, got '", o.t_sampling, "'");
+  if (o.t_sampling == "shifted" && !(o.t_shift > 0 && std::isfinite(o.t_shift)))
+    fail("--t-shift must be a positive number, got ", o.t_shift);
+  if (o.eval_clips < 4 || o.eval_clips % 4) fail("--eval-clips must be a positive multiple of 4, got ", o.eval_clips);
+  if (o.image_every < 1) fail("--image-every must be at least 1, got ", o.image_every);
+  if (o.max_seconds < 0) fail("--max-seconds must be >= 0, got ", o.max_seconds);
+  if (o.restart_schedule && o.resume.empty()) fail("--restart-schedule needs --resume");
+  if (!o.init_from.empty() && !o.resume.empty()) fail("--init-from and --resume exclude each other");
+  if (o.sign_pairs && (o.batch % 2 || o.image_batch % 2))
+    fail("--sign-pairs needs even --batch and --image-batch (pairs of twins), got ", o.batch, " and ", o.image_batch);
+  if (!(o.sign_weight >= 0 && std::isfinite(o.sign_weight))) fail("--sign-weight must be >= 0, got ", o.sign_weight);
+  if (o.sign_weight > 0 && !o.sign_pairs) fail("--sign-weight needs --sign-pairs");
+  if (!(o.word_identity >= 0 && std::isfinite(o.word_identity))) fail("--word-identity must be >= 0, got ", o.word_identity);
+  return true;
+}
+
+// Trains and exports the model (see the file comment); the options were checked.
+int train(const TrainOptions& o, const MpiEnv& mpi) {
+  // The options under their own names (the body below reads them so).
+  const std::string& out_dir = o.out_dir;
+  const std::string& resume = o.resume;
+  const std::string& init_from = o.init_from;
+  const std::string& config_name = o.config_name;
+  const int& steps = o.steps;
+  const int& batch = o.batch;
+  const int& checkpoint_every = o.checkpoint_every;
+  const int& threads = o.threads;
+  const int& warmup = o.warmup;
+  const int& log_every = o.log_every;
+  const int& eval_every = o.eval_every;
+  const int& image_batch = o.image_batch;
+  const int& image_every = o.image_every;
+  const int& eval_clips = o.eval_clips;
+  const double& max_seconds = o.max_seconds;
+  const double& t_shift = o.t_shift;
+  const double& sign_weight = o.sign_weight;
+  const double& word_identity = o.word_identity;
+  const std::string& t_sampling = o.t_sampling;
+  const double& lr = o.lr;
+  const double& ema_decay = o.ema_decay;
+  const double& dropout = o.dropout;
+  const double& wd = o.wd;
+  const double& two_objects = o.two_objects;
+  const double& final_lr = o.final_lr;
+  const uint64_t& seed = o.seed;
+  const bool& quiet = o.quiet;
+  const bool& fixed_batch = o.fixed_batch;
+  const bool& restart_schedule = o.restart_schedule;
+  const bool& sign_pairs = o.sign_pairs;
   ModelOptions mo;
   mo.threads = threads;
   const at::TensorOptions options = resolve_tensor_options(mo, mpi).dtype(at::kFloat);
@@ -263,18 +321,10 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
     a.fps = at::full({1}, 24.0f, options);
     a.height = at::full({1}, static_cast<float>(x0.size(3)), options);
     a.width = at::full({1}, static_cast<float>(x0.size(4)), options);
-    // bf16 autocast on the GPU (the weights, Adam moments and EMA stay float32).
-    const bool cuda = options.device().is_cuda();
-    if (cuda) {
-      at::autocast::set_autocast_enabled(at::kCUDA, true);
-      at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-    }
-    at::Tensor pred = model.forward(a);
-    if (cuda) {
-      at::autocast::set_autocast_enabled(at::kCUDA, false);
-      at::autocast::clear_cache();
-    }
-    return pred.to(at::kFloat);
+    // bf16 autocast on the GPU (the weights, Adam moments and EMA stay float32), off again however
+    // the forward ends.
+    const BfloatAutocast autocast(options.device().is_cuda());
+    return model.forward(a).to(at::kFloat);
   };
   // The rectified-flow loss per clip.
   auto flow_loss = [&](const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t, const at::Tensor& y,
@@ -453,4 +503,14 @@ int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
   return 0;
 }
 
+}  // namespace
+
+int run_train(const std::vector<std::string>& args, const MpiEnv& mpi) {
+  TrainOptions o;
+  if (!parse_train_options(args, o)) return 0;
+  if (mpi.size() > 1) fail("ditto train runs on one rank");
+  return train(o, mpi);
+}
+
 }  // namespace ditto
+
