@@ -11,6 +11,7 @@
 #include "dist/mpi_communicator.h"
 #include "dist/nccl_communicator.h"
 #include "pipeline/model_options.h"
+#include "pipeline/version.h"
 #include "pipeline/timing.h"
 #include "model/error.h"
 
@@ -84,7 +85,7 @@ int main(int argc, char** argv) {
                       {"busbw_gbps", busbw}, {"wrong", w.item<int64_t>()}});
     }
     if (r == 0 && !json_path.empty())
-      std::ofstream(json_path) << nlohmann::ordered_json{{"ranks", n}, {"backend", backend}, {"device", device_name},
+      std::ofstream(json_path) << nlohmann::ordered_json{{"ditto_version", ditto_version()}, {"ditto_git_sha", ditto_git_sha()}, {"ranks", n}, {"backend", backend}, {"device", device_name},
                                                          {"rows", rows}}.dump(2)
                                << "\n";
   } catch (const std::exception& e) {

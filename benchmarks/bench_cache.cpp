@@ -15,6 +15,7 @@
 #include "dist/mpi_communicator.h"
 #include "dist/video_sampler.h"
 #include "pipeline/model_options.h"
+#include "pipeline/version.h"
 #include "pipeline/timing.h"
 #include "pipeline/quality.h"
 #include "demo/adherence.h"
@@ -255,7 +256,7 @@ int main(int argc, char** argv) {
       }
     }
     if (world.rank() == 0 && !json_path.empty())
-      std::ofstream(json_path) << nlohmann::ordered_json{{"model", model_source(mo)}, {"steps", steps}, {"flow_shift", so.shift},
+      std::ofstream(json_path) << nlohmann::ordered_json{{"ditto_version", ditto_version()}, {"ditto_git_sha", ditto_git_sha()}, {"model", model_source(mo)}, {"steps", steps}, {"flow_shift", so.shift},
                                                          {"videos", videos}, {"ranks", world.size()},
                                                          {"rows", rows}}.dump(2)
                                << "\n";

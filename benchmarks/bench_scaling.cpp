@@ -11,6 +11,7 @@
 #include "dist/nccl_communicator.h"
 #include "dist/video_sampler.h"
 #include "pipeline/model_options.h"
+#include "pipeline/version.h"
 #include "pipeline/timing.h"
 #include "model/error.h"
 
@@ -116,7 +117,7 @@ int main(int argc, char** argv) {
       world.barrier();
     }
     if (world.rank() == 0 && !json_path.empty())
-      std::ofstream(json_path) << nlohmann::ordered_json{{"model", model_source(mo)},
+      std::ofstream(json_path) << nlohmann::ordered_json{{"ditto_version", ditto_version()}, {"ditto_git_sha", ditto_git_sha()}, {"model", model_source(mo)},
                                                          {"latent", {ls.channels, ls.frames, ls.height, ls.width}},
                                                          {"device", options.device().str()},
                                                          {"backend", backend},

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 
 #include "model/error.h"
 
@@ -33,6 +34,24 @@ void write_file_atomic(const std::string& path, const std::function<void(std::os
   } catch (...) {
     std::remove(tmp.c_str());
     throw;
+  }
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot read '", path, "'");
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+nlohmann::json read_json_file(const std::string& path, const std::string& what) {
+  std::ifstream in(path);
+  if (!in) fail("cannot open ", what, " '", path, "'");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    fail("'", path, "': malformed JSON: ", e.what());
   }
 }
 

@@ -32,17 +32,7 @@ void STDiT3Config::validate() const {
   if (mlp_ratio <= 0) fail("config: mlp_ratio must be positive");
 }
 
-STDiT3Config load_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail("cannot open model config '", path, "'");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const std::exception& e) {
-    fail("'", path, "': malformed JSON: ", e.what());
-  }
-  return parse_config(j, path);
-}
+STDiT3Config load_config(const std::string& path) { return parse_config(read_json_file(path, "model config"), path); }
 
 STDiT3Config parse_config(const nlohmann::json& j, const std::string& path) {
   if (!j.is_object()) fail("'", path, "': the config is not a JSON object");

@@ -5,6 +5,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
+#include "model/atomic_file.h"
 #include "model/error.h"
 
 namespace ditto {
@@ -85,14 +86,7 @@ namespace {
 // config.json of a model directory and the family its model_type names.
 std::pair<nlohmann::json, const ModelFamily*> read_config(const std::string& dir) {
   const std::string path = dir + "/config.json";
-  std::ifstream in(path);
-  if (!in) fail("cannot open model config '", path, "'");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const std::exception& e) {
-    fail("'", path, "': malformed JSON: ", e.what());
-  }
+  const nlohmann::json j = read_json_file(path, "model config");
   if (!j.is_object()) fail("'", path, "': the config is not a JSON object");
   // Open-Sora's STDiT3 configs name their type; a config without one is read as STDiT3, as before.
   std::string type = "STDiT3";

@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "model/atomic_file.h"
 #include "model/error.h"
 #include "pipeline/video_options.h"
 
@@ -16,14 +17,6 @@ namespace {
 
 // Fields a job line has besides the table's settings.
 const std::vector<std::string> kLineFields = {"size", "model", "output"};
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read '", path, "'");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 }  // namespace
 
@@ -108,7 +101,7 @@ JobLine parse_job_line(const std::string& text, int line, const JobDefaults& d) 
 }
 
 JobFile read_job_file(const std::string& path, const JobDefaults& d, const std::function<void(const JobLine&)>& check) {
-  std::istringstream in(read_text(path));
+  std::istringstream in(read_text_file(path));
   JobFile f;
   std::vector<JobLine> parsed;
   std::map<std::string, std::vector<int>> by_name;

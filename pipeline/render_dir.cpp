@@ -54,13 +54,6 @@ void append_line(const std::string& path, const std::string& line) {
   if (!ok) fail("cannot append to '", path, "'");
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read '", path, "'");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 }  // namespace
 
@@ -91,7 +84,7 @@ RenderDir::Resume RenderDir::resume(std::vector<JobLine> jobs) {
   // renamed into place whose manifest line was lost is finished too (the rename is the commit).
   std::map<std::string, json> finished;
   if (file_exists(manifest)) {
-    std::istringstream m(read_text(manifest));
+    std::istringstream m(read_text_file(manifest));
     for (std::string l; std::getline(m, l);) {
       try {
         json e = json::parse(l);

@@ -119,28 +119,20 @@ std::string shown(const Setting& s, const ShownDefaults& d) {
 // A command-line value as the JSON a job file would hold, checked by the same rules.
 nlohmann::json from_text(const Setting& s, const std::string& text) {
   const std::string name = std::string("--") + s.flag;
-  auto integer = [&]() -> int64_t {
+  // The whole text read by `convert` (std::stoll, std::stod, ...), or an Error naming the option.
+  auto whole = [&](const char* what, auto convert) {
     size_t used = 0;
-    long long v = 0;
+    decltype(convert(text, &used)) v{};
     try {
-      v = std::stoll(text, &used);
+      v = convert(text, &used);
     } catch (const std::exception&) {
       used = 0;
     }
-    if (used == 0 || used != text.size()) fail(name, ": '", text, "' is not an integer");
+    if (used == 0 || used != text.size()) fail(name, ": '", text, "' is not ", what);
     return v;
   };
-  auto number = [&]() -> double {
-    size_t used = 0;
-    double v = 0;
-    try {
-      v = std::stod(text, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != text.size()) fail(name, ": '", text, "' is not a number");
-    return v;
-  };
+  auto integer = [&] { return whole("an integer", [](const std::string& t, size_t* u) { return std::stoll(t, u); }); };
+  auto number = [&] { return whole("a number", [](const std::string& t, size_t* u) { return std::stod(t, u); }); };
   switch (s.kind) {
     case Kind::Count: {
       const int64_t v = integer();
@@ -154,15 +146,8 @@ nlohmann::json from_text(const Setting& s, const std::string& text) {
     }
     case Kind::Seed: {
       if (!text.empty() && text[0] == '-') fail(name, " must be a non-negative integer, got ", text);
-      size_t used = 0;
-      unsigned long long v = 0;
-      try {
-        v = std::stoull(text, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used == 0 || used != text.size()) fail(name, " must be a non-negative integer, got '", text, "'");
-      return static_cast<uint64_t>(v);
+      return static_cast<uint64_t>(
+          whole("a non-negative integer", [](const std::string& t, size_t* u) { return std::stoull(t, u); }));
     }
     case Kind::Guidance: {
       const double v = number();
