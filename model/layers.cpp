@@ -178,7 +178,10 @@ at::Tensor linear_in_memory_order(const at::Tensor& x, const at::Tensor& w, cons
   if (order.back() != x.dim() - 1 || !physical.is_contiguous()) return at::linear(x, w, b);
   std::vector<int64_t> inverse(order.size());
   for (size_t i = 0; i < order.size(); ++i) inverse[order[i]] = static_cast<int64_t>(i);
-  return at::linear(physical, w, b).permute(inverse);
+  // As one 2-D product (at::linear fuses the bias only for 2-D and 3-D inputs).
+  std::vector<int64_t> shape = physical.sizes().vec();
+  shape.back() = w.size(0);
+  return at::linear(physical.reshape({-1, x.size(-1)}), w, b).view(shape).permute(inverse);
 }
 
 }  // namespace ditto::layers
