@@ -28,12 +28,6 @@ WorldLayout make_world_layout(int world, int rank, int sp, int cfg) {
   return l;
 }
 
-void check_sequence_layout(int sp, int64_t grid_t, int64_t grid_s) {
-  if (sp > grid_s)
-    fail("--sp ", sp, " is more ranks than the ", grid_s, " spatial token positions of this video (", grid_t,
-         " frames x ", grid_s, " positions): use a larger video or fewer ranks");
-}
-
 ProcessGroups make_process_groups(Communicator& world, const WorldLayout& l) {
   ProcessGroups g;
   g.sp = world.split(l.dp_index * l.cfg + l.cfg_index, l.sp_index);

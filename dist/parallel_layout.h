@@ -18,10 +18,6 @@ struct WorldLayout {
 // Validates --sp and --cfg-parallel against the world size; throws an Error that says why not.
 WorldLayout make_world_layout(int world, int rank, int sp, int cfg_parallel);
 
-// A video's token grid must give every rank of its sequence-parallel group at least one spatial
-// position (the resting layout); frames may run out (a rank then holds no frame in frame layout).
-void check_sequence_layout(int sp, int64_t grid_t, int64_t grid_s);
-
 struct ProcessGroups {
   std::unique_ptr<Communicator> sp;     // ranks sharing one video's tokens
   std::unique_ptr<Communicator> cfg;    // the conditional/unconditional pair (same sp index)

@@ -16,9 +16,9 @@ int run_forward(const std::vector<std::string>& args, const MpiEnv& mpi) {
   add_model_options(desc, mo);
   // clang-format off
   desc.add_options()
-    ("inputs", po::value(&inputs)->required(), "safetensors file with x, timestep, y, fps, height, width and optionally mask")
+    ("inputs", po::value(&inputs)->required(), "safetensors file with the model's inputs: x (or hidden_states), timestep, y (or encoder_hidden_states), and what the family reads besides (Open-Sora: fps, height, width, optionally mask)")
     ("out", po::value(&out)->required(), "safetensors file to write: `out` [B, Cout, T, H, W]")
-    ("dump", po::bool_switch(&dump), "also write t, t_mlp, pos_emb, x_embed and every block's output");
+    ("dump", po::bool_switch(&dump), "also write the conditioning (Open-Sora: t, t_mlp, pos_emb; Wan: temb, timestep_proj, encoder_hidden_states), x_embed and every block's output");
   // clang-format on
   po::variables_map vm;
   if (!parse_command_line("forward", "one model forward pass on saved inputs", desc, args, vm)) return 0;
@@ -28,23 +28,24 @@ int run_forward(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const std::unique_ptr<DiT> loaded = load_model(mo, options);
   const DiT& model = *loaded;
   SafetensorsFile file(inputs);
-  auto get = [&](const char* name, bool required) -> at::Tensor {
-    if (!file.contains(name)) {
-      if (!required) return {};
-      std::string present;
-      for (const auto& e : file.entries()) present += (present.empty() ? "" : ", ") + e.name;
-      fail("'", inputs, "' has no tensor '", name, "' (it has: ", present, ")");
-    }
-    return file.tensor(name).clone().to(options.device());
+  // Official names (Open-Sora: x, y) or diffusers' (hidden_states, encoder_hidden_states).
+  auto get = [&](std::initializer_list<const char*> names, bool required) -> at::Tensor {
+    for (const char* name : names)
+      if (file.contains(name)) return file.tensor(name).clone().to(options.device());
+    if (!required) return {};
+    std::string present, wanted;
+    for (const auto& e : file.entries()) present += (present.empty() ? "" : ", ") + e.name;
+    for (const char* name : names) wanted += (wanted.empty() ? "'" : "' or '") + std::string(name);
+    fail("'", inputs, "' has no tensor ", wanted, "' (it has: ", present, ")");
   };
   DiTInputs a;
-  a.x = get("x", true);
-  a.timestep = get("timestep", true);
-  a.y = get("y", true);
-  a.mask = get("mask", false);
-  a.fps = get("fps", true);
-  a.height = get("height", true);
-  a.width = get("width", true);
+  a.x = get({"x", "hidden_states"}, true);
+  a.timestep = get({"timestep"}, true);
+  a.y = get({"y", "encoder_hidden_states"}, true);
+  a.mask = get({"mask"}, false);
+  a.fps = get({"fps"}, false);
+  a.height = get({"height"}, false);
+  a.width = get({"width"}, false);
   NamedTensors dumped;
   DiT::Observer observe;
   if (dump) observe = [&](const std::string& name, const at::Tensor& t) { dumped.emplace_back(name, t.cpu()); };

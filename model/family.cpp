@@ -11,6 +11,7 @@
 namespace ditto {
 
 void register_stdit3_family();  // model/stdit3_family.cpp
+void register_wan_family();     // model/wan_family.cpp
 
 namespace {
 
@@ -26,7 +27,10 @@ std::recursive_mutex& registry_mutex() {
 
 void ensure_builtin() {
   static std::once_flag once;
-  std::call_once(once, [] { register_stdit3_family(); });
+  std::call_once(once, [] {
+    register_stdit3_family();
+    register_wan_family();
+  });
 }
 
 std::string joined(const std::vector<std::string>& names) {
@@ -88,12 +92,14 @@ std::pair<nlohmann::json, const ModelFamily*> read_config(const std::string& dir
   const std::string path = dir + "/config.json";
   const nlohmann::json j = read_json_file(path, "model config");
   if (!j.is_object()) fail("'", path, "': the config is not a JSON object");
-  // Open-Sora's STDiT3 configs name their type; a config without one is read as STDiT3, as before.
+  // diffusers' configs name their class, transformers' (and Open-Sora's STDiT3) their model_type; a
+  // config naming neither is read as STDiT3, as before.
   std::string type = "STDiT3";
-  if (j.contains("model_type")) {
-    if (!j["model_type"].is_string()) fail("'", path, "', field 'model_type': not a string");
-    type = j["model_type"].get<std::string>();
-  }
+  for (const char* key : {"model_type", "_class_name"})
+    if (j.contains(key)) {
+      if (!j[key].is_string()) fail("'", path, "', field '", key, "': not a string");
+      type = j[key].get<std::string>();
+    }
   return {j, &family_for_model_type(type)};
 }
 

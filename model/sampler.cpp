@@ -37,7 +37,8 @@ std::unique_ptr<Sampler> make_sampler(const SamplerOptions& o, const TimestepTra
     if (o.shift > 0) fail("a flow shift is for the rflow sampler, not ddim");
     return std::make_unique<DDIM>(o);
   }
-  fail("unknown sampler '", o.name, "' (known: rflow, ddim)");
+  if (o.name == "unipc") return std::make_unique<FlowUniPC>(o);
+  fail("unknown sampler '", o.name, "' (known: rflow, ddim, unipc)");
 }
 
 }  // namespace ditto

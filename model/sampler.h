@@ -16,7 +16,7 @@ namespace ditto {
 using TimestepTransform = std::function<float(float t)>;
 
 struct SamplerOptions {
-  std::string name = "rflow";     // rflow | ddim
+  std::string name = "rflow";     // rflow | ddim | unipc
   int steps = 30;
   int num_timesteps = 1000;
   bool timestep_transform = true;  // rflow only: apply the family's transform (when it has one)
@@ -68,6 +68,27 @@ class DDIM : public Sampler {
  private:
   std::vector<float> timesteps_;
   std::vector<double> alphas_cumprod_;
+};
+
+// Flow-matching UniPC, bh2, order 2 with a first-order last step and a final sigma of 0, on Wan's
+// schedule: sigma_i = shift(linspace(1 - 1/T, 0, N + 1)[i]) (options.shift; 0: none), the model
+// reading int(T sigma_i) (truncated, as the official sampler and diffusers 0.36). The history (the
+// last two x0 predictions) lasts until reset(), across a Wan 2.2 expert switch too. The prediction
+// points toward the data (-v for a model whose flow v points to the noise).
+class FlowUniPC : public Sampler {
+ public:
+  explicit FlowUniPC(const SamplerOptions& options);
+  std::string name() const override { return "unipc"; }
+  const std::vector<float>& timesteps() const override { return timesteps_; }
+  void reset() override;
+  at::Tensor step(int i, const at::Tensor& z, const at::Tensor& prediction) override;
+  const std::vector<float>& sigmas() const { return sigmas_; }
+
+ private:
+  std::vector<float> timesteps_, sigmas_;  // sigmas_: N + 1, the last 0
+  std::vector<at::Tensor> outputs_;        // x0 predictions so far
+  at::Tensor last_sample_;                 // the corrected sample before the last predictor
+  int order_ = 0;                          // the last predictor's order
 };
 
 // The flow shift on noise levels in [0, 1]: s t / (1 + (s - 1) t), elementwise (the sampler's grid

@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "model/checkpoint.h"
 #include "model/error.h"
 #include "model/host_sync.h"
 #include "model/layers.h"
@@ -16,11 +17,6 @@
 namespace ditto {
 
 namespace {
-
-bool file_exists(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0;
-}
 
 std::string shape_str(at::IntArrayRef s) {
   std::ostringstream os;
@@ -100,83 +96,10 @@ std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& c) {
 
 std::map<std::string, at::Tensor> load_checkpoint(const std::string& dir, const STDiT3Config& config,
                                                   const at::TensorOptions& options) {
-  // Which file holds which tensor.
-  std::vector<std::unique_ptr<SafetensorsFile>> files;
-  std::map<std::string, const SafetensorsFile*> where;
-  const std::string index_path = dir + "/model.safetensors.index.json";
-  const std::string single_path = dir + "/model.safetensors";
-  if (file_exists(index_path)) {
-    std::ifstream in(index_path);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(in);
-    } catch (const std::exception& e) {
-      fail("'", index_path, "': malformed JSON: ", e.what());
-    }
-    if (!j.contains("weight_map") || !j["weight_map"].is_object())
-      fail("'", index_path, "': no weight_map object");
-    std::map<std::string, const SafetensorsFile*> by_file;
-    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      const std::string shard = it.value().get<std::string>();
-      if (shard.find('/') != std::string::npos) fail("'", index_path, "': shard name '", shard, "' has a path");
-      if (!by_file.count(shard)) {
-        files.push_back(std::make_unique<SafetensorsFile>(dir + "/" + shard));
-        by_file[shard] = files.back().get();
-      }
-      if (!by_file[shard]->contains(it.key()))
-        fail("'", index_path, "' maps tensor '", it.key(), "' to '", shard, "', which does not contain it");
-      where[it.key()] = by_file[shard];
-    }
-    for (const auto& f : files)
-      for (const auto& e : f->entries())
-        if (!where.count(e.name)) where[e.name] = f.get();  // present but unindexed: reported as unexpected below
-  } else if (file_exists(single_path)) {
-    files.push_back(std::make_unique<SafetensorsFile>(single_path));
-    for (const auto& e : files.back()->entries()) where[e.name] = files.back().get();
-  } else {
-    fail("model directory '", dir, "' has neither model.safetensors nor model.safetensors.index.json");
-  }
-
-  std::vector<std::string> missing, wrong_shape, wrong_dtype, unexpected;
-  std::set<std::string> expected;
-  std::map<std::string, at::Tensor> out;
-  for (const auto& spec : stdit3_param_specs(config)) {
-    expected.insert(spec.name);
-    auto it = where.find(spec.name);
-    if (it == where.end()) {
-      missing.push_back(spec.name);
-      continue;
-    }
-    const SafetensorsEntry* e = it->second->find(spec.name);
-    if (e->shape != spec.shape) {
-      wrong_shape.push_back(spec.name + " " + shape_str(e->shape) + " (expected " + shape_str(spec.shape) + ")");
-      continue;
-    }
-    if (e->dtype != "F32" && e->dtype != "F16" && e->dtype != "BF16" && e->dtype != "F64") {
-      wrong_dtype.push_back(spec.name + " " + e->dtype);
-      continue;
-    }
-    out[spec.name] = it->second->tensor(spec.name, options);
-  }
-  for (const auto& [name, file] : where)
-    if (!expected.count(name)) unexpected.push_back(name);
-  if (missing.empty() && wrong_shape.empty() && wrong_dtype.empty() && unexpected.empty()) return out;
-
-  std::ostringstream os;
-  os << "checkpoint '" << dir << "' does not match its config (hidden_size=" << config.hidden_size
-     << ", depth=" << config.depth << ", num_heads=" << config.num_heads << ", in_channels=" << config.in_channels
-     << ", caption_channels=" << config.caption_channels << ")";
-  auto list = [&](const char* what, const std::vector<std::string>& names) {
-    if (names.empty()) return;
-    os << "\n  " << names.size() << " " << what << ": ";
-    for (size_t i = 0; i < names.size() && i < 12; ++i) os << (i ? ", " : "") << names[i];
-    if (names.size() > 12) os << ", ... (" << names.size() - 12 << " more)";
-  };
-  list("missing", missing);
-  list("unexpected", unexpected);
-  list("with the wrong shape", wrong_shape);
-  list("with a non-float dtype", wrong_dtype);
-  throw Error(os.str());
+  std::ostringstream described;
+  described << "hidden_size=" << config.hidden_size << ", depth=" << config.depth << ", num_heads=" << config.num_heads
+            << ", in_channels=" << config.in_channels << ", caption_channels=" << config.caption_channels;
+  return load_strict(Checkpoint::open(dir, {"model"}), stdit3_param_specs(config), options, described.str());
 }
 
 STDiT3::STDiT3(STDiT3Config config, std::map<std::string, at::Tensor> weights)
@@ -547,9 +470,10 @@ at::Tensor STDiT3::modulated_input(BlockKind kind, int index, const at::Tensor& 
 
 at::Tensor STDiT3::block(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c,
                          AttentionSeam* seam) const {
-  at::Tensor h = x + self_attention_residual(kind, index, x, c, seam);
-  h = h + cross_attention_residual(kind, index, h, c);
-  return h + mlp_residual(kind, index, h, c);
+  const int first = 3 * (2 * index + (kind == BlockKind::Temporal ? 1 : 0));
+  UnitLoop loop;
+  loop.residual = [&](int u, const at::Tensor& h) { return unit_residual(u, h, c, seam); };
+  return run_units(units(), x, first, first + 3, loop);
 }
 
 at::Tensor STDiT3::final_tokens(const at::Tensor& x, const Conditioning& c) const {

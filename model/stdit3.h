@@ -9,16 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/dit.h"
 
 namespace ditto {
 
-struct ParamSpec {
-  std::string name;
-  std::vector<int64_t> shape;
-};
 // Every tensor of the official state dict, in its order (973 for STDiT3-XL/2).
 std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& config);
 

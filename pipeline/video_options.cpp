@@ -42,7 +42,6 @@ struct Setting {
   std::function<void(VideoJob&, const nlohmann::json&)> set;  // the checked value into a job
 };
 
-const std::vector<std::string> kSamplers = {"rflow", "ddim"};
 
 // clang-format off
 const std::vector<Setting>& table() {
@@ -73,7 +72,7 @@ const std::vector<Setting>& table() {
      [](VideoJob& j, const nlohmann::json& v) { j.cfg_scale = v; }},
     {"fps", "fps", Kind::Count, ModelDefault::Fps, "", "frames per second (a model input, and the video's rate)",
      [](VideoJob& j, const nlohmann::json& v) { j.fps = v; }},
-    {"sampler", "sampler", Kind::Sampler, ModelDefault::Sampler, "", "rflow (rectified flow) | ddim (epsilon-prediction models)",
+    {"sampler", "sampler", Kind::Sampler, ModelDefault::Sampler, "", "rflow (rectified flow; Euler on the flow-shifted grid) | unipc (flow-matching UniPC, order 2, as Wan samples) | ddim (epsilon-prediction models)",
      [](VideoJob& j, const nlohmann::json& v) { j.sampler = v; }},
     {"no-timestep-transform", "", Kind::Switch, ModelDefault::None, "", "rflow without the model family's resolution/length timestep transform (Open-Sora's)",
      [](VideoJob& j, const nlohmann::json& v) { j.timestep_transform = !v.get<bool>(); }},
@@ -160,7 +159,8 @@ nlohmann::json from_text(const Setting& s, const std::string& text) {
       return v;
     }
     case Kind::Sampler:
-      if (text != "rflow" && text != "ddim") fail(name, ": unknown sampler '", text, "' (known: rflow, ddim)");
+      if (text != "rflow" && text != "ddim" && text != "unipc")
+        fail(name, ": unknown sampler '", text, "' (known: rflow, ddim, unipc)");
       return text;
     default:
       return text;
@@ -189,7 +189,7 @@ nlohmann::json from_json(const Setting& s, const nlohmann::json& v) {
         fail(name, " must be a number >= 0 (0: no shift)");
       return v;
     case Kind::Sampler:
-      if (!v.is_string() || (v != "rflow" && v != "ddim")) fail(name, " must be rflow or ddim");
+      if (!v.is_string() || (v != "rflow" && v != "ddim" && v != "unipc")) fail(name, " must be rflow, ddim or unipc");
       return v;
     case Kind::CacheOpts: {
       std::vector<std::string> items;

@@ -112,7 +112,9 @@ TEST(Layout, WorldLayoutAndGroups) {
   EXPECT_THROW(make_world_layout(P, 0, P + 1, 1), Error);
   EXPECT_THROW(make_world_layout(P, 0, 1, 3), Error);
   EXPECT_THROW(make_world_layout(6, 0, 4, 1), Error);
-  EXPECT_THROW(check_sequence_layout(16, 15, 15), Error);
+  TokenGrid grid;
+  grid.t = 15, grid.h = 3, grid.w = 5;
+  EXPECT_THROW(STDiT3::random(builtin_config("stdit3-tiny"), 1, kF32).check_layout("dsp", 16, grid), Error);
   const WorldLayout l = make_world_layout(8, 5, 2, 2);  // rank 5 = dp 1, cfg 0, sp 1
   EXPECT_EQ(l.dp, 2);
   EXPECT_EQ(l.dp_index, 1);

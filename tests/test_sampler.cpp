@@ -213,3 +213,36 @@ TEST(RectifiedFlow, Bf16SizesRoundTheRatioAsTheReferenceDoes) {
   const float r32 = 1.875f * std::sqrt(15.0f);
   EXPECT_EQ(opensora_timestep_transform(600.0f, g, 1000), r32 * tn / (1.0f + (r32 - 1.0f) * tn) * 1000.0f);
 }
+
+TEST(FlowUniPC, MatchesDiffusersSchedulerStepByStep) {
+  // diffusers' UniPCMultistepScheduler as Wan's pipeline configures it, driven by a fixed stand-in
+  // model (tests/fixtures/make_unipc_fixture.py): the same timesteps (truncated to integers), sigmas,
+  // and the sample after every step, predictor and corrector, first- and second-order.
+  const auto f = load_safetensors(std::string(DITTO_SOURCE_DIR) + "/tests/fixtures/unipc_flow.safetensors");
+  SamplerOptions o;
+  o.name = "unipc";
+  o.steps = 7;
+  o.shift = 3.0;
+  auto sampler = make_sampler(o);
+  auto* unipc = dynamic_cast<FlowUniPC*>(sampler.get());
+  ASSERT_NE(unipc, nullptr);
+  const at::Tensor ts = f.at("timesteps"), sig = f.at("sigmas");
+  ASSERT_EQ(static_cast<int64_t>(sampler->timesteps().size()), ts.size(0));
+  for (int i = 0; i < 7; ++i) EXPECT_EQ(sampler->timesteps()[i], ts[i].item<float>()) << i;
+  for (int i = 0; i <= 7; ++i) EXPECT_FLOAT_EQ(unipc->sigmas()[i], sig[i].item<float>()) << i;
+  const at::Tensor c = f.at("c");
+  at::Tensor x = f.at("x0");
+  sampler->reset();
+  for (int i = 0; i < 7; ++i) {
+    const at::Tensor v = at::tanh(x) * (sampler->timesteps()[i] / 1000.0) + c;  // the flow toward the noise
+    x = sampler->step(i, x, -v);                                             // ditto's prediction is -v
+    // Bit for bit until the corrector solves its 2 x 2 system (LAPACK there, closed form here): 7e-9.
+    EXPECT_LT(ditto::test::rel_err(x, f.at("sample" + std::to_string(i))), 1e-7) << "step " << i + 1;
+  }
+  // A second video after reset() is the same video: no history carried over.
+  at::Tensor y = f.at("x0");
+  sampler->reset();
+  for (int i = 0; i < 7; ++i) y = sampler->step(i, y, -(at::tanh(y) * (sampler->timesteps()[i] / 1000.0) + c));
+  EXPECT_TRUE(at::equal(x, y));
+  EXPECT_THROW(sampler->step(3, y, y), Error);  // steps run in order
+}

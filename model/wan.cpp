@@ -1,0 +1,505 @@
+// The Wan transformer (see wan.h). Numerics follow diffusers' WanTransformer3DModel: the residual
+// stream, norms, modulation and head in float32 (float64 for a float64 run), the projections in the
+// run's dtype, RoPE tables computed in float64.
+#include "model/wan.h"
+
+#include <sys/stat.h>
+
+#include <cmath>
+#include <sstream>
+
+#include "model/atomic_file.h"
+#include "model/error.h"
+#include "model/layers.h"
+
+namespace ditto {
+
+namespace {
+
+at::ScalarType compute_of(const at::TensorOptions& o) { return layers::compute_type(o.dtype().toScalarType()); }
+
+// Tensors kept in the compute dtype whatever the run's dtype (diffusers' _keep_in_fp32_modules, and
+// the head, which the official code runs under float32 autocast).
+bool kept_in_compute_type(const std::string& name) {
+  return name.find("time_embedder") != std::string::npos || name.find("scale_shift_table") != std::string::npos ||
+         name.find(".norm2.") != std::string::npos || name.rfind("proj_out.", 0) == 0;
+}
+
+at::Tensor rms(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  return x * at::rsqrt(x.pow(2).mean(-1, true) + eps) * weight;
+}
+
+// RoPE on interleaved pairs: x [B, L, H, D], tables [L, D/2].
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const at::Tensor pairs = x.unflatten(-1, {-1, 2});
+  const at::Tensor x1 = pairs.select(-1, 0), x2 = pairs.select(-1, 1);
+  const at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);  // [L, 1, D/2]
+  return at::stack({x1 * c - x2 * s, x1 * s + x2 * c}, -1).flatten(-2).to(x.scalar_type());
+}
+
+}  // namespace
+
+void WanConfig::validate() const {
+  auto positive = [](const char* name, int v) {
+    if (v <= 0) fail("config: ", name, " must be positive, got ", v);
+  };
+  positive("dim", dim);
+  positive("ffn_dim", ffn_dim);
+  positive("num_heads", num_heads);
+  positive("num_layers", num_layers);
+  positive("in_channels", in_channels);
+  positive("out_channels", out_channels);
+  positive("freq_dim", freq_dim);
+  positive("text_dim", text_dim);
+  positive("text_len", text_len);
+  positive("rope_max_seq_len", rope_max_seq_len);
+  for (int p : patch_size) positive("patch_size", p);
+  if (dim % num_heads) fail("config: dim ", dim, " is not divisible by num_heads ", num_heads);
+  if (head_dim() % 2 || head_dim() < 6) fail("config: head dim ", head_dim(), " must be even and at least 6 (3-D RoPE)");
+  if (freq_dim % 2) fail("config: freq_dim ", freq_dim, " must be even");
+  if (!(eps > 0)) fail("config: eps must be positive");
+}
+
+WanConfig parse_wan_config(const nlohmann::json& j, const std::string& where) {
+  if (!j.is_object()) fail("'", where, "': the config is not a JSON object");
+  WanConfig c;
+  auto get = [&](const char* key, auto& out) {
+    if (!j.contains(key) || j[key].is_null()) return false;
+    try {
+      out = j[key].get<std::decay_t<decltype(out)>>();
+    } catch (const std::exception& e) {
+      fail("'", where, "', field '", key, "': ", e.what());
+    }
+    return true;
+  };
+  const bool diffusers = j.contains("num_attention_heads");
+  if (diffusers) {
+    int heads = 0, head_dim = 0;
+    get("num_attention_heads", heads);
+    if (!get("attention_head_dim", head_dim)) fail("'", where, "': attention_head_dim is missing");
+    c.num_heads = heads;
+    c.dim = heads * head_dim;
+    get("ffn_dim", c.ffn_dim);
+    get("num_layers", c.num_layers);
+    get("in_channels", c.in_channels);
+    get("out_channels", c.out_channels);
+    get("freq_dim", c.freq_dim);
+    get("text_dim", c.text_dim);
+    get("eps", c.eps);
+    get("cross_attn_norm", c.cross_attn_norm);
+    get("rope_max_seq_len", c.rope_max_seq_len);
+    std::string qk;
+    if (j.contains("qk_norm") && j["qk_norm"].is_string()) qk = j["qk_norm"].get<std::string>();
+    if (!qk.empty() && qk != "rms_norm_across_heads")
+      fail("'", where, "', field 'qk_norm': '", qk, "' is not supported (rms_norm_across_heads)");
+    for (const char* unsupported : {"image_dim", "added_kv_proj_dim", "pos_embed_seq_len"})
+      if (j.contains(unsupported) && !j[unsupported].is_null())
+        fail("'", where, "', field '", unsupported, "': image conditioning (I2V) is not supported");
+  } else {
+    get("dim", c.dim);
+    get("ffn_dim", c.ffn_dim);
+    get("num_heads", c.num_heads);
+    get("num_layers", c.num_layers);
+    get("in_dim", c.in_channels);
+    get("out_dim", c.out_channels);
+    get("freq_dim", c.freq_dim);
+    get("text_len", c.text_len);
+    get("text_dim", c.text_dim);  // not stored by WanModel (4096), read when a config has it
+    get("eps", c.eps);
+    std::string type;
+    if (j.contains("model_type") && j["model_type"].is_string()) type = j["model_type"].get<std::string>();
+    if (!type.empty() && type != "t2v") fail("'", where, "', field 'model_type': '", type, "' is not supported (t2v)");
+  }
+  if (j.contains("patch_size")) {
+    const auto& p = j["patch_size"];
+    if (!p.is_array() || p.size() != 3) fail("'", where, "', field 'patch_size': expected [t, h, w]");
+    for (int i = 0; i < 3; ++i) c.patch_size[i] = p[i].get<int>();
+  }
+  get("text_len", c.text_len);
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    fail("'", where, "': ", e.what());
+  }
+  return c;
+}
+
+nlohmann::ordered_json wan_config_json(const WanConfig& c) {
+  return {{"_class_name", "WanTransformer3DModel"},
+          {"patch_size", c.patch_size},
+          {"num_attention_heads", c.num_heads},
+          {"attention_head_dim", c.head_dim()},
+          {"in_channels", c.in_channels},
+          {"out_channels", c.out_channels},
+          {"text_dim", c.text_dim},
+          {"freq_dim", c.freq_dim},
+          {"ffn_dim", c.ffn_dim},
+          {"num_layers", c.num_layers},
+          {"cross_attn_norm", c.cross_attn_norm},
+          {"qk_norm", "rms_norm_across_heads"},
+          {"eps", c.eps},
+          {"rope_max_seq_len", c.rope_max_seq_len},
+          {"text_len", c.text_len}};
+}
+
+WanConfig wan_builtin_config(const std::string& name) {
+  WanConfig c;  // defaults are T2V-1.3B
+  if (name == "wan2.1-t2v-1.3b") {
+  } else if (name == "wan2.1-t2v-14b" || name == "wan2.2-t2v-a14b") {
+    c.dim = 5120, c.ffn_dim = 13824, c.num_heads = 40, c.num_layers = 40;
+  } else if (name == "wan-tiny") {  // unit tests
+    c.dim = 24, c.ffn_dim = 32, c.num_heads = 2, c.num_layers = 2, c.in_channels = 4, c.out_channels = 4;
+    c.freq_dim = 16, c.text_dim = 16, c.text_len = 8, c.rope_max_seq_len = 32;
+  } else {
+    std::string known;
+    for (const auto& n : wan_builtin_config_names()) known += (known.empty() ? "" : ", ") + n;
+    fail("unknown model config '", name, "' (built-in Wan: ", known, ")");
+  }
+  c.validate();
+  return c;
+}
+
+std::vector<std::string> wan_builtin_config_names() { return {"wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-t2v-a14b", "wan-tiny"}; }
+
+std::vector<ParamSpec> wan_param_specs(const WanConfig& c) {
+  const int64_t C = c.dim, F = c.ffn_dim;
+  std::vector<ParamSpec> s;
+  auto add = [&](std::string name, std::vector<int64_t> shape) { s.push_back({std::move(name), std::move(shape)}); };
+  auto linear = [&](const std::string& p, int64_t out, int64_t in) {
+    add(p + ".weight", {out, in});
+    add(p + ".bias", {out});
+  };
+  add("scale_shift_table", {1, 2, C});
+  add("patch_embedding.weight", {C, c.in_channels, c.patch_size[0], c.patch_size[1], c.patch_size[2]});
+  add("patch_embedding.bias", {C});
+  linear("condition_embedder.time_embedder.linear_1", C, c.freq_dim);
+  linear("condition_embedder.time_embedder.linear_2", C, C);
+  linear("condition_embedder.time_proj", 6 * C, C);
+  linear("condition_embedder.text_embedder.linear_1", C, c.text_dim);
+  linear("condition_embedder.text_embedder.linear_2", C, C);
+  for (int i = 0; i < c.num_layers; ++i) {
+    const std::string p = "blocks." + std::to_string(i) + ".";
+    add(p + "scale_shift_table", {1, 6, C});
+    for (const char* attn : {"attn1", "attn2"}) {
+      for (const char* proj : {"to_q", "to_k", "to_v", "to_out.0"}) linear(p + attn + "." + proj, C, C);
+      add(p + attn + ".norm_q.weight", {C});
+      add(p + attn + ".norm_k.weight", {C});
+    }
+    if (c.cross_attn_norm) {
+      add(p + "norm2.weight", {C});
+      add(p + "norm2.bias", {C});
+    }
+    linear(p + "ffn.net.0.proj", F, C);
+    linear(p + "ffn.net.2", C, F);
+  }
+  linear("proj_out", c.out_channels * c.patch_volume(), C);
+  return s;
+}
+
+std::string wan_diffusers_name(const std::string& n) {
+  // Whole prefixes first, then the per-block pieces (DiffSynth's and diffusers' converters).
+  static const std::vector<std::pair<std::string, std::string>> top = {
+      {"text_embedding.0.", "condition_embedder.text_embedder.linear_1."},
+      {"text_embedding.2.", "condition_embedder.text_embedder.linear_2."},
+      {"time_embedding.0.", "condition_embedder.time_embedder.linear_1."},
+      {"time_embedding.2.", "condition_embedder.time_embedder.linear_2."},
+      {"time_projection.1.", "condition_embedder.time_proj."},
+      {"head.head.", "proj_out."}};
+  for (const auto& [from, to] : top)
+    if (n.rfind(from, 0) == 0) return to + n.substr(from.size());
+  if (n == "head.modulation") return "scale_shift_table";
+  if (n.rfind("blocks.", 0) != 0) return n;
+  const auto dot = n.find('.', 7);
+  if (dot == std::string::npos) return n;
+  const std::string block = n.substr(0, dot + 1), rest = n.substr(dot + 1);
+  static const std::vector<std::pair<std::string, std::string>> inner = {
+      {"modulation", "scale_shift_table"},
+      {"self_attn.q.", "attn1.to_q."}, {"self_attn.k.", "attn1.to_k."}, {"self_attn.v.", "attn1.to_v."},
+      {"self_attn.o.", "attn1.to_out.0."}, {"self_attn.norm_q.", "attn1.norm_q."}, {"self_attn.norm_k.", "attn1.norm_k."},
+      {"cross_attn.q.", "attn2.to_q."}, {"cross_attn.k.", "attn2.to_k."}, {"cross_attn.v.", "attn2.to_v."},
+      {"cross_attn.o.", "attn2.to_out.0."}, {"cross_attn.norm_q.", "attn2.norm_q."}, {"cross_attn.norm_k.", "attn2.norm_k."},
+      {"norm3.", "norm2."},  // the cross-attention LayerNorm: norm3 in the official code, norm2 in diffusers'
+      {"ffn.0.", "ffn.net.0.proj."}, {"ffn.2.", "ffn.net.2."}};
+  for (const auto& [from, to] : inner)
+    if (rest.rfind(from, 0) == 0) return block + to + rest.substr(from.size());
+  return n;
+}
+
+std::vector<UnitInfo> wan_units(int layers) {
+  std::vector<UnitInfo> u;
+  for (int i = 0; i < layers; ++i) {
+    const std::string p = "blocks." + std::to_string(i) + ".";
+    u.push_back({p + "self_attn", UnitRole::FullAttention, AttentionScope::Video, i, i});
+    u.push_back({p + "cross_attn", UnitRole::CrossAttention, AttentionScope::Video, i, i});
+    u.push_back({p + "ffn", UnitRole::Mlp, AttentionScope::Video, i, i});
+  }
+  return u;
+}
+
+ModelOutline wan_outline(const WanConfig& c) {
+  ModelOutline o;
+  o.family = "wan";
+  o.shape.in_channels = c.in_channels;
+  o.shape.out_channels = c.out_channels;
+  o.shape.patch = c.patch_size;
+  o.shape.hidden_size = c.dim;
+  o.shape.num_heads = c.num_heads;
+  o.shape.depth = c.num_layers;
+  o.shape.caption_tokens = c.text_len;
+  o.shape.caption_channels = c.text_dim;
+  o.units = wan_units(c.num_layers);
+  o.config = wan_config_json(c);
+  return o;
+}
+
+Wan::Wan(WanConfig config, std::map<std::string, at::Tensor> weights)
+    : config_(std::move(config)), weights_(std::move(weights)) {
+  config_.validate();
+  std::vector<std::string> missing;
+  for (const auto& spec : wan_param_specs(config_)) {
+    auto it = weights_.find(spec.name);
+    if (it == weights_.end()) missing.push_back(spec.name);
+    else if (it->second.sizes().vec() != spec.shape) fail("Wan: weight '", spec.name, "' has shape ", it->second.sizes());
+  }
+  if (!missing.empty()) fail("Wan: ", missing.size(), " weights missing, first '", missing.front(), "'");
+  options_ = weights_.at("patch_embedding.weight").options();
+  const auto compute = compute_of(options_);
+  for (auto& [name, t] : weights_)
+    if (kept_in_compute_type(name)) t = t.to(compute);
+  outline_ = wan_outline(config_);
+}
+
+const at::Tensor& Wan::w(const std::string& name) const {
+  auto it = weights_.find(name);
+  if (it == weights_.end()) fail("Wan: no weight '", name, "'");
+  return it->second;
+}
+
+Wan Wan::from_pretrained(const std::string& dir, const at::TensorOptions& options) {
+  const WanConfig c = parse_wan_config(read_json_file(dir + "/config.json", "model config"), dir + "/config.json");
+  std::ostringstream described;
+  described << "dim=" << c.dim << ", num_layers=" << c.num_layers << ", num_heads=" << c.num_heads
+            << ", ffn_dim=" << c.ffn_dim << ", in_channels=" << c.in_channels << ", text_dim=" << c.text_dim;
+  return Wan(c, load_strict(Checkpoint::open(dir, {"diffusion_pytorch_model", "model"}), wan_param_specs(c), options,
+                            described.str(), wan_diffusers_name));
+}
+
+Wan Wan::random(const WanConfig& c, uint64_t seed, const at::TensorOptions& options) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto f32 = at::TensorOptions().dtype(at::kFloat);
+  std::map<std::string, at::Tensor> weights;
+  for (const auto& spec : wan_param_specs(c)) {
+    const std::string& n = spec.name;
+    const bool bias = n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0;
+    at::Tensor t;
+    if (n.find("norm") != std::string::npos && !bias) {
+      t = 1.0 + 0.1 * at::randn(spec.shape, gen, f32);
+    } else if (n.find("scale_shift_table") != std::string::npos) {
+      t = at::randn(spec.shape, gen, f32) / std::sqrt(static_cast<double>(c.dim));
+    } else if (bias) {
+      t = 0.02 * at::randn(spec.shape, gen, f32);
+    } else {  // unit-variance outputs for unit-variance inputs
+      int64_t fan_in = 1;
+      for (size_t i = 1; i < spec.shape.size(); ++i) fan_in *= spec.shape[i];
+      t = at::randn(spec.shape, gen, f32) / std::sqrt(static_cast<double>(fan_in));
+    }
+    weights[n] = t.to(options);
+  }
+  return Wan(c, std::move(weights));
+}
+
+void Wan::save_pretrained(const std::string& dir) const {
+  ::mkdir(dir.c_str(), 0755);
+  write_file_atomic(dir + "/config.json", [&](std::ostream& os) { os << wan_config_json(config_).dump(2) << "\n"; });
+  NamedTensors tensors;
+  for (const auto& spec : wan_param_specs(config_)) tensors.emplace_back(spec.name, w(spec.name));
+  save_safetensors(dir + "/diffusion_pytorch_model.safetensors", tensors, {{"format", "pt"}});
+}
+
+nlohmann::ordered_json Wan::describe() const {
+  return {{"family", "wan"}, {"dim", config_.dim}, {"num_layers", config_.num_layers}, {"num_heads", config_.num_heads},
+          {"ffn_dim", config_.ffn_dim}, {"patch_size", config_.patch_size}, {"in_channels", config_.in_channels},
+          {"text_len", config_.text_len}};
+}
+
+std::unique_ptr<DiTContext> Wan::prepare(const DiTInputs& a) const {
+  if (!a.x.defined() || a.x.dim() != 5) fail("forward: hidden_states must be [B, C, T, H, W]");
+  if (a.x.size(1) != config_.in_channels)
+    fail("forward: hidden_states has ", a.x.size(1), " channels, the model takes ", config_.in_channels);
+  if (!a.y.defined()) fail("forward: input 'encoder_hidden_states' is missing");
+  if (a.frame_index.defined()) fail("forward: Wan reads no frame_index");
+  auto c = std::make_unique<WanContext>();
+  const int64_t B = a.x.size(0);
+  c->batch = B;
+  c->grid = token_grid(a.x.size(2), a.x.size(3), a.x.size(4), config_.patch_size);
+  if (c->grid.t > config_.rope_max_seq_len || c->grid.h > config_.rope_max_seq_len || c->grid.w > config_.rope_max_seq_len)
+    fail("forward: a token grid of ", c->grid.t, " x ", c->grid.h, " x ", c->grid.w, " exceeds the RoPE table (",
+         config_.rope_max_seq_len, " positions per axis)");
+  at::Tensor y = a.y;
+  if (y.dim() == 4) {
+    if (y.size(1) != 1) fail("forward: encoder_hidden_states must be [B, L, C] or [B, 1, L, C]");
+    y = y.squeeze(1);
+  }
+  if (y.dim() != 3 || y.size(0) != B || y.size(2) != config_.text_dim)
+    fail("forward: encoder_hidden_states must be [", B, ", L, ", config_.text_dim, "], got ", y.sizes());
+  if (y.size(1) > config_.text_len) fail("forward: ", y.size(1), " text tokens, the model takes at most ", config_.text_len);
+  const auto compute = compute_of(options_);
+  y = y.to(options_.device(), compute);
+  // Wan reads the text as the encoder left it: its real tokens, then zero rows up to the text length,
+  // every row attended (no mask). A mask marks the real tokens: masked rows become those zeros.
+  if (a.mask.defined()) {
+    at::Tensor m = a.mask;
+    while (m.dim() > 2 && m.size(1) == 1) m = m.squeeze(1);
+    if (m.dim() == 1) m = m.unsqueeze(0);
+    if (m.dim() != 2 || m.size(1) != y.size(1)) fail("forward: the text mask must be [B, L] with L = ", y.size(1));
+    y = y * m.to(y.device()).ne(0).expand({B, -1}).unsqueeze(-1).to(compute);
+  }
+  if (y.size(1) < config_.text_len) y = at::constant_pad_nd(y, {0, 0, 0, config_.text_len - y.size(1)}, 0);
+  const auto lin = [&](const at::Tensor& x, const std::string& p) {
+    return at::linear(x.to(options_.dtype()), w(p + ".weight"), w(p + ".bias"));
+  };
+  c->context = lin(at::gelu(lin(y, "condition_embedder.text_embedder.linear_1"), "tanh"),
+                   "condition_embedder.text_embedder.linear_2");
+  c->caption_tokens = config_.text_len;
+  // 3-D RoPE: per axis d_t = D - 2 (D / 6) * 2, d_h = d_w = 2 (D / 6) dimensions; angles in float64.
+  const int64_t D = config_.head_dim(), dh = 2 * (D / 6), dt = D - 2 * dh;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  auto angles = [&](int64_t dim, int64_t n) {  // [n, dim / 2]
+    const at::Tensor freqs = 1.0 / at::pow(10000.0, at::arange(0, dim, 2, f64) / static_cast<double>(dim));
+    return at::outer(at::arange(n, f64), freqs);
+  };
+  const TokenGrid& g = c->grid;
+  const at::Tensor at_ = angles(dt, g.t).view({g.t, 1, 1, -1}).expand({g.t, g.h, g.w, -1});
+  const at::Tensor ah = angles(dh, g.h).view({1, g.h, 1, -1}).expand({g.t, g.h, g.w, -1});
+  const at::Tensor aw = angles(dh, g.w).view({1, 1, g.w, -1}).expand({g.t, g.h, g.w, -1});
+  const at::Tensor ang = at::cat({at_, ah, aw}, -1).reshape({g.tokens(), D / 2});
+  c->rope_cos = ang.cos().to(options_.device(), compute);
+  c->rope_sin = ang.sin().to(options_.device(), compute);
+  return c;
+}
+
+void Wan::set_timestep(DiTContext& ctx, const at::Tensor& timestep) const {
+  auto& c = dynamic_cast<WanContext&>(ctx);
+  if (!timestep.defined()) fail("forward: input 'timestep' is missing");
+  const auto compute = compute_of(options_);
+  at::Tensor t = timestep.reshape({-1}).to(options_.device());
+  if (t.size(0) != c.batch) {
+    if (t.size(0) != 1) fail("forward: timestep has ", t.size(0), " entries for a batch of ", c.batch);
+    t = t.expand({c.batch});
+  }
+  const at::Tensor freq = layers::timestep_embedding(t, config_.freq_dim, compute);
+  const auto lin = [&](const at::Tensor& x, const std::string& p) { return at::linear(x, w(p + ".weight"), w(p + ".bias")); };
+  c.temb = lin(at::silu(lin(freq, "condition_embedder.time_embedder.linear_1")), "condition_embedder.time_embedder.linear_2");
+  c.e0 = lin(at::silu(c.temb).to(options_.dtype()), "condition_embedder.time_proj").to(compute).unflatten(1, {6, config_.dim});
+  c.modulation.clear();
+  for (int i = 0; i < config_.num_layers; ++i) {
+    const at::Tensor m = w("blocks." + std::to_string(i) + ".scale_shift_table") + c.e0;  // [B, 6, C]
+    c.modulation.push_back(m.unsqueeze(2).unbind(1));                                     // 6 x [B, 1, C]
+  }
+}
+
+at::Tensor Wan::embed(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx) const {
+  if (begin != 0 || tokens.size(1) * tokens.size(2) != ctx.grid.tokens())
+    fail("Wan: the tokens of a whole video are needed (one rank per video until Ulysses lands)");
+  return layers::embed_patches(tokens.to(options_), w("patch_embedding.weight"), w("patch_embedding.bias"))
+      .to(compute_of(options_));
+}
+
+at::Tensor Wan::attention(int block, bool self, const at::Tensor& x, const WanContext& c, AttentionSeam* seam) const {
+  const std::string p = "blocks." + std::to_string(block) + (self ? ".attn1." : ".attn2.");
+  const int64_t B = x.size(0), L = x.size(1), C = config_.dim, H = config_.num_heads, D = config_.head_dim();
+  const auto lin = [&](const at::Tensor& in, const char* proj) {
+    return at::linear(in.to(options_.dtype()), w(p + proj + ".weight"), w(p + proj + ".bias"));
+  };
+  const at::Tensor kv_in = self ? x : c.context;
+  at::Tensor q = rms(lin(x, "to_q"), w(p + "norm_q.weight"), config_.eps).view({B, L, H, D});
+  at::Tensor k = rms(lin(kv_in, "to_k"), w(p + "norm_k.weight"), config_.eps).view({B, kv_in.size(1), H, D});
+  at::Tensor v = lin(kv_in, "to_v").view({B, kv_in.size(1), H, D});
+  if (self) {
+    q = rope(q, c.rope_cos, c.rope_sin);
+    k = rope(k, c.rope_cos, c.rope_sin);
+  }
+  q = q.transpose(1, 2), k = k.transpose(1, 2), v = v.transpose(1, 2);  // [B, H, L, D]
+  const AttentionSeam::Attend attend = [](const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_) {
+    return layers::attention(q_, k_, v_);
+  };
+  at::Tensor o = self && seam ? seam->attention(AttentionScope::Video, q, k, v, attend) : attend(q, k, v);
+  return lin(o.transpose(1, 2).reshape({B, L, C}), "to_out.0");
+}
+
+at::Tensor Wan::unit_residual(int unit, const at::Tensor& x4, const DiTContext& ctx, AttentionSeam* seam) const {
+  const auto& c = dynamic_cast<const WanContext&>(ctx);
+  const int block = unit / 3;
+  if (static_cast<size_t>(block) >= c.modulation.size()) fail("Wan: the context has no timestep (call set_timestep first)");
+  const auto& mod = c.modulation[block];  // shift, scale, gate (self-attention), then the same for the FFN
+  const auto compute = compute_of(options_);
+  const at::Tensor x = x4.reshape({x4.size(0), x4.size(1) * x4.size(2), x4.size(3)}).to(compute);
+  const std::string p = "blocks." + std::to_string(block) + ".";
+  const auto ln = [&](const at::Tensor& t) { return at::layer_norm(t, {config_.dim}, {}, {}, config_.eps); };
+  at::Tensor r;
+  switch (unit % 3) {
+    case 0:
+      r = attention(block, true, ln(x) * (1 + mod[1]) + mod[0], c, seam).to(compute) * mod[2];
+      break;
+    case 1: {
+      const at::Tensor n = config_.cross_attn_norm
+                               ? at::layer_norm(x, {config_.dim}, w(p + "norm2.weight"), w(p + "norm2.bias"), config_.eps)
+                               : x;
+      r = attention(block, false, n, c, seam).to(compute);
+      break;
+    }
+    default: {
+      const at::Tensor h = (ln(x) * (1 + mod[4]) + mod[3]).to(options_.dtype());
+      const at::Tensor f = at::linear(at::gelu(at::linear(h, w(p + "ffn.net.0.proj.weight"), w(p + "ffn.net.0.proj.bias")), "tanh"),
+                                      w(p + "ffn.net.2.weight"), w(p + "ffn.net.2.bias"));
+      r = f.to(compute) * mod[5];
+    }
+  }
+  return r.view(x4.sizes());
+}
+
+at::Tensor Wan::head(const at::Tensor& x4, const DiTContext& ctx) const {
+  const auto& c = dynamic_cast<const WanContext&>(ctx);
+  const auto compute = compute_of(options_);
+  const at::Tensor m = w("scale_shift_table") + c.temb.unsqueeze(1);  // [B, 2, C]: the head reads e, not e0
+  const at::Tensor shift = m.select(1, 0).unsqueeze(1).unsqueeze(1), scale = m.select(1, 1).unsqueeze(1).unsqueeze(1);
+  const at::Tensor h = at::layer_norm(x4.to(compute), {config_.dim}, {}, {}, config_.eps) * (1 + scale) + shift;
+  return at::linear(h, w("proj_out.weight"), w("proj_out.bias"));
+}
+
+at::Tensor Wan::probe(ProbeSignal, const at::Tensor&, const DiTContext& ctx) const {
+  return dynamic_cast<const WanContext&>(ctx).e0;
+}
+
+void Wan::check_layout(const std::string& layout, int ranks, const TokenGrid&) const {
+  if (ranks > 1)
+    fail("Wan models run on one rank per video for now: Ulysses sequence parallelism is not there yet (asked for ",
+         layout, " over ", ranks, " ranks)");
+}
+
+void Wan::observe_context(const DiTContext& ctx, const Observer& observe) const {
+  const auto& c = dynamic_cast<const WanContext&>(ctx);
+  observe("temb", c.temb);
+  observe("timestep_proj", c.e0.flatten(1));
+  observe("encoder_hidden_states", c.context);
+}
+
+double Wan::unit_flops(int unit, const TokenGrid& g, int64_t batch, int64_t caption_tokens) const {
+  const double C = config_.dim, L = static_cast<double>(g.tokens()), N = batch * L, Lt = static_cast<double>(caption_tokens);
+  switch (unit % 3) {
+    case 0: return N * 2 * 4 * C * C + 4.0 * batch * L * L * C;
+    case 1: return N * 2 * 2 * C * C + 2.0 * batch * Lt * 2 * C * C + 4.0 * N * Lt * C;
+    default: return N * 2 * 2 * C * config_.ffn_dim;
+  }
+}
+
+double Wan::forward_flops(const TokenGrid& g, int64_t batch, int64_t caption_tokens) const {
+  double f = 0;
+  for (int u = 0; u < unit_count(); ++u) f += unit_flops(u, g, batch, caption_tokens);
+  const double N = static_cast<double>(batch) * g.tokens(), C = config_.dim;
+  f += 2.0 * N * C * config_.in_channels * config_.patch_volume() + 2.0 * N * C * config_.patch_volume() * config_.out_channels;
+  f += 2.0 * batch * config_.text_len * (config_.text_dim * C + C * C);
+  return f;
+}
+
+}  // namespace ditto

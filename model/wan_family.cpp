@@ -1,0 +1,79 @@
+// The Wan family: diffusers' WanTransformer3DModel and the official WanModel directories, built-in
+// configs, the Wan-VAE 2.1 latent geometry, sampling defaults (UniPC on the shifted grid, as the
+// official sampler) and the cache policies' constants for Wan.
+#include "model/error.h"
+#include "model/family.h"
+#include "model/wan.h"
+
+namespace ditto {
+
+namespace {
+
+// Wan-VAE 2.1: 4x in time with the first frame alone (F = 4k + 1 frames -> k + 1 latents), 8x in
+// space, 16 channels. Its weights are not loaded yet: latents are written, not decoded.
+class WanVaeGeometry : public VAE {
+ public:
+  explicit WanVaeGeometry(int channels) : channels_(channels) {}
+  std::string name() const override { return "wan2.1"; }
+  LatentShape latent_shape(int frames, int height, int width) const override {
+    if (frames <= 0 || (frames - 1) % 4) fail("Wan videos have 4k + 1 frames (81, 49, 17, ...), got ", frames);
+    if (height <= 0 || width <= 0 || height % 16 || width % 16)
+      fail("Wan videos are multiples of 16 pixels high and wide (the VAE's 8x and the 2x2 patches), got ", height, "x", width);
+    return {channels_, (frames - 1) / 4 + 1, height / 8, width / 8};
+  }
+  bool can_decode() const override { return false; }
+  std::string cannot_decode_reason() const override {
+    return "ditto does not load the Wan VAE yet; decode latent.safetensors with Wan's VAE";
+  }
+  at::Tensor decode(const at::Tensor&) const override { fail("cannot decode: ", cannot_decode_reason()); }
+
+ private:
+  int channels_;
+};
+
+WanConfig config_of(const ModelOutline& m) {
+  if (m.family != "wan") fail("the Wan family was handed a '", m.family, "' model");
+  return parse_wan_config(m.config, "the model's config");
+}
+
+}  // namespace
+
+void register_wan_family() {
+  ModelFamily f;
+  f.name = "wan";
+  f.model_types = {"WanTransformer3DModel", "WanModel"};
+  f.configs = wan_builtin_config_names();
+  f.outline = [](const nlohmann::json& j, const std::string& where) { return wan_outline(parse_wan_config(j, where)); };
+  f.builtin_outline = [](const std::string& name) { return wan_outline(wan_builtin_config(name)); };
+  f.load = [](const std::string& dir, const at::TensorOptions& options) -> std::unique_ptr<DiT> {
+    return std::make_unique<Wan>(Wan::from_pretrained(dir, options));
+  };
+  f.random = [](const std::string& name, uint64_t seed, const at::TensorOptions& options) -> std::unique_ptr<DiT> {
+    return std::make_unique<Wan>(Wan::random(wan_builtin_config(name), seed, options));
+  };
+  f.vae = [](const ModelOutline& m) -> std::unique_ptr<VAE> {
+    return std::make_unique<WanVaeGeometry>(config_of(m).in_channels);
+  };
+  // The official T2V defaults (Wan 2.1 generate.py): 81 frames at 480 x 832, UniPC, 50 steps,
+  // guidance 5, shift 5, 16 fps.
+  f.sampling = [](const ModelOutline&) {
+    SamplingDefaults d;
+    d.frames = 81, d.height = 480, d.width = 832, d.steps = 50, d.fps = 16, d.cfg_scale = 5.0;
+    d.sampler = "unipc", d.flow_shift = 5.0;
+    return d;
+  };
+  f.cache = [](const ModelOutline& m) {
+    CacheDefaults d;
+    d.metric_unit = "blocks." + std::to_string(m.shape.depth / 2 - (m.shape.depth > 1)) + ".self_attn";
+    d.pab_ranges = {{UnitRole::FullAttention, 2}, {UnitRole::CrossAttention, 6}};
+    // TeaCache4Wan2.1 (use_ret_steps, on e0): the 1.3B and 14B polynomials by width.
+    d.teacache_coefficients = m.shape.hidden_size >= 5120
+                                  ? std::vector<double>{-3.03318725e+05, 4.90537029e+04, -2.65530556e+03, 5.87365115e+01, -3.15583525e-01}
+                                  : std::vector<double>{-5.21862437e+04, 9.23041404e+03, -5.28275948e+02, 1.36987616e+01, -4.99875664e-02};
+    d.teacache_threshold = m.shape.hidden_size >= 5120 ? 0.14 : 0.05;
+    return d;
+  };
+  register_family(std::move(f));
+}
+
+}  // namespace ditto
