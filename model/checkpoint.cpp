@@ -18,15 +18,15 @@ bool file_exists(const std::string& p) {
   return ::stat(p.c_str(), &st) == 0;
 }
 
-std::string shape_str(at::IntArrayRef s) {
+}  // namespace
+
+std::string shape_string(at::IntArrayRef s) {
   std::ostringstream os;
   os << "[";
   for (size_t i = 0; i < s.size(); ++i) os << (i ? "," : "") << s[i];
   os << "]";
   return os.str();
 }
-
-}  // namespace
 
 Checkpoint Checkpoint::open(const std::string& dir, const std::vector<std::string>& bases) {
   Checkpoint c;
@@ -91,7 +91,7 @@ std::map<std::string, at::Tensor> load_strict(const Checkpoint& ck, const std::v
     const auto& [name, file] = it->second;
     const SafetensorsEntry* e = file->find(name);
     if (e->shape != spec.shape) {
-      wrong_shape.push_back(name + " " + shape_str(e->shape) + " (expected " + shape_str(spec.shape) + ")");
+      wrong_shape.push_back(name + " " + shape_string(e->shape) + " (expected " + shape_string(spec.shape) + ")");
       continue;
     }
     if (e->dtype != "F32" && e->dtype != "F16" && e->dtype != "BF16" && e->dtype != "F64") {

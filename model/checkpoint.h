@@ -19,6 +19,9 @@ struct ParamSpec {
   std::vector<int64_t> shape;
 };
 
+// "[2,3,4]": a shape as the loading errors print it.
+std::string shape_string(at::IntArrayRef shape);
+
 class Checkpoint {
  public:
   // The first of `bases` ("model", "diffusion_pytorch_model") with a file or an index in `dir`.

@@ -18,14 +18,6 @@ namespace ditto {
 
 namespace {
 
-std::string shape_str(at::IntArrayRef s) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? "," : "") << s[i];
-  os << "]";
-  return os.str();
-}
-
 const char* kind_prefix(BlockKind k) { return k == BlockKind::Spatial ? "spatial_blocks." : "temporal_blocks."; }
 
 // Repeats a [k, ...] tensor along dim 0 to batch b (k must divide b), as the reference's repeat does.
@@ -111,7 +103,7 @@ STDiT3::STDiT3(STDiT3Config config, std::map<std::string, at::Tensor> weights)
     if (it == weights_.end()) {
       missing.push_back(spec.name);
     } else if (it->second.sizes().vec() != spec.shape) {
-      fail("weight '", spec.name, "' has shape ", shape_str(it->second.sizes()), ", expected ", shape_str(spec.shape));
+      fail("weight '", spec.name, "' has shape ", shape_string(it->second.sizes()), ", expected ", shape_string(spec.shape));
     }
   }
   if (!missing.empty()) fail("STDiT3: ", missing.size(), " weights missing, first '", missing.front(), "'");
