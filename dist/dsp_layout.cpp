@@ -3,6 +3,7 @@
 // layout's memory, and what spatial attention hands back position-major is already what to_space sends.
 #include "dist/dsp_layout.h"
 
+#include "dist/ulysses_layout.h"
 #include "model/error.h"
 
 namespace ditto {
@@ -71,9 +72,10 @@ at::Tensor DspLayout::shard(const at::Tensor& tokens) const {
 at::Tensor DspLayout::gather(const at::Tensor& local) { return all_gather_cat(comm_, local.contiguous(), 2); }
 
 std::unique_ptr<SequenceParallel> make_sequence_parallel(const std::string& layout, Communicator& comm,
-                                                         const TokenGrid& grid) {
+                                                         const TokenGrid& grid, int heads) {
   if (layout == "dsp") return std::make_unique<DspLayout>(comm, grid.t, grid.s());
-  fail("unknown sequence-parallel layout '", layout, "' (known: dsp)");
+  if (layout == "ulysses") return std::make_unique<UlyssesLayout>(comm, grid, heads);
+  fail("unknown sequence-parallel layout '", layout, "' (known: dsp, ulysses)");
 }
 
 }  // namespace ditto

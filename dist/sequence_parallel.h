@@ -1,6 +1,6 @@
 // A sequence-parallel layout strategy: how a video's patch tokens are sharded over the ranks of a
 // sequence-parallel group, and (as the model's attention seam) the communication that gives each
-// attention the sequences it needs. DSP today; Ulysses next.
+// attention the sequences it needs: DSP (spatial-temporal models), Ulysses (full attention).
 #pragma once
 #include <memory>
 #include <string>
@@ -21,8 +21,9 @@ class SequenceParallel : public AttentionSeam {
   virtual at::Tensor gather(const at::Tensor& local) = 0;
 };
 
-// "dsp"; an unknown name is an Error listing the known ones.
+// "dsp" or "ulysses" (heads: the model's attention heads); an unknown name is an Error listing the
+// known ones.
 std::unique_ptr<SequenceParallel> make_sequence_parallel(const std::string& layout, Communicator& comm,
-                                                         const TokenGrid& grid);
+                                                         const TokenGrid& grid, int heads);
 
 }  // namespace ditto

@@ -27,7 +27,7 @@ at::Tensor sample_video(const DiT& model, Sampler& sampler, const VideoRequest& 
   std::unique_ptr<SequenceParallel> layout;
   if (P > 1) {
     model.check_layout(layout_name, P, grid);
-    layout = make_sequence_parallel(layout_name, *g.sp, grid);
+    layout = make_sequence_parallel(layout_name, *g.sp, grid, shape.num_heads);
   }
   auto shard = [&](const at::Tensor& t) { return (layout ? layout->shard(t) : t).to(dev); };
   const int64_t begin = layout ? layout->shard_begin() : 0;

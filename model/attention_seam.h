@@ -39,6 +39,9 @@ class AttentionSeam {
   // Bytes this rank sends for one attention over `scope` of a [batch, ..., channels] activation
   // (what a reused attention unit saves).
   virtual int64_t bytes(AttentionScope scope, int64_t batch, int64_t channels, int64_t element_size) const = 0;
+  // Where this rank's tokens begin in the video's flattened token sequence, for layouts that shard
+  // that sequence (full-attention models read their position tables from there); 0 otherwise.
+  virtual int64_t sequence_begin() const { return 0; }
 };
 
 }  // namespace ditto

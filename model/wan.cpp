@@ -399,8 +399,10 @@ void Wan::set_timestep(DiTContext& ctx, const at::Tensor& timestep) const {
 }
 
 at::Tensor Wan::embed(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx) const {
-  if (begin != 0 || tokens.size(1) * tokens.size(2) != ctx.grid.tokens())
-    fail("Wan: the tokens of a whole video are needed (one rank per video until Ulysses lands)");
+  // Every token's position lives in the RoPE tables, read at attention time: tokens may be any
+  // contiguous share of the flattened sequence (the whole video, or a Ulysses shard from `begin`).
+  if (begin < 0 || begin + tokens.size(1) * tokens.size(2) > ctx.grid.tokens())
+    fail("Wan: tokens [", begin, ", ", begin + tokens.size(1) * tokens.size(2), ") outside the video's ", ctx.grid.tokens());
   return layers::embed_patches(tokens.to(options_), w("patch_embedding.weight"), w("patch_embedding.bias"))
       .to(compute_of(options_));
 }
@@ -415,9 +417,12 @@ at::Tensor Wan::attention(int block, bool self, const at::Tensor& x, const WanCo
   at::Tensor q = rms(lin(x, "to_q"), w(p + "norm_q.weight"), config_.eps).view({B, L, H, D});
   at::Tensor k = rms(lin(kv_in, "to_k"), w(p + "norm_k.weight"), config_.eps).view({B, kv_in.size(1), H, D});
   at::Tensor v = lin(kv_in, "to_v").view({B, kv_in.size(1), H, D});
-  if (self) {
-    q = rope(q, c.rope_cos, c.rope_sin);
-    k = rope(k, c.rope_cos, c.rope_sin);
+  if (self) {  // this rank's tokens' rows of the tables (q/k were normed across all heads first)
+    const int64_t begin = seam ? seam->sequence_begin() : 0;
+    if (begin + L > c.rope_cos.size(0)) fail("Wan: tokens [", begin, ", ", begin + L, ") outside the video's ", c.rope_cos.size(0));
+    const at::Tensor cos = c.rope_cos.narrow(0, begin, L), sin = c.rope_sin.narrow(0, begin, L);
+    q = rope(q, cos, sin);
+    k = rope(k, cos, sin);
   }
   q = q.transpose(1, 2), k = k.transpose(1, 2), v = v.transpose(1, 2);  // [B, H, L, D]
   const AttentionSeam::Attend attend = [](const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_) {
@@ -471,10 +476,12 @@ at::Tensor Wan::probe(ProbeSignal, const at::Tensor&, const DiTContext& ctx) con
   return dynamic_cast<const WanContext&>(ctx).e0;
 }
 
-void Wan::check_layout(const std::string& layout, int ranks, const TokenGrid&) const {
-  if (ranks > 1)
-    fail("Wan models run on one rank per video for now: Ulysses sequence parallelism is not there yet (asked for ",
-         layout, " over ", ranks, " ranks)");
+void Wan::check_layout(const std::string& layout, int ranks, const TokenGrid& grid) const {
+  if (layout != "ulysses") fail("Wan runs sequence parallelism as Ulysses, not '", layout, "'");
+  if (ranks > config_.num_heads)
+    fail("--sp ", ranks, ": Ulysses needs an attention head per rank and the model has ", config_.num_heads,
+         " (use --sp 1 to ", config_.num_heads, "; ring attention for more ranks is not there yet)");
+  if (ranks > grid.tokens()) fail("--sp ", ranks, " is more ranks than the ", grid.tokens(), " tokens of this video");
 }
 
 void Wan::observe_context(const DiTContext& ctx, const Observer& observe) const {

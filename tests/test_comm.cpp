@@ -4,6 +4,7 @@
 
 #include "cache/cache_runner.h"
 #include "dist/dsp_layout.h"
+#include "dist/ulysses_layout.h"
 #include "dist/mpi_communicator.h"
 #include "dist/nccl_communicator.h"
 #include "dist/parallel_layout.h"
@@ -12,6 +13,7 @@
 #include "model/opensora.h"
 #include "model/layers.h"
 #include "model/stdit3.h"
+#include "model/wan.h"
 #include "test_util.h"
 #include "tiny_video.h"
 
@@ -360,5 +362,60 @@ TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
       for (size_t i = 0; i < rep1["decisions"].size(); ++i)
         EXPECT_EQ(repc["decisions"][i]["mode"], rep1["decisions"][i]["mode"]) << name << " cfg step " << i + 1;
     }
+  }
+}
+
+TEST(Ulysses, WanForwardAndSamplingMatchOneRankAndMoveTheAnalyticBytes) {
+  // A 4-head Wan over 27 tokens (3 x 3 x 3): uneven token shares at 2 and 4 ranks, uneven head shares
+  // at 3; every rank's output equals its share of the one-rank forward.
+  const int P = world().size(), r = world().rank();
+  WanConfig c = wan_builtin_config("wan-tiny");
+  c.num_heads = 4;
+  const Wan m = Wan::random(c, 7, kF32);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(8);
+  DiTInputs a;
+  a.x = at::randn({2, 4, 3, 6, 6}, gen, kF32);
+  a.timestep = at::tensor({700.0f, 300.0f});
+  a.y = at::randn({2, 8, 16}, gen, kF32);
+  const auto ctx = m.prepare(a);
+  m.set_timestep(*ctx, a.timestep);
+  const at::Tensor tokens = layers::patchify(a.x, c.patch_size);  // [2, 3, 9, 16]
+  const at::Tensor reference = m.forward_tokens(tokens, 0, *ctx);
+  UlyssesLayout layout(world(), ctx->grid, c.num_heads);
+  world().reset_counters();
+  const at::Tensor out = m.forward_tokens(layout.shard(tokens), layout.shard_begin(), *ctx, &layout);
+  const int64_t begin = layout.tokens().offsets[r], n = layout.tokens().counts[r];
+  const at::Tensor mine = reference.reshape({2, 1, 27, reference.size(3)}).narrow(2, begin, n);
+  EXPECT_LT(ditto::test::rel_err(out, mine), 1e-5) << "ulysses " << P;
+  // One all-to-all each way around each self-attention (q, k and v together), none elsewhere; the
+  // bytes are the analytic count: my tokens of the others' heads (q, k, v), my heads of their tokens.
+  EXPECT_EQ(world().counters().all_to_all.calls, 2 * c.num_layers);
+  int64_t expected = 0;
+  const int64_t D = c.head_dim();
+  for (int j = 0; j < P; ++j)
+    if (j != r) expected += (3 * n * layout.heads().counts[j] + layout.heads().counts[r] * layout.tokens().counts[j]) * 2 * D * 4;
+  EXPECT_EQ(world().counters().all_to_all.bytes, c.num_layers * expected);
+  EXPECT_EQ(layout.bytes(AttentionScope::Video, 2, c.dim, 4), expected);
+
+  // Sampling (guided, with a negative caption): every layout gives the one-rank latent.
+  VideoRequest req;
+  req.z0 = at::randn({1, 4, 3, 6, 6}, gen, kF32);
+  req.caption_y = at::randn({1, 1, 8, 16}, gen, kF32);
+  req.caption_mask = at::ones({1, 8}, at::kLong);
+  req.negative_y = at::zeros({1, 1, 8, 16});
+  req.negative_mask = at::ones({1, 8}, at::kLong);
+  req.cfg_scale = 5.0;
+  SamplerOptions so;
+  so.name = "unipc";
+  so.steps = 4;
+  so.shift = 5.0;
+  auto sampler = make_sampler(so);
+  const at::Tensor one = sample_video(m, *sampler, req, {});
+  EXPECT_LT(ditto::test::rel_err(sample_video(m, *sampler, req, {&world(), nullptr}), one), 1e-5) << "sp " << P;
+  if (P % 2 == 0) {
+    const WorldLayout w = make_world_layout(P, r, P / 2, 2);
+    ProcessGroups g = make_process_groups(world(), w);
+    EXPECT_LT(ditto::test::rel_err(sample_video(m, *sampler, req, {g.sp.get(), g.cfg.get()}), one), 1e-5)
+        << "cfg 2 x sp " << P / 2;
   }
 }

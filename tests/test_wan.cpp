@@ -136,7 +136,7 @@ TEST(Wan, StrictLoadingNamesEveryProblem) {
   EXPECT_THROW(parse_wan_config(i2v, "i2v"), Error);
 }
 
-TEST(Wan, SamplesThroughTheCacheRunnerAndRefusesSequenceParallelismForNow) {
+TEST(Wan, SamplesThroughTheCacheRunnerAndCapsSequenceParallelismAtTheHeadCount) {
   const auto model = random_dit("wan-tiny", 2, at::TensorOptions().dtype(at::kFloat));
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
   VideoRequest req;
@@ -174,5 +174,7 @@ TEST(Wan, SamplesThroughTheCacheRunnerAndRefusesSequenceParallelismForNow) {
   EXPECT_THROW(sample_video(*model, rf, plain, {}), Error);
   TokenGrid g;
   g.t = 3, g.h = 2, g.w = 3;
-  EXPECT_THROW(model->check_layout("ulysses", 2, g), Error);
+  model->check_layout("ulysses", 2, g);                        // two heads: up to two ranks
+  EXPECT_THROW(model->check_layout("ulysses", 3, g), Error);  // more ranks than heads
+  EXPECT_THROW(model->check_layout("dsp", 2, g), Error);      // full attention has no frame/space split
 }

@@ -1,0 +1,66 @@
+// Ulysses' sequence <-> head exchange (see ulysses_layout.h).
+#include "dist/ulysses_layout.h"
+
+#include "model/error.h"
+
+namespace ditto {
+
+UlyssesLayout::UlyssesLayout(Communicator& comm, const TokenGrid& grid, int heads)
+    : comm_(comm), grid_(grid), heads_total_(heads), tokens_(grid.tokens(), comm.size()), heads_(heads, comm.size()) {
+  if (comm.size() > heads)
+    fail("Ulysses over ", comm.size(), " ranks needs at least one attention head per rank; the model has ", heads,
+         " (use at most ", heads, " sequence-parallel ranks)");
+  if (comm.size() > grid.tokens())
+    fail("Ulysses over ", comm.size(), " ranks needs at least one token per rank; the video has ", grid.tokens());
+}
+
+at::Tensor UlyssesLayout::attention(AttentionScope scope, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const Attend& attend) {
+  if (scope != AttentionScope::Video) return attend(q, k, v);
+  const int P = comm_.size(), r = comm_.rank();
+  const int64_t B = q.size(0), D = q.size(3);
+  if (q.size(1) != heads_total_ || q.size(2) != tokens_.counts[r])
+    fail("Ulysses: q is ", q.sizes(), ", expected [B, ", heads_total_, ", ", tokens_.counts[r], ", D]");
+  // Sequence -> heads: rank j gets my tokens of its heads, for q, k and v at once.
+  const at::Tensor qkv = at::stack({q, k, v});  // [3, B, H, n_r, D]
+  std::vector<at::Tensor> send, recv;
+  for (int j = 0; j < P; ++j) {
+    send.push_back(qkv.narrow(2, heads_.offsets[j], heads_.counts[j]).contiguous());
+    recv.push_back(at::empty({3, B, heads_.counts[r], tokens_.counts[j], D}, q.options()));
+  }
+  comm_.all_to_all(send, recv);
+  const at::Tensor all = at::cat(recv, 3);  // [3, B, H_r, L, D]: the ranks' shares in sequence order
+  const at::Tensor o = attend(all[0], all[1], all[2]);  // [B, H_r, L, D]
+  // Heads -> sequence.
+  send.clear();
+  recv.clear();
+  for (int j = 0; j < P; ++j) {
+    send.push_back(o.narrow(2, tokens_.offsets[j], tokens_.counts[j]).contiguous());
+    recv.push_back(at::empty({B, heads_.counts[j], tokens_.counts[r], D}, q.options()));
+  }
+  comm_.all_to_all(send, recv);
+  return at::cat(recv, 1);  // [B, H, n_r, D]
+}
+
+int64_t UlyssesLayout::bytes(AttentionScope scope, int64_t batch, int64_t channels, int64_t element_size) const {
+  if (scope != AttentionScope::Video) return 0;
+  const int P = comm_.size(), r = comm_.rank();
+  const int64_t D = channels / heads_total_;
+  int64_t elements = 0;
+  for (int j = 0; j < P; ++j)
+    if (j != r) elements += 3 * tokens_.counts[r] * heads_.counts[j] + heads_.counts[r] * tokens_.counts[j];
+  return elements * batch * D * element_size;
+}
+
+at::Tensor UlyssesLayout::shard(const at::Tensor& tokens) const {
+  const int r = comm_.rank();
+  const at::Tensor flat = tokens.reshape({tokens.size(0), 1, tokens.size(1) * tokens.size(2), tokens.size(3)});
+  return flat.narrow(2, tokens_.offsets[r], tokens_.counts[r]).contiguous();
+}
+
+at::Tensor UlyssesLayout::gather(const at::Tensor& local) {
+  const at::Tensor all = all_gather_cat(comm_, local.contiguous(), 2);  // [B, 1, L, K]
+  return all.reshape({all.size(0), grid_.t, grid_.s(), all.size(3)});
+}
+
+}  // namespace ditto
