@@ -139,6 +139,7 @@ int main(int argc, char** argv) {
       } else {
         req.caption_y = at::randn({1, 1, cfg.caption_tokens, cfg.caption_channels}, gen, at::kFloat);
         req.caption_mask = at::ones({1, cfg.caption_tokens}, at::kLong);
+        add_benchmark_unconditional(req, *model);
       }
       req.height = float(height);
       req.width = float(width);

@@ -83,6 +83,7 @@ int main(int argc, char** argv) {
     req.height = 8.0f * h;
     req.width = 8.0f * w;
     req.cfg_scale = batch == 2 ? 5.0 : 1.0;
+    if (batch == 2) add_benchmark_unconditional(req, *model);
     SamplerOptions so;
     so.steps = warmup + iters;
     RectifiedFlow rf(so, nullptr);

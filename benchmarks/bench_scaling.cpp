@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
     req.z0 = at::randn({1, ls.channels, ls.frames, ls.height, ls.width}, gen, at::TensorOptions().dtype(at::kFloat));
     req.caption_y = at::randn({1, 1, cfg.caption_tokens, cfg.caption_channels}, gen, at::TensorOptions().dtype(at::kFloat));
     req.caption_mask = at::ones({1, cfg.caption_tokens}, at::kLong);
+    add_benchmark_unconditional(req, *model);
     req.height = static_cast<float>(height);
     req.width = static_cast<float>(width);
     req.cfg_scale = cfg_scale;

@@ -95,4 +95,11 @@ at::Tensor sample_video(const DiT& model, Sampler& sampler, const VideoRequest& 
   return layers::unpatchify(full, shape.patch, shape.in_channels, grid.t, grid.h, grid.w, grid.tx, grid.hx, grid.wx);
 }
 
+void add_benchmark_unconditional(VideoRequest& req, const DiT& model) {
+  if (req.negative_y.defined() || model.null_caption().defined() || !req.caption_y.defined()) return;
+  req.negative_y = at::zeros_like(req.caption_y);
+  req.negative_mask = at::zeros_like(req.caption_mask);
+  req.negative_mask.narrow(1, 0, 1).fill_(1);
+}
+
 }  // namespace ditto

@@ -28,6 +28,11 @@ struct VideoGroups {
   Communicator* cfg = nullptr;  // null or size 1: batched CFG; size 2: rank 0 conditional, rank 1 unconditional
 };
 
+// Benchmarks with random captions: a model without a learned null caption (Wan) guides with an
+// unconditional caption of its own; this puts an all-zero one (one valid token) in the request as
+// that stand-in when the request has none. Models with a null caption are left alone.
+void add_benchmark_unconditional(VideoRequest& request, const DiT& model);
+
 // The model call of one step on this rank's tokens (default: DiT::forward_tokens); a caching
 // runner plugs in here. ctx holds the step's timestep conditioning.
 using TokenForward = std::function<at::Tensor(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx,
