@@ -195,6 +195,9 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
     if (per != "stack") fail("adacache: per=", per, " unknown (stack, block, unit)");
     MoRegParams moreg;
     moreg.enabled = opt.integer("moreg", 0) != 0;
+    if (moreg.enabled && !defaults.moreg)
+      fail("adacache: MoReg reads frame-to-frame differences, which this model family's sequence-parallel layout "
+           "splits across ranks (Ulysses): use moreg=0");
     // Released windows: steps 10-90 of 100 and 4-26 of 30; other counts scale 10-90 %.
     const double a = steps == 30 ? 4 : std::round(0.1 * steps), b = steps == 30 ? 26 : std::round(0.9 * steps);
     const auto [first, last] = opt.range("moreg_window", a, b);

@@ -71,6 +71,7 @@ void register_wan_family() {
                                   ? std::vector<double>{-3.03318725e+05, 4.90537029e+04, -2.65530556e+03, 5.87365115e+01, -3.15583525e-01}
                                   : std::vector<double>{-5.21862437e+04, 9.23041404e+03, -5.28275948e+02, 1.36987616e+01, -4.99875664e-02};
     d.teacache_threshold = m.shape.hidden_size >= 5120 ? 0.14 : 0.05;
+    d.moreg = false;  // Ulysses splits the token sequence across frames
     return d;
   };
   register_family(std::move(f));

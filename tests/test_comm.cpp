@@ -299,26 +299,18 @@ TEST(SequenceParallel, NegativeCaptionGuidesAsTwoSeparateModelCalls) {
   EXPECT_THROW(sample_video(m, rf, unguided, {}), Error);
 }
 
-TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
+namespace {
+
+// Every policy decides and samples at P ranks (and in CFG-parallel pairs) as on one rank; a computed
+// step issues `a2a_per_compute` all-to-alls and a reused stack none (first-block cache still runs its
+// probe, the first block: `a2a_per_probe`).
+void check_coordinated_caching(const DiT& m, const VideoRequest& req, Sampler& rf, int steps,
+                               const std::vector<std::pair<std::string, PolicyOptions>>& policies,
+                               int64_t a2a_per_compute, int64_t a2a_per_probe) {
   const int P = world().size(), r = world().rank();
-  const STDiT3Config c = builtin_config("stdit3-tiny");
-  STDiT3 m = STDiT3::random(c, 11, kF32);
-  const VideoRequest req = ditto::test::tiny_video_request(12, 40, 72);
-  SamplerOptions so;
-  so.steps = 14;
-  RectifiedFlow rf(so, opensora_transform({40, 72, 51, LatentSpace::OpenSoraV12}));
-  // Thresholds loose enough that the random model skips steps under every adaptive policy.
-  const std::vector<std::pair<std::string, PolicyOptions>> policies = {
-      {"none", {}},
-      {"static", {{"interval", "3"}}},
-      {"pab", {{"window", "0:1001"}}},
-      {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}, {"moreg", "1"}}},
-      {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}, {"per", "unit"}}},
-      {"teacache", {{"threshold", "2.5"}}},
-      {"fbcache", {{"threshold", "0.6"}}}};
   for (const auto& [name, options] : policies) {
     auto run = [&](const VideoGroups& g, Communicator* video, Communicator* watch, std::vector<int64_t>* a2a_per_step) {
-      auto policy = make_cache_policy(name, options, policy_context(m, so.steps));
+      auto policy = make_cache_policy(name, options, policy_context(m, steps));
       CacheRunner runner(m, *policy, video);
       runner.begin_video(rf.timesteps());
       int64_t before = watch ? watch->counters().all_to_all.calls : 0;
@@ -338,12 +330,12 @@ TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
     for (size_t i = 0; i < rep1["decisions"].size(); ++i) {
       EXPECT_EQ(repp["decisions"][i]["mode"], rep1["decisions"][i]["mode"]) << name << " step " << i + 1;
       EXPECT_EQ(repp["decisions"][i]["units"], rep1["decisions"][i]["units"]) << name << " step " << i + 1;
-      // A reused stack issues no all-to-all (first-block cache still runs its probe, spatial block 0).
+      // A reused stack issues no all-to-all (first-block cache still runs its probe, the first block).
       if (P > 1 && rep1["decisions"][i]["mode"] == "reuse") {
-        EXPECT_EQ(a2a[i], name == "fbcache" ? 2 : 0) << name << " step " << i + 1;
+        EXPECT_EQ(a2a[i], name == "fbcache" ? a2a_per_probe : 0) << name << " step " << i + 1;
       }
       if (P > 1 && rep1["decisions"][i]["mode"] == "compute") {
-        EXPECT_EQ(a2a[i], 2 * c.depth) << name;
+        EXPECT_EQ(a2a[i], a2a_per_compute) << name;
       }
       // Rates equal exactly (the float metrics may differ in the last bit: sums over shards).
       for (const char* k : {"next_rate", "next_rates"})
@@ -363,6 +355,56 @@ TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
         EXPECT_EQ(repc["decisions"][i]["mode"], rep1["decisions"][i]["mode"]) << name << " cfg step " << i + 1;
     }
   }
+}
+
+}  // namespace
+
+TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 m = STDiT3::random(c, 11, kF32);
+  const VideoRequest req = ditto::test::tiny_video_request(12, 40, 72);
+  SamplerOptions so;
+  so.steps = 14;
+  RectifiedFlow rf(so, opensora_transform({40, 72, 51, LatentSpace::OpenSoraV12}));
+  // Thresholds loose enough that the random model skips steps under every adaptive policy.
+  const std::vector<std::pair<std::string, PolicyOptions>> policies = {
+      {"none", {}},
+      {"static", {{"interval", "3"}}},
+      {"pab", {{"window", "0:1001"}}},
+      {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}, {"moreg", "1"}}},
+      {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}, {"per", "unit"}}},
+      {"teacache", {{"threshold", "2.5"}}},
+      {"fbcache", {{"threshold", "0.6"}}}};
+  check_coordinated_caching(m, req, rf, so.steps, policies, 2 * c.depth, 2);
+}
+
+TEST(CoordinatedCaching, EveryPolicyOnWanUnderUlyssesDecidesAndSamplesAsOneRank) {
+  // A 4-head Wan (Ulysses up to 4 ranks), guided UniPC sampling with an all-zero unconditional caption.
+  WanConfig c = wan_builtin_config("wan-tiny");
+  c.num_heads = 4;
+  const Wan m = Wan::random(c, 13, kF32);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(14);
+  VideoRequest req;
+  req.z0 = at::randn({1, 4, 3, 6, 6}, gen, kF32);
+  req.caption_y = at::randn({1, 1, 8, 16}, gen, kF32);
+  req.caption_mask = at::ones({1, 8}, at::kLong);
+  req.cfg_scale = 5.0;
+  add_benchmark_unconditional(req, m);
+  SamplerOptions so;
+  so.name = "unipc";
+  so.steps = 12;
+  so.shift = 3.0;
+  auto sampler = make_sampler(so);
+  const std::vector<std::pair<std::string, PolicyOptions>> policies = {
+      {"none", {}},
+      {"static", {{"interval", "3"}}},
+      {"pab", {{"window", "0:1001"}}},
+      {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}}},  // no MoReg on Wan (its frames span ranks)
+      {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}, {"per", "unit"}}},
+      {"teacache", {{"threshold", "0.5"}, {"coefficients", "1/0"}}},
+      {"fbcache", {{"threshold", "0.6"}}}};
+  check_coordinated_caching(m, req, *sampler, so.steps, policies, 2 * c.num_layers, 2);
+  EXPECT_THROW(make_cache_policy("adacache", {{"moreg", "1"}}, policy_context(m, so.steps)), Error);
 }
 
 TEST(Ulysses, WanForwardAndSamplingMatchOneRankAndMoveTheAnalyticBytes) {
