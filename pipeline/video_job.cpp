@@ -236,6 +236,9 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   req.height = static_cast<float>(job.height);
   req.width = static_cast<float>(job.width);
   req.cfg_scale = job.cfg_scale;
+  // A random caption is a benchmark's: on a model without a learned null caption its unconditional
+  // branch reads the all-zero stand-in (a real caption needs a real negative/empty-prompt caption).
+  if (job.random_caption > 0 && guidance_enabled(job.cfg_scale)) add_benchmark_unconditional(req, model);
 
   comms.sp->reset_counters();
   comms.cfg->reset_counters();

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "cache/cache_runner.h"
 #include "dist/video_sampler.h"
@@ -177,4 +178,26 @@ TEST(Wan, SamplesThroughTheCacheRunnerAndCapsSequenceParallelismAtTheHeadCount) 
   model->check_layout("ulysses", 2, g);                        // two heads: up to two ranks
   EXPECT_THROW(model->check_layout("ulysses", 3, g), Error);  // more ranks than heads
   EXPECT_THROW(model->check_layout("dsp", 2, g), Error);      // full attention has no frame/space split
+}
+
+TEST(Wan, ProfileThenBlockCacheAndGuidedRandomCaptionsFromTheCommandLine) {
+  // `ditto profile` on a Wan model writes per-unit curves (blocks.N.self_attn, cross_attn, ffn) and a
+  // schedule `ditto sample --cache blockcache` follows; a random caption guides with the all-zero
+  // unconditional stand-in (Wan has no learned null caption).
+  const std::string d = temp_dir();
+  const std::string model = "--config wan-tiny --random-weights --frames 17 --height 32 --width 48 ";
+  auto r = ditto::test::run_ditto("profile " + model + "--prompts 2 --seeds 1 --steps 6 --deltas 0.5 --quiet --out " + d + "/p");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto curves = nlohmann::json::parse(ditto::test::read_bytes(d + "/p/curves.json"));
+  EXPECT_EQ(curves["units"].size(), 6u);
+  EXPECT_EQ(curves["units"][0]["name"], "blocks.0.self_attn");
+  EXPECT_EQ(curves["units_per_layer"], 3);
+  r = ditto::test::run_ditto("sample " + model + "--random-caption 4 --steps 6 --quiet --cache blockcache --schedule " + d +
+                             "/p/schedule-delta-0.5.json --out " + d + "/s");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto m = nlohmann::json::parse(ditto::test::read_bytes(d + "/s/metrics.json"));
+  const auto schedule = nlohmann::json::parse(ditto::test::read_bytes(d + "/p/schedule-delta-0.5.json"));
+  EXPECT_DOUBLE_EQ(m["cache"]["compute_fraction"].get<double>(), schedule["compute_fraction"].get<double>());
+  EXPECT_EQ(m["run"]["sampler"], "unipc");
+  EXPECT_EQ(m["run"]["cfg_scale"], 5.0);
 }
