@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -38,13 +39,16 @@ const std::vector<std::string> kDefaultsFlags = {
     "cache", "cache-opt", "schedule", "upscale", "png", "no-mp4"};
 
 // Validates a parsed line against its model without loading weights: the prompt against the model's
-// text encoder, the cache policy and its options against the model's units and steps.
-void check_against_model(const JobLine& jl, const ModelOptions& mo) {
+// text encoder, the cache policy and its options against the model's units and steps. `outlines`
+// keeps each model's outline, read once for the whole file.
+void check_against_model(const JobLine& jl, const ModelOptions& mo, std::map<std::string, ModelOutline>& outlines) {
   if (!jl.job.prompt.empty())
     if (const auto text = find_text_encoder(jl.model)) text->check(jl.job.prompt);
   std::optional<ModelOutline> outline;
-  if (!jl.model.empty()) outline = read_outline(jl.model);
-  else if (!mo.config_name.empty()) outline = builtin_outline(mo.config_name);
+  const std::string key = jl.model.empty() ? "config:" + mo.config_name : jl.model;
+  if (auto it = outlines.find(key); it != outlines.end()) outline = it->second;
+  else if (!jl.model.empty()) outline = outlines[key] = read_outline(jl.model);
+  else if (!mo.config_name.empty()) outline = outlines[key] = builtin_outline(mo.config_name);
   if (outline)
     make_cache_policy(jl.job.cache, parse_policy_options(jl.job.cache_opts),
                       policy_context(*outline, with_model_defaults(jl.job, *outline).steps));
@@ -96,7 +100,8 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
   std::string setup_error;
   if (root) {
     try {
-      file = read_job_file(jobs_file, d, [&](const JobLine& jl) { check_against_model(jl, mo); });
+      std::map<std::string, ModelOutline> outlines;
+      file = read_job_file(jobs_file, d, [&](const JobLine& jl) { check_against_model(jl, mo, outlines); });
       out = std::make_unique<RenderDir>(out_dir);
       RenderDir::Resume r = out->resume(std::move(file.jobs));
       jobs = std::move(r.todo);
