@@ -67,6 +67,20 @@ Checkpoint Checkpoint::open(const std::string& dir, const std::vector<std::strin
   fail("model directory '", dir, "' has neither ", names);
 }
 
+void check_weights(const std::vector<ParamSpec>& specs, const std::map<std::string, at::Tensor>& weights,
+                   const std::string& who) {
+  std::vector<std::string> missing;
+  for (const auto& spec : specs) {
+    auto it = weights.find(spec.name);
+    if (it == weights.end())
+      missing.push_back(spec.name);
+    else if (it->second.sizes().vec() != spec.shape)
+      fail(who, ": weight '", spec.name, "' has shape ", shape_string(it->second.sizes()), ", expected ",
+           shape_string(spec.shape));
+  }
+  if (!missing.empty()) fail(who, ": ", missing.size(), " weights missing, first '", missing.front(), "'");
+}
+
 std::map<std::string, at::Tensor> load_strict(const Checkpoint& ck, const std::vector<ParamSpec>& specs,
                                               const at::TensorOptions& options, const std::string& described,
                                               const std::function<std::string(const std::string&)>& rename) {

@@ -36,6 +36,11 @@ class Checkpoint {
   std::map<std::string, const SafetensorsFile*> where_;
 };
 
+// Checks that `weights` holds every spec's tensor at its shape; an Error naming the first misfit
+// (`who` names the model: "STDiT3", "Wan").
+void check_weights(const std::vector<ParamSpec>& specs, const std::map<std::string, at::Tensor>& weights,
+                   const std::string& who);
+
 // The checkpoint's tensors for `specs`, converted to `options`. `rename` maps a stored name to the
 // spec's name (empty function: the names are the specs'); `described` says what the specs are of
 // (the config's key sizes) in the error.

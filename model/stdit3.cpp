@@ -97,16 +97,7 @@ std::map<std::string, at::Tensor> load_checkpoint(const std::string& dir, const 
 STDiT3::STDiT3(STDiT3Config config, std::map<std::string, at::Tensor> weights)
     : config_(std::move(config)), weights_(std::move(weights)) {
   config_.validate();
-  std::vector<std::string> missing;
-  for (const auto& spec : stdit3_param_specs(config_)) {
-    auto it = weights_.find(spec.name);
-    if (it == weights_.end()) {
-      missing.push_back(spec.name);
-    } else if (it->second.sizes().vec() != spec.shape) {
-      fail("weight '", spec.name, "' has shape ", shape_string(it->second.sizes()), ", expected ", shape_string(spec.shape));
-    }
-  }
-  if (!missing.empty()) fail("STDiT3: ", missing.size(), " weights missing, first '", missing.front(), "'");
+  check_weights(stdit3_param_specs(config_), weights_, "STDiT3");
   options_ = weights_.at("x_embedder.proj.weight").options();
   outline_ = stdit3_outline(config_);
   for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal}) {

@@ -255,18 +255,28 @@ ModelOutline wan_outline(const WanConfig& c) {
 Wan::Wan(WanConfig config, std::map<std::string, at::Tensor> weights)
     : config_(std::move(config)), weights_(std::move(weights)) {
   config_.validate();
-  std::vector<std::string> missing;
-  for (const auto& spec : wan_param_specs(config_)) {
-    auto it = weights_.find(spec.name);
-    if (it == weights_.end()) missing.push_back(spec.name);
-    else if (it->second.sizes().vec() != spec.shape) fail("Wan: weight '", spec.name, "' has shape ", it->second.sizes());
-  }
-  if (!missing.empty()) fail("Wan: ", missing.size(), " weights missing, first '", missing.front(), "'");
+  check_weights(wan_param_specs(config_), weights_, "Wan");
   options_ = weights_.at("patch_embedding.weight").options();
   const auto compute = compute_of(options_);
   for (auto& [name, t] : weights_)
     if (kept_in_compute_type(name)) t = t.to(compute);
   outline_ = wan_outline(config_);
+  for (int i = 0; i < config_.num_layers; ++i) {
+    const std::string p = "blocks." + std::to_string(i) + ".";
+    auto attn = [&](const std::string& a) {
+      return AttentionWeights{w(a + "to_q.weight"), w(a + "to_q.bias"), w(a + "to_k.weight"), w(a + "to_k.bias"),
+                              w(a + "to_v.weight"), w(a + "to_v.bias"), w(a + "to_out.0.weight"), w(a + "to_out.0.bias"),
+                              w(a + "norm_q.weight"), w(a + "norm_k.weight")};
+    };
+    BlockWeights b;
+    b.sst = w(p + "scale_shift_table");
+    if (config_.cross_attn_norm) b.norm2_w = w(p + "norm2.weight"), b.norm2_b = w(p + "norm2.bias");
+    b.fc1_w = w(p + "ffn.net.0.proj.weight"), b.fc1_b = w(p + "ffn.net.0.proj.bias");
+    b.fc2_w = w(p + "ffn.net.2.weight"), b.fc2_b = w(p + "ffn.net.2.bias");
+    b.self_attn = attn(p + "attn1.");
+    b.cross_attn = attn(p + "attn2.");
+    blocks_.push_back(std::move(b));
+  }
 }
 
 const at::Tensor& Wan::w(const std::string& name) const {
@@ -393,7 +403,7 @@ void Wan::set_timestep(DiTContext& ctx, const at::Tensor& timestep) const {
   c.e0 = lin(at::silu(c.temb).to(options_.dtype()), "condition_embedder.time_proj").to(compute).unflatten(1, {6, config_.dim});
   c.modulation.clear();
   for (int i = 0; i < config_.num_layers; ++i) {
-    const at::Tensor m = w("blocks." + std::to_string(i) + ".scale_shift_table") + c.e0;  // [B, 6, C]
+    const at::Tensor m = blocks_[i].sst + c.e0;  // [B, 6, C]
     c.modulation.push_back(m.unsqueeze(2).unbind(1));                                     // 6 x [B, 1, C]
   }
 }
@@ -407,16 +417,16 @@ at::Tensor Wan::embed(const at::Tensor& tokens, int64_t begin, const DiTContext&
       .to(compute_of(options_));
 }
 
-at::Tensor Wan::attention(int block, bool self, const at::Tensor& x, const WanContext& c, AttentionSeam* seam) const {
-  const std::string p = "blocks." + std::to_string(block) + (self ? ".attn1." : ".attn2.");
+at::Tensor Wan::attention(const AttentionWeights& aw, bool self, const at::Tensor& x, const WanContext& c,
+                          AttentionSeam* seam) const {
   const int64_t B = x.size(0), L = x.size(1), C = config_.dim, H = config_.num_heads, D = config_.head_dim();
-  const auto lin = [&](const at::Tensor& in, const char* proj) {
-    return at::linear(in.to(options_.dtype()), w(p + proj + ".weight"), w(p + proj + ".bias"));
+  const auto lin = [&](const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias) {
+    return at::linear(in.to(options_.dtype()), weight, bias);
   };
   const at::Tensor kv_in = self ? x : c.context;
-  at::Tensor q = rms(lin(x, "to_q"), w(p + "norm_q.weight"), config_.eps).view({B, L, H, D});
-  at::Tensor k = rms(lin(kv_in, "to_k"), w(p + "norm_k.weight"), config_.eps).view({B, kv_in.size(1), H, D});
-  at::Tensor v = lin(kv_in, "to_v").view({B, kv_in.size(1), H, D});
+  at::Tensor q = rms(lin(x, aw.q_w, aw.q_b), aw.norm_q, config_.eps).view({B, L, H, D});
+  at::Tensor k = rms(lin(kv_in, aw.k_w, aw.k_b), aw.norm_k, config_.eps).view({B, kv_in.size(1), H, D});
+  at::Tensor v = lin(kv_in, aw.v_w, aw.v_b).view({B, kv_in.size(1), H, D});
   if (self) {  // this rank's tokens' rows of the tables (q/k were normed across all heads first)
     const int64_t begin = seam ? seam->sequence_begin() : 0;
     if (begin + L > c.rope_cos.size(0)) fail("Wan: tokens [", begin, ", ", begin + L, ") outside the video's ", c.rope_cos.size(0));
@@ -429,7 +439,7 @@ at::Tensor Wan::attention(int block, bool self, const at::Tensor& x, const WanCo
     return layers::attention(q_, k_, v_);
   };
   at::Tensor o = self && seam ? seam->attention(AttentionScope::Video, q, k, v, attend) : attend(q, k, v);
-  return lin(o.transpose(1, 2).reshape({B, L, C}), "to_out.0");
+  return lin(o.transpose(1, 2).reshape({B, L, C}), aw.o_w, aw.o_b);
 }
 
 at::Tensor Wan::unit_residual(int unit, const at::Tensor& x4, const DiTContext& ctx, AttentionSeam* seam) const {
@@ -439,24 +449,23 @@ at::Tensor Wan::unit_residual(int unit, const at::Tensor& x4, const DiTContext& 
   const auto& mod = c.modulation[block];  // shift, scale, gate (self-attention), then the same for the FFN
   const auto compute = compute_of(options_);
   const at::Tensor x = x4.reshape({x4.size(0), x4.size(1) * x4.size(2), x4.size(3)}).to(compute);
-  const std::string p = "blocks." + std::to_string(block) + ".";
+  const BlockWeights& bw = blocks_[block];
   const auto ln = [&](const at::Tensor& t) { return at::layer_norm(t, {config_.dim}, {}, {}, config_.eps); };
   at::Tensor r;
   switch (unit % 3) {
     case 0:
-      r = attention(block, true, ln(x) * (1 + mod[1]) + mod[0], c, seam).to(compute) * mod[2];
+      r = attention(bw.self_attn, true, ln(x) * (1 + mod[1]) + mod[0], c, seam).to(compute) * mod[2];
       break;
     case 1: {
       const at::Tensor n = config_.cross_attn_norm
-                               ? at::layer_norm(x, {config_.dim}, w(p + "norm2.weight"), w(p + "norm2.bias"), config_.eps)
+                               ? at::layer_norm(x, {config_.dim}, bw.norm2_w, bw.norm2_b, config_.eps)
                                : x;
-      r = attention(block, false, n, c, seam).to(compute);
+      r = attention(bw.cross_attn, false, n, c, seam).to(compute);
       break;
     }
     default: {
       const at::Tensor h = (ln(x) * (1 + mod[4]) + mod[3]).to(options_.dtype());
-      const at::Tensor f = at::linear(at::gelu(at::linear(h, w(p + "ffn.net.0.proj.weight"), w(p + "ffn.net.0.proj.bias")), "tanh"),
-                                      w(p + "ffn.net.2.weight"), w(p + "ffn.net.2.bias"));
+      const at::Tensor f = at::linear(at::gelu(at::linear(h, bw.fc1_w, bw.fc1_b), "tanh"), bw.fc2_w, bw.fc2_b);
       r = f.to(compute) * mod[5];
     }
   }

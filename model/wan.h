@@ -86,13 +86,23 @@ class Wan : public DiT {
   void observe_context(const DiTContext& ctx, const Observer& observe) const override;
 
  private:
+  // One attention's tensors and one block's, looked up once at construction (not per unit and step).
+  struct AttentionWeights {
+    at::Tensor q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, norm_q, norm_k;
+  };
+  struct BlockWeights {
+    at::Tensor sst, norm2_w, norm2_b, fc1_w, fc1_b, fc2_w, fc2_b;
+    AttentionWeights self_attn, cross_attn;
+  };
   const at::Tensor& w(const std::string& name) const;
-  at::Tensor attention(int block, bool self, const at::Tensor& x, const WanContext& c, AttentionSeam* seam) const;
+  at::Tensor attention(const AttentionWeights& aw, bool self, const at::Tensor& x, const WanContext& c,
+                       AttentionSeam* seam) const;
 
   WanConfig config_;
   ModelOutline outline_;
   at::TensorOptions options_;
   std::map<std::string, at::Tensor> weights_;
+  std::vector<BlockWeights> blocks_;
 };
 
 std::vector<UnitInfo> wan_units(int layers);

@@ -301,6 +301,22 @@ TEST(SequenceParallel, NegativeCaptionGuidesAsTwoSeparateModelCalls) {
 
 namespace {
 
+// A 4-head tiny Wan (Ulysses up to 4 ranks) and a guided request for it of 3 x 3 x 3 tokens; the
+// unconditional caption is each test's.
+WanConfig four_head_wan() {
+  WanConfig c = wan_builtin_config("wan-tiny");
+  c.num_heads = 4;
+  return c;
+}
+VideoRequest wan_request(at::Generator& gen) {
+  VideoRequest req;
+  req.z0 = at::randn({1, 4, 3, 6, 6}, gen, kF32);
+  req.caption_y = at::randn({1, 1, 8, 16}, gen, kF32);
+  req.caption_mask = at::ones({1, 8}, at::kLong);
+  req.cfg_scale = 5.0;
+  return req;
+}
+
 // Every policy decides and samples at P ranks (and in CFG-parallel pairs) as on one rank; a computed
 // step issues `a2a_per_compute` all-to-alls and a reused stack none (first-block cache still runs its
 // probe, the first block: `a2a_per_probe`).
@@ -380,15 +396,10 @@ TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
 
 TEST(CoordinatedCaching, EveryPolicyOnWanUnderUlyssesDecidesAndSamplesAsOneRank) {
   // A 4-head Wan (Ulysses up to 4 ranks), guided UniPC sampling with an all-zero unconditional caption.
-  WanConfig c = wan_builtin_config("wan-tiny");
-  c.num_heads = 4;
+  const WanConfig c = four_head_wan();
   const Wan m = Wan::random(c, 13, kF32);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(14);
-  VideoRequest req;
-  req.z0 = at::randn({1, 4, 3, 6, 6}, gen, kF32);
-  req.caption_y = at::randn({1, 1, 8, 16}, gen, kF32);
-  req.caption_mask = at::ones({1, 8}, at::kLong);
-  req.cfg_scale = 5.0;
+  VideoRequest req = wan_request(gen);
   add_benchmark_unconditional(req, m);
   SamplerOptions so;
   so.name = "unipc";
@@ -411,8 +422,7 @@ TEST(Ulysses, WanForwardAndSamplingMatchOneRankAndMoveTheAnalyticBytes) {
   // A 4-head Wan over 27 tokens (3 x 3 x 3): uneven token shares at 2 and 4 ranks, uneven head shares
   // at 3; every rank's output equals its share of the one-rank forward.
   const int P = world().size(), r = world().rank();
-  WanConfig c = wan_builtin_config("wan-tiny");
-  c.num_heads = 4;
+  const WanConfig c = four_head_wan();
   const Wan m = Wan::random(c, 7, kF32);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(8);
   DiTInputs a;
@@ -440,13 +450,9 @@ TEST(Ulysses, WanForwardAndSamplingMatchOneRankAndMoveTheAnalyticBytes) {
   EXPECT_EQ(layout.bytes(AttentionScope::Video, 2, c.dim, 4), expected);
 
   // Sampling (guided, with a negative caption): every layout gives the one-rank latent.
-  VideoRequest req;
-  req.z0 = at::randn({1, 4, 3, 6, 6}, gen, kF32);
-  req.caption_y = at::randn({1, 1, 8, 16}, gen, kF32);
-  req.caption_mask = at::ones({1, 8}, at::kLong);
+  VideoRequest req = wan_request(gen);
   req.negative_y = at::zeros({1, 1, 8, 16});
   req.negative_mask = at::ones({1, 8}, at::kLong);
-  req.cfg_scale = 5.0;
   SamplerOptions so;
   so.name = "unipc";
   so.steps = 4;
