@@ -9,14 +9,25 @@ namespace ditto {
 CacheRunner::CacheRunner(const DiT& model, CachePolicy& policy, Communicator* group)
     : model_(model), policy_(policy), group_(group) {}
 
-void CacheRunner::begin_video(const std::vector<float>& timesteps) {
-  policy_.reset(timesteps);
-  unit_cache_.assign(model_.unit_count(), at::Tensor());
+void CacheRunner::begin_video(const std::vector<float>& timesteps, const std::vector<int>& experts) {
+  if (!experts.empty() && experts.size() != timesteps.size())
+    fail("the cache runner got ", experts.size(), " experts for ", timesteps.size(), " steps");
+  timesteps_ = timesteps;
+  experts_ = experts;
+  begin_segment(0);
   costs_.clear();
-  stack_residual_ = metric_residual_ = at::Tensor();
   units_computed_ = units_total_ = bytes_saved_ = 0;
   flops_computed_ = flops_total_ = 0;
   log_ = nlohmann::json::array();
+}
+
+void CacheRunner::begin_segment(int step) {
+  int end = step;
+  while (end < static_cast<int>(timesteps_.size()) && (experts_.empty() || experts_[end] == experts_[step])) ++end;
+  segment_begin_ = step;
+  policy_.reset(std::vector<float>(timesteps_.begin() + step, timesteps_.begin() + std::max(end, step)));
+  unit_cache_.assign(model_.unit_count(), at::Tensor());
+  stack_residual_ = metric_residual_ = at::Tensor();
 }
 
 void CacheRunner::count_unit(int unit, bool computed) {
@@ -63,14 +74,14 @@ at::Tensor CacheRunner::run(at::Tensor x, const DiTContext& c, AttentionSeam* se
       r = compute_unit(u, h, c, seam);
       if (keep_units) unit_cache_[u] = r;
       if (metric && *metric == u) metric_residual_ = r;
-      if (observer_) observer_(u, step, r);
+      if (observer_) observer_(u, segment_begin_ + step, r);
       if (policy_.observes_units()) policy_.observe_unit(u, r, step);
     } else {
       r = unit_cache_[u];
       if (!r.defined())
-        fail("cache policy '", policy_.name(), "' reused ", costs_[u].name, " at step ", step + 1,
+        fail("cache policy '", policy_.name(), "' reused ", costs_[u].name, " at step ", segment_begin_ + step + 1,
              " before it was ever computed");
-      r = reuse_hook_ ? reuse_hook_(u, step, r, h, c, seam) : policy_.adjust_reused(u, r, c);
+      r = reuse_hook_ ? reuse_hook_(u, segment_begin_ + step, r, h, c, seam) : policy_.adjust_reused(u, r, c);
     }
     count_unit(u, compute);
     return r;
@@ -79,11 +90,16 @@ at::Tensor CacheRunner::run(at::Tensor x, const DiTContext& c, AttentionSeam* se
 }
 
 at::Tensor CacheRunner::forward(const at::Tensor& tokens, int64_t begin, const DiTContext& c, AttentionSeam* seam,
-                                int step) {
+                                int global_step) {
   if (costs_.empty()) costs_ = model_.describe_units(c, seam);
+  if (global_step < 0 || global_step >= static_cast<int>(timesteps_.size()))
+    fail("the cache runner ran step ", global_step + 1, " of a video of ", timesteps_.size(), " (begin_video first)");
+  if (!experts_.empty() && global_step > 0 && experts_[global_step] != experts_[global_step - 1]) begin_segment(global_step);
+  const int step = global_step - segment_begin_;  // the policy counts the current expert's steps
   const int units = model_.unit_count();
   StepPlan plan = policy_.plan(step);
-  step_log_ = {{"step", step + 1}};
+  step_log_ = {{"step", global_step + 1}};
+  if (!experts_.empty() && model_.outline().experts > 1) step_log_["expert"] = experts_[global_step] + 1;
   last_units_ = 0;
   at::Tensor x = model_.embed(tokens, begin, c);
   int first = 0;  // the first unit of the skippable part
@@ -101,7 +117,7 @@ at::Tensor CacheRunner::forward(const at::Tensor& tokens, int64_t begin, const D
   const at::Tensor x_in = x;
   if (plan.mode == StepMode::ReuseStack) {
     if (!stack_residual_.defined())
-      fail("cache policy '", policy_.name(), "' reused the stack at step ", step + 1, " before computing it");
+      fail("cache policy '", policy_.name(), "' reused the stack at step ", global_step + 1, " before computing it");
     x = x + stack_residual_;
     for (int u = first; u < units; ++u) count_unit(u, false);
     step_log_["mode"] = "reuse";

@@ -20,8 +20,11 @@ class CacheRunner {
   // group: every rank of the video (sequence x CFG parallel); null on one rank.
   CacheRunner(const DiT& model, CachePolicy& policy, Communicator* group);
 
-  // A new video: resets the policy and drops every cached tensor.
-  void begin_video(const std::vector<float>& timesteps);
+  // A new video: resets the policy and drops every cached tensor. experts: the expert of each step
+  // (a model of experts; empty: one). At an expert switch the cache starts over as at a new video:
+  // the policy is reset with the steps left to the new expert and sees them counted from 0, the
+  // cached residuals of the last expert are dropped.
+  void begin_video(const std::vector<float>& timesteps, const std::vector<int>& experts = {});
   // The model call of step `step` (0-based) on this rank's tokens; returns the head's output tokens.
   at::Tensor forward(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx, AttentionSeam* seam, int step);
   // forward() as the video sampler's model call.
@@ -53,8 +56,13 @@ class CacheRunner {
   void coordinate(const at::Tensor& local, int step);
   void count_unit(int unit, bool computed);
 
+  void begin_segment(int step);
+
   const DiT& model_;
   CachePolicy& policy_;
+  std::vector<float> timesteps_;
+  std::vector<int> experts_;
+  int segment_begin_ = 0;  // the first step of the current expert
   Communicator* group_;
   std::vector<UnitInfo> costs_;          // this video's units with their FLOPs and bytes (set at its first step)
   std::vector<at::Tensor> unit_cache_;  // per unit (policies that reuse single units)

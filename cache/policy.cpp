@@ -25,6 +25,7 @@ PolicyContext policy_context(const ModelOutline& model, int steps) {
   c.depth = model.shape.depth;
   c.steps = steps;
   c.hidden = model.shape.hidden_size;
+  c.experts = model.experts;
   c.defaults = family_of(model).cache(model);
   return c;
 }
@@ -241,6 +242,9 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
   }
   if (name == "blockcache") {
     Options opt(name, o, {"schedule", "calibration"});
+    if (ctx.experts > 1)
+      fail("blockcache: a schedule spans one model's steps, and a model of experts restarts its cache at each switch: "
+           "use another policy (adacache, teacache, fbcache, static, pab)");
     if (!opt.has("schedule")) fail("cache policy 'blockcache' needs a schedule: --schedule FILE (made by ditto profile)");
     const std::string path = opt.str("schedule", "");
     BlockSchedule s = BlockSchedule::load(path);

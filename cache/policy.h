@@ -23,6 +23,7 @@ struct PolicyContext {
   int depth = 0;   // the model's layers (schedule files are per depth)
   int steps = 0;   // the run's sampling steps (0: not known yet)
   int hidden = 0;  // the model's width (calibration files)
+  int experts = 1; // a model of experts restarts the policy at each switch
   CacheDefaults defaults;
 };
 // The context of a model: its units, sizes and its family's defaults.

@@ -15,7 +15,14 @@ at::Tensor sample_video(const DiT& model, Sampler& sampler, const VideoRequest& 
   const auto state_type = model.options().dtype().toScalarType() == at::kDouble ? at::kDouble : at::kFloat;
   const int P = g.sp ? g.sp->size() : 1;
   const bool cfg_parallel = g.cfg && g.cfg->size() > 1;
-  const bool guided = guidance_enabled(req.cfg_scale);
+  const bool two_scales = !std::isnan(req.cfg_scale_2);
+  if (two_scales && model.outline().experts < 2)
+    fail("a second guidance scale is for a model of two experts (Wan 2.2); this model has one");
+  const bool guided = guidance_enabled(req.cfg_scale) || (two_scales && guidance_enabled(req.cfg_scale_2));
+  if (!req.experts.empty() && req.experts.size() != sampler.timesteps().size())
+    fail("the request names the experts of ", req.experts.size(), " steps, the sampler runs ", sampler.timesteps().size());
+  if (model.outline().experts > 1 && req.experts.empty())
+    fail("a model of experts samples with the expert of every step (experts_per_step)");
   if (cfg_parallel && g.cfg->size() != 2) fail("a CFG-parallel group has 2 ranks, not ", g.cfg->size());
   if (cfg_parallel && !guided) fail("--cfg-parallel 2 needs guidance: --cfg-scale must not be 1");
 
@@ -77,6 +84,8 @@ at::Tensor sample_video(const DiT& model, Sampler& sampler, const VideoRequest& 
   const std::unique_ptr<DiTContext> ctx = model.prepare(base);
 
   GuidedFn guided_prediction = [&](const at::Tensor& zt, float t, int step) {
+    const int expert = req.experts.empty() ? 0 : req.experts[step];
+    if (model.outline().experts > 1) model.select_expert(*ctx, expert);
     model.set_timestep(*ctx, at::full({batch}, t, at::TensorOptions().dtype(at::kFloat).device(dev)));
     at::Tensor in = batch == 2 && !cfg_parallel ? at::cat({zt, zt}, 0) : zt;
     at::Tensor out = forward ? forward(in, begin, *ctx, layout.get(), step) : model.forward_tokens(in, begin, *ctx, layout.get());
@@ -86,7 +95,7 @@ at::Tensor sample_video(const DiT& model, Sampler& sampler, const VideoRequest& 
       g.cfg->all_gather(pred, both);
       pred = at::cat(both, 0);
     }
-    if (guided) pred = cfg_combine(pred, req.cfg_scale);
+    if (guided) pred = cfg_combine(pred, expert > 0 && two_scales ? req.cfg_scale_2 : req.cfg_scale);
     return valid.defined() ? pred * valid : pred;
   };
   at::Tensor zf = sample(sampler, z, guided_prediction, on_step);

@@ -5,6 +5,9 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <vector>
+
 #include "dist/communicator.h"
 #include "dist/sequence_parallel.h"
 #include "model/dit.h"
@@ -21,6 +24,10 @@ struct VideoRequest {
   at::Tensor negative_y, negative_mask;
   float fps = 24, height = 0, width = 0;  // model inputs (pixels)
   double cfg_scale = 7.0;
+  // A model of experts: the expert of each step (experts_per_step; empty: expert 0 throughout) and
+  // the guidance of the second expert (NaN: cfg_scale).
+  std::vector<int> experts;
+  double cfg_scale_2 = NAN;
 };
 
 struct VideoGroups {

@@ -41,7 +41,8 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("out", po::value(&out_dir)->default_value("profile"), "output directory: curves.json, curves.csv, heatmap.png, schedule-delta-D.json")
     ("quiet", po::bool_switch(&quiet), "no progress output");
   // clang-format on
-  const std::vector<std::string> video_flags = {"steps", "cfg-scale", "frames", "height", "width", "sampler", "flow-shift"};
+  const std::vector<std::string> video_flags = {"steps", "cfg-scale", "cfg-scale-2", "expert-boundary", "frames",
+                                                "height", "width", "sampler", "sigma-grid", "flow-shift"};
   add_video_options(desc, video_flags, shown_defaults(args));
   po::variables_map vm;
   if (!parse_command_line("profile", "profile per-unit change curves and derive Block Caching schedules", desc, args, vm))

@@ -35,8 +35,8 @@ using json = nlohmann::ordered_json;
 // The settings a job line can leave to the command line.
 const std::vector<std::string> kDefaultsFlags = {
     "prompt", "caption-embedding", "random-caption", "negative-prompt", "negative-caption-embedding", "init-noise",
-    "seed", "frames", "height", "width", "steps", "cfg-scale", "fps", "sampler", "no-timestep-transform", "flow-shift",
-    "cache", "cache-opt", "schedule", "upscale", "png", "no-mp4"};
+    "seed", "frames", "height", "width", "steps", "cfg-scale", "cfg-scale-2", "expert-boundary", "fps", "sampler", "sigma-grid",
+    "no-timestep-transform", "flow-shift", "cache", "cache-opt", "schedule", "upscale", "png", "no-mp4"};
 
 // Validates a parsed line against its model without loading weights: the prompt against the model's
 // text encoder, the cache policy and its options against the model's units and steps. `outlines`

@@ -1,6 +1,8 @@
 // The DiT interface's shared parts: the block loop, the plain forward over it, unit descriptions.
 #include "model/dit.h"
 
+#include <cmath>
+
 #include "model/error.h"
 #include "model/layers.h"
 
@@ -62,8 +64,23 @@ at::Tensor DiT::forward_tokens(const at::Tensor& tokens, int64_t begin, const Di
   return head(x, ctx);
 }
 
+std::vector<int> experts_per_step(const ModelOutline& model, const std::vector<float>& timesteps, double boundary) {
+  if (std::isnan(boundary)) boundary = model.expert_boundary;
+  std::vector<int> out;
+  for (float t : timesteps) out.push_back(model.experts > 1 && t < boundary ? 1 : 0);
+  return out;
+}
+
+void DiT::select_expert(DiTContext&, int expert) const {
+  if (expert != 0) fail("the model has one expert, not ", expert + 1);
+}
+
 at::Tensor DiT::forward(const DiTInputs& inputs, const Observer& observe) const {
   const std::unique_ptr<DiTContext> ctx = prepare(inputs);
+  if (outline().experts > 1) {  // the expert of the (first) timestep, as a pipeline would pick it
+    const float t = inputs.timestep.reshape(-1)[0].item<float>();
+    select_expert(*ctx, experts_per_step(outline(), {t}, NAN)[0]);
+  }
   set_timestep(*ctx, inputs.timestep);
   if (observe) observe_context(*ctx, observe);
   const DiTShape& sh = shape();

@@ -88,7 +88,15 @@ struct ModelOutline {
   DiTShape shape;
   std::vector<UnitInfo> units;   // static: flops and bytes are 0
   nlohmann::ordered_json config; // the family's own configuration (its config.json fields)
+  // Models of several experts of one architecture that take turns by noise level (Wan 2.2 A14B):
+  // expert 0 denoises the steps with t >= expert_boundary, expert 1 the rest.
+  int experts = 1;
+  double expert_boundary = 0;
 };
+
+// Which expert denoises each step: t >= boundary -> 0, else 1 (NaN boundary: the model's). All 0 for
+// a single model.
+std::vector<int> experts_per_step(const ModelOutline& model, const std::vector<float>& timesteps, double boundary);
 
 class DiT {
  public:
@@ -104,6 +112,9 @@ class DiT {
   virtual std::unique_ptr<DiTContext> prepare(const DiTInputs& inputs) const = 0;
   // timestep: [B] on the model's device; writes the step's conditioning into ctx.
   virtual void set_timestep(DiTContext& ctx, const at::Tensor& timestep) const = 0;
+  // A model of several experts: the expert ctx's next steps run (before set_timestep). A single
+  // model has only expert 0.
+  virtual void select_expert(DiTContext& ctx, int expert) const;
 
   // --- the units ---
   const std::vector<UnitInfo>& units() const { return outline().units; }

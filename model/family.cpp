@@ -7,6 +7,7 @@
 
 #include "model/atomic_file.h"
 #include "model/error.h"
+#include "model/experts.h"
 
 namespace ditto {
 
@@ -105,9 +106,55 @@ std::pair<nlohmann::json, const ModelFamily*> read_config(const std::string& dir
 
 }  // namespace
 
+namespace {
+
+bool is_file(const std::string& path) { return std::ifstream(path).good(); }
+
+// Where a model's weights are: one directory, or the experts of a model of experts with their boundary.
+struct ModelDirs {
+  std::vector<std::string> experts;
+  double boundary = 0;
+};
+
+// A model directory (config.json), a diffusers pipeline directory (model_index.json: transformer/,
+// and transformer_2/ when boundary_ratio is set, as WanPipeline reads it), or Wan 2.2's official
+// layout (high_noise_model/ + low_noise_model/, boundary 875 as its configs).
+ModelDirs model_dirs(const std::string& dir) {
+  if (is_file(dir + "/config.json")) return {{dir}, 0};
+  if (is_file(dir + "/model_index.json")) {
+    const std::string index = dir + "/model_index.json";
+    const nlohmann::json j = read_json_file(index, "pipeline index");
+    if (!j.is_object()) fail("'", index, "': not a JSON object");
+    if (!is_file(dir + "/transformer/config.json"))
+      fail("'", index, "': the pipeline has no transformer/config.json (ditto loads the pipeline's transformer)");
+    ModelDirs d{{dir + "/transformer"}, 0};
+    if (j.contains("boundary_ratio") && !j["boundary_ratio"].is_null()) {
+      if (!j["boundary_ratio"].is_number()) fail("'", index, "', field 'boundary_ratio': not a number");
+      const double ratio = j["boundary_ratio"].get<double>();
+      if (!(ratio > 0 && ratio < 1)) fail("'", index, "', field 'boundary_ratio': must be in (0, 1), got ", ratio);
+      if (!is_file(dir + "/transformer_2/config.json"))
+        fail("'", index, "' sets boundary_ratio but the pipeline has no transformer_2/config.json");
+      d.experts.push_back(dir + "/transformer_2");
+      d.boundary = ratio * 1000;  // the schedulers' num_train_timesteps
+    }
+    return d;
+  }
+  if (is_file(dir + "/high_noise_model/config.json") && is_file(dir + "/low_noise_model/config.json"))
+    return {{dir + "/high_noise_model", dir + "/low_noise_model"}, 875};
+  fail("'", dir, "' is not a model directory: it has no config.json (a model), model_index.json (a diffusers "
+       "pipeline) or high_noise_model/ + low_noise_model/ (Wan 2.2's experts)");
+}
+
+}  // namespace
+
 ModelOutline read_outline(const std::string& dir) {
-  const auto [j, family] = read_config(dir);
-  return family->outline(j, dir + "/config.json");
+  const ModelDirs d = model_dirs(dir);
+  std::vector<ModelOutline> experts;
+  for (const auto& e : d.experts) {
+    const auto [j, family] = read_config(e);
+    experts.push_back(family->outline(j, e + "/config.json"));
+  }
+  return experts.size() == 1 ? experts.front() : expert_outline(experts, d.boundary, dir);
 }
 
 ModelOutline builtin_outline(const std::string& config_name) {
@@ -115,11 +162,21 @@ ModelOutline builtin_outline(const std::string& config_name) {
 }
 
 std::unique_ptr<DiT> load_dit(const std::string& dir, const at::TensorOptions& options) {
-  return read_config(dir).second->load(dir, options);
+  const ModelDirs d = model_dirs(dir);
+  std::vector<std::unique_ptr<DiT>> experts;
+  for (const auto& e : d.experts) experts.push_back(read_config(e).second->load(e, options));
+  if (experts.size() == 1) return std::move(experts.front());
+  return std::make_unique<ExpertSwitch>(std::move(experts), d.boundary);
 }
 
 std::unique_ptr<DiT> random_dit(const std::string& config_name, uint64_t seed, const at::TensorOptions& options) {
-  return family_for_config(config_name).random(config_name, seed, options);
+  const ModelFamily& family = family_for_config(config_name);
+  const ModelOutline outline = family.builtin_outline(config_name);
+  if (outline.experts <= 1) return family.random(config_name, seed, options);
+  // A built-in model of experts: each expert the config's architecture, with its own seed.
+  std::vector<std::unique_ptr<DiT>> experts;
+  for (int i = 0; i < outline.experts; ++i) experts.push_back(family.random(config_name, seed + i, options));
+  return std::make_unique<ExpertSwitch>(std::move(experts), outline.expert_boundary);
 }
 
 }  // namespace ditto

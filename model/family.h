@@ -6,6 +6,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <functional>
 #include <map>
 #include <memory>
@@ -24,6 +25,7 @@ struct SamplingDefaults {
   int frames = 0, height = 0, width = 0;  // the video, in pixels
   int steps = 30, fps = 24;
   double cfg_scale = 7.0;
+  double cfg_scale_2 = NAN;  // a model of experts: the second (low-noise) expert's guidance; NaN: cfg_scale
   std::string sampler = "rflow";
   bool timestep_transform = false;  // the family's transform (rflow)
   double flow_shift = 0;            // rflow's fixed timestep shift (0: none)

@@ -30,15 +30,29 @@ at::Tensor sample(Sampler& sampler, const at::Tensor& z0, const GuidedFn& model,
   return z;
 }
 
+const std::vector<std::string>& sampler_names() {
+  static const std::vector<std::string> names = {"rflow", "ddim", "unipc", "euler"};
+  return names;
+}
+
+const std::vector<std::string>& sampler_grid_names() {
+  static const std::vector<std::string> names = {"official", "diffusers-0.37"};
+  return names;
+}
+
 std::unique_ptr<Sampler> make_sampler(const SamplerOptions& o, const TimestepTransform& transform) {
   if (o.steps <= 0) fail("--steps must be positive, got ", o.steps);
+  if (o.grid != "official" && o.name != "unipc") fail("--sigma-grid is for the unipc sampler, not ", o.name);
   if (o.name == "rflow") return std::make_unique<RectifiedFlow>(o, transform);
   if (o.name == "ddim") {
     if (o.shift > 0) fail("a flow shift is for the rflow sampler, not ddim");
     return std::make_unique<DDIM>(o);
   }
   if (o.name == "unipc") return std::make_unique<FlowUniPC>(o);
-  fail("unknown sampler '", o.name, "' (known: rflow, ddim, unipc)");
+  if (o.name == "euler") return std::make_unique<FlowMatchEuler>(o);
+  std::string known;
+  for (const auto& n : sampler_names()) known += (known.empty() ? "" : ", ") + n;
+  fail("unknown sampler '", o.name, "' (known: ", known, ")");
 }
 
 }  // namespace ditto

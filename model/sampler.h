@@ -16,14 +16,22 @@ namespace ditto {
 using TimestepTransform = std::function<float(float t)>;
 
 struct SamplerOptions {
-  std::string name = "rflow";     // rflow | ddim | unipc
+  std::string name = "rflow";     // rflow | ddim | unipc | euler
   int steps = 30;
   int num_timesteps = 1000;
   bool timestep_transform = true;  // rflow only: apply the family's transform (when it has one)
   // rflow only: a fixed shift s > 0 of every timestep, t' = s t / (1 + (s - 1) t) (SD3 / Wan's flow
   // shift; s > 1 spends more steps at high noise). Replaces the timestep transform; 0: no shift.
   double shift = 0;
+  // unipc only: the noise-level grid. "official": Wan's FlowUniPCMultistepScheduler (and diffusers
+  // up to 0.36), shift(linspace(1 - 1/T, 0, N + 1)[:N]); "diffusers-0.37": diffusers 0.37's
+  // shift(linspace(1, 1/T, N + 1)[:N]) with the first sigma lowered by 1e-6 when it is 1.
+  std::string grid = "official";
 };
+
+// The sampler names make_sampler knows, and the grids of unipc.
+const std::vector<std::string>& sampler_names();
+const std::vector<std::string>& sampler_grid_names();
 
 // A sampler keeps per-video state (multistep solvers keep their history): reset() starts a video,
 // then step(0), step(1), ... run in order.
@@ -89,6 +97,23 @@ class FlowUniPC : public Sampler {
   std::vector<at::Tensor> outputs_;        // x0 predictions so far
   at::Tensor last_sample_;                 // the corrected sample before the last predictor
   int order_ = 0;                          // the last predictor's order
+};
+
+// Flow-matching Euler as diffusers' FlowMatchEulerDiscreteScheduler (shift s, no dynamic shifting):
+// sigma_i = shift(linspace(1, shift(1/T), N)[i]), then 0, where shift(1/T) is the scheduler's
+// sigma_min, itself already shifted at construction: the grid's low end is shifted twice, as in
+// diffusers. The model reads T sigma_i unrounded; z += (sigma_{i+1} - sigma_i) v for a flow v that
+// points to the noise (ditto's prediction is -v: z -= (sigma_{i+1} - sigma_i) prediction).
+class FlowMatchEuler : public Sampler {
+ public:
+  explicit FlowMatchEuler(const SamplerOptions& options);
+  std::string name() const override { return "euler"; }
+  const std::vector<float>& timesteps() const override { return timesteps_; }
+  at::Tensor step(int i, const at::Tensor& z, const at::Tensor& prediction) override;
+  const std::vector<float>& sigmas() const { return sigmas_; }
+
+ private:
+  std::vector<float> timesteps_, sigmas_;  // sigmas_: N + 1, the last 0
 };
 
 // The flow shift on noise levels in [0, 1]: s t / (1 + (s - 1) t), elementwise (the sampler's grid

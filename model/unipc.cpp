@@ -18,10 +18,15 @@ FlowUniPC::FlowUniPC(const SamplerOptions& o) {
   if (o.steps <= 0) fail("--steps must be positive, got ", o.steps);
   if (!(o.shift >= 0) || !std::isfinite(o.shift)) fail("the flow shift must be a positive number (0: none), got ", o.shift);
   const double s = o.shift > 0 ? o.shift : 1.0, T = o.num_timesteps;
-  // sigma_i = shift(linspace(1 - 1/T, 0, N + 1)[i]) for i < N, then 0; the model reads int(T sigma_i).
+  const bool official = o.grid == "official";
+  if (!official && o.grid != "diffusers-0.37") fail("unknown --sigma-grid '", o.grid, "' (official, diffusers-0.37)");
+  // official: sigma_i = shift(linspace(1 - 1/T, 0, N + 1)[i]); diffusers 0.37: shift(linspace(1, 1/T,
+  // N + 1)[i]), the first lowered by 1e-6 when it is 1. Then 0; the model reads int(T sigma_i).
   for (int i = 0; i < o.steps; ++i) {
-    const double a = 1.0 + (1.0 / T - 1.0) * (o.steps - i) / o.steps;  // linspace(1, 1/T, N + 1)[N - i]
-    const double base = 1.0 - a, sigma = s * base / (1.0 + (s - 1.0) * base);
+    const double base = official ? 1.0 - (1.0 + (1.0 / T - 1.0) * (o.steps - i) / o.steps)  // 1 - linspace(1, 1/T, N + 1)[N - i]
+                                 : 1.0 + i * ((1.0 / T - 1.0) / o.steps);                  // linspace(1, 1/T, N + 1)[i]
+    double sigma = s * base / (1.0 + (s - 1.0) * base);
+    if (!official && i == 0 && std::fabs(sigma - 1.0) < 1e-6) sigma -= 1e-6;
     sigmas_.push_back(static_cast<float>(sigma));
     timesteps_.push_back(static_cast<float>(static_cast<int64_t>(sigma * T)));
   }

@@ -147,7 +147,7 @@ WanConfig wan_builtin_config(const std::string& name) {
   if (name == "wan2.1-t2v-1.3b") {
   } else if (name == "wan2.1-t2v-14b" || name == "wan2.2-t2v-a14b") {
     c.dim = 5120, c.ffn_dim = 13824, c.num_heads = 40, c.num_layers = 40;
-  } else if (name == "wan-tiny") {  // unit tests
+  } else if (name == "wan-tiny" || name == "wan2.2-tiny") {  // unit tests (wan2.2-tiny: two such experts)
     c.dim = 24, c.ffn_dim = 32, c.num_heads = 2, c.num_layers = 2, c.in_channels = 4, c.out_channels = 4;
     c.freq_dim = 16, c.text_dim = 16, c.text_len = 8, c.rope_max_seq_len = 32;
   } else {
@@ -159,7 +159,7 @@ WanConfig wan_builtin_config(const std::string& name) {
   return c;
 }
 
-std::vector<std::string> wan_builtin_config_names() { return {"wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-t2v-a14b", "wan-tiny"}; }
+std::vector<std::string> wan_builtin_config_names() { return {"wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-t2v-a14b", "wan-tiny", "wan2.2-tiny"}; }
 
 std::vector<ParamSpec> wan_param_specs(const WanConfig& c) {
   const int64_t C = c.dim, F = c.ffn_dim;

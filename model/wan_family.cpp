@@ -44,7 +44,12 @@ void register_wan_family() {
   f.model_types = {"WanTransformer3DModel", "WanModel"};
   f.configs = wan_builtin_config_names();
   f.outline = [](const nlohmann::json& j, const std::string& where) { return wan_outline(parse_wan_config(j, where)); };
-  f.builtin_outline = [](const std::string& name) { return wan_outline(wan_builtin_config(name)); };
+  // Wan 2.2's built-in configs are two experts of the config's architecture, switching at t = 875.
+  f.builtin_outline = [](const std::string& name) {
+    ModelOutline o = wan_outline(wan_builtin_config(name));
+    if (name.rfind("wan2.2-", 0) == 0) o.experts = 2, o.expert_boundary = 875;
+    return o;
+  };
   f.load = [](const std::string& dir, const at::TensorOptions& options) -> std::unique_ptr<DiT> {
     return std::make_unique<Wan>(Wan::from_pretrained(dir, options));
   };
@@ -56,10 +61,13 @@ void register_wan_family() {
   };
   // The official T2V defaults (Wan 2.1 generate.py): 81 frames at 480 x 832, UniPC, 50 steps,
   // guidance 5, shift 5, 16 fps.
-  f.sampling = [](const ModelOutline&) {
+  // Wan 2.2 T2V-A14B's (its two experts): 40 steps, shift 12, guidance 4 (high noise) and 3 (low
+  // noise), 720 x 1280.
+  f.sampling = [](const ModelOutline& m) {
     SamplingDefaults d;
     d.frames = 81, d.height = 480, d.width = 832, d.steps = 50, d.fps = 16, d.cfg_scale = 5.0;
     d.sampler = "unipc", d.flow_shift = 5.0;
+    if (m.experts > 1) d.height = 720, d.width = 1280, d.steps = 40, d.flow_shift = 12.0, d.cfg_scale = 4.0, d.cfg_scale_2 = 3.0;
     return d;
   };
   f.cache = [](const ModelOutline& m) {

@@ -45,7 +45,7 @@ std::optional<Caption> resolve_negative_caption(const VideoJob& job, const std::
   if (!job.negative_prompt.empty() && !job.negative_caption_file.empty())
     fail("give a negative prompt or a negative caption embedding file, not both");
   if (job.negative_prompt.empty() && job.negative_caption_file.empty()) return std::nullopt;
-  if (!guidance_enabled(job.cfg_scale))
+  if (!guidance_enabled(job.cfg_scale) && !(job.cfg_scale_2 >= 0 && guidance_enabled(job.cfg_scale_2)))
     fail("a negative prompt steers the guidance, which is off at cfg scale 1: set a cfg scale, or drop the negative prompt");
   return job.negative_prompt.empty()
              ? load_caption_embedding(job.negative_caption_file, model.shape.caption_tokens, model.shape.caption_channels)
@@ -122,6 +122,15 @@ VideoJob with_model_defaults(VideoJob job, const ModelOutline& model) {
   if (job.width == 0) job.width = d.width;
   if (job.steps == 0) job.steps = d.steps;
   if (job.fps == 0) job.fps = d.fps;
+  if (model.experts < 2 && !std::isnan(job.cfg_scale_2))
+    fail("cfg_scale_2 is the second expert's guidance; this model has one expert (--cfg-scale guides it)");
+  if (model.experts < 2 && !std::isnan(job.expert_boundary))
+    fail("expert_boundary is where the experts of a model of two switch; this model has one");
+  // Given --cfg-scale alone, both experts use it (diffusers' guidance_scale_2 rule); given neither,
+  // each has the model's.
+  if (model.experts > 1 && std::isnan(job.cfg_scale_2))
+    job.cfg_scale_2 = !std::isnan(job.cfg_scale) ? job.cfg_scale : std::isnan(d.cfg_scale_2) ? d.cfg_scale : d.cfg_scale_2;
+  if (model.experts > 1 && std::isnan(job.expert_boundary)) job.expert_boundary = model.expert_boundary;
   if (std::isnan(job.cfg_scale)) job.cfg_scale = d.cfg_scale;
   if (job.sampler.empty()) job.sampler = d.sampler;
   if (std::isnan(job.flow_shift)) job.flow_shift = d.flow_shift;
@@ -217,6 +226,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   so.steps = job.steps;
   so.timestep_transform = job.timestep_transform && family.sampling(outline).timestep_transform;
   so.shift = job.flow_shift;
+  so.grid = job.sigma_grid;
   const auto run_dtype = options.dtype().toScalarType();
   TimestepTransform transform;
   if (so.name == "rflow" && so.timestep_transform && !(so.shift > 0) && family.timestep_transform)
@@ -236,15 +246,18 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   req.height = static_cast<float>(job.height);
   req.width = static_cast<float>(job.width);
   req.cfg_scale = job.cfg_scale;
+  req.cfg_scale_2 = job.cfg_scale_2;
+  req.experts = experts_per_step(outline, sampler->timesteps(), job.expert_boundary);
   // A random caption is a benchmark's: on a model without a learned null caption its unconditional
   // branch reads the all-zero stand-in (a real caption needs a real negative/empty-prompt caption).
-  if (job.random_caption > 0 && guidance_enabled(job.cfg_scale)) add_benchmark_unconditional(req, model);
+  const bool guided = guidance_enabled(job.cfg_scale) || (job.cfg_scale_2 >= 0 && guidance_enabled(job.cfg_scale_2));
+  if (job.random_caption > 0 && guided) add_benchmark_unconditional(req, model);
 
   comms.sp->reset_counters();
   comms.cfg->reset_counters();
   CacheRunner cache(model, *policy, comms.video);
   if (setup) setup(cache);
-  cache.begin_video(sampler->timesteps());
+  cache.begin_video(sampler->timesteps(), req.experts);
   // Step times come from device events read once at the end: no wait for the device per step.
   StepTimer timer(dev);
   const int64_t reads_before = host_reads();
@@ -272,7 +285,6 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   for (int i = 0; i < comms.video->size(); ++i) all_peaks.push_back(at::empty({1}, at::kLong));
   comms.video->all_gather(peaks, all_peaks);
 
-  const bool guided = guidance_enabled(job.cfg_scale);
   const int64_t batch = guided && wl.cfg == 1 ? 2 : 1;
   const int64_t caption_tokens = cap.mask.ne(0).sum().item<int64_t>();
   const double flops = model.forward_flops(grid, batch, caption_tokens) / wl.sp;
@@ -315,6 +327,12 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
               {"sequence_parallel_layout", wl.sp > 1 ? layout : "none"},
               {"comm_backend", comms.backend}};
   m["timesteps"] = sampler->timesteps();
+  if (outline.experts > 1) {
+    m["run"]["cfg_scale_2"] = job.cfg_scale_2;
+    m["run"]["expert_boundary"] = job.expert_boundary;
+    m["experts"] = req.experts;  // per step, 0 = the high-noise expert
+  }
+  if (job.sampler == "unipc") m["run"]["sigma_grid"] = job.sigma_grid;
   std::vector<int64_t> peak_list;
   for (const auto& t : all_peaks) peak_list.push_back(t.item<int64_t>());
   m["timing"] = {{"sample_s", sample_s},

@@ -31,8 +31,11 @@ struct VideoJob {
   uint64_t seed = 42;        // of the initial noise (and of a random caption)
   int frames = 0, height = 0, width = 0;  // 0: the model's default geometry
   double cfg_scale = NAN;                 // NaN: the model's default
+  double cfg_scale_2 = NAN;               // a model of experts: the second expert's (NaN: the model's, or cfg_scale when given)
+  double expert_boundary = NAN;           // a model of experts: where they switch (NaN: the model's)
   int steps = 0, fps = 0;                 // 0: the model's default
   std::string sampler;                    // empty: the model's default
+  std::string sigma_grid = "official";    // unipc's grid
   bool timestep_transform = true;  // rflow: Open-Sora's transform where the model uses it
   double flow_shift = NAN;         // rflow: a fixed timestep shift (0: none; NaN: the model's default)
   std::string cache = "none";

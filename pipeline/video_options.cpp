@@ -23,14 +23,16 @@ enum class Kind {
   Seed,         // an integer >= 0 that fits 64 bits
   Guidance,     // a finite number >= 0
   FlowShift,    // a finite number >= 0 (0: no shift)
-  Sampler,      // rflow | ddim
+  Sampler,      // one of sampler_names()
+  SigmaGrid,    // one of sampler_grid_names()
+  Boundary,     // a timestep in (0, 1000)
   CacheOpts,    // KEY=VALUE items (repeatable option; an object or a list of strings in a job file)
   Switch,       // a command-line flag (no job field)
   Upscale,      // an integer >= 0 (command line only)
 };
 
 // Which model default fills a setting that is not given (none: a fixed default).
-enum class ModelDefault { None, Frames, Height, Width, Steps, Fps, Guidance, Sampler, FlowShift };
+enum class ModelDefault { None, Frames, Height, Width, Steps, Fps, Guidance, Guidance2, Sampler, FlowShift, Boundary };
 
 struct Setting {
   const char* flag;   // command-line name
@@ -72,11 +74,17 @@ const std::vector<Setting>& table() {
      [](VideoJob& j, const nlohmann::json& v) { j.cfg_scale = v; }},
     {"fps", "fps", Kind::Count, ModelDefault::Fps, "", "frames per second (a model input, and the video's rate)",
      [](VideoJob& j, const nlohmann::json& v) { j.fps = v; }},
-    {"sampler", "sampler", Kind::Sampler, ModelDefault::Sampler, "", "rflow (rectified flow; Euler on the flow-shifted grid) | unipc (flow-matching UniPC, order 2, as Wan samples) | ddim (epsilon-prediction models)",
+    {"cfg-scale-2", "cfg_scale_2", Kind::Guidance, ModelDefault::Guidance2, "", "a model of two experts (Wan 2.2): the low-noise expert's guidance, --cfg-scale being the high-noise one's (diffusers' guidance_scale_2; given --cfg-scale alone, both use it)",
+     [](VideoJob& j, const nlohmann::json& v) { j.cfg_scale_2 = v; }},
+    {"expert-boundary", "expert_boundary", Kind::Boundary, ModelDefault::Boundary, "", "a model of two experts (Wan 2.2): the high-noise expert denoises the steps with timestep t >= this, the low-noise one the rest",
+     [](VideoJob& j, const nlohmann::json& v) { j.expert_boundary = v; }},
+    {"sampler", "sampler", Kind::Sampler, ModelDefault::Sampler, "", "rflow (rectified flow; Euler on the flow-shifted grid) | unipc (flow-matching UniPC, order 2, as Wan samples) | euler (flow-matching Euler as diffusers' FlowMatchEulerDiscreteScheduler) | ddim (epsilon-prediction models)",
      [](VideoJob& j, const nlohmann::json& v) { j.sampler = v; }},
+    {"sigma-grid", "sigma_grid", Kind::SigmaGrid, ModelDefault::None, "official", "unipc's noise levels: official (Wan's own sampler; diffusers up to 0.36) | diffusers-0.37 (the grid of diffusers 0.37 and later, slightly different)",
+     [](VideoJob& j, const nlohmann::json& v) { j.sigma_grid = v; }},
     {"no-timestep-transform", "", Kind::Switch, ModelDefault::None, "", "rflow without the model family's resolution/length timestep transform (Open-Sora's)",
      [](VideoJob& j, const nlohmann::json& v) { j.timestep_transform = !v.get<bool>(); }},
-    {"flow-shift", "flow_shift", Kind::FlowShift, ModelDefault::FlowShift, "", "rflow: shift every timestep, t' = s t / (1 + (s - 1) t) (s > 1: more steps at high noise, where layout and motion form; 0: none; replaces the timestep transform)",
+    {"flow-shift", "flow_shift", Kind::FlowShift, ModelDefault::FlowShift, "", "the flow shift of rflow, unipc and euler: every noise level t' = s t / (1 + (s - 1) t) (s > 1: more steps at high noise, where layout and motion form; 0: none; replaces the timestep transform)",
      [](VideoJob& j, const nlohmann::json& v) { j.flow_shift = v; }},
     {"cache", "cache", Kind::Text, ModelDefault::None, "none", "caching policy: none | static | pab | adacache | teacache | fbcache | blockcache",
      [](VideoJob& j, const nlohmann::json& v) { j.cache = v; }},
@@ -108,12 +116,22 @@ std::string shown(const Setting& s, const ShownDefaults& d) {
     case ModelDefault::Steps: os << m.steps; break;
     case ModelDefault::Fps: os << m.fps; break;
     case ModelDefault::Guidance: os << m.cfg_scale; break;
+    case ModelDefault::Guidance2:
+      if (std::isnan(m.cfg_scale_2)) return "none: a one-expert model";
+      os << m.cfg_scale_2;
+      break;
+    case ModelDefault::Boundary:
+      if (!d.outline || d.outline->experts < 2) return "none: a one-expert model";
+      os << d.outline->expert_boundary;
+      break;
     case ModelDefault::Sampler: os << m.sampler; break;
     case ModelDefault::FlowShift: os << m.flow_shift << (m.flow_shift == 0 ? " (none)" : ""); break;
     default: break;
   }
   return os.str() + ", " + who + "'s";
 }
+
+nlohmann::json from_json(const Setting& s, const nlohmann::json& v);
 
 // A command-line value as the JSON a job file would hold, checked by the same rules.
 nlohmann::json from_text(const Setting& s, const std::string& text) {
@@ -159,9 +177,13 @@ nlohmann::json from_text(const Setting& s, const std::string& text) {
       return v;
     }
     case Kind::Sampler:
-      if (text != "rflow" && text != "ddim" && text != "unipc")
-        fail(name, ": unknown sampler '", text, "' (known: rflow, ddim, unipc)");
-      return text;
+    case Kind::SigmaGrid:
+      return from_json(s, text);
+    case Kind::Boundary: {
+      const double v = number();
+      if (!(v > 0 && v < 1000)) fail(name, " must be a timestep in (0, 1000), got ", text);
+      return v;
+    }
     default:
       return text;
   }
@@ -189,7 +211,16 @@ nlohmann::json from_json(const Setting& s, const nlohmann::json& v) {
         fail(name, " must be a number >= 0 (0: no shift)");
       return v;
     case Kind::Sampler:
-      if (!v.is_string() || (v != "rflow" && v != "ddim" && v != "unipc")) fail(name, " must be rflow, ddim or unipc");
+    case Kind::SigmaGrid: {
+      const auto& names = s.kind == Kind::Sampler ? sampler_names() : sampler_grid_names();
+      std::string known;
+      for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+      if (!v.is_string() || std::find(names.begin(), names.end(), v.get<std::string>()) == names.end())
+        fail(name, " must be one of ", known, v.is_string() ? ", not '" + v.get<std::string>() + "'" : "");
+      return v;
+    }
+    case Kind::Boundary:
+      if (!v.is_number() || !(v.get<double>() > 0 && v.get<double>() < 1000)) fail(name, " must be a timestep in (0, 1000)");
       return v;
     case Kind::CacheOpts: {
       std::vector<std::string> items;
@@ -234,6 +265,7 @@ ShownDefaults shown_defaults(const std::vector<std::string>& args) {
     const ModelOutline outline = mo.model_dir.empty() ? builtin_outline(mo.config_name) : read_outline(mo.model_dir);
     d.model = mo.model_dir.empty() ? mo.config_name : mo.model_dir;
     d.sampling = family_of(outline).sampling(outline);
+    d.outline = outline;
   } catch (const std::exception&) {
     // --help must work with a model it cannot read: its defaults are then "the model's".
   }

@@ -19,6 +19,7 @@ namespace po = boost::program_options;
 struct ShownDefaults {
   std::string model;                        // "models/ditto-demo", "random:stdit3-tiny", or empty
   std::optional<SamplingDefaults> sampling;  // empty: the model could not be read; help says "the model's"
+  std::optional<ModelOutline> outline;
 };
 // The defaults of the model that `args` name (--model DIR or --config NAME; the shipped demo when
 // neither): read from its config alone, never an Error.
