@@ -246,3 +246,22 @@ TEST(FlowUniPC, MatchesDiffusersSchedulerStepByStep) {
   EXPECT_TRUE(at::equal(x, y));
   EXPECT_THROW(sampler->step(3, y, y), Error);  // steps run in order
 }
+
+TEST(FlowUniPC, Diffusers037GridGivesItsTimesteps) {
+  // diffusers 0.37's UniPCMultistepScheduler with use_flow_sigmas, flow_shift 3, 6 steps (measured in
+  // ../shared/reference/wan_and_pipelines.md section 2); the official grid gives 999, 937, 856, 749, 599, 374.
+  SamplerOptions o;
+  o.name = "unipc", o.steps = 6, o.shift = 3.0, o.grid = "diffusers-0.37";
+  auto s = make_sampler(o);
+  EXPECT_EQ(s->timesteps(), (std::vector<float>{999, 937, 857, 750, 600, 376}));
+  // sigma_0 = shift(1) lowered by 1e-6 (float32), then 0 at the end.
+  const auto& sigmas = dynamic_cast<FlowUniPC&>(*s).sigmas();
+  EXPECT_FLOAT_EQ(sigmas.front(), static_cast<float>(1.0 - 1e-6));
+  EXPECT_EQ(sigmas.back(), 0.0f);
+  o.grid = "official";
+  EXPECT_EQ(make_sampler(o)->timesteps(), (std::vector<float>{999, 937, 856, 749, 599, 374}));
+  o.grid = "linspace";
+  EXPECT_THROW(make_sampler(o), Error);
+  o.name = "rflow", o.grid = "diffusers-0.37";
+  EXPECT_THROW(make_sampler(o), Error);  // the grid is unipc's
+}

@@ -4,7 +4,10 @@
 // runner on one rank.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <fstream>
+#include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "cache/cache_runner.h"
@@ -200,4 +203,142 @@ TEST(Wan, ProfileThenBlockCacheAndGuidedRandomCaptionsFromTheCommandLine) {
   EXPECT_DOUBLE_EQ(m["cache"]["compute_fraction"].get<double>(), schedule["compute_fraction"].get<double>());
   EXPECT_EQ(m["run"]["sampler"], "unipc");
   EXPECT_EQ(m["run"]["cfg_scale"], 5.0);
+}
+
+namespace {
+
+const std::string kWanA2 = std::string(DITTO_SOURCE_DIR) + "/tests/fixtures/wan_tiny_a2";
+
+// The pipeline runs' shared inputs (make_wan_pipeline_fixtures.py): latents, caption and negative
+// caption (zero-padded rows included: Wan attends to them).
+VideoRequest pipeline_request(const std::map<std::string, at::Tensor>& f, double cfg) {
+  VideoRequest req;
+  req.z0 = f.at("latents");
+  req.caption_y = f.at("prompt_embeds").unsqueeze(1);
+  req.caption_mask = at::ones({1, 8}, at::kLong);
+  req.negative_y = f.at("negative_prompt_embeds").unsqueeze(1);
+  req.negative_mask = at::ones({1, 8}, at::kLong);
+  req.cfg_scale = cfg;
+  return req;
+}
+
+std::vector<float> as_vector(const at::Tensor& t) {
+  const at::Tensor c = t.to(at::kFloat).contiguous();
+  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+}
+
+}  // namespace
+
+TEST(WanPipeline, GuidedUniPCAndEulerSamplingMatchDiffusersWanPipeline) {
+  const auto f = load_safetensors(kWanA2 + "/pipeline_runs.safetensors");
+  const auto model = load_dit(kWan, at::TensorOptions().dtype(at::kFloat));
+  SamplerOptions so;
+  so.name = "unipc", so.steps = 6, so.shift = 3.0;
+  auto unipc = make_sampler(so);
+  EXPECT_EQ(unipc->timesteps(), as_vector(f.at("wan21_unipc_timesteps")));
+  const at::Tensor z = sample_video(*model, *unipc, pipeline_request(f, 5.0), {});
+  std::cout << "wan21 unipc cfg: relative error " << rel_err(z, f.at("wan21_unipc")) << "\n";
+  EXPECT_LT(rel_err(z, f.at("wan21_unipc")), 2e-6);
+
+  // Euler on diffusers' grid: timesteps unrounded, the low end shifted twice (1000 ... 8.929 at shift 3).
+  so.name = "euler", so.steps = 5;
+  auto euler = make_sampler(so);
+  const std::vector<float> expected = as_vector(f.at("wan21_euler_timesteps"));
+  ASSERT_EQ(euler->timesteps().size(), expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) EXPECT_FLOAT_EQ(euler->timesteps()[i], expected[i]) << i;
+  const at::Tensor ze = sample_video(*model, *euler, pipeline_request(f, 5.0), {});
+  std::cout << "wan21 euler cfg: relative error " << rel_err(ze, f.at("wan21_euler")) << "\n";
+  EXPECT_LT(rel_err(ze, f.at("wan21_euler")), 2e-6);
+  EXPECT_GT(rel_err(ze, z), 1e-2);  // a different sampler lands elsewhere: the comparison can fail
+}
+
+TEST(WanPipeline, TwoExpertsSwitchAtTheBoundaryWithTheirOwnGuidanceAsDiffusers) {
+  const auto f = load_safetensors(kWanA2 + "/pipeline_runs.safetensors");
+  const ModelOutline outline = read_outline(kWanA2);
+  EXPECT_EQ(outline.experts, 2);
+  EXPECT_DOUBLE_EQ(outline.expert_boundary, 875.0);
+  const auto model = load_dit(kWanA2, at::TensorOptions().dtype(at::kFloat));
+  SamplerOptions so;
+  so.name = "unipc", so.steps = 6, so.shift = 3.0;
+  auto sampler = make_sampler(so);
+  // 999, 937 | 856, ...: two steps on the high-noise expert, four on the low-noise one.
+  EXPECT_EQ(experts_per_step(outline, sampler->timesteps(), NAN), (std::vector<int>{0, 0, 1, 1, 1, 1}));
+  EXPECT_EQ(experts_per_step(outline, sampler->timesteps(), 700), (std::vector<int>{0, 0, 0, 0, 1, 1}));
+  for (const auto& [run, boundary] : std::vector<std::pair<std::string, double>>{{"wan22_unipc", NAN}, {"wan22_b700", 700}}) {
+    VideoRequest req = pipeline_request(f, 4.0);
+    req.cfg_scale_2 = 3.0;
+    req.experts = experts_per_step(outline, sampler->timesteps(), boundary);
+    const at::Tensor z = sample_video(*model, *sampler, req, {});
+    std::cout << run << ": relative error " << rel_err(z, f.at(run)) << "\n";
+    EXPECT_LT(rel_err(z, f.at(run)), 2e-6) << run;
+  }
+  // Each expert alone is not the reference: the switch and the second guidance matter.
+  VideoRequest one = pipeline_request(f, 4.0);
+  one.cfg_scale_2 = 4.0;
+  one.experts = experts_per_step(outline, sampler->timesteps(), NAN);
+  EXPECT_GT(rel_err(sample_video(*model, *sampler, one, {}), f.at("wan22_unipc")), 1e-3);
+
+  // Wan 2.2's official layout (high_noise_model/ + low_noise_model/) loads the same two experts.
+  const std::string dir = temp_dir();
+  ASSERT_EQ(::symlink((kWan).c_str(), (dir + "/high_noise_model").c_str()), 0);
+  ASSERT_EQ(::symlink((kWanA2 + "/transformer_2").c_str(), (dir + "/low_noise_model").c_str()), 0);
+  EXPECT_EQ(read_outline(dir).experts, 2);
+  VideoRequest req = pipeline_request(f, 4.0);
+  req.cfg_scale_2 = 3.0;
+  req.experts = experts_per_step(read_outline(dir), sampler->timesteps(), NAN);
+  const auto official = load_dit(dir, at::TensorOptions().dtype(at::kFloat));
+  EXPECT_LT(rel_err(sample_video(*official, *sampler, req, {}), f.at("wan22_unipc")), 2e-6);
+
+  // A one-expert model refuses a second guidance; a pipeline index naming a missing expert is an Error.
+  const auto single = load_dit(kWan, at::TensorOptions().dtype(at::kFloat));
+  VideoRequest bad = pipeline_request(f, 4.0);
+  bad.cfg_scale_2 = 3.0;
+  EXPECT_THROW(sample_video(*single, *sampler, bad, {}), Error);
+  const std::string broken = temp_dir();
+  ASSERT_EQ(::symlink(kWan.c_str(), (broken + "/transformer").c_str()), 0);
+  std::ofstream(broken + "/model_index.json") << R"({"_class_name": "WanPipeline", "boundary_ratio": 0.875})";
+  try {
+    read_outline(broken);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("transformer_2"), std::string::npos) << e.what();
+  }
+}
+
+TEST(WanPipeline, CacheStartsOverAtTheExpertSwitch) {
+  const auto model = random_dit("wan2.2-tiny", 4, at::TensorOptions().dtype(at::kFloat));
+  EXPECT_EQ(model->outline().experts, 2);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  VideoRequest req;
+  req.z0 = at::randn({1, 4, 3, 4, 6}, gen, at::kFloat);
+  req.caption_y = at::randn({1, 1, 8, 16}, gen, at::kFloat);
+  req.caption_mask = at::ones({1, 8}, at::kLong);
+  add_benchmark_unconditional(req, *model);
+  req.cfg_scale = 4.0, req.cfg_scale_2 = 3.0;
+  SamplerOptions so;
+  so.name = "unipc", so.steps = 6, so.shift = 3.0;
+  auto sampler = make_sampler(so);
+  req.experts = experts_per_step(model->outline(), sampler->timesteps(), NAN);
+  ASSERT_EQ(req.experts, (std::vector<int>{0, 0, 1, 1, 1, 1}));
+  // static interval 2 counts each expert's steps from 1: high C C | low C R C C. Over one model's six
+  // steps it would be C R C R C C.
+  auto policy = make_cache_policy("static", {{"interval", "2"}}, policy_context(*model, so.steps));
+  CacheRunner runner(*model, *policy, nullptr);
+  runner.begin_video(sampler->timesteps(), req.experts);
+  sample_video(*model, *sampler, req, {}, nullptr, runner.token_forward());
+  std::vector<std::string> modes;
+  std::vector<int> experts;
+  const nlohmann::json report = runner.report();
+  for (const auto& d : report["decisions"]) {
+    modes.push_back(d["mode"]);
+    experts.push_back(d["expert"]);
+  }
+  EXPECT_EQ(modes, (std::vector<std::string>{"compute", "compute", "compute", "reuse", "compute", "compute"}));
+  EXPECT_EQ(experts, (std::vector<int>{1, 1, 2, 2, 2, 2}));
+  // Block caching's schedules span one model's steps: refused on a model of experts.
+  EXPECT_THROW(make_cache_policy("blockcache", {{"schedule", "x.json"}}, policy_context(*model, so.steps)), Error);
+  // Without the per-step experts the sampler refuses a model of experts.
+  VideoRequest no_experts = req;
+  no_experts.experts.clear();
+  EXPECT_THROW(sample_video(*model, *sampler, no_experts, {}), Error);
 }
