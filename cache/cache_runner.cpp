@@ -25,9 +25,10 @@ void CacheRunner::begin_segment(int step) {
   int end = step;
   while (end < static_cast<int>(timesteps_.size()) && (experts_.empty() || experts_[end] == experts_[step])) ++end;
   segment_begin_ = step;
-  policy_.reset(std::vector<float>(timesteps_.begin() + step, timesteps_.begin() + std::max(end, step)));
+  policy_.begin_segment(step, static_cast<int>(timesteps_.size()),
+                        std::vector<float>(timesteps_.begin() + step, timesteps_.begin() + std::max(end, step)));
   unit_cache_.assign(model_.unit_count(), at::Tensor());
-  stack_residual_ = metric_residual_ = at::Tensor();
+  stack_residual_ = metric_residual_ = output_delta_ = at::Tensor();
 }
 
 void CacheRunner::count_unit(int unit, bool computed) {
@@ -101,6 +102,20 @@ at::Tensor CacheRunner::forward(const at::Tensor& tokens, int64_t begin, const D
   step_log_ = {{"step", global_step + 1}};
   if (!experts_.empty() && model_.outline().experts > 1) step_log_["expert"] = experts_[global_step] + 1;
   last_units_ = 0;
+  // Output reuse decides from the input alone, before anything of the model runs.
+  if (plan.mode == StepMode::Probe && policy_.probe() == ProbeKind::Input) {
+    coordinate(tokens, step);
+    if (!policy_.probe_says_compute()) {
+      if (!output_delta_.defined())
+        fail("cache policy '", policy_.name(), "' reused the output at step ", global_step + 1, " before computing it");
+      for (int u = 0; u < units; ++u) count_unit(u, false);
+      step_log_["mode"] = "reuse-output";
+      step_log_["units"] = 0;
+      log_.push_back(step_log_);
+      return tokens + output_delta_;
+    }
+    plan.mode = StepMode::Compute;
+  }
   at::Tensor x = model_.embed(tokens, begin, c);
   int first = 0;  // the first unit of the skippable part
   if (plan.mode == StepMode::Probe) {
@@ -131,7 +146,15 @@ at::Tensor CacheRunner::forward(const at::Tensor& tokens, int64_t begin, const D
   }
   step_log_["units"] = last_units_;
   log_.push_back(step_log_);
-  return model_.head(x, c);
+  at::Tensor out = model_.head(x, c);
+  if (policy_.reuses_output()) {
+    if (out.sizes() != tokens.sizes())
+      fail("cache policy '", policy_.name(), "' reuses the model's output minus its input, but this model's output tokens ",
+           out.sizes(), " are not its input's ", tokens.sizes(), " (learned-sigma channels): use another policy");
+    policy_.observe_output(tokens, out, step);
+    output_delta_ = out - tokens;
+  }
+  return out;
 }
 
 nlohmann::json CacheRunner::report() const {

@@ -67,6 +67,7 @@ class CacheRunner {
   std::vector<UnitInfo> costs_;          // this video's units with their FLOPs and bytes (set at its first step)
   std::vector<at::Tensor> unit_cache_;  // per unit (policies that reuse single units)
   at::Tensor stack_residual_;           // x_out - x_in of the skippable part of the stack
+  at::Tensor output_delta_;             // output - input tokens of the last computed step (output reuse)
   at::Tensor metric_residual_;
   int last_units_ = 0;
   int64_t units_computed_ = 0, units_total_ = 0, bytes_saved_ = 0;

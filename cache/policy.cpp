@@ -1,6 +1,7 @@
 // Cache policy registry and option parsing.
 #include "cache/policy.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <fstream>
@@ -12,6 +13,7 @@
 
 #include "cache/adacache.h"
 #include "cache/block_schedule.h"
+#include "cache/output_policies.h"
 #include "cache/schedule_policies.h"
 #include "cache/threshold_policies.h"
 #include "model/error.h"
@@ -66,7 +68,7 @@ PolicyOptions parse_policy_options(const std::vector<std::string>& items) {
 }
 
 std::vector<std::string> cache_policy_names() {
-  return {"none", "static", "pab", "adacache", "teacache", "fbcache", "blockcache"};
+  return {"none", "static", "pab", "adacache", "teacache", "fbcache", "blockcache", "magcache", "easycache"};
 }
 
 namespace {
@@ -239,6 +241,23 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
   if (name == "fbcache") {
     Options opt(name, o, {"threshold"});
     return std::make_unique<FirstBlockCachePolicy>(opt.num("threshold", defaults.fbcache_threshold));
+  }
+  if (name == "magcache") {
+    Options opt(name, o, {"threshold", "K", "retention", "ratios"});
+    const std::string source = opt.str("ratios", defaults.magcache_ratios);
+    if (source.empty())
+      fail("magcache: this model has no published magnitude ratios; calibrate them with `ditto profile` (it writes "
+           "magcache.json) and give ratios=FILE");
+    const auto published = MagnitudeRatios::published_names();
+    MagnitudeRatios ratios = std::find(published.begin(), published.end(), source) != published.end()
+                                 ? MagnitudeRatios::published(source)
+                                 : MagnitudeRatios::load(source);
+    return std::make_unique<MagCachePolicy>(std::move(ratios), opt.num("threshold", 0.12), opt.integer("K", 2),
+                                            opt.num("retention", 0.2));
+  }
+  if (name == "easycache") {
+    Options opt(name, o, {"threshold", "warmup"});
+    return std::make_unique<EasyCachePolicy>(opt.num("threshold", 0.05), opt.integer("warmup", 10));
   }
   if (name == "blockcache") {
     Options opt(name, o, {"schedule", "calibration"});

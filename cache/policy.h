@@ -48,6 +48,7 @@ enum class ProbeKind {
   None,
   TeaCache,    // the model's TeaCache signal (DiT::probe) of the embedded input
   FirstBlock,  // first-block cache: the residual of the first block (computed every step)
+  Input,       // the step's input tokens, before the model runs (EasyCache)
 };
 
 // Options of a policy as given on the command line: key -> value.
@@ -60,12 +61,20 @@ class CachePolicy {
   virtual nlohmann::json params() const = 0;
   // A new video: the sampler's real step count and timesteps. Forgets every state.
   virtual void reset(const std::vector<float>& timesteps) = 0;
+  // A model of experts restarts the policy at each switch: the steps [first_step, first_step +
+  // timesteps.size()) of a run of run_steps, counted from 0 by plan() and the rest. Default: reset().
+  virtual void begin_segment(int first_step, int run_steps, const std::vector<float>& timesteps) { reset(timesteps); }
   // Steps are 0-based here; user-facing step numbers in options and logs are 1-based.
   virtual StepPlan plan(int step) = 0;
   // True if reused units need their own cached residuals.
   virtual bool reuses_units() const { return false; }
   // True if the policy may reuse the whole stack (the runner then keeps the stack residual).
   virtual bool reuses_stack() const { return false; }
+  // True if the policy may skip the whole model (ProbeKind::Input says so before anything runs): the
+  // output is the input plus the last computed step's output minus its input.
+  virtual bool reuses_output() const { return false; }
+  // Policies that reuse the output see every computed step's input and output (this rank's shard).
+  virtual void observe_output(const at::Tensor& input, const at::Tensor& output, int step) {}
 
   // --- adaptive policies ---
   // Policies with per-unit metrics see every computed unit's residual (this rank's shard), then
@@ -95,7 +104,7 @@ class CachePolicy {
   virtual nlohmann::json log_entry(int step) const { return nlohmann::json::object(); }
 };
 
-// `none`, `static`, `pab`, `adacache`, `teacache`, `fbcache`, `blockcache`; unknown names or options
+// `none`, `static`, `pab`, `adacache`, `teacache`, `fbcache`, `blockcache`, `magcache`, `easycache`; unknown names or options
 // are an Error that lists what is known.
 std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const PolicyOptions& options,
                                                const PolicyContext& context);

@@ -1,7 +1,7 @@
 // `ditto profile`: runs the model uncached over prompts x seeds, records every unit's relative
 // residual change per step, L1rel(i, t) = ||o_t - o_{t-1}||_1 / ||o_t||_1, averages it over the runs,
-// and writes the curves (JSON, CSV, a units x steps heatmap PNG) and a Block Caching schedule per
-// threshold delta. Runs under mpirun like sample: sequence/CFG-parallel groups, data-parallel groups
+// and writes the curves (JSON, CSV, a units x steps heatmap PNG), a Block Caching schedule per
+// threshold delta and MagCache's magnitude ratios of the block stack's residual. Runs under mpirun like sample: sequence/CFG-parallel groups, data-parallel groups
 // split the runs; the sums are exact over shards (all-reduced), so every layout profiles alike.
 #include <cstdio>
 #include <fstream>
@@ -10,6 +10,7 @@
 
 #include "cache/block_schedule.h"
 #include "cache/cache_runner.h"
+#include "cache/output_policies.h"
 #include "dist/mpi_communicator.h"
 #include "launcher/commands.h"
 #include "pipeline/model_options.h"
@@ -38,7 +39,7 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("sp", po::value(&sp)->default_value(1), "sequence-parallel ranks per video")
     ("cfg-parallel", po::value(&cfg_parallel)->default_value(1), "2: conditional and unconditional branch on two ranks")
     ("comm", po::value(&comm_name)->default_value("auto"), "communication backend: auto | mpi | nccl")
-    ("out", po::value(&out_dir)->default_value("profile"), "output directory: curves.json, curves.csv, heatmap.png, schedule-delta-D.json")
+    ("out", po::value(&out_dir)->default_value("profile"), "output directory: curves.json, curves.csv, heatmap.png, schedule-delta-D.json (Block Caching), magcache.json (MagCache's ratios)")
     ("quiet", po::bool_switch(&quiet), "no progress output");
   // clang-format on
   const std::vector<std::string> video_flags = {"steps", "cfg-scale", "cfg-scale-2", "expert-boundary", "frames",
@@ -78,6 +79,10 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const int units = model->unit_count(), steps = base.steps;
   // Sum over this group's runs of each run's L1rel(unit, step).
   at::Tensor curve_sum = at::zeros({units, steps}, at::kDouble);
+  // MagCache's magnitude ratios: per branch (conditional, unconditional) and step, the sum over this
+  // group's runs of each run's mean over tokens of ||r_t|| / ||r_{t-1}|| (r the block stack's residual).
+  at::Tensor ratio_sum = at::zeros({2, steps}, at::kDouble), ratio_runs = at::zeros({2, steps}, at::kDouble);
+  const int cfg_rank = wl.cfg > 1 ? cfg_comm->rank() : 0;
   std::vector<float> timesteps;
   const int runs = prompts * seeds;
   const bool talk = !quiet && mpi.rank() == 0;
@@ -93,6 +98,7 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
     const auto sum_options = options.dtype(at::kDouble);
     at::Tensor num = at::zeros({units, steps}, sum_options), den = at::zeros({units, steps}, sum_options);
     std::vector<at::Tensor> prev(units);
+    MagnitudeProfiler magnitudes(units, steps, cfg_rank, sum_options);
     RenderedVideo v = render_video(*model, mo.model_dir, model_source(mo), options, wl, job,
                                    {sp_comm.get(), cfg_comm.get(), groups.video.get(), backend}, nullptr,
                                    [&](CacheRunner& runner) {
@@ -103,6 +109,7 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
                                          den[unit][step] = cur.abs().sum(at::kDouble);
                                        }
                                        prev[unit] = cur;
+                                       magnitudes.observe(unit, step, cur);
                                      });
                                    });
     num = num.cpu();
@@ -110,12 +117,19 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
     groups.video->all_reduce(num, ReduceOp::Sum);
     groups.video->all_reduce(den, ReduceOp::Sum);
     curve_sum += at::where(den > 0, num / den.clamp_min(1e-300), at::zeros_like(num));
+    at::Tensor mag_sum = magnitudes.sums().cpu(), mag_count = magnitudes.counts().cpu();
+    groups.video->all_reduce(mag_sum, ReduceOp::Sum);
+    groups.video->all_reduce(mag_count, ReduceOp::Sum);
+    ratio_sum += at::where(mag_count > 0, mag_sum / mag_count.clamp_min(1), at::zeros_like(mag_sum));
+    ratio_runs += (mag_count > 0).to(at::kDouble);
     if (timesteps.empty()) timesteps = v.metrics["timesteps"].get<std::vector<float>>();
     if (talk) std::cerr << "profile run " << run + 1 << "/" << runs << "\n";
   }
   // Every group's sums (a group's video ranks hold the same values; count each group once).
-  if (groups.video->rank() != 0) curve_sum.zero_();
+  if (groups.video->rank() != 0) curve_sum.zero_(), ratio_sum.zero_(), ratio_runs.zero_();
   world.all_reduce(curve_sum, ReduceOp::Sum);
+  world.all_reduce(ratio_sum, ReduceOp::Sum);
+  world.all_reduce(ratio_runs, ReduceOp::Sum);
   at::Tensor ts = at::tensor(timesteps.empty() ? std::vector<float>(steps, 0.f) : timesteps, at::kFloat).to(at::kDouble);
   world.all_reduce(ts, ReduceOp::Max);
 
@@ -141,6 +155,18 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
     const auto rgb = c.heatmap(12, &w, &h);
     write_png(out_dir + "/heatmap.png", w, h, rgb.data());
     if (!quiet) std::cerr << "ditto profile: wrote " << out_dir << "/curves.json, curves.csv, heatmap.png (units x steps)\n";
+    // MagCache's ratios: step 0 has none (1); an unguided run has no unconditional branch (its = the conditional's).
+    MagnitudeRatios mag;
+    for (int b = 0; b < 2; ++b)
+      for (int t = 0; t < steps; ++t) {
+        const double n = ratio_runs[b][t].item<double>();
+        (b ? mag.uncond : mag.cond).push_back(n > 0 ? ratio_sum[b][t].item<double>() / n : b && t > 0 ? mag.cond[t] : 1.0);
+      }
+    nlohmann::json mj = mag.to_json();
+    mj["source"] = c.source;
+    mj["timesteps"] = c.timesteps;
+    write_file_atomic(out_dir + "/magcache.json", [&](std::ostream& os) { os << mj.dump(2) << "\n"; });
+    if (!quiet) std::cerr << "ditto profile: wrote " << out_dir << "/magcache.json (MagCache's ratios: --cache magcache --cache-opt ratios=" << out_dir << "/magcache.json)\n";
     for (double d : deltas) {
       BlockSchedule s = derive_schedule(c, d);
       char name[64];

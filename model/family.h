@@ -39,6 +39,8 @@ struct CacheDefaults {
   std::vector<double> teacache_coefficients;       // TeaCache's rescale polynomial, highest degree first
   double teacache_threshold = 0.1;
   double fbcache_threshold = 0.08;
+  // MagCache's published magnitude ratios for the model ("" : none, calibrate with ditto profile).
+  std::string magcache_ratios;
   // Whether AdaCache's motion regularisation can run: its frame-to-frame differences must be local to
   // every rank's share of the tokens at any P (true under DSP, which keeps a position's frames together;
   // false under Ulysses, which splits the sequence across frames).

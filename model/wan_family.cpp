@@ -79,6 +79,8 @@ void register_wan_family() {
                                   ? std::vector<double>{-3.03318725e+05, 4.90537029e+04, -2.65530556e+03, 5.87365115e+01, -3.15583525e-01}
                                   : std::vector<double>{-5.21862437e+04, 9.23041404e+03, -5.28275948e+02, 1.36987616e+01, -4.99875664e-02};
     d.teacache_threshold = m.shape.hidden_size >= 5120 ? 0.14 : 0.05;
+    // MagCache4Wan2.1's tables by width; Wan 2.2's experts calibrate their own (ditto profile).
+    if (m.experts == 1) d.magcache_ratios = m.shape.hidden_size >= 5120 ? "wan2.1-t2v-14b" : "wan2.1-t2v-1.3b";
     d.moreg = false;  // Ulysses splits the token sequence across frames
     return d;
   };

@@ -6,11 +6,13 @@
 
 #include "cache/adacache.h"
 #include "cache/cache_runner.h"
+#include "cache/output_policies.h"
 #include "cache/schedule_policies.h"
 #include "cache/threshold_policies.h"
 #include "dist/video_sampler.h"
 #include "model/error.h"
 #include "model/host_sync.h"
+#include "model/family.h"
 #include "model/opensora.h"
 #include "test_util.h"
 #include "tiny_video.h"
@@ -167,8 +169,9 @@ TEST(CacheRunner, NoneIsTheUncachedModelAndStateResetsBetweenVideos) {
   so.steps = 12;
   RectifiedFlow rf(so, opensora_transform({48, 72, 51, LatentSpace::OpenSoraV12}));
   const at::Tensor reference = sample_video(m, rf, req, {});
-  for (const std::string name : {"none", "static", "pab", "adacache", "teacache", "fbcache"}) {
-    auto policy = make_cache_policy(name, {}, policy_context(m, so.steps));
+  for (const std::string name : {"none", "static", "pab", "adacache", "teacache", "fbcache", "magcache"}) {
+    const PolicyOptions options = name == "magcache" ? PolicyOptions{{"ratios", "wan2.1-t2v-1.3b"}} : PolicyOptions{};
+    auto policy = make_cache_policy(name, options, policy_context(m, so.steps));
     CacheRunner runner(m, *policy, nullptr);
     auto run = [&] {
       runner.begin_video(rf.timesteps());
@@ -248,7 +251,8 @@ TEST(CacheRunner, AStepReadsTheDeviceOncePerDecisionAndNeverOtherwise) {
   const std::vector<std::pair<std::string, PolicyOptions>> policies = {
       {"none", {}}, {"static", {}}, {"pab", {{"window", "0:1001"}}},
       {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}}}, {"adacache", {{"per", "unit"}}},
-      {"teacache", {{"threshold", "2.5"}}}, {"fbcache", {{"threshold", "0.6"}}}};
+      {"teacache", {{"threshold", "2.5"}}}, {"fbcache", {{"threshold", "0.6"}}},
+      {"magcache", {{"ratios", "wan2.1-t2v-1.3b"}}}};
   int64_t video_setup = -1;
   for (const auto& [name, options] : policies) {
     auto policy = make_cache_policy(name, options, policy_context(m, so.steps));
@@ -274,11 +278,203 @@ TEST(CacheRunner, AStepReadsTheDeviceOncePerDecisionAndNeverOtherwise) {
     if (video_setup < 0) video_setup = setup;
     EXPECT_EQ(setup, video_setup) << name;
     EXPECT_EQ(setup, 2) << name;
-    if (name == "none" || name == "static" || name == "pab") {
+    if (name == "none" || name == "static" || name == "pab" || name == "magcache") {
       EXPECT_EQ(decisions, 0) << name;
     }
     if (name == "teacache" || name == "fbcache" || options.count("per")) {
       EXPECT_EQ(decisions, so.steps) << name;
     }
   }
+}
+
+namespace {
+
+// MagCache4Wan2.1's magcache_forward for one parity, written out: calls cnt = 0 .. 2N-1 read
+// mag_ratios[cnt] (cond/uncond interleaved); the conditional calls (even cnt) decide its steps.
+std::string magcache_reference(const std::vector<double>& interleaved, int steps, double E, int K, double R) {
+  // nearest_interp of each parity to `steps` values (round half to even, as numpy).
+  std::vector<double> parity[2];
+  for (size_t i = 0; i < interleaved.size(); ++i) parity[i % 2].push_back(interleaved[i]);
+  std::vector<double> ratios;
+  for (int i = 0; i < steps; ++i)
+    for (int p = 0; p < 2; ++p) {
+      const int src = static_cast<int>(parity[p].size());
+      const double scale = steps == src ? 1.0 : static_cast<double>(src - 1) / (steps - 1);
+      ratios.push_back(parity[p][static_cast<size_t>(std::nearbyint(i * scale))]);
+    }
+  double acc_ratio[2] = {1, 1}, acc_err[2] = {0, 0};
+  int acc_steps[2] = {0, 0};
+  std::string out;
+  for (int cnt = 0; cnt < 2 * steps; ++cnt) {
+    const int p = cnt % 2;
+    bool skip = false;
+    if (cnt >= static_cast<int>(2 * steps * R)) {
+      acc_ratio[p] *= ratios[cnt];
+      acc_steps[p] += 1;
+      acc_err[p] += std::fabs(1 - acc_ratio[p]);
+      if (acc_err[p] < E && acc_steps[p] <= K) skip = true;
+      else acc_err[p] = 0, acc_steps[p] = 0, acc_ratio[p] = 1;
+    }
+    if (p == 0) out += skip ? 'r' : 'c';
+  }
+  return out;
+}
+
+std::vector<double> interleaved_of(const MagnitudeRatios& r) {
+  std::vector<double> v;
+  for (size_t i = 0; i < r.cond.size(); ++i) v.push_back(r.cond[i]), v.push_back(r.uncond[i]);
+  return v;
+}
+
+}  // namespace
+
+TEST(MagCache, PlansAsTheReferenceOnThePublishedTablesAndResampledToOtherStepCounts) {
+  for (const std::string table : {"wan2.1-t2v-1.3b", "wan2.1-t2v-14b"}) {
+    const MagnitudeRatios r = MagnitudeRatios::published(table);
+    ASSERT_EQ(r.cond.size(), 50u);
+    EXPECT_EQ(r.cond[0], 1.0);
+    for (const auto& [steps, E, K] : std::vector<std::tuple<int, double, int>>{{50, 0.12, 4}, {50, 0.24, 6}, {30, 0.12, 2}, {20, 0.06, 2}}) {
+      MagCachePolicy p(r, E, K, 0.2);
+      p.reset(steps_of(steps));
+      const std::string got = modes(p, steps), want = magcache_reference(interleaved_of(r), steps, E, K, 0.2);
+      EXPECT_EQ(got, want) << table << " " << steps << " steps";
+      EXPECT_EQ(got.substr(0, steps / 5), std::string(steps / 5, 'c'));  // the first 20% compute
+      EXPECT_NE(got.find('r'), std::string::npos) << table << " " << steps;
+    }
+  }
+  // 1.3B at E 0.12, K 4 (its README's setting) over 50 steps, worked by hand from the table.
+  MagCachePolicy p(MagnitudeRatios::published("wan2.1-t2v-1.3b"), 0.12, 4, 0.2);
+  p.reset(steps_of(50));
+  EXPECT_EQ(modes(p, 15), "ccccccccccrrrrc");  // 4 reused (K), then computed
+}
+
+TEST(MagCache, ProfilerRatiosAreTheStackResidualsPerTokenNormRatios) {
+  // Two units per step, a batch of [cond; uncond], three steps: the ratio at step t is the mean over
+  // tokens of ||r1_t + r2_t|| / ||r1_{t-1} + r2_{t-1}||, per branch (checked in float64 by loops).
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(21);
+  const int steps = 3;
+  std::vector<std::vector<at::Tensor>> r(steps);
+  MagnitudeProfiler prof(2, steps, 0, at::TensorOptions());
+  for (int t = 0; t < steps; ++t)
+    for (int u = 0; u < 2; ++u) {
+      r[t].push_back(at::randn({2, 2, 3, 5}, gen, at::kFloat));
+      prof.observe(u, t, r[t][u]);
+    }
+  for (int b = 0; b < 2; ++b)
+    for (int t = 1; t < steps; ++t) {
+      double sum = 0;
+      for (int f = 0; f < 2; ++f)
+        for (int n = 0; n < 3; ++n) {
+          double now = 0, before = 0;
+          for (int c = 0; c < 5; ++c) {
+            const double a = r[t][0][b][f][n][c].item<double>() + r[t][1][b][f][n][c].item<double>();
+            const double z = r[t - 1][0][b][f][n][c].item<double>() + r[t - 1][1][b][f][n][c].item<double>();
+            now += a * a, before += z * z;
+          }
+          sum += std::sqrt(now) / std::sqrt(before);
+        }
+      EXPECT_NEAR(prof.sums()[b][t].item<double>(), sum, 1e-6 * sum) << b << " " << t;
+      EXPECT_EQ(prof.counts()[b][t].item<double>(), 6.0);
+    }
+  EXPECT_EQ(prof.counts()[0][0].item<double>(), 0.0);  // step 0 has no previous step
+  // A batch of one is the given branch (a CFG-parallel rank's).
+  MagnitudeProfiler single(1, 2, 1, at::TensorOptions());
+  for (int t = 0; t < 2; ++t) single.observe(0, t, at::randn({1, 2, 3, 5}, gen, at::kFloat));
+  EXPECT_EQ(single.counts()[1][1].item<double>(), 6.0);
+  EXPECT_EQ(single.counts()[0][1].item<double>(), 0.0);
+}
+
+TEST(EasyCache, DecidesAsTheReferenceFromInputsAndOutputs) {
+  // The policy driven with synthetic inputs and a stand-in model against EasyCache4Wan2.1's
+  // conditional path written out with means over whole tensors.
+  const int steps = 16, warmup = 3;
+  const double threshold = 0.3;
+  EasyCachePolicy p(threshold, warmup);
+  p.reset(steps_of(steps));
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(31);
+  const at::Tensor x0 = at::randn({2, 3, 4, 8}, gen, at::kFloat), drift = at::randn({2, 3, 4, 8}, gen, at::kFloat);
+  auto model = [&](const at::Tensor& in, int s) { return at::tanh(in) * 0.7 + 0.05 * s; };
+  // Reference state.
+  at::Tensor prev_in, prev_out, prev_prev_in;
+  double k = NAN, acc = 0;
+  std::string want, got;
+  auto mean = [](const at::Tensor& t) { return t.abs().to(at::kDouble).mean().item<double>(); };
+  for (int s = 0; s < steps; ++s) {
+    const at::Tensor in = x0 + drift * (0.02 * s * s);
+    // reference decision
+    bool calc = true;
+    if (s < warmup || s >= steps - 1) {
+      acc = 0;
+    } else if (prev_in.defined() && prev_out.defined() && !std::isnan(k)) {
+      acc += k * (mean(in - prev_in) / mean(prev_out));
+      if (acc < threshold) calc = false;
+      else acc = 0;
+    }
+    prev_in = in;
+    want += calc ? 'c' : 'r';
+    // the policy's
+    p.apply(p.decide(p.local_sums(in, s), s), s);
+    got += p.probe_says_compute() ? 'c' : 'r';
+    if (calc) {
+      const at::Tensor out = model(in, s);
+      if (prev_out.defined() && prev_prev_in.defined()) k = mean(out - prev_out) / mean(in - prev_prev_in);
+      prev_prev_in = in;
+      prev_out = out;
+    }
+    if (p.probe_says_compute()) p.observe_output(in, model(in, s), s);
+  }
+  EXPECT_EQ(got, want);
+  EXPECT_NE(want.find('r'), std::string::npos) << want;  // the case reuses steps
+  EXPECT_EQ(want.substr(0, warmup), std::string(warmup, 'c'));
+  EXPECT_EQ(want.back(), 'c');
+}
+
+TEST(EasyCache, AReusedStepReturnsItsInputPlusTheLastComputedChange) {
+  // Through the runner on a tiny Wan: every reused step's output is exactly its input plus the last
+  // computed step's output minus input; a learned-sigma model (output wider than input) is refused.
+  const auto m = random_dit("wan-tiny", 3, at::TensorOptions().dtype(at::kDouble));
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  VideoRequest req;
+  req.z0 = at::randn({1, 4, 3, 4, 6}, gen, at::kDouble);
+  req.caption_y = at::randn({1, 1, 8, 16}, gen, at::kFloat);
+  req.caption_mask = at::ones({1, 8}, at::kLong);
+  req.cfg_scale = 1.0;
+  SamplerOptions so;
+  so.name = "unipc", so.steps = 12, so.shift = 3.0;
+  auto sampler = make_sampler(so);
+  auto policy = make_cache_policy("easycache", {{"threshold", "1.5"}, {"warmup", "2"}}, policy_context(*m, so.steps));
+  CacheRunner runner(*m, *policy, nullptr);
+  runner.begin_video(sampler->timesteps());
+  at::Tensor last_in, last_out;
+  int reused = 0;
+  TokenForward fwd = [&](const at::Tensor& t, int64_t b, const DiTContext& c, AttentionSeam* s, int step) {
+    const at::Tensor out = runner.forward(t, b, c, s, step);
+    if (runner.last_step_units() == 0) {
+      ++reused;
+      EXPECT_TRUE(at::equal(out, t + (last_out - last_in))) << "step " << step + 1;
+    } else {
+      last_in = t, last_out = out;
+    }
+    return out;
+  };
+  sample_video(*m, *sampler, req, {}, nullptr, fwd);
+  EXPECT_GT(reused, 0);
+  EXPECT_EQ(runner.report()["units_computed"].get<int>(), (so.steps - reused) * m->unit_count());
+
+  const STDiT3Config c = builtin_config("stdit3-tiny");  // learned sigma: 8 output channels for 4
+  STDiT3 s3 = STDiT3::random(c, 3, at::TensorOptions().dtype(at::kFloat));
+  auto ec = make_cache_policy("easycache", {}, policy_context(s3, 4));
+  CacheRunner r3(s3, *ec, nullptr);
+  SamplerOptions o4;
+  o4.steps = 4;
+  RectifiedFlow rf(o4, nullptr);
+  r3.begin_video(rf.timesteps());
+  try {
+    sample_video(s3, rf, ditto::test::tiny_video_request(4, 48, 72), {}, nullptr, r3.token_forward());
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("learned-sigma"), std::string::npos) << e.what();
+  }
+  // MagCache needs ratios: STDiT3 has no published table.
+  EXPECT_THROW(make_cache_policy("magcache", {}, policy_context(s3, 4)), Error);
 }

@@ -10,6 +10,7 @@
 #include "dist/parallel_layout.h"
 #include "dist/video_sampler.h"
 #include "model/error.h"
+#include "model/family.h"
 #include "model/opensora.h"
 #include "model/layers.h"
 #include "model/stdit3.h"
@@ -347,7 +348,7 @@ void check_coordinated_caching(const DiT& m, const VideoRequest& req, Sampler& r
       EXPECT_EQ(repp["decisions"][i]["mode"], rep1["decisions"][i]["mode"]) << name << " step " << i + 1;
       EXPECT_EQ(repp["decisions"][i]["units"], rep1["decisions"][i]["units"]) << name << " step " << i + 1;
       // A reused stack issues no all-to-all (first-block cache still runs its probe, the first block).
-      if (P > 1 && rep1["decisions"][i]["mode"] == "reuse") {
+      if (P > 1 && (rep1["decisions"][i]["mode"] == "reuse" || rep1["decisions"][i]["mode"] == "reuse-output")) {
         EXPECT_EQ(a2a[i], name == "fbcache" ? a2a_per_probe : 0) << name << " step " << i + 1;
       }
       if (P > 1 && rep1["decisions"][i]["mode"] == "compute") {
@@ -390,7 +391,8 @@ TEST(CoordinatedCaching, EveryPolicyDecidesAndSamplesAsOneRank) {
       {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}, {"moreg", "1"}}},
       {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}, {"per", "unit"}}},
       {"teacache", {{"threshold", "2.5"}}},
-      {"fbcache", {{"threshold", "0.6"}}}};
+      {"fbcache", {{"threshold", "0.6"}}},
+      {"magcache", {{"ratios", "wan2.1-t2v-1.3b"}, {"threshold", "0.3"}}}};
   check_coordinated_caching(m, req, rf, so.steps, policies, 2 * c.depth, 2);
 }
 
@@ -413,7 +415,9 @@ TEST(CoordinatedCaching, EveryPolicyOnWanUnderUlyssesDecidesAndSamplesAsOneRank)
       {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}}},  // no MoReg on Wan (its frames span ranks)
       {"adacache", {{"codebook", "0.5:3/1.5:2/100:1"}, {"per", "unit"}}},
       {"teacache", {{"threshold", "0.5"}, {"coefficients", "1/0"}}},
-      {"fbcache", {{"threshold", "0.6"}}}};
+      {"fbcache", {{"threshold", "0.6"}}},
+      {"magcache", {{"threshold", "0.3"}}},
+      {"easycache", {{"threshold", "1.5"}, {"warmup", "2"}}}};
   check_coordinated_caching(m, req, *sampler, so.steps, policies, 2 * c.num_layers, 2);
   EXPECT_THROW(make_cache_policy("adacache", {{"moreg", "1"}}, policy_context(m, so.steps)), Error);
 }
@@ -466,4 +470,45 @@ TEST(Ulysses, WanForwardAndSamplingMatchOneRankAndMoveTheAnalyticBytes) {
     EXPECT_LT(ditto::test::rel_err(sample_video(m, *sampler, req, {g.sp.get(), g.cfg.get()}), one), 1e-5)
         << "cfg 2 x sp " << P / 2;
   }
+}
+
+TEST(Ulysses, AModelOfTwoExpertsSamplesAsOneRankWithItsCacheRestartingAtTheSwitch) {
+  // Wan 2.2's two experts (two heads each: Ulysses pairs) switching at t = 875, guided 4 / 3, with
+  // TeaCache coordinated over the pair: the latent and every decision as on one rank.
+  const int P = world().size(), r = world().rank();
+  const auto m = random_dit("wan2.2-tiny", 17, kF32);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(18);
+  VideoRequest req = wan_request(gen);
+  add_benchmark_unconditional(req, *m);
+  req.cfg_scale = 4.0, req.cfg_scale_2 = 3.0;
+  SamplerOptions so;
+  so.name = "unipc", so.steps = 10, so.shift = 3.0;
+  auto sampler = make_sampler(so);
+  req.experts = experts_per_step(m->outline(), sampler->timesteps(), NAN);
+  ASSERT_EQ(req.experts.front(), 0);
+  ASSERT_EQ(req.experts.back(), 1);
+  auto run = [&](const VideoGroups& g, Communicator* video) {
+    auto policy = make_cache_policy("teacache", {{"threshold", "0.5"}, {"coefficients", "1/0"}}, policy_context(*m, so.steps));
+    CacheRunner runner(*m, *policy, video);
+    runner.begin_video(sampler->timesteps(), req.experts);
+    at::Tensor z = sample_video(*m, *sampler, req, g, nullptr, runner.token_forward());
+    return std::make_pair(z, runner.report());
+  };
+  auto [z1, rep1] = run({}, nullptr);
+  if (P % 2 != 0) return;  // two heads: sequence-parallel pairs
+  const WorldLayout w = make_world_layout(P, r, 2, 1);
+  ProcessGroups g = make_process_groups(world(), w);
+  auto [z2, rep2] = run({g.sp.get(), nullptr}, g.video.get());
+  EXPECT_LT(ditto::test::rel_err(z2, z1), 1e-5);
+  ASSERT_EQ(rep2["decisions"].size(), rep1["decisions"].size());
+  bool reused = false;
+  for (size_t i = 0; i < rep1["decisions"].size(); ++i) {
+    EXPECT_EQ(rep2["decisions"][i]["mode"], rep1["decisions"][i]["mode"]) << "step " << i + 1;
+    reused = reused || rep1["decisions"][i]["mode"] == "reuse";
+    // Each expert's first step computes: the cache starts over at the switch.
+    if (i == 0 || req.experts[i] != req.experts[i - 1]) {
+      EXPECT_EQ(rep1["decisions"][i]["mode"], "compute") << "step " << i + 1;
+    }
+  }
+  EXPECT_TRUE(reused);
 }

@@ -203,6 +203,17 @@ TEST(Wan, ProfileThenBlockCacheAndGuidedRandomCaptionsFromTheCommandLine) {
   EXPECT_DOUBLE_EQ(m["cache"]["compute_fraction"].get<double>(), schedule["compute_fraction"].get<double>());
   EXPECT_EQ(m["run"]["sampler"], "unipc");
   EXPECT_EQ(m["run"]["cfg_scale"], 5.0);
+  // The profile's MagCache ratios drive --cache magcache.
+  const auto mag = nlohmann::json::parse(ditto::test::read_bytes(d + "/p/magcache.json"));
+  ASSERT_EQ(mag["ratios_cond"].size(), 6u);
+  EXPECT_EQ(mag["ratios_cond"][0], 1.0);
+  for (int t = 1; t < 6; ++t) EXPECT_GT(mag["ratios_cond"][t].get<double>(), 0.0);
+  r = ditto::test::run_ditto("sample " + model + "--random-caption 4 --steps 6 --quiet --cache magcache --cache-opt ratios=" + d +
+                             "/p/magcache.json --cache-opt threshold=5 --cache-opt retention=0.3 --out " + d + "/m");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto mm = nlohmann::json::parse(ditto::test::read_bytes(d + "/m/metrics.json"));
+  EXPECT_EQ(mm["cache"]["params"]["ratios"], d + "/p/magcache.json");
+  EXPECT_LT(mm["cache"]["compute_fraction"].get<double>(), 1.0);
 }
 
 namespace {
