@@ -45,7 +45,11 @@ std::vector<Preset> presets() {
           {"adacache slow per-unit", "adacache", {{"preset", "slow"}, {"per", "unit"}}},
           {"teacache 0.1", "teacache", {{"threshold", "0.1"}}},
           {"teacache 0.2", "teacache", {{"threshold", "0.2"}}},
-          {"fbcache 0.08", "fbcache", {{"threshold", "0.08"}}}};
+          {"fbcache 0.08", "fbcache", {{"threshold", "0.08"}}},
+          {"magcache E=0.12 K=2", "magcache", {{"threshold", "0.12"}, {"K", "2"}}},
+          {"magcache E=0.24 K=4", "magcache", {{"threshold", "0.24"}, {"K", "4"}}},
+          {"easycache 0.05", "easycache", {{"threshold", "0.05"}}},
+          {"easycache 0.1", "easycache", {{"threshold", "0.1"}}}};
 }
 
 std::vector<std::string> list_directory(const std::string& dir) {
@@ -64,7 +68,7 @@ int main(int argc, char** argv) {
   ModelOptions mo;
   int steps = 0, videos = 0, frames = 0, height = 0, width = 0;
   double cfg_scale = 0, flow_shift = -1;
-  std::string json_path, only, blockcache_dir;
+  std::string json_path, only, blockcache_dir, magcache_ratios;
   bool negative_motion = false;
   po::options_description desc("options");
   add_model_options(desc, mo);
@@ -78,6 +82,7 @@ int main(int argc, char** argv) {
     ("height", po::value(&height)->default_value(0), "height in pixels (0: model default)")
     ("width", po::value(&width)->default_value(0), "width in pixels (0: model default)")
     ("blockcache", po::value(&blockcache_dir), "also run every schedule-delta-D.json in this directory (from ditto profile), and with calibration-delta-D.safetensors (from ditto calibrate) when present")
+    ("magcache-ratios", po::value(&magcache_ratios), "MagCache's ratios for its rows (magcache.json from ditto profile; default: the model's published table)")
     ("only", po::value(&only), "run only these policies (comma-separated names; none always runs first)")
     ("negative-motion", po::bool_switch(&negative_motion), "demo prompts: guide away from the prompt with every moving object's direction reversed (a negative prompt; still prompts keep the null caption)")
     ("json", po::value(&json_path), "write the rows as JSON here");
@@ -103,12 +108,15 @@ int main(int argc, char** argv) {
     if (!width) width = defaults.width;
     const LatentShape ls = vae->latent_shape(frames, height, width);
     SamplerOptions so;
+    so.name = defaults.sampler;
     so.steps = steps;
     so.timestep_transform = defaults.timestep_transform;
     so.shift = flow_shift < 0 ? defaults.flow_shift : flow_shift;
-    RectifiedFlow rf(so, defaults.timestep_transform && family.timestep_transform
+    const std::unique_ptr<Sampler> sampler =
+        make_sampler(so, so.name == "rflow" && defaults.timestep_transform && family.timestep_transform
                              ? family.timestep_transform(outline, {frames, height, width}, options.dtype().toScalarType())
                              : TimestepTransform());
+    const std::vector<int> experts = experts_per_step(outline, sampler->timesteps(), NAN);
     MpiCommunicator world(MPI_COMM_WORLD);
     Communicator* sp = world.size() > 1 ? &world : nullptr;
 
@@ -144,6 +152,7 @@ int main(int argc, char** argv) {
       req.height = float(height);
       req.width = float(width);
       req.cfg_scale = cfg_scale;
+      if (outline.experts > 1) req.experts = experts, req.cfg_scale_2 = std::isnan(defaults.cfg_scale_2) ? cfg_scale : defaults.cfg_scale_2;
       requests.push_back(req);
     }
     std::vector<at::Tensor> reference;
@@ -178,7 +187,16 @@ int main(int argc, char** argv) {
     for (const auto& preset : all_presets) {
       if (!only.empty() && preset.policy != "none" && ("," + only + ",").find("," + preset.policy + ",") == std::string::npos)
         continue;
-      auto policy = make_cache_policy(preset.policy, preset.options, policy_context(outline, steps));
+      PolicyOptions popts = preset.options;
+      if (preset.policy == "magcache" && !magcache_ratios.empty()) popts["ratios"] = magcache_ratios;
+      std::unique_ptr<CachePolicy> policy;
+      try {
+        policy = make_cache_policy(preset.policy, popts, policy_context(outline, steps));
+      } catch (const Error& e) {  // a policy this model cannot run (MoReg under Ulysses, MagCache without ratios)
+        rows.push_back({{"policy", preset.label}, {"skipped", e.what()}});
+        if (world.rank() == 0) std::printf("| %s | n/a: %s |\n", preset.label.c_str(), e.what());
+        continue;
+      }
       CacheRunner runner(*model, *policy, sp);
       double seconds = 0, psnr_sum = 0, ssim_sum = 0, computed = 0, total = 0;
       int adherent = 0, finite = 0;
@@ -189,10 +207,10 @@ int main(int argc, char** argv) {
       std::array<int, 5> attribute_ok{};
       nlohmann::json per_video = nlohmann::json::array();  // demo: what the checker read in each video
       for (int v = 0; v < videos; ++v) {
-        runner.begin_video(rf.timesteps());
+        runner.begin_video(sampler->timesteps(), experts);
         world.barrier();
         const auto t0 = std::chrono::steady_clock::now();
-        at::Tensor z = sample_video(*model, rf, requests[v], {sp, nullptr}, nullptr, runner.token_forward());
+        at::Tensor z = sample_video(*model, *sampler, requests[v], {sp, nullptr}, nullptr, runner.token_forward());
         synchronize(options.device());
         seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         const auto rep = runner.report();

@@ -12,6 +12,7 @@
 
 #include "dist/video_sampler.h"
 #include "model/error.h"
+#include "model/family.h"
 #include "model/host_sync.h"
 #include "pipeline/model_options.h"
 #include "pipeline/timing.h"
@@ -29,7 +30,7 @@ int main(int argc, char** argv) {
   add_model_options(desc, mo);
   // clang-format off
   desc.add_options()
-    ("latent", po::value(&latent)->default_value("15x60x106"), "latent T x H x W (15x60x106: 51 frames at 480p)")
+    ("latent", po::value(&latent), "latent T x H x W (default: the model's default video, e.g. 15x60x106 for Open-Sora's 51 frames at 480p, 21x60x104 for Wan's 81 at 480 x 832)")
     ("batch", po::value(&batch)->default_value(2), "forward batch (2 = one CFG step for one video)")
     ("caption-tokens", po::value(&tokens)->default_value(0), "valid caption tokens (0: the model's maximum)")
     ("warmup", po::value(&warmup)->default_value(2), "untimed forwards (and steps) first")
@@ -41,13 +42,21 @@ int main(int argc, char** argv) {
     po::variables_map vm;
     if (!parse_command_line("bench_forward", "time one DiT forward and one sampling step", desc, {argv + 1, argv + argc}, vm))
       return 0;
-    int t = 0, h = 0, w = 0;
-    if (std::sscanf(latent.c_str(), "%dx%dx%d", &t, &h, &w) != 3) fail("--latent must be TxHxW, got '", latent, "'");
     if (batch != 1 && batch != 2) fail("--batch must be 1 or 2 (a CFG step batches two)");
     if (iters < 1 || warmup < 0) fail("--iters must be >= 1 and --warmup >= 0");
     const at::TensorOptions options = resolve_tensor_options(mo, mpi);
     const std::unique_ptr<DiT> model = load_model(mo, options);
     const DiTShape& c = model->shape();
+    const ModelFamily& family = family_of(model->outline());
+    const SamplingDefaults defaults = family.sampling(model->outline());
+    int t = 0, h = 0, w = 0;
+    if (latent.empty()) {
+      const LatentShape ls = family.vae(model->outline())->latent_shape(defaults.frames, defaults.height, defaults.width);
+      t = ls.frames, h = ls.height, w = ls.width;
+      latent = std::to_string(t) + "x" + std::to_string(h) + "x" + std::to_string(w);
+    } else if (std::sscanf(latent.c_str(), "%dx%dx%d", &t, &h, &w) != 3) {
+      fail("--latent must be TxHxW, got '", latent, "'");
+    }
     const int L = tokens > 0 ? tokens : c.caption_tokens;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);
     auto f32 = at::TensorOptions().dtype(at::kFloat);
@@ -84,13 +93,17 @@ int main(int argc, char** argv) {
     req.width = 8.0f * w;
     req.cfg_scale = batch == 2 ? 5.0 : 1.0;
     if (batch == 2) add_benchmark_unconditional(req, *model);
+    // The family's sampler on its shifted grid (the update's cost is the sampler's; the model's is the same).
     SamplerOptions so;
+    so.name = defaults.sampler;
     so.steps = warmup + iters;
-    RectifiedFlow rf(so, nullptr);
+    so.shift = defaults.flow_shift;
+    const std::unique_ptr<Sampler> sampler = make_sampler(so);
+    req.experts = experts_per_step(model->outline(), sampler->timesteps(), NAN);
     StepTimer timer(options.device());
     std::vector<int64_t> reads;
     timer.start();
-    sample_video(*model, rf, req, {}, [&](int, const at::Tensor&) {
+    sample_video(*model, *sampler, req, {}, [&](int, const at::Tensor&) {
       timer.mark();
       reads.push_back(host_reads());
     });

@@ -27,9 +27,9 @@ int main(int argc, char** argv) {
   add_model_options(desc, mo);
   // clang-format off
   desc.add_options()
-    ("frames", po::value(&frames)->default_value(51), "frames (pixels' time)")
-    ("height", po::value(&height)->default_value(240), "height in pixels")
-    ("width", po::value(&width)->default_value(426), "width in pixels")
+    ("frames", po::value(&frames)->default_value(0), "frames (pixels' time; 0: the model's default)")
+    ("height", po::value(&height)->default_value(0), "height in pixels (0: the model's default)")
+    ("width", po::value(&width)->default_value(0), "width in pixels (0: the model's default)")
     ("steps", po::value(&steps)->default_value(4), "sampling steps per P (the first is warm-up)")
     ("cfg-scale", po::value(&cfg_scale)->default_value(7.0), "guidance scale (batched CFG)")
     ("comm", po::value(&backend)->default_value("mpi"), "mpi | nccl")
@@ -43,6 +43,10 @@ int main(int argc, char** argv) {
     const std::unique_ptr<DiT> model = load_model(mo, options);
     const ModelOutline& outline = model->outline();
     const ModelFamily& family = family_of(outline);
+    const SamplingDefaults defaults = family.sampling(outline);
+    if (!frames) frames = defaults.frames;
+    if (!height) height = defaults.height;
+    if (!width) width = defaults.width;
     const LatentShape ls = family.vae(outline)->latent_shape(frames, height, width);
     const DiTShape& cfg = outline.shape;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
@@ -54,11 +58,18 @@ int main(int argc, char** argv) {
     req.height = static_cast<float>(height);
     req.width = static_cast<float>(width);
     req.cfg_scale = cfg_scale;
+    // The family's sampler (Open-Sora: rflow with its transform; Wan: UniPC on the shifted grid).
     SamplerOptions so;
+    so.name = defaults.sampler;
     so.steps = steps;
-    const bool transform = family.sampling(outline).timestep_transform && family.timestep_transform;
-    RectifiedFlow rf(so, transform ? family.timestep_transform(outline, {frames, height, width}, options.dtype().toScalarType())
+    so.shift = defaults.flow_shift;
+    so.timestep_transform = defaults.timestep_transform;
+    const bool transform = so.name == "rflow" && defaults.timestep_transform && family.timestep_transform;
+    const std::unique_ptr<Sampler> sampler =
+        make_sampler(so, transform ? family.timestep_transform(outline, {frames, height, width}, options.dtype().toScalarType())
                                    : TimestepTransform());
+    req.experts = experts_per_step(outline, sampler->timesteps(), NAN);
+    if (outline.experts > 1) req.cfg_scale_2 = cfg_scale;
 
     MpiCommunicator world(MPI_COMM_WORLD);
     std::vector<int> ps;
@@ -88,7 +99,7 @@ int main(int argc, char** argv) {
         std::vector<double> times, comm_at;
         std::vector<int64_t> bytes_at;
         auto last = std::chrono::steady_clock::now();
-        sample_video(*model, rf, req, {group.get(), nullptr}, [&](int, const at::Tensor&) {
+        sample_video(*model, *sampler, req, {group.get(), nullptr}, [&](int, const at::Tensor&) {
           synchronize(options.device());
           const auto now = std::chrono::steady_clock::now();
           times.push_back(std::chrono::duration<double>(now - last).count());
