@@ -353,3 +353,34 @@ TEST(WanPipeline, CacheStartsOverAtTheExpertSwitch) {
   no_experts.experts.clear();
   EXPECT_THROW(sample_video(*model, *sampler, no_experts, {}), Error);
 }
+
+TEST(WanPipeline, MatchesTheOfficialWanCode) {
+  // tests/fixtures/wan_tiny_a2/official_runs.safetensors: the official Wan2.1 code (wan/modules/model.py
+  // WanModel with the same weights under its names, wan/utils/fm_solvers_unipc.py, text2video.py's
+  // loop with the caption's real tokens only, cond then uncond; Wan 2.2's rule t >= 875 for two
+  // experts with guidance 4 / 3) in float32 on the CPU, attention through SDPA instead of its bf16
+  // flash kernel. See the fixture README.
+  const auto f = load_safetensors(kWanA2 + "/official_runs.safetensors");
+  const auto model = load_dit(kWan, at::TensorOptions().dtype(at::kFloat));
+  std::map<std::string, at::Tensor> seen;
+  const at::Tensor out = model->forward(fixture_inputs(at::kFloat), [&](const std::string& k, const at::Tensor& t) { seen[k] = t; });
+  std::cout << "official forward: relative error " << rel_err(out, f.at("official.out")) << "\n";
+  EXPECT_LT(rel_err(out, f.at("official.out")), 3e-6);
+  for (const char* b : {"blocks.0", "blocks.1"}) EXPECT_LT(rel_err(seen.at(b), f.at(std::string("official.") + b)), 3e-6) << b;
+
+  const auto runs = load_safetensors(kWanA2 + "/pipeline_runs.safetensors");
+  SamplerOptions so;
+  so.name = "unipc", so.steps = 6, so.shift = 3.0;
+  auto sampler = make_sampler(so);
+  EXPECT_EQ(sampler->timesteps(), as_vector(f.at("official.unipc_timesteps")));
+  const at::Tensor z = sample_video(*model, *sampler, pipeline_request(runs, 5.0), {});
+  std::cout << "official unipc cfg: relative error " << rel_err(z, f.at("official.unipc")) << "\n";
+  EXPECT_LT(rel_err(z, f.at("official.unipc")), 5e-6);
+  const auto experts = load_dit(kWanA2, at::TensorOptions().dtype(at::kFloat));
+  VideoRequest req = pipeline_request(runs, 4.0);
+  req.cfg_scale_2 = 3.0;
+  req.experts = experts_per_step(experts->outline(), sampler->timesteps(), NAN);
+  const at::Tensor z2 = sample_video(*experts, *sampler, req, {});
+  std::cout << "official experts: relative error " << rel_err(z2, f.at("official.experts")) << "\n";
+  EXPECT_LT(rel_err(z2, f.at("official.experts")), 5e-6);
+}
