@@ -21,6 +21,8 @@
 #include "demo/trainer.h"
 #include "demo/word_encoder.h"
 #include "model/error.h"
+#include "model/family.h"
+#include "model/layers.h"
 #include "model/safetensors.h"
 #include "model/sampler.h"
 #include "model/stdit3.h"
@@ -186,26 +188,32 @@ int train(const TrainOptions& o, const MpiEnv& mpi) {
   ModelOptions mo;
   mo.threads = threads;
   const at::TensorOptions options = resolve_tensor_options(mo, mpi).dtype(at::kFloat);
-  const STDiT3Config cfg = builtin_config(config_name);
-  if (cfg.latent_space != LatentSpace::Pixel || cfg.in_channels != 3)
+  const ModelFamily& family = family_for_config(config_name);
+  const ModelOutline outline = family.builtin_outline(config_name);
+  if (family.vae(outline)->name() != "pixel" || outline.shape.in_channels != 3)
     fail("ditto train makes pixel-space RGB models; config '", config_name, "' is not one");
+  if (!family.training_init || !family.from_weights || !family.save)
+    fail("ditto train cannot train the ", family.name, " family's models");
   WordEncoderConfig tc;
   tc.vocab = demo_vocabulary();
-  tc.dim = cfg.caption_channels;
-  tc.max_tokens = cfg.model_max_length;
-  // Fresh weights (Open-Sora's initialisation), or a model directory's as the start of a new run.
-  STDiT3 init = init_from.empty() ? STDiT3::training_init(cfg, seed, options) : init_from_model(init_from, cfg, seed, options);
+  tc.dim = outline.shape.caption_channels;
+  tc.max_tokens = outline.shape.caption_tokens;
+  // Fresh weights (the family's training initialisation), or a model directory's as the start of a new run.
+  if (!init_from.empty() && family.name != "stdit3") fail("--init-from starts STDiT3 demo models only");
+  std::map<std::string, at::Tensor> model_weights =
+      init_from.empty() ? family.training_init(config_name, seed, options)
+                        : init_from_model(init_from, builtin_config(config_name), seed, options).weights();
   WordEncoder text = init_from.empty() ? WordEncoder::random(tc, seed + 1, options) : WordEncoder::load(init_from, options);
   if (!init_from.empty() && (text.config().vocab != tc.vocab || text.config().dim != tc.dim ||
                              text.config().max_tokens != tc.max_tokens))
     fail("--init-from '", init_from, "': its text encoder does not match config '", config_name,
          "' (vocabulary, width or length differ)");
+  const std::map<std::string, at::Tensor> initial = model_weights;  // the fixed tensors, exported as they are
 
-  // Every trained tensor with its EMA and Adam moments (buffers rope.freqs and y_embedding stay fixed).
+  // Every trained tensor with its EMA and Adam moments (the family's buffers and tables stay fixed).
   std::vector<Trainable> params;
-  std::map<std::string, at::Tensor> model_weights = init.weights();
   for (auto& [name, t] : model_weights) {
-    if (name == "rope.freqs" || name == "y_embedder.y_embedding") continue;
+    if (family.frozen(name)) continue;
     params.push_back({"model." + name, t, t.detach().clone(), at::zeros_like(t), at::zeros_like(t), t.dim() >= 2});
   }
   for (auto& [name, t] : text.weights())
@@ -238,7 +246,10 @@ int train(const TrainOptions& o, const MpiEnv& mpi) {
   }
   AdamWSettings adamw;
   adamw.ema_decay = ema_decay;
-  STDiT3 model(cfg, model_weights);
+  const std::unique_ptr<DiT> model_ptr = family.from_weights(config_name, model_weights);
+  const DiT& model = *model_ptr;
+  const auto* stdit3 = dynamic_cast<const STDiT3*>(&model);
+  const bool reads_frame_index = stdit3 && stdit3->config().reads_frame_index();
   ::mkdir(out_dir.c_str(), 0755);
 
   auto save = [&](const std::string& path, int step, double loss) {
@@ -252,7 +263,12 @@ int train(const TrainOptions& o, const MpiEnv& mpi) {
     save_safetensors(path, t, {{"step", std::to_string(step)}, {"loss", std::to_string(loss)}, {"config", config_name}});
   };
 
-  const at::Tensor null_y = model.null_caption().detach();  // [1, 1, L, D]
+  // The caption-dropout caption: the learned null caption [1, 1, L, D] with the caption's mask, or for
+  // a model without one (Wan) the empty prompt: no valid token (all rows zero, as the pipeline's
+  // unconditional branch reads it).
+  const at::Tensor learned_null = model.null_caption();
+  const at::Tensor null_y = learned_null.defined() ? learned_null.detach().to(options) : text.empty().y.to(options);
+  auto null_mask = [&](const at::Tensor& mask) { return learned_null.defined() ? mask : at::zeros_like(mask); };
   // A batch of clips and their prompts, drawn from rng (frame_index: an image step's [n, 1]).
   // With `single_frames`, each clip is cut to one random frame of it (an image step); the model is
   // told which frame it is (where the config has a temporal position embedding).
@@ -300,31 +316,38 @@ int train(const TrainOptions& o, const MpiEnv& mpi) {
       }
     });
     out.x0 = at::stack(clips).to(options);
-    if (single_frames && model.config().reads_frame_index()) {
+    if (single_frames && reads_frame_index) {
       std::vector<int64_t> index;
       for (const Draw& d : draws) index.push_back(d.frame);
       out.frame_index = at::tensor(index).view({n, 1});
     }
     return out;
   };
-  // The model's velocity at x_t = (1 - t) x0 + t noise (its target: x0 - noise).
+  // The model's velocity at x_t = (1 - t) x0 + t noise toward the data (its target: x0 - noise): the
+  // sampler's prediction from the model's output (Wan's flow points the other way).
+  const DiTShape& shape = model.shape();
   auto velocity = [&](const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t, const at::Tensor& y,
                       const at::Tensor& mask, const at::Tensor& frame_index = {}) {
     const int64_t n = x0.size(0);
     const at::Tensor tb = t.view({n, 1, 1, 1, 1});
-    ForwardArgs a;
+    DiTInputs a;
     a.x = (1 - tb) * x0 + tb * noise;
     a.timestep = t * 1000;
     a.y = y;
     a.mask = mask;
     a.frame_index = frame_index;
-    a.fps = at::full({1}, 24.0f, options);
-    a.height = at::full({1}, static_cast<float>(x0.size(3)), options);
-    a.width = at::full({1}, static_cast<float>(x0.size(4)), options);
+    if (stdit3) {  // Open-Sora's size and rate conditioning
+      a.fps = at::full({1}, 24.0f, options);
+      a.height = at::full({1}, static_cast<float>(x0.size(3)), options);
+      a.width = at::full({1}, static_cast<float>(x0.size(4)), options);
+    }
     // bf16 autocast on the GPU (the weights, Adam moments and EMA stay float32), off again however
     // the forward ends.
     const BfloatAutocast autocast(options.device().is_cuda());
-    return model.forward(a).to(at::kFloat);
+    const at::Tensor out = model.forward(a).to(at::kFloat);
+    const TokenGrid g = token_grid(x0.size(2), x0.size(3), x0.size(4), shape.patch);
+    return layers::unpatchify(model.prediction(layers::patchify(out, shape.patch)), shape.patch, shape.in_channels, g.t,
+                              g.h, g.w, g.tx, g.hx, g.wx);
   };
   // The rectified-flow loss per clip.
   auto flow_loss = [&](const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t, const at::Tensor& y,
@@ -369,7 +392,7 @@ int train(const TrainOptions& o, const MpiEnv& mpi) {
     auto quarters = [](const at::Tensor& l) { return l.view({4, -1}).mean(1).cpu(); };
     const at::Tensor own_clip = flow_loss(x0, noise, t, y, mask), own = quarters(own_clip);
     const at::Tensor other = quarters(flow_loss(x0, noise, t, yo, masko));
-    const at::Tensor null = quarters(flow_loss(x0, noise, t, null_y.expand_as(y), mask));
+    const at::Tensor null = quarters(flow_loss(x0, noise, t, null_y.expand_as(y), null_mask(mask)));
     auto [ym, maskm] = text.encode_batch(held.wrong_motion);
     const at::Tensor wrong_clip = flow_loss(x0, noise, t, ym, maskm);
     const at::Tensor wrong_motion = quarters(wrong_clip);
@@ -447,7 +470,8 @@ int train(const TrainOptions& o, const MpiEnv& mpi) {
     at::Tensor drop = per_draw(at::rand({draws}, gen, at::kFloat) < dropout).to(options.device());
     auto [encoded, mask] = text.encode_batch(b.prompts);
     const at::Tensor y = at::where(drop.view({n, 1, 1, 1}), null_y.expand_as(encoded), encoded);
-    const at::Tensor error = velocity(x0, noise, t, y, mask, b.frame_index) - (x0 - noise);
+    const at::Tensor y_mask = at::where(drop.view({n, 1}), null_mask(mask), mask);
+    const at::Tensor error = velocity(x0, noise, t, y, y_mask, b.frame_index) - (x0 - noise);
     at::Tensor loss =
         training_loss(error, sign_weight, sign_pairs ? drop.view({draws, 2}).select(1, 0).logical_not() : at::Tensor());
     if (word_identity > 0) {
@@ -490,13 +514,13 @@ int train(const TrainOptions& o, const MpiEnv& mpi) {
               << "; resume with --resume " << out_dir << "/checkpoint.safetensors\n";
 
   // Export the EMA weights as a model directory.
-  std::map<std::string, at::Tensor> ema_model = init.weights(), ema_text;
+  std::map<std::string, at::Tensor> ema_model, ema_text;
+  for (const auto& [name, t] : initial) ema_model[name] = t.detach().clone();
   for (const auto& p : params) {
-    if (p.name.rfind("model.", 0) == 0) ema_model[p.name.substr(6)] = p.ema;
+    if (p.name.rfind("model.", 0) == 0) ema_model[p.name.substr(6)] = p.ema.clone();
     else ema_text[p.name.substr(5)] = p.ema;
   }
-  for (auto& [name, t] : ema_model) t = t.detach().clone();
-  STDiT3(cfg, ema_model).save_pretrained(out_dir);
+  family.save(config_name, ema_model, out_dir);
   WordEncoder(tc, ema_text).save(out_dir);
   std::cerr << "ditto train: wrote " << out_dir << " (config.json, model.safetensors, text_encoder.safetensors; "
             << "final smoothed loss " << loss_ema << ")\n";

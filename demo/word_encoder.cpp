@@ -165,4 +165,8 @@ Caption WordEncoder::encode(const std::string& prompt) const {
   return c;
 }
 
+Caption WordEncoder::empty() const {
+  return {at::zeros({1, 1, config_.max_tokens, config_.dim}, at::kFloat), at::zeros({1, config_.max_tokens}, at::kLong)};
+}
+
 }  // namespace ditto

@@ -43,6 +43,9 @@ class WordEncoder : public TextEncoder {
   int channels() const override { return config_.dim; }
   void check(const std::string& prompt) const override { tokenize(prompt); }
   Caption encode(const std::string& prompt) const override;
+  // No word: every row zero, no valid token (what ditto train's caption dropout shows a model
+  // without a learned null caption).
+  Caption empty() const override;
 
  private:
   WordEncoderConfig config_;

@@ -64,6 +64,14 @@ struct ModelFamily {
   std::function<std::unique_ptr<VAE>(const ModelOutline& model)> vae;
   std::function<SamplingDefaults(const ModelOutline& model)> sampling;
   std::function<CacheDefaults(const ModelOutline& model)> cache;
+  // Training from scratch (ditto train; families that can): a built-in config's initial weights, a
+  // model computing with exactly the given tensors (the trainer's, gradients and all), a model
+  // directory written from weights, and the tensors that stay fixed (buffers and tables).
+  std::function<std::map<std::string, at::Tensor>(const std::string& config, uint64_t seed, const at::TensorOptions& options)>
+      training_init;
+  std::function<std::unique_ptr<DiT>(const std::string& config, std::map<std::string, at::Tensor> weights)> from_weights;
+  std::function<void(const std::string& config, std::map<std::string, at::Tensor> weights, const std::string& dir)> save;
+  std::function<bool(const std::string& tensor)> frozen;
   // The rflow timestep transform for one video; `size_dtype` is the run's dtype (families that hold
   // sizes in the model dtype round them to it). An empty function: the family has none.
   std::function<TimestepTransform(const ModelOutline& model, const VideoSize& video, at::ScalarType size_dtype)>

@@ -30,6 +30,16 @@ void register_stdit3_family() {
   f.random = [](const std::string& name, uint64_t seed, const at::TensorOptions& options) -> std::unique_ptr<DiT> {
     return std::make_unique<STDiT3>(STDiT3::random(builtin_config(name), seed, options));
   };
+  f.training_init = [](const std::string& name, uint64_t seed, const at::TensorOptions& options) {
+    return STDiT3::training_init(builtin_config(name), seed, options).weights();
+  };
+  f.from_weights = [](const std::string& name, std::map<std::string, at::Tensor> weights) -> std::unique_ptr<DiT> {
+    return std::make_unique<STDiT3>(builtin_config(name), std::move(weights));
+  };
+  f.save = [](const std::string& name, std::map<std::string, at::Tensor> weights, const std::string& dir) {
+    STDiT3(builtin_config(name), std::move(weights)).save_pretrained(dir);
+  };
+  f.frozen = [](const std::string& n) { return n == "rope.freqs" || n == "y_embedder.y_embedding"; };
   f.vae = [](const ModelOutline& m) -> std::unique_ptr<VAE> {
     const STDiT3Config c = config_of(m);
     if (c.latent_space == LatentSpace::Pixel) return std::make_unique<PixelSpace>(c.in_channels);

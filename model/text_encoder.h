@@ -26,6 +26,9 @@ class TextEncoder {
   // An Error naming what in the prompt the encoder cannot take, without encoding it.
   virtual void check(const std::string& prompt) const = 0;
   virtual Caption encode(const std::string& prompt) const = 0;
+  // The empty prompt's caption: the unconditional branch of a model without a learned null caption
+  // when no negative prompt is given (diffusers' default negative prompt "").
+  virtual Caption empty() const { return encode(""); }
 };
 
 // A caption-embedding file: `y` ([L, C], [1, L, C] or [1, 1, L, C]) and optional `mask` ([L] or

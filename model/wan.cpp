@@ -116,6 +116,11 @@ WanConfig parse_wan_config(const nlohmann::json& j, const std::string& where) {
     for (int i = 0; i < 3; ++i) c.patch_size[i] = p[i].get<int>();
   }
   get("text_len", c.text_len);
+  std::string space;
+  if (get("latent_space", space)) {
+    if (space != "pixel") fail("'", where, "', field 'latent_space': '", space, "' is not known (pixel, or leave it out for Wan-VAE latents)");
+    c.pixel = true;
+  }
   try {
     c.validate();
   } catch (const Error& e) {
@@ -125,7 +130,7 @@ WanConfig parse_wan_config(const nlohmann::json& j, const std::string& where) {
 }
 
 nlohmann::ordered_json wan_config_json(const WanConfig& c) {
-  return {{"_class_name", "WanTransformer3DModel"},
+  nlohmann::ordered_json j = {{"_class_name", "WanTransformer3DModel"},
           {"patch_size", c.patch_size},
           {"num_attention_heads", c.num_heads},
           {"attention_head_dim", c.head_dim()},
@@ -140,6 +145,8 @@ nlohmann::ordered_json wan_config_json(const WanConfig& c) {
           {"eps", c.eps},
           {"rope_max_seq_len", c.rope_max_seq_len},
           {"text_len", c.text_len}};
+  if (c.pixel) j["latent_space"] = "pixel";
+  return j;
 }
 
 WanConfig wan_builtin_config(const std::string& name) {
@@ -147,6 +154,13 @@ WanConfig wan_builtin_config(const std::string& name) {
   if (name == "wan2.1-t2v-1.3b") {
   } else if (name == "wan2.1-t2v-14b" || name == "wan2.2-t2v-a14b") {
     c.dim = 5120, c.ffn_dim = 13824, c.num_heads = 40, c.num_layers = 40;
+  } else if (name == "wan-demo" || name == "wan-demo-tiny") {  // pixel space, 16 x 32 x 32 RGB: the STDiT demo's data and text encoder
+    const bool full = name == "wan-demo";
+    c.pixel = true;
+    c.in_channels = c.out_channels = 3;
+    c.patch_size = {1, 4, 4};
+    c.dim = full ? 128 : 32, c.ffn_dim = full ? 512 : 64, c.num_heads = full ? 4 : 2, c.num_layers = full ? 6 : 1;
+    c.freq_dim = full ? 256 : 32, c.text_dim = full ? 64 : 16, c.text_len = 18, c.rope_max_seq_len = 32;
   } else if (name == "wan-tiny" || name == "wan2.2-tiny") {  // unit tests (wan2.2-tiny: two such experts)
     c.dim = 24, c.ffn_dim = 32, c.num_heads = 2, c.num_layers = 2, c.in_channels = 4, c.out_channels = 4;
     c.freq_dim = 16, c.text_dim = 16, c.text_len = 8, c.rope_max_seq_len = 32;
@@ -159,7 +173,7 @@ WanConfig wan_builtin_config(const std::string& name) {
   return c;
 }
 
-std::vector<std::string> wan_builtin_config_names() { return {"wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-t2v-a14b", "wan-tiny", "wan2.2-tiny"}; }
+std::vector<std::string> wan_builtin_config_names() { return {"wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-t2v-a14b", "wan-tiny", "wan2.2-tiny", "wan-demo", "wan-demo-tiny"}; }
 
 std::vector<ParamSpec> wan_param_specs(const WanConfig& c) {
   const int64_t C = c.dim, F = c.ffn_dim;
@@ -316,6 +330,31 @@ Wan Wan::random(const WanConfig& c, uint64_t seed, const at::TensorOptions& opti
     weights[n] = t.to(options);
   }
   return Wan(c, std::move(weights));
+}
+
+std::map<std::string, at::Tensor> Wan::training_init(const WanConfig& c, uint64_t seed, const at::TensorOptions& options) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto f32 = at::TensorOptions().dtype(at::kFloat);
+  std::map<std::string, at::Tensor> weights;
+  for (const auto& spec : wan_param_specs(c)) {
+    const std::string& n = spec.name;
+    const bool bias = n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0;
+    at::Tensor t;
+    if (n.find("scale_shift_table") != std::string::npos) {
+      t = at::randn(spec.shape, gen, f32) / std::sqrt(static_cast<double>(c.dim));
+    } else if (n.find("norm") != std::string::npos && !bias) {
+      t = at::ones(spec.shape, f32);
+    } else if (bias || n.rfind("proj_out.", 0) == 0) {
+      t = at::zeros(spec.shape, f32);
+    } else {  // Xavier uniform over [out, everything else]
+      int64_t fan_in = 1;
+      for (size_t i = 1; i < spec.shape.size(); ++i) fan_in *= spec.shape[i];
+      const double a = std::sqrt(6.0 / static_cast<double>(fan_in + spec.shape[0]));
+      t = (at::rand(spec.shape, gen, f32) * 2 - 1) * a;
+    }
+    weights[n] = t.to(options);
+  }
+  return weights;
 }
 
 void Wan::save_pretrained(const std::string& dir) const {

@@ -25,6 +25,9 @@ struct WanConfig {
   double eps = 1e-6;
   bool cross_attn_norm = true;
   int rope_max_seq_len = 1024;
+  // ditto's extension (config.json "latent_space": "pixel"): the model reads RGB pixels, not Wan-VAE
+  // latents (the demo models).
+  bool pixel = false;
   int head_dim() const { return dim / num_heads; }
   int patch_volume() const { return patch_size[0] * patch_size[1] * patch_size[2]; }
   void validate() const;  // throws Error naming the inconsistent field
@@ -34,7 +37,8 @@ struct WanConfig {
 // ...) or the official one (WanModel: dim, num_heads, in_dim, ...); `where` names it in errors.
 WanConfig parse_wan_config(const nlohmann::json& j, const std::string& where);
 nlohmann::ordered_json wan_config_json(const WanConfig& c);  // diffusers' form
-// wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-t2v-a14b (either expert), wan-tiny (tests).
+// wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-t2v-a14b (either expert), wan-tiny (tests), wan-demo
+// (the pixel-space demo architecture, trained by ditto train).
 WanConfig wan_builtin_config(const std::string& name);
 std::vector<std::string> wan_builtin_config_names();
 
@@ -60,6 +64,9 @@ class Wan : public DiT {
   // diffusers' or the official names. Strict: every problem is reported together, by name.
   static Wan from_pretrained(const std::string& dir, const at::TensorOptions& options);
   static Wan random(const WanConfig& config, uint64_t seed, const at::TensorOptions& options);
+  // Weights to train from (ditto train): diffusers' initialisation (Xavier-uniform linears, zero
+  // biases, unit norms, randn / sqrt(dim) modulation tables), the output projection at zero.
+  static std::map<std::string, at::Tensor> training_init(const WanConfig& config, uint64_t seed, const at::TensorOptions& options);
 
   const WanConfig& config() const { return config_; }
   const std::map<std::string, at::Tensor>& weights() const { return weights_; }

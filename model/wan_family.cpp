@@ -57,8 +57,20 @@ void register_wan_family() {
     return std::make_unique<Wan>(Wan::random(wan_builtin_config(name), seed, options));
   };
   f.vae = [](const ModelOutline& m) -> std::unique_ptr<VAE> {
-    return std::make_unique<WanVaeGeometry>(config_of(m).in_channels);
+    const WanConfig c = config_of(m);
+    if (c.pixel) return std::make_unique<PixelSpace>(c.in_channels);
+    return std::make_unique<WanVaeGeometry>(c.in_channels);
   };
+  f.training_init = [](const std::string& name, uint64_t seed, const at::TensorOptions& options) {
+    return Wan::training_init(wan_builtin_config(name), seed, options);
+  };
+  f.from_weights = [](const std::string& name, std::map<std::string, at::Tensor> weights) -> std::unique_ptr<DiT> {
+    return std::make_unique<Wan>(wan_builtin_config(name), std::move(weights));
+  };
+  f.save = [](const std::string& name, std::map<std::string, at::Tensor> weights, const std::string& dir) {
+    Wan(wan_builtin_config(name), std::move(weights)).save_pretrained(dir);
+  };
+  f.frozen = [](const std::string&) { return false; };  // Wan's RoPE tables are computed, not stored
   // The official T2V defaults (Wan 2.1 generate.py): 81 frames at 480 x 832, UniPC, 50 steps,
   // guidance 5, shift 5, 16 fps.
   // Wan 2.2 T2V-A14B's (its two experts): 40 steps, shift 12, guidance 4 (high noise) and 3 (low
@@ -68,6 +80,9 @@ void register_wan_family() {
     d.frames = 81, d.height = 480, d.width = 832, d.steps = 50, d.fps = 16, d.cfg_scale = 5.0;
     d.sampler = "unipc", d.flow_shift = 5.0;
     if (m.experts > 1) d.height = 720, d.width = 1280, d.steps = 40, d.flow_shift = 12.0, d.cfg_scale = 4.0, d.cfg_scale_2 = 3.0;
+    // Pixel-space models (the demo): the demo's training geometry 16 x 32 x 32, 30 steps, guidance 2.5
+    // (as the STDiT demo), UniPC without a shift (trained on uniform noise levels).
+    if (config_of(m).pixel) d.frames = 16, d.height = 32, d.width = 32, d.steps = 30, d.cfg_scale = 2.5, d.flow_shift = 0;
     return d;
   };
   f.cache = [](const ModelOutline& m) {

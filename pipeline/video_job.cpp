@@ -252,6 +252,17 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   // branch reads the all-zero stand-in (a real caption needs a real negative/empty-prompt caption).
   const bool guided = guidance_enabled(job.cfg_scale) || (job.cfg_scale_2 >= 0 && guidance_enabled(job.cfg_scale_2));
   if (job.random_caption > 0 && guided) add_benchmark_unconditional(req, model);
+  // A prompt on a model without a learned null caption (Wan) guides away from the empty prompt, as
+  // diffusers' pipelines do when no negative prompt is given.
+  bool empty_negative = false;
+  if (!job.prompt.empty() && guided && !req.negative_y.defined() && !model.null_caption().defined()) {
+    const std::shared_ptr<const TextEncoder> text = find_text_encoder(model_dir);
+    if (!text) fail("this model has no learned null caption and no text encoder of its own: guidance needs a negative caption embedding");
+    const Caption none = text->empty();
+    req.negative_y = none.y;
+    req.negative_mask = none.mask;
+    empty_negative = true;
+  }
 
   comms.sp->reset_counters();
   comms.cfg->reset_counters();
@@ -309,7 +320,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
               {"timestep_transform", static_cast<bool>(transform)},
               {"flow_shift", so.shift},
               {"prompt", job.prompt},
-              {"negative_prompt", job.negative_prompt},
+              {"negative_prompt", empty_negative ? "(the empty prompt)" : job.negative_prompt},
               {"negative_caption_embedding", job.negative_caption_file},
               {"cfg_scale", job.cfg_scale},
               {"frames", job.frames},

@@ -131,7 +131,16 @@ std::string shown(const Setting& s, const ShownDefaults& d) {
   return os.str() + ", " + who + "'s";
 }
 
-nlohmann::json from_json(const Setting& s, const nlohmann::json& v);
+// A setting whose value is one of a list (the sampler, the sigma grid); `name` as the user wrote it.
+nlohmann::json checked_choice(const Setting& s, const std::string& name, const nlohmann::json& v) {
+  const auto& names = s.kind == Kind::Sampler ? sampler_names() : sampler_grid_names();
+  std::string known;
+  for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+  if (!v.is_string()) fail(name, " must be one of ", known);
+  if (std::find(names.begin(), names.end(), v.get<std::string>()) == names.end())
+    fail(name, ": unknown ", s.kind == Kind::Sampler ? "sampler" : "grid", " '", v.get<std::string>(), "' (known: ", known, ")");
+  return v;
+}
 
 // A command-line value as the JSON a job file would hold, checked by the same rules.
 nlohmann::json from_text(const Setting& s, const std::string& text) {
@@ -178,7 +187,7 @@ nlohmann::json from_text(const Setting& s, const std::string& text) {
     }
     case Kind::Sampler:
     case Kind::SigmaGrid:
-      return from_json(s, text);
+      return checked_choice(s, name, text);
     case Kind::Boundary: {
       const double v = number();
       if (!(v > 0 && v < 1000)) fail(name, " must be a timestep in (0, 1000), got ", text);
@@ -211,14 +220,8 @@ nlohmann::json from_json(const Setting& s, const nlohmann::json& v) {
         fail(name, " must be a number >= 0 (0: no shift)");
       return v;
     case Kind::Sampler:
-    case Kind::SigmaGrid: {
-      const auto& names = s.kind == Kind::Sampler ? sampler_names() : sampler_grid_names();
-      std::string known;
-      for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
-      if (!v.is_string() || std::find(names.begin(), names.end(), v.get<std::string>()) == names.end())
-        fail(name, " must be one of ", known, v.is_string() ? ", not '" + v.get<std::string>() + "'" : "");
-      return v;
-    }
+    case Kind::SigmaGrid:
+      return checked_choice(s, name, v);
     case Kind::Boundary:
       if (!v.is_number() || !(v.get<double>() > 0 && v.get<double>() < 1000)) fail(name, " must be a timestep in (0, 1000)");
       return v;

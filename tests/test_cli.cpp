@@ -50,11 +50,14 @@ TEST(Cli, BadInputsFailWithAClearMessage) {
   }
   expect_failure("sample --config stdit3-tiny --random-caption 4", "has no weights: pass --random-weights");
   expect_failure("sample --config stdit3-huge --random-weights --random-caption 4", "unknown model config 'stdit3-huge'");
-  expect_failure("sample --model /nonexistent/model --random-caption 4", "/nonexistent/model/config.json");
+  expect_failure("sample --model /nonexistent/model --random-caption 4", "'/nonexistent/model' is not a model directory");
   expect_failure("sample " + kTiny + "--dtype float8", "--dtype: unknown 'float8'");
   expect_failure("sample " + kTiny + "--bogus", "unrecognised option '--bogus'");
   expect_failure("sample " + kTiny + "--device tpu", "--device: unknown 'tpu'");
-  expect_failure("sample " + kTiny + "--sampler euler", "unknown sampler 'euler'");
+  expect_failure("sample " + kTiny + "--sampler heun", "unknown sampler 'heun'");
+  expect_failure("sample " + kTiny + "--sampler unipc --sigma-grid linspace", "unknown grid 'linspace'");
+  expect_failure("sample " + kTiny + "--cfg-scale-2 3", "this model has one expert");
+  expect_failure("sample " + kTiny + "--sampler rflow --sigma-grid diffusers-0.37", "--sigma-grid is for the unipc sampler");
   expect_failure("sample " + kModel + "--steps 0", "steps must be positive, got 0");
   expect_failure("sample " + kModel + "--frames 16", "needs 1 frame or at least 17");
   expect_failure("sample --config stdit3-tiny --random-weights --prompt 'a cat'", "no text encoder");

@@ -532,3 +532,30 @@ TEST(Training, InitFromAModelWithoutFrameModulationStartsItAtZero) {
   r = ditto::test::run_ditto("train --config ditto-demo " + common + "--out " + dir + "/bad --init-from " + dir + "/fcm");
   EXPECT_NE(r.output.find("this config has none; train it with --config ditto-demo-fcm"), std::string::npos) << r.output;
 }
+
+TEST(Training, TheWanDemoArchitectureTrainsAndSamplesWithTheEmptyPromptAsItsUnconditionalBranch) {
+  // ditto train on the Wan family (full 3-D attention, no learned null caption: caption dropout and
+  // the guidance's unconditional branch read the empty prompt, all rows zero); the export loads as a
+  // Wan pixel-space model whose prompt-guided sample reads the empty prompt too.
+  const std::string dir = ditto::test::temp_dir();
+  auto r = ditto::test::run_ditto("train --config wan-demo-tiny --steps 25 --batch 2 --image-batch 0 --fixed-batch --log-every 1 "
+                                  "--lr 3e-3 --warmup 1 --ema 0 --caption-dropout 0.5 --quiet --threads 1 --out " + dir);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::vector<double> loss = logged_losses(r.output, false);
+  ASSERT_EQ(loss.size(), 25u) << r.output;
+  EXPECT_LT(loss.back(), 0.7 * loss.front()) << "first " << loss.front() << " last " << loss.back();
+  const auto config = nlohmann::json::parse(ditto::test::read_bytes(dir + "/config.json"));
+  EXPECT_EQ(config["_class_name"], "WanTransformer3DModel");
+  EXPECT_EQ(config["latent_space"], "pixel");
+  r = ditto::test::run_ditto("sample --model " + dir + " --prompt 'a red circle moving right slow' --steps 3 --quiet --out " + dir + "/s");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto m = nlohmann::json::parse(ditto::test::read_bytes(dir + "/s/metrics.json"));
+  EXPECT_EQ(m["model"]["family"], "wan");
+  EXPECT_EQ(m["run"]["negative_prompt"], "(the empty prompt)");
+  EXPECT_EQ(m["run"]["sampler"], "unipc");
+  EXPECT_EQ(m["run"]["latent_shape"], nlohmann::json::array({1, 3, 16, 32, 32}));
+  // --init-from is for the STDiT demo models.
+  r = ditto::test::run_ditto("train --config wan-demo-tiny --steps 1 --init-from " + dir + " --out " + dir + "/x");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("--init-from starts STDiT3 demo models only"), std::string::npos) << r.output;
+}

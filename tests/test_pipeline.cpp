@@ -250,7 +250,7 @@ TEST(VideoOptions, OneTableForTheCommandLineWithTheModelsDefaultsInItsHelp) {
   EXPECT_EQ(error({"--seed", "-1"}), "--seed must be a non-negative integer, got -1");
   EXPECT_EQ(error({"--cfg-scale", "nan"}), "--cfg-scale must be a number >= 0, got nan");
   EXPECT_NE(error({"--flow-shift", "-2"}).find("flow shift must be a positive number"), std::string::npos);
-  EXPECT_NE(error({"--sampler", "euler"}).find("unknown sampler 'euler'"), std::string::npos);
+  EXPECT_NE(error({"--sampler", "heun"}).find("unknown sampler 'heun'"), std::string::npos);
   EXPECT_EQ(error({"--upscale", "-1"}), "--upscale must be in 0..64, got -1");
   // The job file reads the same settings under its own names.
   VideoJob fromfile;
