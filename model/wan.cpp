@@ -308,53 +308,48 @@ Wan Wan::from_pretrained(const std::string& dir, const at::TensorOptions& option
                             described.str(), wan_diffusers_name));
 }
 
-Wan Wan::random(const WanConfig& c, uint64_t seed, const at::TensorOptions& options) {
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  auto f32 = at::TensorOptions().dtype(at::kFloat);
-  std::map<std::string, at::Tensor> weights;
-  for (const auto& spec : wan_param_specs(c)) {
-    const std::string& n = spec.name;
-    const bool bias = n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0;
-    at::Tensor t;
-    if (n.find("norm") != std::string::npos && !bias) {
-      t = 1.0 + 0.1 * at::randn(spec.shape, gen, f32);
-    } else if (n.find("scale_shift_table") != std::string::npos) {
-      t = at::randn(spec.shape, gen, f32) / std::sqrt(static_cast<double>(c.dim));
-    } else if (bias) {
-      t = 0.02 * at::randn(spec.shape, gen, f32);
-    } else {  // unit-variance outputs for unit-variance inputs
-      int64_t fan_in = 1;
-      for (size_t i = 1; i < spec.shape.size(); ++i) fan_in *= spec.shape[i];
-      t = at::randn(spec.shape, gen, f32) / std::sqrt(static_cast<double>(fan_in));
-    }
-    weights[n] = t.to(options);
-  }
-  return Wan(c, std::move(weights));
-}
+namespace {
 
-std::map<std::string, at::Tensor> Wan::training_init(const WanConfig& c, uint64_t seed, const at::TensorOptions& options) {
+// Every tensor of a config drawn from `seed`: for tests and benchmarks (`training` false) every tensor
+// random and of moderate size, norms near 1 and small biases (a zero would hide errors); for
+// training diffusers' initialisation: Xavier-uniform linears, zero biases and output projection,
+// unit norms. Both draw the modulation tables randn / sqrt(dim).
+std::map<std::string, at::Tensor> initial_weights(const WanConfig& c, uint64_t seed, const at::TensorOptions& options,
+                                                  bool training) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   auto f32 = at::TensorOptions().dtype(at::kFloat);
   std::map<std::string, at::Tensor> weights;
   for (const auto& spec : wan_param_specs(c)) {
     const std::string& n = spec.name;
     const bool bias = n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0;
+    int64_t fan_in = 1;
+    for (size_t i = 1; i < spec.shape.size(); ++i) fan_in *= spec.shape[i];
     at::Tensor t;
     if (n.find("scale_shift_table") != std::string::npos) {
       t = at::randn(spec.shape, gen, f32) / std::sqrt(static_cast<double>(c.dim));
     } else if (n.find("norm") != std::string::npos && !bias) {
-      t = at::ones(spec.shape, f32);
-    } else if (bias || n.rfind("proj_out.", 0) == 0) {
-      t = at::zeros(spec.shape, f32);
-    } else {  // Xavier uniform over [out, everything else]
-      int64_t fan_in = 1;
-      for (size_t i = 1; i < spec.shape.size(); ++i) fan_in *= spec.shape[i];
+      t = training ? at::ones(spec.shape, f32) : 1.0 + 0.1 * at::randn(spec.shape, gen, f32);
+    } else if (bias || (training && n.rfind("proj_out.", 0) == 0)) {
+      t = training ? at::zeros(spec.shape, f32) : 0.02 * at::randn(spec.shape, gen, f32);
+    } else if (training) {  // Xavier uniform over [out, everything else]
       const double a = std::sqrt(6.0 / static_cast<double>(fan_in + spec.shape[0]));
       t = (at::rand(spec.shape, gen, f32) * 2 - 1) * a;
+    } else {  // unit-variance outputs for unit-variance inputs
+      t = at::randn(spec.shape, gen, f32) / std::sqrt(static_cast<double>(fan_in));
     }
     weights[n] = t.to(options);
   }
   return weights;
+}
+
+}  // namespace
+
+Wan Wan::random(const WanConfig& c, uint64_t seed, const at::TensorOptions& options) {
+  return Wan(c, initial_weights(c, seed, options, false));
+}
+
+std::map<std::string, at::Tensor> Wan::training_init(const WanConfig& c, uint64_t seed, const at::TensorOptions& options) {
+  return initial_weights(c, seed, options, true);
 }
 
 void Wan::save_pretrained(const std::string& dir) const {

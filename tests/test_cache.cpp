@@ -433,11 +433,7 @@ TEST(EasyCache, AReusedStepReturnsItsInputPlusTheLastComputedChange) {
   // Through the runner on a tiny Wan: every reused step's output is exactly its input plus the last
   // computed step's output minus input; a learned-sigma model (output wider than input) is refused.
   const auto m = random_dit("wan-tiny", 3, at::TensorOptions().dtype(at::kDouble));
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
-  VideoRequest req;
-  req.z0 = at::randn({1, 4, 3, 4, 6}, gen, at::kDouble);
-  req.caption_y = at::randn({1, 1, 8, 16}, gen, at::kFloat);
-  req.caption_mask = at::ones({1, 8}, at::kLong);
+  VideoRequest req = ditto::test::tiny_wan_request(5, 3, 4, 6, at::kDouble);
   req.cfg_scale = 1.0;
   SamplerOptions so;
   so.name = "unipc", so.steps = 12, so.shift = 3.0;

@@ -309,11 +309,8 @@ WanConfig four_head_wan() {
   c.num_heads = 4;
   return c;
 }
-VideoRequest wan_request(at::Generator& gen) {
-  VideoRequest req;
-  req.z0 = at::randn({1, 4, 3, 6, 6}, gen, kF32);
-  req.caption_y = at::randn({1, 1, 8, 16}, gen, kF32);
-  req.caption_mask = at::ones({1, 8}, at::kLong);
+VideoRequest wan_request(uint64_t seed) {
+  VideoRequest req = ditto::test::tiny_wan_request(seed, 3, 6, 6);
   req.cfg_scale = 5.0;
   return req;
 }
@@ -400,8 +397,7 @@ TEST(CoordinatedCaching, EveryPolicyOnWanUnderUlyssesDecidesAndSamplesAsOneRank)
   // A 4-head Wan (Ulysses up to 4 ranks), guided UniPC sampling with an all-zero unconditional caption.
   const WanConfig c = four_head_wan();
   const Wan m = Wan::random(c, 13, kF32);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(14);
-  VideoRequest req = wan_request(gen);
+  VideoRequest req = wan_request(14);
   add_benchmark_unconditional(req, m);
   SamplerOptions so;
   so.name = "unipc";
@@ -454,7 +450,7 @@ TEST(Ulysses, WanForwardAndSamplingMatchOneRankAndMoveTheAnalyticBytes) {
   EXPECT_EQ(layout.bytes(AttentionScope::Video, 2, c.dim, 4), expected);
 
   // Sampling (guided, with a negative caption): every layout gives the one-rank latent.
-  VideoRequest req = wan_request(gen);
+  VideoRequest req = wan_request(9);
   req.negative_y = at::zeros({1, 1, 8, 16});
   req.negative_mask = at::ones({1, 8}, at::kLong);
   SamplerOptions so;
@@ -477,8 +473,7 @@ TEST(Ulysses, AModelOfTwoExpertsSamplesAsOneRankWithItsCacheRestartingAtTheSwitc
   // TeaCache coordinated over the pair: the latent and every decision as on one rank.
   const int P = world().size(), r = world().rank();
   const auto m = random_dit("wan2.2-tiny", 17, kF32);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(18);
-  VideoRequest req = wan_request(gen);
+  VideoRequest req = wan_request(18);
   add_benchmark_unconditional(req, *m);
   req.cfg_scale = 4.0, req.cfg_scale_2 = 3.0;
   SamplerOptions so;

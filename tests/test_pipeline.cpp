@@ -188,7 +188,7 @@ TEST(JobFile, LinesOverrideTheCommandLineAndBadLinesSayWhy) {
   EXPECT_NE(error(R"({"steps": 0})").find("'steps' must be a positive integer"), std::string::npos);
   EXPECT_NE(error(R"({"seed": -1})").find("'seed' must be a non-negative integer"), std::string::npos);
   EXPECT_NE(error(R"({"cfg_scale": "high"})").find("'cfg_scale' must be a number >= 0"), std::string::npos);
-  EXPECT_NE(error(R"({"sampler": "euler"})").find("'sampler' must be rflow, ddim or unipc"), std::string::npos);
+  EXPECT_NE(error(R"({"sampler": "heun"})").find("'sampler': unknown sampler 'heun' (known: rflow, ddim, unipc, euler)"), std::string::npos);
   EXPECT_NE(error(R"({"size": "32", "output": "a"})").find("'size' must be a string"), std::string::npos);
   EXPECT_NE(error(R"({"size": "32x32", "height": 8})").find("not both"), std::string::npos);
   EXPECT_NE(error(R"({"prompt": "x", "random_caption": 3})").find("give exactly one of"), std::string::npos);

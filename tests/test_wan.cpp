@@ -17,6 +17,7 @@
 #include "model/safetensors.h"
 #include "model/wan.h"
 #include "test_util.h"
+#include "tiny_video.h"
 
 using namespace ditto;
 using ditto::test::rel_err;
@@ -142,11 +143,7 @@ TEST(Wan, StrictLoadingNamesEveryProblem) {
 
 TEST(Wan, SamplesThroughTheCacheRunnerAndCapsSequenceParallelismAtTheHeadCount) {
   const auto model = random_dit("wan-tiny", 2, at::TensorOptions().dtype(at::kFloat));
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
-  VideoRequest req;
-  req.z0 = at::randn({1, 4, 3, 4, 6}, gen, at::kFloat);
-  req.caption_y = at::randn({1, 1, 8, 16}, gen, at::kFloat);
-  req.caption_mask = at::ones({1, 8}, at::kLong);
+  VideoRequest req = ditto::test::tiny_wan_request(3);
   req.negative_y = at::zeros({1, 1, 8, 16});
   req.negative_mask = at::zeros({1, 8}, at::kLong);
   req.negative_mask.narrow(1, 0, 1).fill_(1);
@@ -233,6 +230,20 @@ VideoRequest pipeline_request(const std::map<std::string, at::Tensor>& f, double
   return req;
 }
 
+// UniPC as the pipeline fixtures sample: 6 steps, flow shift 3.
+std::unique_ptr<Sampler> fixture_unipc() {
+  SamplerOptions so;
+  so.name = "unipc", so.steps = 6, so.shift = 3.0;
+  return make_sampler(so);
+}
+
+// The measured relative error of a run against its reference (printed: the README quotes them), checked.
+void expect_run_close(const std::string& what, const at::Tensor& z, const at::Tensor& reference, double tolerance) {
+  const double e = rel_err(z, reference);
+  std::cout << what << ": relative error " << e << "\n";
+  EXPECT_LT(e, tolerance) << what;
+}
+
 std::vector<float> as_vector(const at::Tensor& t) {
   const at::Tensor c = t.to(at::kFloat).contiguous();
   return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
@@ -243,23 +254,20 @@ std::vector<float> as_vector(const at::Tensor& t) {
 TEST(WanPipeline, GuidedUniPCAndEulerSamplingMatchDiffusersWanPipeline) {
   const auto f = load_safetensors(kWanA2 + "/pipeline_runs.safetensors");
   const auto model = load_dit(kWan, at::TensorOptions().dtype(at::kFloat));
-  SamplerOptions so;
-  so.name = "unipc", so.steps = 6, so.shift = 3.0;
-  auto unipc = make_sampler(so);
+  auto unipc = fixture_unipc();
   EXPECT_EQ(unipc->timesteps(), as_vector(f.at("wan21_unipc_timesteps")));
   const at::Tensor z = sample_video(*model, *unipc, pipeline_request(f, 5.0), {});
-  std::cout << "wan21 unipc cfg: relative error " << rel_err(z, f.at("wan21_unipc")) << "\n";
-  EXPECT_LT(rel_err(z, f.at("wan21_unipc")), 2e-6);
+  expect_run_close("wan21 unipc cfg", z, f.at("wan21_unipc"), 2e-6);
 
   // Euler on diffusers' grid: timesteps unrounded, the low end shifted twice (1000 ... 8.929 at shift 3).
-  so.name = "euler", so.steps = 5;
+  SamplerOptions so;
+  so.name = "euler", so.steps = 5, so.shift = 3.0;
   auto euler = make_sampler(so);
   const std::vector<float> expected = as_vector(f.at("wan21_euler_timesteps"));
   ASSERT_EQ(euler->timesteps().size(), expected.size());
   for (size_t i = 0; i < expected.size(); ++i) EXPECT_FLOAT_EQ(euler->timesteps()[i], expected[i]) << i;
   const at::Tensor ze = sample_video(*model, *euler, pipeline_request(f, 5.0), {});
-  std::cout << "wan21 euler cfg: relative error " << rel_err(ze, f.at("wan21_euler")) << "\n";
-  EXPECT_LT(rel_err(ze, f.at("wan21_euler")), 2e-6);
+  expect_run_close("wan21 euler cfg", ze, f.at("wan21_euler"), 2e-6);
   EXPECT_GT(rel_err(ze, z), 1e-2);  // a different sampler lands elsewhere: the comparison can fail
 }
 
@@ -269,9 +277,7 @@ TEST(WanPipeline, TwoExpertsSwitchAtTheBoundaryWithTheirOwnGuidanceAsDiffusers) 
   EXPECT_EQ(outline.experts, 2);
   EXPECT_DOUBLE_EQ(outline.expert_boundary, 875.0);
   const auto model = load_dit(kWanA2, at::TensorOptions().dtype(at::kFloat));
-  SamplerOptions so;
-  so.name = "unipc", so.steps = 6, so.shift = 3.0;
-  auto sampler = make_sampler(so);
+  auto sampler = fixture_unipc();
   // 999, 937 | 856, ...: two steps on the high-noise expert, four on the low-noise one.
   EXPECT_EQ(experts_per_step(outline, sampler->timesteps(), NAN), (std::vector<int>{0, 0, 1, 1, 1, 1}));
   EXPECT_EQ(experts_per_step(outline, sampler->timesteps(), 700), (std::vector<int>{0, 0, 0, 0, 1, 1}));
@@ -280,8 +286,7 @@ TEST(WanPipeline, TwoExpertsSwitchAtTheBoundaryWithTheirOwnGuidanceAsDiffusers) 
     req.cfg_scale_2 = 3.0;
     req.experts = experts_per_step(outline, sampler->timesteps(), boundary);
     const at::Tensor z = sample_video(*model, *sampler, req, {});
-    std::cout << run << ": relative error " << rel_err(z, f.at(run)) << "\n";
-    EXPECT_LT(rel_err(z, f.at(run)), 2e-6) << run;
+    expect_run_close(run, z, f.at(run), 2e-6);
   }
   // Each expert alone is not the reference: the switch and the second guidance matter.
   VideoRequest one = pipeline_request(f, 4.0);
@@ -319,11 +324,7 @@ TEST(WanPipeline, TwoExpertsSwitchAtTheBoundaryWithTheirOwnGuidanceAsDiffusers) 
 TEST(WanPipeline, CacheStartsOverAtTheExpertSwitch) {
   const auto model = random_dit("wan2.2-tiny", 4, at::TensorOptions().dtype(at::kFloat));
   EXPECT_EQ(model->outline().experts, 2);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
-  VideoRequest req;
-  req.z0 = at::randn({1, 4, 3, 4, 6}, gen, at::kFloat);
-  req.caption_y = at::randn({1, 1, 8, 16}, gen, at::kFloat);
-  req.caption_mask = at::ones({1, 8}, at::kLong);
+  VideoRequest req = ditto::test::tiny_wan_request(3);
   add_benchmark_unconditional(req, *model);
   req.cfg_scale = 4.0, req.cfg_scale_2 = 3.0;
   SamplerOptions so;
@@ -364,23 +365,18 @@ TEST(WanPipeline, MatchesTheOfficialWanCode) {
   const auto model = load_dit(kWan, at::TensorOptions().dtype(at::kFloat));
   std::map<std::string, at::Tensor> seen;
   const at::Tensor out = model->forward(fixture_inputs(at::kFloat), [&](const std::string& k, const at::Tensor& t) { seen[k] = t; });
-  std::cout << "official forward: relative error " << rel_err(out, f.at("official.out")) << "\n";
-  EXPECT_LT(rel_err(out, f.at("official.out")), 3e-6);
+  expect_run_close("official forward", out, f.at("official.out"), 3e-6);
   for (const char* b : {"blocks.0", "blocks.1"}) EXPECT_LT(rel_err(seen.at(b), f.at(std::string("official.") + b)), 3e-6) << b;
 
   const auto runs = load_safetensors(kWanA2 + "/pipeline_runs.safetensors");
-  SamplerOptions so;
-  so.name = "unipc", so.steps = 6, so.shift = 3.0;
-  auto sampler = make_sampler(so);
+  auto sampler = fixture_unipc();
   EXPECT_EQ(sampler->timesteps(), as_vector(f.at("official.unipc_timesteps")));
   const at::Tensor z = sample_video(*model, *sampler, pipeline_request(runs, 5.0), {});
-  std::cout << "official unipc cfg: relative error " << rel_err(z, f.at("official.unipc")) << "\n";
-  EXPECT_LT(rel_err(z, f.at("official.unipc")), 5e-6);
+  expect_run_close("official unipc cfg", z, f.at("official.unipc"), 5e-6);
   const auto experts = load_dit(kWanA2, at::TensorOptions().dtype(at::kFloat));
   VideoRequest req = pipeline_request(runs, 4.0);
   req.cfg_scale_2 = 3.0;
   req.experts = experts_per_step(experts->outline(), sampler->timesteps(), NAN);
   const at::Tensor z2 = sample_video(*experts, *sampler, req, {});
-  std::cout << "official experts: relative error " << rel_err(z2, f.at("official.experts")) << "\n";
-  EXPECT_LT(rel_err(z2, f.at("official.experts")), 5e-6);
+  expect_run_close("official experts", z2, f.at("official.experts"), 5e-6);
 }

@@ -19,6 +19,18 @@ inline VideoRequest tiny_video_request(uint64_t seed, int height_px, int width_p
   return req;
 }
 
+// A random request for the tiny Wan configs (wan-tiny, wan2.2-tiny: 4 latent channels, 8 caption
+// tokens of 16 channels, all valid) over a T x H x W latent; guidance and the unconditional caption
+// are each test's.
+inline VideoRequest tiny_wan_request(uint64_t seed, int64_t t = 3, int64_t h = 4, int64_t w = 6, at::ScalarType dtype = at::kFloat) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  VideoRequest req;
+  req.z0 = at::randn({1, 4, t, h, w}, gen, dtype);
+  req.caption_y = at::randn({1, 1, 8, 16}, gen, at::kFloat);
+  req.caption_mask = at::ones({1, 8}, at::kLong);
+  return req;
+}
+
 // The cache-policy context of a depth-`depth` STDiT3 (its units and defaults; no weights) for `steps` steps.
 inline PolicyContext stdit3_policy_context(int depth, int steps) {
   STDiT3Config c = builtin_config("stdit3-tiny");
