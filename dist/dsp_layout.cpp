@@ -75,7 +75,8 @@ std::unique_ptr<SequenceParallel> make_sequence_parallel(const std::string& layo
                                                          const TokenGrid& grid, int heads) {
   if (layout == "dsp") return std::make_unique<DspLayout>(comm, grid.t, grid.s());
   if (layout == "ulysses") return std::make_unique<UlyssesLayout>(comm, grid, heads);
-  fail("unknown sequence-parallel layout '", layout, "' (known: dsp, ulysses)");
+  if (layout == "kv-gather") return std::make_unique<KvGatherLayout>(comm, grid);
+  fail("unknown sequence-parallel layout '", layout, "' (known: dsp, ulysses, kv-gather)");
 }
 
 }  // namespace ditto

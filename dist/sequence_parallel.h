@@ -21,8 +21,8 @@ class SequenceParallel : public AttentionSeam {
   virtual at::Tensor gather(const at::Tensor& local) = 0;
 };
 
-// "dsp" or "ulysses" (heads: the model's attention heads); an unknown name is an Error listing the
-// known ones.
+// "dsp", "ulysses" or "kv-gather" (heads: the model's attention heads); an unknown name is an Error
+// listing the known ones.
 std::unique_ptr<SequenceParallel> make_sequence_parallel(const std::string& layout, Communicator& comm,
                                                          const TokenGrid& grid, int heads);
 

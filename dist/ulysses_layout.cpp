@@ -5,13 +5,17 @@
 
 namespace ditto {
 
+SequenceShardLayout::SequenceShardLayout(Communicator& comm, const TokenGrid& grid)
+    : comm_(comm), grid_(grid), tokens_(grid.tokens(), comm.size()) {
+  if (comm.size() > grid.tokens())
+    fail("sequence parallelism over ", comm.size(), " ranks needs at least one token per rank; the video has ", grid.tokens());
+}
+
 UlyssesLayout::UlyssesLayout(Communicator& comm, const TokenGrid& grid, int heads)
-    : comm_(comm), grid_(grid), heads_total_(heads), tokens_(grid.tokens(), comm.size()), heads_(heads, comm.size()) {
+    : SequenceShardLayout(comm, grid), heads_total_(heads), heads_(heads, comm.size()) {
   if (comm.size() > heads)
     fail("Ulysses over ", comm.size(), " ranks needs at least one attention head per rank; the model has ", heads,
-         " (use at most ", heads, " sequence-parallel ranks)");
-  if (comm.size() > grid.tokens())
-    fail("Ulysses over ", comm.size(), " ranks needs at least one token per rank; the video has ", grid.tokens());
+         " (use at most ", heads, " sequence-parallel ranks, or the kv-gather layout)");
 }
 
 at::Tensor UlyssesLayout::attention(AttentionScope scope, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -52,13 +56,34 @@ int64_t UlyssesLayout::bytes(AttentionScope scope, int64_t batch, int64_t channe
   return elements * batch * D * element_size;
 }
 
-at::Tensor UlyssesLayout::shard(const at::Tensor& tokens) const {
+at::Tensor KvGatherLayout::attention(AttentionScope scope, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const Attend& attend) {
+  if (scope != AttentionScope::Video) return attend(q, k, v);
+  if (q.size(2) != tokens_.counts[comm_.rank()])
+    fail("kv-gather: q is ", q.sizes(), ", expected ", tokens_.counts[comm_.rank()], " tokens in dimension 2");
+  // The whole sequence's keys and values, in sequence order: one all-gather for both (the shares'
+  // sizes are known: no exchange of extents, no read to the host).
+  const at::Tensor kv = at::stack({k, v}).contiguous();  // [2, B, H, n_r, D]
+  std::vector<at::Tensor> recv;
+  for (int j = 0; j < comm_.size(); ++j)
+    recv.push_back(at::empty({2, kv.size(1), kv.size(2), tokens_.counts[j], kv.size(4)}, kv.options()));
+  comm_.all_gather(kv, recv);
+  const at::Tensor all = at::cat(recv, 3);  // [2, B, H, L, D]
+  return attend(q, all[0], all[1]);
+}
+
+int64_t KvGatherLayout::bytes(AttentionScope scope, int64_t batch, int64_t channels, int64_t element_size) const {
+  if (scope != AttentionScope::Video) return 0;
+  return 2 * tokens_.counts[comm_.rank()] * (comm_.size() - 1) * batch * channels * element_size;
+}
+
+at::Tensor SequenceShardLayout::shard(const at::Tensor& tokens) const {
   const int r = comm_.rank();
   const at::Tensor flat = tokens.reshape({tokens.size(0), 1, tokens.size(1) * tokens.size(2), tokens.size(3)});
   return flat.narrow(2, tokens_.offsets[r], tokens_.counts[r]).contiguous();
 }
 
-at::Tensor UlyssesLayout::gather(const at::Tensor& local) {
+at::Tensor SequenceShardLayout::gather(const at::Tensor& local) {
   const at::Tensor all = all_gather_cat(comm_, local.contiguous(), 2);  // [B, 1, L, K]
   return all.reshape({all.size(0), grid_.t, grid_.s(), all.size(3)});
 }

@@ -30,12 +30,8 @@ at::Tensor sample_video(const DiT& model, Sampler& sampler, const VideoRequest& 
   const at::Tensor z0 = req.z0.to(state_type);
   const at::Tensor tokens = layers::patchify(z0, shape.patch);  // [1, T', S, K]
   const TokenGrid grid = token_grid(z0.size(2), z0.size(3), z0.size(4), shape.patch);
-  const std::string layout_name = model.parallel_layouts().front();
   std::unique_ptr<SequenceParallel> layout;
-  if (P > 1) {
-    model.check_layout(layout_name, P, grid);
-    layout = make_sequence_parallel(layout_name, *g.sp, grid, shape.num_heads);
-  }
+  if (P > 1) layout = make_sequence_parallel(model.layout_for(P, grid), *g.sp, grid, shape.num_heads);
   auto shard = [&](const at::Tensor& t) { return (layout ? layout->shard(t) : t).to(dev); };
   const int64_t begin = layout ? layout->shard_begin() : 0;
   at::Tensor z = shard(tokens);

@@ -46,8 +46,9 @@ using TokenForward = std::function<at::Tensor(const at::Tensor& tokens, int64_t 
                                               AttentionSeam* seam, int step)>;
 
 // Every rank of the video's groups calls this with the same request. Sequence parallelism uses the
-// model's first layout (DiT::parallel_layouts). The model prepares the video once; each step sets the timestep and runs the forward. Returns the final latent [1, C, T, H, W]
-// (float32; float64 for a float64 model) on every rank of the video.
+// model's first layout that can run (DiT::layout_for). The model prepares the video once; each step
+// sets the timestep and runs the forward. Returns the final latent [1, C, T, H, W] (float32; float64
+// for a float64 model) on every rank of the video.
 at::Tensor sample_video(const DiT& model, Sampler& sampler, const VideoRequest& request, const VideoGroups& groups,
                         const StepFn& on_step = nullptr, const TokenForward& forward = nullptr);
 

@@ -71,6 +71,19 @@ std::vector<int> experts_per_step(const ModelOutline& model, const std::vector<f
   return out;
 }
 
+std::string DiT::layout_for(int ranks, const TokenGrid& grid) const {
+  const std::vector<std::string> layouts = parallel_layouts();
+  for (const auto& layout : layouts) {
+    try {
+      check_layout(layout, ranks, grid);
+      return layout;
+    } catch (const Error&) {
+    }
+  }
+  check_layout(layouts.front(), ranks, grid);  // throws the preferred layout's reason
+  return layouts.front();
+}
+
 void DiT::select_expert(DiTContext&, int expert) const {
   if (expert != 0) fail("the model has one expert, not ", expert + 1);
 }

@@ -145,6 +145,9 @@ class DiT {
   virtual std::vector<std::string> parallel_layouts() const = 0;
   // Throws an Error saying why `ranks` ranks cannot share a video of this grid under `layout`.
   virtual void check_layout(const std::string& layout, int ranks, const TokenGrid& grid) const = 0;
+  // The first of parallel_layouts() that `ranks` ranks can run for this grid; when none can, the
+  // first one's Error.
+  std::string layout_for(int ranks, const TokenGrid& grid) const;
   // The learned null caption [1, 1, L, Cc] for the unconditional branch, or undefined when the
   // unconditional branch reads an encoded empty prompt.
   virtual at::Tensor null_caption() const { return {}; }

@@ -520,10 +520,11 @@ at::Tensor Wan::probe(ProbeSignal, const at::Tensor&, const DiTContext& ctx) con
 }
 
 void Wan::check_layout(const std::string& layout, int ranks, const TokenGrid& grid) const {
-  if (layout != "ulysses") fail("Wan runs sequence parallelism as Ulysses, not '", layout, "'");
-  if (ranks > config_.num_heads)
+  if (layout != "ulysses" && layout != "kv-gather")
+    fail("Wan runs sequence parallelism as Ulysses or kv-gather, not '", layout, "'");
+  if (layout == "ulysses" && ranks > config_.num_heads)
     fail("--sp ", ranks, ": Ulysses needs an attention head per rank and the model has ", config_.num_heads,
-         " (use --sp 1 to ", config_.num_heads, "; ring attention for more ranks is not there yet)");
+         " (up to ", config_.num_heads, " ranks; beyond, the kv-gather layout)");
   if (ranks > grid.tokens()) fail("--sp ", ranks, " is more ranks than the ", grid.tokens(), " tokens of this video");
 }
 

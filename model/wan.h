@@ -88,7 +88,8 @@ class Wan : public DiT {
   at::Tensor prediction(const at::Tensor& head_out) const override { return -head_out; }
   // TeaCache reads Wan's time projection e0 (TeaCache4Wan2.1 with use_ret_steps).
   at::Tensor probe(ProbeSignal signal, const at::Tensor& x, const DiTContext& ctx) const override;
-  std::vector<std::string> parallel_layouts() const override { return {"ulysses"}; }
+  // Ulysses while every rank has a head; K/V all-gather beyond the head count.
+  std::vector<std::string> parallel_layouts() const override { return {"ulysses", "kv-gather"}; }
   void check_layout(const std::string& layout, int ranks, const TokenGrid& grid) const override;
   void observe_context(const DiTContext& ctx, const Observer& observe) const override;
 

@@ -218,8 +218,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
     z0 = at::randn(shape_of(ls), gen, at::TensorOptions().dtype(at::kFloat)).to(z_dtype);
   }
   const TokenGrid grid = token_grid(ls.frames, ls.height, ls.width, outline.shape.patch);
-  const std::string layout = model.parallel_layouts().front();
-  if (wl.sp > 1) model.check_layout(layout, wl.sp, grid);
+  const std::string layout = wl.sp > 1 ? model.layout_for(wl.sp, grid) : model.parallel_layouts().front();
 
   SamplerOptions so;
   so.name = job.sampler;

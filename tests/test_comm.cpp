@@ -507,3 +507,49 @@ TEST(Ulysses, AModelOfTwoExpertsSamplesAsOneRankWithItsCacheRestartingAtTheSwitc
   }
   EXPECT_TRUE(reused);
 }
+
+TEST(KvGather, BeyondTheHeadCountWanMatchesOneRankAndMovesTheAnalyticBytes) {
+  // A 2-head Wan over 27 tokens on P ranks: Ulysses up to 2, the K/V all-gather beyond (P = 3, 4);
+  // every rank's output is its share of the one-rank forward, the bytes the analytic count, a guided
+  // cached sampling run the one-rank latent and decisions.
+  const int P = world().size(), r = world().rank();
+  const Wan m = Wan::random(wan_builtin_config("wan-tiny"), 23, kF32);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(24);
+  DiTInputs a;
+  a.x = at::randn({2, 4, 3, 6, 6}, gen, kF32);
+  a.timestep = at::tensor({700.0f, 300.0f});
+  a.y = at::randn({2, 8, 16}, gen, kF32);
+  const auto ctx = m.prepare(a);
+  m.set_timestep(*ctx, a.timestep);
+  const at::Tensor tokens = layers::patchify(a.x, {1, 2, 2});
+  const at::Tensor reference = m.forward_tokens(tokens, 0, *ctx);
+  EXPECT_EQ(m.layout_for(P, ctx->grid), P <= 2 ? "ulysses" : "kv-gather");
+  KvGatherLayout layout(world(), ctx->grid);
+  world().reset_counters();
+  const at::Tensor out = m.forward_tokens(layout.shard(tokens), layout.shard_begin(), *ctx, &layout);
+  const int64_t begin = layout.tokens().offsets[r], n = layout.tokens().counts[r];
+  EXPECT_LT(ditto::test::rel_err(out, reference.reshape({2, 1, 27, reference.size(3)}).narrow(2, begin, n)), 1e-5);
+  const int layers_count = 2, C = 24;
+  EXPECT_EQ(world().counters().all_gather.calls, layers_count);
+  const int64_t expected = 2 * n * (P - 1) * 2 * C * 4;  // K and V, batch 2, float32
+  EXPECT_EQ(world().counters().all_gather.bytes, layers_count * expected);
+  EXPECT_EQ(layout.bytes(AttentionScope::Video, 2, C, 4), expected);
+
+  VideoRequest req = wan_request(25);
+  add_benchmark_unconditional(req, m);
+  SamplerOptions so;
+  so.name = "unipc", so.steps = 6, so.shift = 3.0;
+  auto sampler = make_sampler(so);
+  auto run = [&](const VideoGroups& g, Communicator* video) {
+    auto policy = make_cache_policy("teacache", {{"threshold", "0.5"}, {"coefficients", "1/0"}}, policy_context(m, so.steps));
+    CacheRunner runner(m, *policy, video);
+    runner.begin_video(sampler->timesteps());
+    at::Tensor z = sample_video(m, *sampler, req, g, nullptr, runner.token_forward());
+    return std::make_pair(z, runner.report());
+  };
+  auto [z1, rep1] = run({}, nullptr);
+  auto [zp, repp] = run({&world(), nullptr}, &world());
+  EXPECT_LT(ditto::test::rel_err(zp, z1), 1e-5) << "sp " << P;
+  for (size_t i = 0; i < rep1["decisions"].size(); ++i)
+    EXPECT_EQ(repp["decisions"][i]["mode"], rep1["decisions"][i]["mode"]) << "step " << i + 1;
+}

@@ -177,6 +177,9 @@ TEST(Wan, SamplesThroughTheCacheRunnerAndCapsSequenceParallelismAtTheHeadCount) 
   g.t = 3, g.h = 2, g.w = 3;
   model->check_layout("ulysses", 2, g);                        // two heads: up to two ranks
   EXPECT_THROW(model->check_layout("ulysses", 3, g), Error);  // more ranks than heads
+  EXPECT_EQ(model->layout_for(2, g), "ulysses");
+  EXPECT_EQ(model->layout_for(3, g), "kv-gather");             // beyond the head count
+  EXPECT_THROW(model->layout_for(19, g), Error);               // more ranks than the 18 tokens
   EXPECT_THROW(model->check_layout("dsp", 2, g), Error);      // full attention has no frame/space split
 }
 
