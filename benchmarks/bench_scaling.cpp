@@ -79,8 +79,8 @@ int main(int argc, char** argv) {
       std::printf("# sequence-parallel scaling: %s, latent %dx%dx%d, %s, %s, backend %s\n", model_source(mo).c_str(),
                   ls.frames, ls.height, ls.width, options.device().str().c_str(),
                   dtype_name(options.dtype().toScalarType()).c_str(), backend.c_str());
-      std::printf("| P | s/step | comm s/step | comm %% | MB sent/step (all ranks) | speedup | efficiency |\n");
-      std::printf("|---|---|---|---|---|---|---|\n");
+      std::printf("| P | layout | s/step | comm s/step | comm %% | MB sent/step (all ranks) | speedup | efficiency |\n");
+      std::printf("|---|---|---|---|---|---|---|---|\n");
     }
     nlohmann::ordered_json rows = nlohmann::json::array();
     double base = 0;
@@ -121,10 +121,12 @@ int main(int argc, char** argv) {
       comm_s = t[1].item<double>();
       if (P == 1) base = step_s;
       const double speedup = base / step_s, eff = speedup / P;
+      const TokenGrid grid = token_grid(ls.frames, ls.height, ls.width, cfg.patch);
+      const std::string layout = P > 1 ? model->layout_for(P, grid) : "none";
       if (world.rank() == 0)
-        std::printf("| %d | %.4f | %.4f | %.1f%% | %.2f | %.2f | %.2f |\n", P, step_s, comm_s, 100 * comm_s / step_s,
-                    b.item<int64_t>() / 1e6, speedup, eff);
-      rows.push_back({{"P", P}, {"step_s", step_s}, {"comm_s", comm_s}, {"bytes_per_step", b.item<int64_t>()},
+        std::printf("| %d | %s | %.4f | %.4f | %.1f%% | %.2f | %.2f | %.2f |\n", P, layout.c_str(), step_s, comm_s,
+                    100 * comm_s / step_s, b.item<int64_t>() / 1e6, speedup, eff);
+      rows.push_back({{"P", P}, {"layout", layout}, {"step_s", step_s}, {"comm_s", comm_s}, {"bytes_per_step", b.item<int64_t>()},
                       {"speedup", speedup}, {"efficiency", eff}});
       world.barrier();
     }
