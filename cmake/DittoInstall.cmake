@@ -1,11 +1,11 @@
-# `cmake --install`: the ditto command (bin/), the shipped demo model (share/ditto/models/), the
+# `cmake --install`: the ditto command (bin/), the shipped demo models (share/ditto/models/), the
 # libraries and their headers (lib/, include/), and a package config so that another CMake project
 # builds against them with find_package(ditto) and links ditto::pipeline (and the others).
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
 install(TARGETS ditto RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-install(DIRECTORY ${PROJECT_SOURCE_DIR}/models/ditto-demo DESTINATION ${CMAKE_INSTALL_DATADIR}/ditto/models)
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/models/ DESTINATION ${CMAKE_INSTALL_DATADIR}/ditto/models)
 install(TARGETS ditto_torch ${DITTO_EXPORTED_LIBRARIES} EXPORT dittoTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 foreach(dir model dist cache pipeline demo launcher)

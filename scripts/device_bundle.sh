@@ -19,8 +19,8 @@ rm -rf "$dir" && mkdir -p "$dir/bin" "$dir/root"
 for b in ditto bench_forward bench_cache bench_scaling bench_alltoall tests/test_gpu tests/test_comm; do
   [ -x "build/$b" ] && strip -o "$dir/bin/$(basename "$b")" "build/$b"
 done
-# The shipped demo model where bin/ditto looks for it (share/ditto/models beside bin/).
-mkdir -p "$dir/share/ditto/models" && cp -r models/ditto-demo "$dir/share/ditto/models/"
+# The shipped demo models where bin/ditto looks for them (share/ditto/models beside bin/).
+mkdir -p "$dir/share/ditto/models" && cp -r models/* "$dir/share/ditto/models/"
 pkgs=(libopenmpi3 openmpi-bin openmpi-common libhwloc15 libhwloc-plugins libevent-core-2.1-7 libevent-pthreads-2.1-7
       libevent-2.1-7 libpmix2 libfabric1 libucx0 libibverbs1 libnl-3-200 libnl-route-3-200 libpsm2-2
       libpsm-infinipath1 librdmacm1 libmunge2 libboost-program-options1.74.0)
