@@ -173,11 +173,11 @@ BlockSchedule BlockSchedule::load(const std::string& path) {
   std::ifstream in(path);
   if (!in) fail("cannot read the block-cache schedule '", path, "'");
   try {
-    return from_json(nlohmann::json::parse(in));
-  } catch (const nlohmann::json::exception& e) {
-    fail("block-cache schedule '", path, "': ", e.what());
+    return from_json(parse_json<nlohmann::json>(in));
   } catch (const Error& e) {
     fail("'", path, "': ", e.what());
+  } catch (const std::exception& e) {
+    fail("block-cache schedule '", path, "': ", e.what());
   }
 }
 

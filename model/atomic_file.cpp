@@ -49,7 +49,7 @@ nlohmann::json read_json_file(const std::string& path, const std::string& what) 
   std::ifstream in(path);
   if (!in) fail("cannot open ", what, " '", path, "'");
   try {
-    return nlohmann::json::parse(in);
+    return parse_json<nlohmann::json>(in);
   } catch (const std::exception& e) {
     fail("'", path, "': malformed JSON: ", e.what());
   }

@@ -4,6 +4,8 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <ostream>
+#include <stdexcept>
+#include <utility>
 #include <string>
 
 namespace ditto {
@@ -11,6 +13,22 @@ namespace ditto {
 // Calls `write` with a stream to a temporary file next to `path`, then renames it onto `path`.
 // On any failure the temporary file is removed and an Error names `path`.
 void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& write);
+
+// JSON that ditto reads (configs, job lines, safetensors headers, schedules) nests at most this deep:
+// deeper input is refused while it is parsed, before any deep structure exists to recurse over.
+constexpr int kMaxJsonDepth = 64;
+
+// `input` (a string, a stream, or a pair of iterators) parsed as BasicJson (nlohmann::json or
+// ordered_json) under kMaxJsonDepth; malformed or too deep input throws a std::exception saying why
+// (the caller names the source).
+template <class BasicJson, class... Input>
+BasicJson parse_json(Input&&... input) {
+  return BasicJson::parse(std::forward<Input>(input)..., [](int depth, typename BasicJson::parse_event_t, BasicJson&) {
+    if (depth > kMaxJsonDepth)
+      throw std::invalid_argument("JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    return true;
+  });
+}
 
 // The file's bytes; an Error "cannot read 'PATH'" when it cannot be opened.
 std::string read_text_file(const std::string& path);

@@ -88,7 +88,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     fail("'", path, "' is not a safetensors file: the header does not start with a JSON object");
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(header, header + n);
+    j = parse_json<nlohmann::json>(header, header + n);
   } catch (const std::exception& e) {
     fail("'", path, "': malformed safetensors JSON header: ", e.what());
   }

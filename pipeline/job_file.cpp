@@ -37,7 +37,7 @@ std::string job_fields_help() {
 JobLine parse_job_line(const std::string& text, int line, const JobDefaults& d) {
   nlohmann::ordered_json j;
   try {
-    j = nlohmann::ordered_json::parse(text);
+    j = parse_json<nlohmann::ordered_json>(text);
   } catch (const std::exception& e) {
     fail("not valid JSON (", e.what(), ")");
   }

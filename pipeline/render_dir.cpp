@@ -87,7 +87,7 @@ RenderDir::Resume RenderDir::resume(std::vector<JobLine> jobs) {
     std::istringstream m(read_text_file(manifest));
     for (std::string l; std::getline(m, l);) {
       try {
-        json e = json::parse(l);
+        json e = parse_json<json>(l);
         finished[e.at("output").get<std::string>()] = e;
       } catch (const std::exception&) {  // a line cut short by a crash
       }

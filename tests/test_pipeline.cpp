@@ -194,6 +194,9 @@ TEST(JobFile, LinesOverrideTheCommandLineAndBadLinesSayWhy) {
   EXPECT_NE(error(R"({"prompt": "x", "random_caption": 3})").find("give exactly one of"), std::string::npos);
   EXPECT_NE(error(R"({"output": "../escape"})").find("output name '../escape'"), std::string::npos);
   EXPECT_NE(error(R"({"cache_opts": 3})").find("'cache_opts' must be an object"), std::string::npos);
+  // cache_opts nested 66,000 levels deep (a stack overflow once): refused while parsing.
+  EXPECT_NE(error(R"({"cache_opts": )" + std::string(66000, '[') + std::string(66000, ']') + "}").find("nested deeper than 64"),
+            std::string::npos);
 
   // A whole file: blank lines skipped, duplicates rejected together, the check's verdict recorded.
   const std::string dir = temp_dir();

@@ -99,6 +99,10 @@ TEST(Safetensors, RejectsMalformedFiles) {
   write_bytes(d + "/negative", header_file(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4));
   expect_error(d + "/negative", "non-negative");
   expect_error(d + "/does_not_exist", "cannot open");
+  // Metadata nested 66,000 levels deep (a stack overflow once): refused by depth while parsing.
+  const int deep = 66000;
+  write_bytes(d + "/deep", header_file(R"({"__metadata__":)" + std::string(deep, '[') + std::string(deep, ']') + "}", 0));
+  expect_error(d + "/deep", "nested deeper than 64");
   // The good header with enough data loads.
   write_bytes(d + "/good", header_file(good, 16));
   EXPECT_EQ(SafetensorsFile(d + "/good").find("a")->shape, (std::vector<int64_t>{2, 2}));
