@@ -184,7 +184,16 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
       std::getline(in, text, '\0');
       while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
     }
-    Codebook cb = opt.has("codebook") ? Codebook::parse(text) : adacache_preset(preset);
+    // A file's content is never echoed in an error (a job file could name any file to read it back).
+    const bool from_file = opt.has("codebook") && opt.str("codebook", "")[0] == '@';
+    Codebook cb;
+    try {
+      cb = opt.has("codebook") ? Codebook::parse(text) : adacache_preset(preset);
+    } catch (const Error& e) {
+      if (!from_file) throw;
+      fail("adacache: the codebook file '", opt.str("codebook", "").substr(1),
+           "' does not hold a codebook (THRESHOLD:RATE entries with increasing thresholds, e.g. 0.08:6/0.16:5/1.00:1)");
+    }
     // per=unit / per=block: a rate per unit or per block instead of one for the stack.
     const std::string per = opt.str("per", "stack");
     if (per == "unit" || per == "block") {

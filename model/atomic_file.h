@@ -21,13 +21,18 @@ constexpr int kMaxJsonDepth = 64;
 // `input` (a string, a stream, or a pair of iterators) parsed as BasicJson (nlohmann::json or
 // ordered_json) under kMaxJsonDepth; malformed or too deep input throws a std::exception saying why
 // (the caller names the source).
+// A syntax error names the byte it stopped at, never the text there (the input could be any file).
 template <class BasicJson, class... Input>
 BasicJson parse_json(Input&&... input) {
-  return BasicJson::parse(std::forward<Input>(input)..., [](int depth, typename BasicJson::parse_event_t, BasicJson&) {
-    if (depth > kMaxJsonDepth)
-      throw std::invalid_argument("JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
-    return true;
-  });
+  try {
+    return BasicJson::parse(std::forward<Input>(input)..., [](int depth, typename BasicJson::parse_event_t, BasicJson&) {
+      if (depth > kMaxJsonDepth)
+        throw std::invalid_argument("JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+      return true;
+    });
+  } catch (const typename BasicJson::parse_error& e) {
+    throw std::invalid_argument("not JSON: a syntax error at byte " + std::to_string(e.byte));
+  }
 }
 
 // The file's bytes; an Error "cannot read 'PATH'" when it cannot be opened.

@@ -81,7 +81,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];
   if (n == 0 || n > kMaxHeaderBytes || n > file_size_ - 8)
-    fail("'", path, "' is not a safetensors file or is truncated: header length ", n, " does not fit in ",
+    fail("'", path, "' is not a safetensors file or is truncated: its header length does not fit in ",
          file_size_, " bytes");
   const char* header = reinterpret_cast<const char*>(bytes + 8);
   if (header[0] != '{')

@@ -474,3 +474,19 @@ TEST(EasyCache, AReusedStepReturnsItsInputPlusTheLastComputedChange) {
   // MagCache needs ratios: STDiT3 has no published table.
   EXPECT_THROW(make_cache_policy("magcache", {}, policy_context(s3, 4)), Error);
 }
+
+TEST(CachePolicies, AFileThatIsNotACodebookIsNamedNotEchoed) {
+  // codebook=@FILE reads a file a job line names: a file that is not a codebook is an Error naming it,
+  // without a word of what it holds.
+  const std::string path = ditto::test::temp_dir() + "/secret.txt";
+  ditto::test::write_bytes(path, "SECRET-TOKEN=abc123\nline two\n");
+  try {
+    make_cache_policy("adacache", {{"codebook", "@" + path}}, ditto::test::stdit3_policy_context(2, 30));
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find(path), std::string::npos) << m;
+    EXPECT_EQ(m.find("SECRET"), std::string::npos) << m;
+    EXPECT_EQ(m.find("abc123"), std::string::npos) << m;
+  }
+}
