@@ -16,23 +16,31 @@ namespace ditto {
 
 void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& write) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  std::ostringstream content;
+  write(content);
+  if (!content) fail("writing '", path, "' failed");
+  const std::string bytes = content.str();
+  // The temporary file is created here and now (O_EXCL) and never through a link (O_NOFOLLOW): a
+  // file or link planted under its name is removed first, not written through.
+  ::unlink(tmp.c_str());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) fail("cannot create '", tmp, "' for writing: ", std::strerror(errno));
   try {
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      if (!out) fail("cannot open '", tmp, "' for writing: ", std::strerror(errno));
-      write(out);
-      out.flush();
-      if (!out) fail("writing '", path, "' failed: ", std::strerror(errno));
+    size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) fail("writing '", path, "' failed: ", std::strerror(errno));
+      done += static_cast<size_t>(n);
     }
-    int fd = ::open(tmp.c_str(), O_RDONLY);
-    if (fd >= 0) {
-      ::fsync(fd);
-      ::close(fd);
-    }
+    if (::fsync(fd) != 0) fail("writing '", path, "' failed: ", std::strerror(errno));
+    ::close(fd);
+    // rename replaces a link at `path` itself; it never writes through it.
     if (std::rename(tmp.c_str(), path.c_str()) != 0)
       fail("cannot rename '", tmp, "' to '", path, "': ", std::strerror(errno));
   } catch (...) {
-    std::remove(tmp.c_str());
+    ::close(fd);
+    ::unlink(tmp.c_str());
     throw;
   }
 }

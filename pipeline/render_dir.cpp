@@ -46,8 +46,11 @@ void remove_tree(const std::string& path) {
 
 // Appends one line and flushes it to disk.
 void append_line(const std::string& path, const std::string& line) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  if (fd < 0) fail("cannot open '", path, "' for appending");
+  // Never through a link planted under the name (O_NOFOLLOW): the line would land in its target.
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0)
+    fail("cannot open '", path, "' for appending: ",
+         errno == ELOOP ? "it is a symbolic link, which ditto does not write through" : std::strerror(errno));
   const std::string s = line + "\n";
   const bool ok = ::write(fd, s.data(), s.size()) == static_cast<ssize_t>(s.size()) && ::fsync(fd) == 0;
   ::close(fd);
@@ -64,11 +67,29 @@ json failure_record(int line, const std::string& output, const char* stage, cons
 RenderDir::RenderDir(std::string dir) : dir_(std::move(dir)) {
   make_dir(dir_);
   // One render per output directory at a time (the lock goes with the process, even on SIGKILL).
-  lock_fd_ = ::open((dir_ + "/render.lock").c_str(), O_RDWR | O_CREAT, 0644);
-  if (lock_fd_ < 0 || ::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
-    if (lock_fd_ >= 0) ::close(lock_fd_);
+  const std::string lock = dir_ + "/render.lock";
+  lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0)
+    fail("cannot create '", lock, "': ",
+         errno == ELOOP ? "it is a symbolic link, which ditto does not follow" : std::strerror(errno),
+         errno == EACCES || errno == EROFS ? " (is the output directory writable?)" : "");
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    ::close(lock_fd_);
     lock_fd_ = -1;
-    fail("another ditto render is writing to '", dir_, "' (", dir_, "/render.lock is held)");
+    fail("another ditto render is writing to '", dir_, "' (", lock, " is held)");
+  }
+  // The records the render appends to and replaces must be plain files: a link planted under one of
+  // these names would send the render's lines into its target.
+  for (const char* name : {"manifest.jsonl", "failures.jsonl", "summary.json"}) {
+    const std::string path = dir_ + "/" + name;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+      ::unlink(lock.c_str());
+      ::close(lock_fd_);
+      lock_fd_ = -1;
+      fail("'", path, "' is ", S_ISLNK(st.st_mode) ? "a symbolic link" : "not a plain file",
+           ": ditto does not write through it (remove it, or render into another directory)");
+    }
   }
 }
 
@@ -129,14 +150,27 @@ void RenderDir::append_failure(const json& record) { append_line(dir_ + "/failur
 
 void RenderDir::append_manifest(const json& entry) { append_line(dir_ + "/manifest.jsonl", entry.dump()); }
 
+namespace {
+// An Error unless `path` is a directory itself (not a link to one).
+void expect_real_dir(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) fail("'", path, "' is missing: ", std::strerror(errno));
+  if (S_ISLNK(st.st_mode)) fail("'", path, "' is a symbolic link, which ditto does not write through");
+  if (!S_ISDIR(st.st_mode)) fail("'", path, "' is not a directory");
+}
+}  // namespace
+
 std::string begin_job_dir(const std::string& dir, const std::string& name) {
   const std::string partial = dir + "/." + name + ".partial";
-  remove_tree(partial);
+  remove_tree(partial);  // a leftover, or a link planted under the name (removed, not followed)
+  if (::mkdir(partial.c_str(), 0755) != 0) fail("cannot create '", partial, "': ", std::strerror(errno));
+  expect_real_dir(partial);
   return partial;
 }
 
 void commit_job_dir(const std::string& dir, const std::string& name) {
   const std::string partial = dir + "/." + name + ".partial", final_dir = dir + "/" + name;
+  expect_real_dir(partial);  // what is renamed into place is the job's own directory
   if (::rename(partial.c_str(), final_dir.c_str()) != 0)
     fail("cannot rename '", partial, "' to '", final_dir, "': ", std::strerror(errno));
 }

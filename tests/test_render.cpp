@@ -3,6 +3,7 @@
 // leaving partial ones, and bad lines / duplicate names / unreadable weights failing on their own.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "model/atomic_file.h"
 #include "model/safetensors.h"
 #include "test_util.h"
 
@@ -235,4 +237,30 @@ TEST(Render, RestartAfterSigkillFinishesTheRestWithoutRewritingFinishedFiles) {
   struct stat st {};
   ::stat(finished.begin()->first.c_str(), &st);
   EXPECT_EQ(st.st_ino, id.first);
+}
+
+TEST(Render, PlantedSymbolicLinksAreNeverWrittenThrough) {
+  // An attacker (or a stale tree) plants links in the output directory: the manifest as a link to a
+  // file outside, a dangling render.lock, a temporary name of write_file_atomic. Nothing is written
+  // outside; the render refuses with a message that says why.
+  const std::string d = temp_dir(), outside = d + "/outside.txt";
+  write_bytes(outside, "untouched\n");
+  write_bytes(d + "/jobs.jsonl", R"({"random_caption": 4, "steps": 2, "output": "a"})" "\n");
+  run_command("mkdir -p " + d + "/out1 && ln -s " + outside + " " + d + "/out1/manifest.jsonl");
+  auto r = run_ditto("render " + kTiny + "--jobs " + d + "/jobs.jsonl --out " + d + "/out1");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("symbolic link"), std::string::npos) << r.output;
+  EXPECT_EQ(read_bytes(outside), "untouched\n");
+
+  run_command("mkdir -p " + d + "/out2 && ln -s " + d + "/created-by-lock " + d + "/out2/render.lock");
+  r = run_ditto("render " + kTiny + "--jobs " + d + "/jobs.jsonl --out " + d + "/out2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("symbolic link"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::ifstream(d + "/created-by-lock").good());
+
+  const std::string target = d + "/summary-target.json";
+  ::symlink(outside.c_str(), (target + ".tmp." + std::to_string(::getpid())).c_str());
+  write_file_atomic(target, [](std::ostream& os) { os << "{}\n"; });
+  EXPECT_EQ(read_bytes(target), "{}\n");
+  EXPECT_EQ(read_bytes(outside), "untouched\n");
 }
