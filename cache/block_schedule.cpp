@@ -170,10 +170,14 @@ BlockSchedule BlockSchedule::from_json(const nlohmann::json& j) {
 }
 
 BlockSchedule BlockSchedule::load(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail("cannot read the block-cache schedule '", path, "'");
+  std::string text;
   try {
-    return from_json(parse_json<nlohmann::json>(in));
+    text = read_text_file(path);
+  } catch (const Error& e) {
+    fail("cannot read the block-cache schedule: ", e.what());
+  }
+  try {
+    return from_json(parse_json<nlohmann::json>(text));
   } catch (const Error& e) {
     fail("'", path, "': ", e.what());
   } catch (const std::exception& e) {

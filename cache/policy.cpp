@@ -16,6 +16,7 @@
 #include "cache/output_policies.h"
 #include "cache/schedule_policies.h"
 #include "cache/threshold_policies.h"
+#include "model/atomic_file.h"
 #include "model/error.h"
 #include "model/host_sync.h"
 
@@ -179,9 +180,11 @@ std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, const Po
     // codebook=0.08:6/.../1.00:1, or codebook=@FILE holding the same text.
     std::string text = opt.str("codebook", "");
     if (!text.empty() && text[0] == '@') {
-      std::ifstream in(text.substr(1));
-      if (!in) fail("adacache: cannot read the codebook file '", text.substr(1), "'");
-      std::getline(in, text, '\0');
+      try {
+        text = read_text_file(text.substr(1));
+      } catch (const Error& e) {
+        fail("adacache: ", e.what());
+      }
       while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
     }
     // A file's content is never echoed in an error (a job file could name any file to read it back).

@@ -2,6 +2,7 @@
 #include "model/atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -45,19 +46,47 @@ void write_file_atomic(const std::string& path, const std::function<void(std::os
   }
 }
 
+bool path_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
 std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read '", path, "'");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
+  // Opened without blocking (a FIFO named here would wait forever for a writer), then refused unless
+  // it is a regular file.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) fail("cannot read '", path, "': ", std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail("cannot read '", path, "': not a regular file");
+  }
+  std::string bytes;
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int e = errno;
+      ::close(fd);
+      fail("cannot read '", path, "': ", std::strerror(e));
+    }
+    if (n == 0) break;
+    bytes.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return bytes;
 }
 
 nlohmann::json read_json_file(const std::string& path, const std::string& what) {
-  std::ifstream in(path);
-  if (!in) fail("cannot open ", what, " '", path, "'");
+  std::string text;
   try {
-    return parse_json<nlohmann::json>(in);
+    text = read_text_file(path);
+  } catch (const Error& e) {
+    fail("cannot open ", what, " '", path, "': ", std::string(e.what()).substr(std::string(e.what()).rfind(": ") + 2));
+  }
+  try {
+    return parse_json<nlohmann::json>(text);
   } catch (const std::exception& e) {
     fail("'", path, "': malformed JSON: ", e.what());
   }

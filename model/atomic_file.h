@@ -35,6 +35,9 @@ BasicJson parse_json(Input&&... input) {
   }
 }
 
+// Whether something exists at `path` (a stat, which never opens it: a FIFO does not block).
+bool path_exists(const std::string& path);
+
 // The file's bytes; an Error "cannot read 'PATH'" when it cannot be opened.
 std::string read_text_file(const std::string& path);
 // The file parsed as JSON; Errors "cannot open WHAT 'PATH'" and "'PATH': malformed JSON: ...".

@@ -108,7 +108,7 @@ std::pair<nlohmann::json, const ModelFamily*> read_config(const std::string& dir
 
 namespace {
 
-bool is_file(const std::string& path) { return std::ifstream(path).good(); }
+bool is_file(const std::string& path) { return path_exists(path); }
 
 // Where a model's weights are: one directory, or the experts of a model of experts with their boundary.
 struct ModelDirs {

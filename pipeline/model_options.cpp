@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "model/atomic_file.h"
 #include "model/error.h"
 
 namespace ditto {
@@ -103,7 +104,7 @@ std::string demo_model_dir() {
 void default_to_demo_model(ModelOptions& o) {
   if (!o.model_dir.empty() || !o.config_name.empty()) return;
   const std::string dir = demo_model_dir();
-  if (!std::ifstream(dir + "/config.json").good())
+  if (!path_exists(dir + "/config.json"))
     fail("no model: pass --model DIR or --config NAME --random-weights (the demo model is not installed at ", dir,
          "; DITTO_DEMO_MODEL names another place)");
   o.model_dir = dir;

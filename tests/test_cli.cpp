@@ -152,3 +152,21 @@ TEST(OpenSoraParity, DittoSampleReproducesTheReference) {
   auto z = load_safetensors(d + "/latent.safetensors").at("z");
   EXPECT_LT(rel_err(z, load_safetensors(fixture("sample_out.safetensors")).at("z")), 1e-5);
 }
+
+TEST(Cli, AFifoInPlaceOfAFileIsRefusedWithoutBlocking) {
+  // A FIFO named as a caption embedding, a model's config.json or a job file would block a plain
+  // open() forever; each is refused at once as not a regular file (timeout 60: a hang fails the test).
+  const std::string d = ditto::test::temp_dir();
+  ditto::test::run_command("mkfifo " + d + "/fifo && mkdir " + d + "/model && mkfifo " + d + "/model/config.json");
+  const std::string ditto = "timeout 60 " + std::string(DITTO_BINARY) + " ";
+  auto r = ditto::test::run_command(ditto + "sample --config stdit3-tiny --random-weights --caption-embedding " + d +
+                                    "/fifo --frames 51 --height 48 --width 72 --steps 1 --quiet --out " + d + "/o1");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("not a regular file"), std::string::npos) << r.output;
+  r = ditto::test::run_command(ditto + "sample --model " + d + "/model --random-caption 4 --quiet --out " + d + "/o2");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("not a regular file"), std::string::npos) << r.output;
+  r = ditto::test::run_command(ditto + "render --config stdit3-tiny --random-weights --jobs " + d + "/fifo --out " + d + "/o3");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("not a regular file"), std::string::npos) << r.output;
+}
