@@ -6,7 +6,10 @@
 #include <ostream>
 #include <stdexcept>
 #include <utility>
+#include <array>
+#include <cstdint>
 #include <string>
+#include <type_traits>
 
 namespace ditto {
 
@@ -33,6 +36,42 @@ BasicJson parse_json(Input&&... input) {
   } catch (const typename BasicJson::parse_error& e) {
     throw std::invalid_argument("not JSON: a syntax error at byte " + std::to_string(e.byte));
   }
+}
+
+// A field of a configuration read strictly into `out` (absent or null: `out` unchanged; `where` names
+// the field in errors): an integer must be a JSON integer within 0 .. 2^24 (64.7, 1e9 or 2^32 + 64
+// are errors, not 64), a bool a JSON bool; other types as nlohmann converts them.
+constexpr int64_t kMaxConfigInteger = int64_t{1} << 24;
+template <class T>
+void read_config_field(const nlohmann::json& j, const char* key, T& out, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return;
+  const nlohmann::json& v = j[key];
+  try {
+    if constexpr (std::is_same_v<T, bool>) {
+      if (!v.is_boolean()) throw std::invalid_argument("must be true or false, got " + v.dump());
+      out = v.get<bool>();
+    } else if constexpr (std::is_integral_v<T>) {
+      if (!v.is_number_integer()) throw std::invalid_argument("must be an integer, got " + v.dump());
+      const int64_t n = v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(kMaxConfigInteger)
+                            ? kMaxConfigInteger + 1
+                            : v.get<int64_t>();
+      if (n < 0 || n > kMaxConfigInteger)
+        throw std::invalid_argument("must be an integer in 0 .. " + std::to_string(kMaxConfigInteger) + ", got " + v.dump());
+      out = static_cast<T>(n);
+    } else {
+      out = v.get<T>();
+    }
+  } catch (const std::exception& e) {
+    throw std::invalid_argument(where + ", field '" + key + "': " + e.what());
+  }
+}
+
+// A list of three integers ([t, h, w] sizes), each read as above.
+inline void read_config_field(const nlohmann::json& j, const char* key, std::array<int, 3>& out, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return;
+  if (!j[key].is_array() || j[key].size() != 3)
+    throw std::invalid_argument(where + ", field '" + key + "': expected [t, h, w], got " + j[key].dump());
+  for (size_t i = 0; i < 3; ++i) read_config_field(nlohmann::json{{key, j[key][i]}}, key, out[i], where);
 }
 
 // Whether something exists at `path` (a stat, which never opens it: a FIFO does not block).

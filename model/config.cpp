@@ -39,11 +39,10 @@ STDiT3Config parse_config(const nlohmann::json& j, const std::string& path) {
   STDiT3Config c;
   auto where = [&](const char* key) { return "'" + path + "', field '" + key + "'"; };
   auto get = [&](const char* key, auto& out) {
-    if (!j.contains(key) || j[key].is_null()) return;
     try {
-      out = j[key].get<std::decay_t<decltype(out)>>();
+      read_config_field(j, key, out, "'" + path + "'");
     } catch (const std::exception& e) {
-      fail(where(key), ": ", e.what());
+      fail(e.what());
     }
   };
   if (j.contains("model_type") && j["model_type"] != "STDiT3")
@@ -51,15 +50,12 @@ STDiT3Config parse_config(const nlohmann::json& j, const std::string& path) {
   get("hidden_size", c.hidden_size);
   get("depth", c.depth);
   get("num_heads", c.num_heads);
-  if (j.contains("patch_size")) {
-    const auto& p = j["patch_size"];
-    if (p.is_number_integer()) {
-      c.patch_size = {1, p.get<int>(), p.get<int>()};
-    } else if (p.is_array() && p.size() == 3) {
-      for (int i = 0; i < 3; ++i) c.patch_size[i] = p[i].get<int>();
-    } else {
-      fail(where("patch_size"), ": expected [t, h, w]");
-    }
+  if (j.contains("patch_size") && j["patch_size"].is_number_integer()) {  // one number: 1 x n x n
+    int n = 0;
+    get("patch_size", n);
+    c.patch_size = {1, n, n};
+  } else {
+    get("patch_size", c.patch_size);
   }
   get("in_channels", c.in_channels);
   get("mlp_ratio", c.mlp_ratio);

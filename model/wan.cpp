@@ -66,9 +66,9 @@ WanConfig parse_wan_config(const nlohmann::json& j, const std::string& where) {
   auto get = [&](const char* key, auto& out) {
     if (!j.contains(key) || j[key].is_null()) return false;
     try {
-      out = j[key].get<std::decay_t<decltype(out)>>();
+      read_config_field(j, key, out, "'" + where + "'");
     } catch (const std::exception& e) {
-      fail("'", where, "', field '", key, "': ", e.what());
+      fail(e.what());
     }
     return true;
   };
@@ -110,11 +110,7 @@ WanConfig parse_wan_config(const nlohmann::json& j, const std::string& where) {
     if (j.contains("model_type") && j["model_type"].is_string()) type = j["model_type"].get<std::string>();
     if (!type.empty() && type != "t2v") fail("'", where, "', field 'model_type': '", type, "' is not supported (t2v)");
   }
-  if (j.contains("patch_size")) {
-    const auto& p = j["patch_size"];
-    if (!p.is_array() || p.size() != 3) fail("'", where, "', field 'patch_size': expected [t, h, w]");
-    for (int i = 0; i < 3; ++i) c.patch_size[i] = p[i].get<int>();
-  }
+  get("patch_size", c.patch_size);
   get("text_len", c.text_len);
   std::string space;
   if (get("latent_space", space)) {

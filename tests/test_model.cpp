@@ -9,6 +9,7 @@
 #include "model/layers.h"
 #include "model/safetensors.h"
 #include "model/stdit3.h"
+#include "model/wan.h"
 #include "test_util.h"
 
 using namespace ditto;
@@ -269,6 +270,20 @@ TEST(Model, ConfigErrors) {
   EXPECT_NE(err(R"({"skip_y_embedder":true})").find("not supported"), std::string::npos);
   EXPECT_NE(err(R"({"temporal_pos_embed":"learned"})").find("temporal_pos_embed"), std::string::npos);
   EXPECT_EQ(err(R"({"model_type":"STDiT3","hidden_size":64,"num_heads":4,"depth":2})"), "");
+  // Sizes are integers in range, never truncated or wrapped (64.7 is not 64, 2^32 + 64 is not 64).
+  EXPECT_NE(err(R"({"hidden_size":64.7})").find("field 'hidden_size': must be an integer, got 64.7"), std::string::npos);
+  EXPECT_NE(err(R"({"hidden_size":4294967360})").find("must be an integer in 0 .. 16777216, got 4294967360"), std::string::npos);
+  EXPECT_NE(err(R"({"depth":1e9})").find("field 'depth': must be an integer"), std::string::npos);
+  EXPECT_NE(err(R"({"depth":1000000000})").find("field 'depth'"), std::string::npos);
+  EXPECT_NE(err(R"({"patch_size":[1,2.5,2]})").find("field 'patch_size'"), std::string::npos);
+  EXPECT_NE(err(R"({"qk_norm":1})").find("field 'qk_norm': must be true or false"), std::string::npos);
+  // The same rules for Wan's configs.
+  try {
+    parse_wan_config(nlohmann::json::parse(R"({"num_attention_heads":2,"attention_head_dim":12,"num_layers":1e9})"), "w");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("field 'num_layers': must be an integer"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Model, TemporalPositionEmbeddingIsTheFrameSinCos) {
