@@ -49,6 +49,7 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const int sources = !job.caption_file.empty() + (job.random_caption > 0) + !job.prompt.empty();
   if (sources != 1) fail("give exactly one of --caption-embedding FILE, --random-caption N or --prompt TEXT");
   default_to_demo_model(mo);
+  check_job_memory(model_outline(mo), job, wl, options);  // an oversized video is refused before the model loads
   const std::unique_ptr<DiT> model = load_model(mo, options);
   job.seed += static_cast<uint64_t>(wl.dp_index);
   const VideoJob resolved = with_model_defaults(job, model->outline());

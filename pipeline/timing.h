@@ -12,6 +12,9 @@ namespace ditto {
 void synchronize(const at::Device& device);
 // Peak memory of this process: device allocator peak on CUDA, max resident set on CPU (bytes).
 int64_t peak_memory_bytes(const at::Device& device);
+// Memory a new allocation can still get on the device: on a GPU the driver's free memory plus what
+// the caching allocator holds unused; on the CPU MemAvailable, capped by the cgroup's limit.
+int64_t available_memory_bytes(const at::Device& device);
 
 // Per-step times. On CUDA each mark() records an event on the current stream (no wait) and the
 // times are read once, at the end; on the CPU mark() reads the wall clock.

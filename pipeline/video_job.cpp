@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -162,6 +163,32 @@ void register_output_annotator(OutputAnnotator annotator) {
   annotators().push_back(std::move(annotator));
 }
 
+void check_job_memory(const ModelOutline& model, const VideoJob& job_in, const WorldLayout& wl,
+                      const at::TensorOptions& options) {
+  const VideoJob job = with_model_defaults(job_in, model);
+  const LatentShape ls = family_of(model).vae(model)->latent_shape(job.frames, job.height, job.width);
+  const TokenGrid grid = token_grid(ls.frames, ls.height, ls.width, model.shape.patch);
+  const double guided = guidance_enabled(job.cfg_scale) || (job.cfg_scale_2 >= 0 && guidance_enabled(job.cfg_scale_2));
+  const double batch = guided && wl.cfg == 1 ? 2 : 1;
+  const double tokens = std::ceil(static_cast<double>(grid.tokens()) / std::max(1, wl.sp));
+  const double element = static_cast<double>(c10::elementSize(options.dtype().toScalarType()));
+  const double state = std::max(4.0, element);
+  const double latent = static_cast<double>(ls.channels) * ls.frames * ls.height * ls.width * state * 4;
+  const double activations = batch * tokens * model.shape.hidden_size * (4 * state + 16 * element);
+  const double need = latent + activations;
+  const int64_t available = available_memory_bytes(options.device());
+  if (need > static_cast<double>(available)) {
+    char text[320];
+    std::snprintf(text, sizeof text,
+                  "this job needs about %.3g GB on %s (%d frames at %dx%d: %lld tokens, batch %.0f, %.3g GB of latent) "
+                  "and about %.3g GB is available: use fewer frames or a smaller size, more sequence-parallel ranks, "
+                  "or a larger device",
+                  need / 1e9, options.device().str().c_str(), job.frames, job.height, job.width,
+                  static_cast<long long>(grid.tokens()), batch, latent / 1e9, static_cast<double>(available) / 1e9);
+    fail(text);
+  }
+}
+
 void make_dir(const std::string& dir) {
   std::string path;
   for (size_t i = 0; i <= dir.size(); ++i) {
@@ -199,6 +226,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   const Caption cap = resolve_caption(job, model_dir, outline);
   const std::optional<Caption> negative = resolve_negative_caption(job, model_dir, outline);
 
+  check_job_memory(outline, job, wl, options);
   // The initial latent, drawn whole (never per shard) so the result does not depend on the layout.
   const std::unique_ptr<VAE> vae = family.vae(outline);
   const LatentShape ls = vae->latent_shape(job.frames, job.height, job.width);

@@ -99,6 +99,13 @@ std::unique_ptr<Communicator> group_backend(std::unique_ptr<Communicator> mpi_gr
 // "auto" -> nccl on CUDA, mpi on CPU; validates the name against the device.
 std::string resolve_backend(const std::string& name, const at::Device& device);
 
+// The memory one job's sampling takes on each rank of its group, estimated from the outline alone:
+// the whole latent (drawn and gathered whole) and the activations of a unit over the rank's share
+// of the tokens (the residual stream in float32 with the copies a cache keeps, q/k/v and the MLP's
+// hidden layer in the run's dtype). An Error naming both figures when the device has less available
+// than that, so an oversized job fails alone, before it allocates anything.
+void check_job_memory(const ModelOutline& model, const VideoJob& job, const WorldLayout& wl, const at::TensorOptions& options);
+
 void make_dir(const std::string& dir);
 
 }  // namespace ditto

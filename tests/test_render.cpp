@@ -264,3 +264,21 @@ TEST(Render, PlantedSymbolicLinksAreNeverWrittenThrough) {
   EXPECT_EQ(read_bytes(target), "{}\n");
   EXPECT_EQ(read_bytes(outside), "untouched\n");
 }
+
+TEST(Render, AnOversizedJobFailsAloneBeforeItAllocates) {
+  // 1000 frames at 4096 x 4096 would take terabytes: the job is refused with the estimate (recorded as
+  // a failure), the next job renders, and `sample` refuses it before loading the model.
+  const std::string d = temp_dir();
+  write_bytes(d + "/jobs.jsonl", R"({"random_caption": 4, "frames": 1000, "height": 4096, "width": 4096, "output": "huge"})" "\n"
+                                 R"({"random_caption": 4, "steps": 2, "output": "small"})" "\n");
+  auto r = run_ditto("render " + kTiny + "--jobs " + d + "/jobs.jsonl --out " + d + "/out");
+  EXPECT_EQ(r.code, 1) << r.output;
+  const auto failures = read_jsonl(d + "/out/failures.jsonl");
+  ASSERT_EQ(failures.size(), 1u) << r.output;
+  EXPECT_EQ(failures[0]["output"], "huge");
+  EXPECT_NE(failures[0]["error"].get<std::string>().find("this job needs about"), std::string::npos) << failures[0].dump();
+  EXPECT_TRUE(std::ifstream(d + "/out/small/latent.safetensors").good());
+  r = run_ditto("sample " + kTiny + "--random-caption 4 --frames 1000 --height 4096 --width 4096 --out " + d + "/s");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("this job needs about"), std::string::npos) << r.output;
+}
