@@ -50,6 +50,8 @@ int run_forward(const std::vector<std::string>& args, const MpiEnv& mpi) {
   DiT::Observer observe;
   if (dump) observe = [&](const std::string& name, const at::Tensor& t) { dumped.emplace_back(name, t.cpu()); };
   at::Tensor result = model.forward(a, observe);
+  if (!at::isfinite(result).all().item<bool>())
+    fail("the output has NaN or infinite values (the model's weights or the inputs hold them); nothing written");
   NamedTensors tensors{{"out", result.cpu()}};
   for (auto& d : dumped) tensors.push_back(std::move(d));
   save_safetensors(out, tensors, {{"model", model_source(mo)}, {"dtype", dtype_name(options.dtype().toScalarType())}});

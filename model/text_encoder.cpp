@@ -12,7 +12,11 @@ namespace ditto {
 Caption load_caption_embedding(const std::string& path, int tokens, int channels) {
   SafetensorsFile f(path);
   if (!f.contains("y")) fail("caption embedding '", path, "' has no tensor 'y'");
+  // An embedding is real-valued: integer or bool tensors are not converted without a word.
+  if (!at::isFloatingType(safetensors_scalar_type(f.find("y")->dtype)))
+    fail("caption embedding '", path, "': y is ", f.find("y")->dtype, ", a text encoder's output is floating point");
   at::Tensor y = f.tensor("y", at::TensorOptions().dtype(at::kFloat));
+  if (!at::isfinite(y).all().item<bool>()) fail("caption embedding '", path, "': y has NaN or infinite values");
   while (y.dim() > 2 && y.size(0) == 1) y = y.squeeze(0);
   if (y.dim() != 2) fail("caption embedding '", path, "': y must be [L, C] or [1, 1, L, C], got ", y.sizes());
   const int64_t L = y.size(0);

@@ -170,3 +170,28 @@ TEST(Cli, AFifoInPlaceOfAFileIsRefusedWithoutBlocking) {
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("not a regular file"), std::string::npos) << r.output;
 }
+
+TEST(Cli, IntegerCaptionsAndNonFiniteOutputsAreErrors) {
+  // An integer caption embedding is not converted without a word; a forward whose output is NaN (the
+  // weights hold NaN) fails and writes nothing.
+  const std::string d = ditto::test::temp_dir();
+  ditto::save_safetensors(d + "/int.safetensors", {{"y", at::ones({8, 32}, at::kLong)}});
+  auto r = ditto::test::run_ditto("sample --config stdit3-tiny --random-weights --caption-embedding " + d +
+                                  "/int.safetensors --frames 51 --height 48 --width 72 --steps 1 --quiet --out " + d + "/o");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("y is I64, a text encoder's output is floating point"), std::string::npos) << r.output;
+
+  r = ditto::test::run_ditto("train --config ditto-demo-tiny --steps 1 --batch 1 --image-batch 0 --quiet --threads 1 --out " + d + "/m");
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto w = ditto::load_safetensors(d + "/m/model.safetensors");
+  ditto::NamedTensors t;
+  for (auto& [name, x] : w) t.emplace_back(name, name == "final_layer.linear.bias" ? x * NAN : x);
+  ditto::save_safetensors(d + "/m/model.safetensors", t);
+  ditto::save_safetensors(d + "/in.safetensors", {{"x", at::randn({1, 3, 4, 32, 32})}, {"timestep", at::tensor({500.0f})},
+                                                  {"y", at::randn({1, 1, 18, 16})}, {"fps", at::tensor({24.0f})},
+                                                  {"height", at::tensor({32.0f})}, {"width", at::tensor({32.0f})}});
+  r = ditto::test::run_ditto("forward --model " + d + "/m --inputs " + d + "/in.safetensors --out " + d + "/out.safetensors");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("NaN or infinite"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::ifstream(d + "/out.safetensors").good());
+}
