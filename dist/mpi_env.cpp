@@ -17,6 +17,7 @@ MpiEnv::MpiEnv(int* argc, char*** argv) {
     MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided);
     finalize_ = true;
   }
+  MPI_Query_thread(&thread_support_);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
   MPI_Comm local;

@@ -16,12 +16,14 @@ class MpiEnv {
   int size() const { return size_; }
   int local_rank() const { return local_rank_; }
   int local_size() const { return local_size_; }
+  // The thread support the MPI library granted (MPI_THREAD_SINGLE .. MPI_THREAD_MULTIPLE).
+  int thread_support() const { return thread_support_; }
 
   // Prints "[rank r] error: message" to stderr and ends every rank of the job with `code`.
   [[noreturn]] void abort(const std::string& message, int code = 1) const;
 
  private:
-  int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
+  int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1, thread_support_ = 0;
   bool finalize_ = false;
 };
 

@@ -137,6 +137,11 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
   std::unique_ptr<Communicator> cfg_comm = group_backend(std::move(groups.cfg), backend, dev, nccl_timeout);
   Communicator& video = *groups.video;
   const bool leader = video.rank() == 0;
+  // Rank 0's scheduler thread calls MPI beside the rendering thread: that needs MPI_THREAD_MULTIPLE.
+  if (mpi.thread_support() < MPI_THREAD_MULTIPLE)
+    fail("the MPI library grants thread level ", mpi.thread_support(), ", and render's job scheduler needs ",
+         "MPI_THREAD_MULTIPLE (", MPI_THREAD_MULTIPLE, ") to call MPI beside the rendering thread: use an MPI built with "
+         "thread support (Open MPI and MPICH are, by default)");
   MpiJobTransport transport(MPI_COMM_WORLD);
 
   // Rank 0's scheduler thread: records each leader's result and hands out the next job.
