@@ -144,6 +144,12 @@ int main(int argc, char** argv) {
             req.negative_mask = neg.mask;
           }
         }
+        // A model without a learned null caption (Wan) guides away from the empty prompt, as sample does.
+        if (!req.negative_y.defined() && !model->null_caption().defined()) {
+          const Caption none = text->empty();
+          req.negative_y = none.y;
+          req.negative_mask = none.mask;
+        }
       } else {
         req.caption_y = at::randn({1, 1, cfg.caption_tokens, cfg.caption_channels}, gen, at::kFloat);
         req.caption_mask = at::ones({1, cfg.caption_tokens}, at::kLong);

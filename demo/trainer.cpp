@@ -39,32 +39,6 @@ struct Trainable {
   bool decay;  // weight decay on matrices only
 };
 
-// --init-from: a model directory's weights for `cfg`. A model without the per-frame modulation
-// starts a frame_modulation config with its frame_block at the training initialisation (zero: the
-// same predictions at step 0); every other difference is the loader's "does not match" error.
-STDiT3 init_from_model(const std::string& dir, const STDiT3Config& cfg, uint64_t seed, const at::TensorOptions& options) {
-  STDiT3Config source = cfg;
-  const STDiT3Config from = load_config(dir + "/config.json");
-  if (from.frame_modulation && !cfg.frame_modulation)
-    fail("--init-from '", dir, "': the model has per-frame modulation (frame_modulation), this config has none; train it with --config ",
-         from.frame_caption_modulation ? "ditto-demo-fcm" : "ditto-demo-fm");
-  if (from.frame_modulation && cfg.frame_modulation && from.frame_caption_modulation != cfg.frame_caption_modulation)
-    fail("--init-from '", dir, "': its per-frame term reads ", from.frame_caption_modulation ? "the caption" : "the frame only",
-         ", this config's reads ", cfg.frame_caption_modulation ? "the caption" : "the frame only",
-         " (frame_caption_modulation): its weights would not mean the same");
-  if (cfg.frame_modulation && !from.frame_modulation) source.frame_modulation = source.frame_caption_modulation = false;
-  std::map<std::string, at::Tensor> weights = load_checkpoint(dir, source, options);
-  if (source.frame_modulation != cfg.frame_modulation) {
-    const std::map<std::string, at::Tensor> fresh = STDiT3::training_init(cfg, seed, options).weights();
-    for (const auto& [name, t] : fresh)
-      if (!weights.count(name)) {
-        weights[name] = t;
-        std::cerr << "--init-from: '" << name << "' is new in this config (frame_modulation): training initialisation\n";
-      }
-  }
-  return STDiT3(cfg, std::move(weights));
-}
-
 // bf16 autocast on CUDA for the guard's lifetime (nothing on the CPU).
 class BfloatAutocast {
  public:
@@ -199,10 +173,10 @@ int train(const TrainOptions& o, const MpiEnv& mpi) {
   tc.dim = outline.shape.caption_channels;
   tc.max_tokens = outline.shape.caption_tokens;
   // Fresh weights (the family's training initialisation), or a model directory's as the start of a new run.
-  if (!init_from.empty() && family.name != "stdit3") fail("--init-from starts STDiT3 demo models only");
-  std::map<std::string, at::Tensor> model_weights =
-      init_from.empty() ? family.training_init(config_name, seed, options)
-                        : init_from_model(init_from, builtin_config(config_name), seed, options).weights();
+  if (!init_from.empty() && !family.training_from) fail("--init-from cannot start a ", family.name, " model");
+  std::map<std::string, at::Tensor> model_weights = init_from.empty()
+                                                        ? family.training_init(config_name, seed, options)
+                                                        : family.training_from(init_from, config_name, seed, options);
   WordEncoder text = init_from.empty() ? WordEncoder::random(tc, seed + 1, options) : WordEncoder::load(init_from, options);
   if (!init_from.empty() && (text.config().vocab != tc.vocab || text.config().dim != tc.dim ||
                              text.config().max_tokens != tc.max_tokens))
@@ -522,7 +496,7 @@ int train(const TrainOptions& o, const MpiEnv& mpi) {
   }
   family.save(config_name, ema_model, out_dir);
   WordEncoder(tc, ema_text).save(out_dir);
-  std::cerr << "ditto train: wrote " << out_dir << " (config.json, model.safetensors, text_encoder.safetensors; "
+  std::cerr << "ditto train: wrote " << out_dir << " (the model's config.json and weights, text_encoder.safetensors; "
             << "final smoothed loss " << loss_ema << ")\n";
   return 0;
 }

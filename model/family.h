@@ -72,6 +72,11 @@ struct ModelFamily {
   std::function<std::unique_ptr<DiT>(const std::string& config, std::map<std::string, at::Tensor> weights)> from_weights;
   std::function<void(const std::string& config, std::map<std::string, at::Tensor> weights, const std::string& dir)> save;
   std::function<bool(const std::string& tensor)> frozen;
+  // ditto train --init-from: a model directory's weights as the start of a new run of `config`
+  // (an Error when they cannot be: another architecture).
+  std::function<std::map<std::string, at::Tensor>(const std::string& dir, const std::string& config, uint64_t seed,
+                                                  const at::TensorOptions& options)>
+      training_from;
   // The rflow timestep transform for one video; `size_dtype` is the run's dtype (families that hold
   // sizes in the model dtype round them to it). An empty function: the family has none.
   std::function<TimestepTransform(const ModelOutline& model, const VideoSize& video, at::ScalarType size_dtype)>

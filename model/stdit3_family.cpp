@@ -1,6 +1,8 @@
 // The STDiT3 family (Open-Sora 1.2 and ditto's pixel-space demo models built on it): loading,
 // built-in configs, the VAE geometry, sampling defaults, Open-Sora's timestep transform and the
 // cache policies' published constants for it.
+#include <iostream>
+
 #include "model/error.h"
 #include "model/family.h"
 #include "model/opensora.h"
@@ -13,6 +15,32 @@ namespace {
 STDiT3Config config_of(const ModelOutline& m) {
   if (m.family != "stdit3") fail("the STDiT3 family was handed a '", m.family, "' model");
   return parse_config(m.config, "the model's config");
+}
+
+// --init-from: a model directory's weights for `cfg`. A model without the per-frame modulation
+// starts a frame_modulation config with its frame_block at the training initialisation (zero: the
+// same predictions at step 0); every other difference is the loader's "does not match" error.
+std::map<std::string, at::Tensor> init_from_model(const std::string& dir, const STDiT3Config& cfg, uint64_t seed, const at::TensorOptions& options) {
+  STDiT3Config source = cfg;
+  const STDiT3Config from = load_config(dir + "/config.json");
+  if (from.frame_modulation && !cfg.frame_modulation)
+    fail("--init-from '", dir, "': the model has per-frame modulation (frame_modulation), this config has none; train it with --config ",
+         from.frame_caption_modulation ? "ditto-demo-fcm" : "ditto-demo-fm");
+  if (from.frame_modulation && cfg.frame_modulation && from.frame_caption_modulation != cfg.frame_caption_modulation)
+    fail("--init-from '", dir, "': its per-frame term reads ", from.frame_caption_modulation ? "the caption" : "the frame only",
+         ", this config's reads ", cfg.frame_caption_modulation ? "the caption" : "the frame only",
+         " (frame_caption_modulation): its weights would not mean the same");
+  if (cfg.frame_modulation && !from.frame_modulation) source.frame_modulation = source.frame_caption_modulation = false;
+  std::map<std::string, at::Tensor> weights = load_checkpoint(dir, source, options);
+  if (source.frame_modulation != cfg.frame_modulation) {
+    const std::map<std::string, at::Tensor> fresh = STDiT3::training_init(cfg, seed, options).weights();
+    for (const auto& [name, t] : fresh)
+      if (!weights.count(name)) {
+        weights[name] = t;
+        std::cerr << "--init-from: '" << name << "' is new in this config (frame_modulation): training initialisation\n";
+      }
+  }
+  return weights;
 }
 
 }  // namespace
@@ -40,6 +68,9 @@ void register_stdit3_family() {
     STDiT3(builtin_config(name), std::move(weights)).save_pretrained(dir);
   };
   f.frozen = [](const std::string& n) { return n == "rope.freqs" || n == "y_embedder.y_embedding"; };
+  f.training_from = [](const std::string& dir, const std::string& name, uint64_t seed, const at::TensorOptions& options) {
+    return init_from_model(dir, builtin_config(name), seed, options);
+  };
   f.vae = [](const ModelOutline& m) -> std::unique_ptr<VAE> {
     const STDiT3Config c = config_of(m);
     if (c.latent_space == LatentSpace::Pixel) return std::make_unique<PixelSpace>(c.in_channels);

@@ -71,6 +71,13 @@ void register_wan_family() {
     Wan(wan_builtin_config(name), std::move(weights)).save_pretrained(dir);
   };
   f.frozen = [](const std::string&) { return false; };  // Wan's RoPE tables are computed, not stored
+  f.training_from = [](const std::string& dir, const std::string& name, uint64_t, const at::TensorOptions& options) {
+    const Wan from = Wan::from_pretrained(dir, options);
+    if (wan_config_json(from.config()) != wan_config_json(wan_builtin_config(name)))
+      fail("--init-from '", dir, "': its config is not config '", name, "' (", wan_config_json(from.config()).dump(),
+           ")");
+    return from.weights();
+  };
   // The official T2V defaults (Wan 2.1 generate.py): 81 frames at 480 x 832, UniPC, 50 steps,
   // guidance 5, shift 5, 16 fps.
   // Wan 2.2 T2V-A14B's (its two experts): 40 steps, shift 12, guidance 4 (high noise) and 3 (low
