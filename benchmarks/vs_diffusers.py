@@ -27,6 +27,9 @@ import torch
 from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures"))
+from make_wan_fixtures import randomize  # noqa: E402  every tensor random and of moderate size
+
 SIZES = {
     # A small Wan for the 2-core CPU: 12 heads of 32 (dim 384), 4 layers, 720 tokens per sample.
     "cpu": dict(model=dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=32, in_channels=16,
@@ -39,20 +42,6 @@ SIZES = {
                            cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
                 latent=(21, 60, 104), text_len=512, dtype="bfloat16", device="cuda"),
 }
-
-
-def randomize(model):
-    """Every tensor random and of moderate size (the default init zeroes some)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.02 * torch.randn_like(p))
-            elif "scale_shift_table" in name:
-                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
-            else:
-                p.copy_(torch.randn_like(p) / p[0].numel() ** 0.5)
 
 
 def stats(ms):

@@ -309,6 +309,24 @@ WanConfig four_head_wan() {
   c.num_heads = 4;
   return c;
 }
+// A guided batch (2 x 4 x 3 x 6 x 6 latents, 27 tokens, two timesteps) through a tiny Wan on one
+// rank: its context, its patch tokens and the one-rank output the sharded runs are checked against.
+struct WanForward {
+  WanForward(const Wan& m, uint64_t seed) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    DiTInputs a;
+    a.x = at::randn({2, 4, 3, 6, 6}, gen, kF32);
+    a.timestep = at::tensor({700.0f, 300.0f});
+    a.y = at::randn({2, 8, 16}, gen, kF32);
+    ctx = m.prepare(a);
+    m.set_timestep(*ctx, a.timestep);
+    tokens = layers::patchify(a.x, {1, 2, 2});
+    reference = m.forward_tokens(tokens, 0, *ctx);
+  }
+  std::unique_ptr<DiTContext> ctx;
+  at::Tensor tokens, reference;
+};
+
 VideoRequest wan_request(uint64_t seed) {
   VideoRequest req = ditto::test::tiny_wan_request(seed, 3, 6, 6);
   req.cfg_scale = 5.0;
@@ -424,15 +442,9 @@ TEST(Ulysses, WanForwardAndSamplingMatchOneRankAndMoveTheAnalyticBytes) {
   const int P = world().size(), r = world().rank();
   const WanConfig c = four_head_wan();
   const Wan m = Wan::random(c, 7, kF32);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(8);
-  DiTInputs a;
-  a.x = at::randn({2, 4, 3, 6, 6}, gen, kF32);
-  a.timestep = at::tensor({700.0f, 300.0f});
-  a.y = at::randn({2, 8, 16}, gen, kF32);
-  const auto ctx = m.prepare(a);
-  m.set_timestep(*ctx, a.timestep);
-  const at::Tensor tokens = layers::patchify(a.x, c.patch_size);  // [2, 3, 9, 16]
-  const at::Tensor reference = m.forward_tokens(tokens, 0, *ctx);
+  const WanForward f(m, 8);
+  const auto& ctx = f.ctx;
+  const at::Tensor &tokens = f.tokens, &reference = f.reference;  // [2, 3, 9, 16] tokens
   UlyssesLayout layout(world(), ctx->grid, c.num_heads);
   world().reset_counters();
   const at::Tensor out = m.forward_tokens(layout.shard(tokens), layout.shard_begin(), *ctx, &layout);
@@ -514,15 +526,9 @@ TEST(KvGather, BeyondTheHeadCountWanMatchesOneRankAndMovesTheAnalyticBytes) {
   // cached sampling run the one-rank latent and decisions.
   const int P = world().size(), r = world().rank();
   const Wan m = Wan::random(wan_builtin_config("wan-tiny"), 23, kF32);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(24);
-  DiTInputs a;
-  a.x = at::randn({2, 4, 3, 6, 6}, gen, kF32);
-  a.timestep = at::tensor({700.0f, 300.0f});
-  a.y = at::randn({2, 8, 16}, gen, kF32);
-  const auto ctx = m.prepare(a);
-  m.set_timestep(*ctx, a.timestep);
-  const at::Tensor tokens = layers::patchify(a.x, {1, 2, 2});
-  const at::Tensor reference = m.forward_tokens(tokens, 0, *ctx);
+  const WanForward f(m, 24);
+  const auto& ctx = f.ctx;
+  const at::Tensor &tokens = f.tokens, &reference = f.reference;
   EXPECT_EQ(m.layout_for(P, ctx->grid), P <= 2 ? "ulysses" : "kv-gather");
   KvGatherLayout layout(world(), ctx->grid);
   world().reset_counters();
