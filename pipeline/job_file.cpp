@@ -96,6 +96,9 @@ JobLine parse_job_line(const std::string& text, int line, const JobDefaults& d) 
   }
   if (!is_safe_output_name(jl.output))
     fail("output name '", jl.output, "' must be letters, digits, '-', '_' or '.', not start with '.', at most 200 characters");
+  // The render's own records share the output directory: a job may not take their names.
+  for (const char* reserved : {"manifest.jsonl", "failures.jsonl", "summary.json", "render.lock"})
+    if (jl.output == reserved) fail("output name '", jl.output, "' is the name of the render's own record; choose another");
   jl.spec = j;
   return jl;
 }

@@ -193,6 +193,8 @@ TEST(JobFile, LinesOverrideTheCommandLineAndBadLinesSayWhy) {
   EXPECT_NE(error(R"({"size": "32x32", "height": 8})").find("not both"), std::string::npos);
   EXPECT_NE(error(R"({"prompt": "x", "random_caption": 3})").find("give exactly one of"), std::string::npos);
   EXPECT_NE(error(R"({"output": "../escape"})").find("output name '../escape'"), std::string::npos);
+  EXPECT_NE(error(R"({"output": "manifest.jsonl"})").find("the name of the render's own record"), std::string::npos);
+  EXPECT_NE(error(R"({"output": "summary.json"})").find("the name of the render's own record"), std::string::npos);
   EXPECT_NE(error(R"({"cache_opts": 3})").find("'cache_opts' must be an object"), std::string::npos);
   // cache_opts nested 66,000 levels deep (a stack overflow once): refused while parsing.
   EXPECT_NE(error(R"({"cache_opts": )" + std::string(66000, '[') + std::string(66000, ']') + "}").find("nested deeper than 64"),
