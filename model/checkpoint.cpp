@@ -133,4 +133,11 @@ std::map<std::string, at::Tensor> load_strict(const Checkpoint& ck, const std::v
   throw Error(os.str());
 }
 
+const at::Tensor& weight_named(const std::map<std::string, at::Tensor>& weights, const std::string& name,
+                               const char* model) {
+  auto it = weights.find(name);
+  if (it == weights.end()) fail(model, ": no weight '", name, "'");
+  return it->second;
+}
+
 }  // namespace ditto

@@ -38,6 +38,10 @@ class Checkpoint {
 
 // Checks that `weights` holds every spec's tensor at its shape; an Error naming the first misfit
 // (`who` names the model: "STDiT3", "Wan").
+// The tensor called `name` in a model's weights; an Error "MODEL: no weight 'NAME'" when it has none.
+const at::Tensor& weight_named(const std::map<std::string, at::Tensor>& weights, const std::string& name,
+                               const char* model);
+
 void check_weights(const std::vector<ParamSpec>& specs, const std::map<std::string, at::Tensor>& weights,
                    const std::string& who);
 

@@ -129,11 +129,7 @@ STDiT3::STDiT3(STDiT3Config config, std::map<std::string, at::Tensor> weights)
   }
 }
 
-const at::Tensor& STDiT3::w(const std::string& name) const {
-  auto it = weights_.find(name);
-  if (it == weights_.end()) fail("STDiT3: no weight '", name, "'");
-  return it->second;
-}
+const at::Tensor& STDiT3::w(const std::string& name) const { return weight_named(weights_, name, "STDiT3"); }
 
 const STDiT3::BlockWeights& STDiT3::block_weights(BlockKind kind, int index) const {
   const auto& v = kind == BlockKind::Spatial ? spatial_ : temporal_;

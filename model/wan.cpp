@@ -289,11 +289,7 @@ Wan::Wan(WanConfig config, std::map<std::string, at::Tensor> weights)
   }
 }
 
-const at::Tensor& Wan::w(const std::string& name) const {
-  auto it = weights_.find(name);
-  if (it == weights_.end()) fail("Wan: no weight '", name, "'");
-  return it->second;
-}
+const at::Tensor& Wan::w(const std::string& name) const { return weight_named(weights_, name, "Wan"); }
 
 Wan Wan::from_pretrained(const std::string& dir, const at::TensorOptions& options) {
   const WanConfig c = parse_wan_config(read_json_file(dir + "/config.json", "model config"), dir + "/config.json");
