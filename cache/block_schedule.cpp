@@ -26,7 +26,7 @@ nlohmann::ordered_json file_header(const char* format, int depth, int steps) {
   return {{"format", format}, {"version", 1}, {"depth", depth}, {"steps", steps}};
 }
 void check_format(const nlohmann::json& j, const char* format, const char* what) {
-  if (j.value("format", "") != format) fail("not a ditto ", what, " file (format field)");
+  if (!j.is_object() || !j.contains("format") || j["format"] != format) fail("not a ditto ", what, " file (format field)");
 }
 
 }  // namespace
@@ -44,16 +44,20 @@ nlohmann::ordered_json ChangeCurves::to_json() const {
 
 ChangeCurves ChangeCurves::from_json(const nlohmann::json& j) {
   check_format(j, "ditto-change-curves", "change-curves");
+  const std::string what = "change curves";
   ChangeCurves c;
-  c.depth = j.at("depth");
-  c.steps = j.at("steps");
-  c.runs = j.at("runs");
-  c.units_per_layer = j.value("units_per_layer", 6);
-  c.timesteps = j.at("timesteps").get<std::vector<float>>();
+  c.depth = required_field<int>(j, "depth", what);
+  c.steps = required_field<int>(j, "steps", what);
+  c.runs = required_field<int>(j, "runs", what);
+  read_config_field(j, "units_per_layer", c.units_per_layer, what);
+  c.timesteps = required_field<std::vector<float>>(j, "timesteps", what);
   c.source = j.value("source", nlohmann::json::object());
-  for (const auto& u : j.at("units")) {
-    c.units.push_back(u.at("name"));
-    c.l1rel.push_back(u.at("l1rel").get<std::vector<double>>());
+  const auto& units = j.at("units");
+  if (!units.is_array()) fail(what, ", field 'units': must be a list");
+  for (size_t u = 0; u < units.size(); ++u) {
+    const std::string unit = what + ", units[" + std::to_string(u) + "]";
+    c.units.push_back(required_field<std::string>(units[u], "name", unit));
+    c.l1rel.push_back(required_field<std::vector<double>>(units[u], "l1rel", unit));
     if (static_cast<int>(c.l1rel.back().size()) != c.steps) fail("change curve of ", c.units.back(), " has the wrong length");
   }
   if (static_cast<int>(c.units.size()) != c.units_per_layer * c.depth)
@@ -146,25 +150,30 @@ nlohmann::ordered_json BlockSchedule::to_json() const {
 
 BlockSchedule BlockSchedule::from_json(const nlohmann::json& j) {
   check_format(j, "ditto-blockcache-schedule", "block-cache schedule");
+  const std::string what = "block-cache schedule";
   BlockSchedule s;
-  s.depth = j.at("depth");
-  s.steps = j.at("steps");
-  s.delta = j.at("delta");
-  s.units_per_layer = j.value("units_per_layer", 6);
+  s.depth = required_field<int>(j, "depth", what);
+  s.steps = required_field<int>(j, "steps", what);
+  s.delta = required_field<double>(j, "delta", what);
+  read_config_field(j, "units_per_layer", s.units_per_layer, what);
   s.source = j.value("source", nlohmann::json::object());
+  if (!j.contains("units") || !j["units"].is_array()) fail(what, ", field 'units': must be a list");
   const auto& units = j.at("units");
   if (static_cast<int>(units.size()) != s.units_per_layer * s.depth)
     fail("block-cache schedule: ", units.size(), " units, a depth-", s.depth, " model has ", s.units_per_layer * s.depth);
   for (int u = 0; u < static_cast<int>(units.size()); ++u) {
+    const std::string unit = what + ", units[" + std::to_string(u) + "]";
+    std::string name = std::to_string(u);
+    read_config_field(units[u], "name", name, unit);
     std::vector<uint8_t> c(s.steps, 0);
-    for (int step : units[u].at("compute_steps").get<std::vector<int>>()) {
+    for (int step : required_field<std::vector<int>>(units[u], "compute_steps", unit)) {
       if (step < 1 || step > s.steps) fail("block-cache schedule: unit ", u, " computes at step ", step, ", outside 1..", s.steps);
       c[step - 1] = 1;
     }
-    if (!c.front() || !c.back())
-      fail("block-cache schedule: unit ", units[u].value("name", std::to_string(u)), " must compute the first and the last step");
+    if (c.empty() || !c.front() || !c.back())
+      fail("block-cache schedule: unit ", name, " must compute the first and the last step");
     s.compute.push_back(c);
-    s.units.push_back(units[u].value("name", std::to_string(u)));
+    s.units.push_back(name);
   }
   return s;
 }
@@ -186,7 +195,7 @@ BlockSchedule BlockSchedule::load(const std::string& path) {
 }
 
 void BlockSchedule::save(const std::string& path) const {
-  write_file_atomic(path, [&](std::ostream& os) { os << to_json().dump(2) << "\n"; });
+  write_file_atomic(path, [&](std::ostream& os) { os << dump_json(to_json(), 2) << "\n"; });
 }
 
 BlockSchedule derive_schedule(const ChangeCurves& curves, double delta) {

@@ -44,12 +44,10 @@ nlohmann::json MagnitudeRatios::to_json() const {
 MagnitudeRatios MagnitudeRatios::from_json(const nlohmann::json& j, const std::string& where) {
   MagnitudeRatios r;
   r.source = where;
-  try {
-    r.cond = j.at("ratios_cond").get<std::vector<double>>();
-    r.uncond = j.at("ratios_uncond").get<std::vector<double>>();
-  } catch (const std::exception&) {
+  if (!j.is_object() || !j.contains("ratios_cond") || !j.contains("ratios_uncond"))
     fail("'", where, "' is not a MagCache ratio file (ratios_cond and ratios_uncond, lists of numbers; made by ditto profile)");
-  }
+  r.cond = required_field<std::vector<double>>(j, "ratios_cond", "'" + where + "'");
+  r.uncond = required_field<std::vector<double>>(j, "ratios_uncond", "'" + where + "'");
   if (r.cond.size() < 2 || r.uncond.size() != r.cond.size())
     fail("'", where, "': ratios_cond and ratios_uncond must be lists of the same length, at least 2 steps");
   for (double v : r.cond)

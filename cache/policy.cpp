@@ -68,6 +68,21 @@ PolicyOptions parse_policy_options(const std::vector<std::string>& items) {
   return o;
 }
 
+std::string policy_option_file(const std::string& key, const std::string& value) {
+  if (key == "schedule" || key == "calibration") return value;
+  if (key == "codebook") return !value.empty() && value[0] == '@' ? value.substr(1) : "";
+  if (key == "ratios") {
+    const auto published = MagnitudeRatios::published_names();
+    return std::find(published.begin(), published.end(), value) == published.end() ? value : "";
+  }
+  return "";
+}
+
+std::string policy_option_with_file(const std::string& key, const std::string& value, const std::string& path) {
+  if (policy_option_file(key, value).empty()) return key + "=" + value;
+  return key + "=" + (key == "codebook" ? "@" : "") + path;
+}
+
 std::vector<std::string> cache_policy_names() {
   return {"none", "static", "pab", "adacache", "teacache", "fbcache", "blockcache", "magcache", "easycache"};
 }
@@ -93,7 +108,7 @@ class Options {
     try {
       size_t used = 0;
       const double v = std::stod(o_.at(k), &used);
-      if (used != o_.at(k).size()) throw std::invalid_argument("trailing");
+      if (used != o_.at(k).size() || !std::isfinite(v)) throw std::invalid_argument("trailing");
       return v;
     } catch (const std::exception&) {
       fail("cache policy '", policy_, "': option ", k, "=", o_.at(k), " is not a number");
@@ -101,7 +116,8 @@ class Options {
   }
   int integer(const std::string& k, int def) const {
     const double v = num(k, def);
-    if (v != std::floor(v)) fail("cache policy '", policy_, "': option ", k, " must be an integer");
+    if (v != std::floor(v) || std::fabs(v) > 1e9)
+      fail("cache policy '", policy_, "': option ", k, " must be an integer (at most 1e9 in size), got ", o_.at(k));
     return static_cast<int>(v);
   }
   std::pair<double, double> range(const std::string& k, double lo, double hi) const {

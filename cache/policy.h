@@ -112,6 +112,12 @@ std::vector<std::string> cache_policy_names();
 // Parses "key=value" strings (the --cache-opt values).
 PolicyOptions parse_policy_options(const std::vector<std::string>& items);
 
+// The file a policy option names (schedule=FILE, calibration=FILE, ratios=FILE unless a published
+// table's name, codebook=@FILE), or "" when the value names none; and the option item "KEY=VALUE"
+// with that file replaced by `path` (job files resolve and confine the files their lines name).
+std::string policy_option_file(const std::string& key, const std::string& value);
+std::string policy_option_with_file(const std::string& key, const std::string& value, const std::string& path);
+
 // Bit-exact transport of a double inside an int64 decision word.
 int64_t pack_double(double v);
 double unpack_double(int64_t v);

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <climits>
 
+#include "dist/liveness.h"
 #include "model/error.h"
 
 namespace ditto {
@@ -42,8 +43,24 @@ class Timer {
 }  // namespace
 
 MpiCommunicator::MpiCommunicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
+  // Errors come back as return codes, which check() turns into exceptions naming the collective
+  // (MPI's default handler would end the process before ditto could say which).
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
+  peers_ = peer_world_ranks(comm_);
+}
+
+void MpiCommunicator::wait(MPI_Request& request, const char* what) {
+  int rc = MPI_SUCCESS;
+  wait_with_liveness(
+      [&] {
+        int flag = 0;
+        rc = MPI_Test(&request, &flag, MPI_STATUS_IGNORE);
+        return flag != 0 || rc != MPI_SUCCESS;
+      },
+      peers_, std::string("MPI ") + what);
+  check(rc, what);
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -73,9 +90,11 @@ void MpiCommunicator::all_to_all(const std::vector<at::Tensor>& send, std::vecto
   for (const auto& s : send) flat_send.push_back(host(s).view({-1}).view(at::kByte));
   at::Tensor sbuf = flat_send.empty() ? at::empty({0}, at::kByte) : at::cat(flat_send);
   at::Tensor rbuf = at::empty({rtotal}, at::kByte);
-  check(MPI_Alltoallv(sbuf.data_ptr(), scount.data(), sdispl.data(), MPI_BYTE, rbuf.data_ptr(), rcount.data(),
-                      rdispl.data(), MPI_BYTE, comm_),
+  MPI_Request req;
+  check(MPI_Ialltoallv(sbuf.data_ptr(), scount.data(), sdispl.data(), MPI_BYTE, rbuf.data_ptr(), rcount.data(),
+                       rdispl.data(), MPI_BYTE, comm_, &req),
         "all_to_all");
+  wait(req, "all_to_all");
   for (int j = 0; j < size_; ++j) {
     at::Tensor part = rbuf.narrow(0, rdispl[j], rcount[j]).view(recv[j].scalar_type()).view(recv[j].sizes());
     recv[j].copy_(part);
@@ -96,9 +115,11 @@ void MpiCommunicator::all_gather(const at::Tensor& send, std::vector<at::Tensor>
   if (rcount[rank_] != nbytes(s)) fail("all_gather: this rank's receive slot does not match its send size");
   counters_.all_gather.bytes += nbytes(s) * (size_ - 1);
   at::Tensor rbuf = at::empty({total}, at::kByte);
-  check(MPI_Allgatherv(s.data_ptr(), byte_count(nbytes(s), "all_gather"), MPI_BYTE, rbuf.data_ptr(), rcount.data(),
-                       rdispl.data(), MPI_BYTE, comm_),
+  MPI_Request req;
+  check(MPI_Iallgatherv(s.data_ptr(), byte_count(nbytes(s), "all_gather"), MPI_BYTE, rbuf.data_ptr(), rcount.data(),
+                        rdispl.data(), MPI_BYTE, comm_, &req),
         "all_gather");
+  wait(req, "all_gather");
   for (int j = 0; j < size_; ++j)
     recv[j].copy_(rbuf.narrow(0, rdispl[j], rcount[j]).view(recv[j].scalar_type()).view(recv[j].sizes()));
 }
@@ -118,9 +139,11 @@ void MpiCommunicator::all_reduce(at::Tensor& t, ReduceOp op) {
     default: fail("all_reduce: unsupported dtype ", c10::toString(h.scalar_type()));
   }
   at::Tensor out = at::empty_like(h);
-  check(MPI_Allreduce(h.data_ptr(), out.data_ptr(), byte_count(h.numel(), "all_reduce"), type,
-                      op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, comm_),
+  MPI_Request req;
+  check(MPI_Iallreduce(h.data_ptr(), out.data_ptr(), byte_count(h.numel(), "all_reduce"), type,
+                       op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, comm_, &req),
         "all_reduce");
+  wait(req, "all_reduce");
   t.copy_(out);
 }
 
@@ -129,13 +152,17 @@ void MpiCommunicator::broadcast(at::Tensor& t, int root) {
   if (rank_ == root) counters_.broadcast.bytes += nbytes(t) * (size_ - 1);
   at::Tensor h = host(t);
   if (h.data_ptr() == t.data_ptr() && !t.is_contiguous()) h = h.clone();
-  check(MPI_Bcast(h.data_ptr(), byte_count(nbytes(h), "broadcast"), MPI_BYTE, root, comm_), "broadcast");
+  MPI_Request req;
+  check(MPI_Ibcast(h.data_ptr(), byte_count(nbytes(h), "broadcast"), MPI_BYTE, root, comm_, &req), "broadcast");
+  wait(req, "broadcast");
   if (h.data_ptr() != t.data_ptr()) t.copy_(h);
 }
 
 void MpiCommunicator::barrier() {
   Timer timer(counters_.barrier);
-  check(MPI_Barrier(comm_), "barrier");
+  MPI_Request req;
+  check(MPI_Ibarrier(comm_, &req), "barrier");
+  wait(req, "barrier");
 }
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {

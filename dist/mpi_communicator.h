@@ -1,7 +1,11 @@
 // The MPI backend: CPU tensors directly, CUDA tensors through host staging. What CI tests multi-rank
-// with, and what runs several ranks on one GPU (NCCL refuses that).
+// with, and what runs several ranks on one GPU (NCCL refuses that). Collectives are started
+// non-blocking and waited on with the peers' liveness checked every --timeout (dist/liveness.h): a
+// rank that stops answering ends the job with its number instead of hanging it.
 #pragma once
 #include <mpi.h>
+
+#include <vector>
 
 #include "dist/communicator.h"
 
@@ -26,8 +30,11 @@ class MpiCommunicator : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key) override;
 
  private:
+  void wait(MPI_Request& request, const char* what);
+
   MPI_Comm comm_;
   bool owned_;
+  std::vector<int> peers_;  // the other members' world ranks (whom a long wait pings)
   int rank_ = 0, size_ = 1;
 };
 

@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "dist/liveness.h"
+
 namespace ditto {
 
 MpiEnv::MpiEnv(int* argc, char*** argv) {
@@ -25,19 +27,17 @@ MpiEnv::MpiEnv(int* argc, char*** argv) {
   MPI_Comm_rank(local, &local_rank_);
   MPI_Comm_size(local, &local_size_);
   MPI_Comm_free(&local);
+  // Peers answer pings from a thread of their own, so a waiting rank can tell slow from stopped.
+  if (size_ > 1 && thread_support_ >= MPI_THREAD_MULTIPLE) start_liveness();
 }
 
 MpiEnv::~MpiEnv() {
   int finalized = 0;
   MPI_Finalized(&finalized);
+  if (!finalized) stop_liveness();
   if (finalize_ && !finalized) MPI_Finalize();
 }
 
-void MpiEnv::abort(const std::string& message, int code) const {
-  std::fprintf(stderr, "[rank %d] error: %s\n", rank_, message.c_str());
-  std::fflush(stderr);
-  if (size_ > 1) MPI_Abort(MPI_COMM_WORLD, code);
-  std::exit(code);
-}
+void MpiEnv::abort(const std::string& message, int code) const { abort_job(message, code); }
 
 }  // namespace ditto

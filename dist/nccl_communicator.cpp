@@ -1,6 +1,7 @@
 // NCCL collectives over CUDA tensors (see nccl_communicator.h).
 #include "dist/nccl_communicator.h"
 
+#include "dist/liveness.h"
 #include "model/error.h"
 
 #ifdef DITTO_CUDA
@@ -51,17 +52,22 @@ int64_t nbytes(const at::Tensor& t) { return t.numel() * t.element_size(); }
 class NcclCommunicator : public Communicator {
  public:
   NcclCommunicator(MPI_Comm mpi_comm, int device, double timeout_s)
-      : device_(device), timeout_s_(timeout_s), stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device)) {
-    MPI_Comm_dup(mpi_comm, &mpi_comm_);
-    MPI_Comm_rank(mpi_comm_, &rank_);
-    MPI_Comm_size(mpi_comm_, &size_);
+      : device_(device), timeout_s_(timeout_s), stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device)),
+        mpi_comm_(mpi_comm) {
+    MPI_Comm_rank(mpi_comm_.comm, &rank_);
+    MPI_Comm_size(mpi_comm_.comm, &size_);
     c10::cuda::CUDAGuard guard(device_);
     check_distinct_gpus();
     ncclUniqueId id;
     if (rank_ == 0) check_nccl(ncclGetUniqueId(&id), "get unique id");
-    MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, mpi_comm_);
+    MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, mpi_comm_.comm);
     check_nccl(ncclCommInitRank(&comm_, size_, id, rank_), "init");
-    watchdog_ = std::thread([this] { watch(); });
+    try {
+      watchdog_ = std::thread([this] { watch(); });
+    } catch (...) {
+      ncclCommDestroy(comm_);
+      throw;
+    }
   }
 
   ~NcclCommunicator() override {
@@ -74,9 +80,7 @@ class NcclCommunicator : public Communicator {
     // While an exception unwinds, collectives may still be in flight: abort instead of waiting.
     if (std::uncaught_exceptions() > 0) ncclCommAbort(comm_);
     else ncclCommDestroy(comm_);
-    int finalized = 0;
-    MPI_Finalized(&finalized);
-    if (!finalized) MPI_Comm_free(&mpi_comm_);
+    for (const Pending& p : pending_) cudaEventDestroy(p.done);
   }
 
   int rank() const override { return rank_; }
@@ -149,10 +153,10 @@ class NcclCommunicator : public Communicator {
 
   std::unique_ptr<Communicator> split(int color, int key) override {
     MPI_Comm sub;
-    MPI_Comm_split(mpi_comm_, color, key, &sub);
-    auto c = std::make_unique<NcclCommunicator>(sub, device_, timeout_s_);
+    MPI_Comm_split(mpi_comm_.comm, color, key, &sub);
+    const DupComm owned_sub(sub);  // freed however the construction below ends
     MPI_Comm_free(&sub);
-    return c;
+    return std::make_unique<NcclCommunicator>(owned_sub.comm, device_, timeout_s_);
   }
 
  private:
@@ -172,18 +176,30 @@ class NcclCommunicator : public Communicator {
     ++count.calls;
     c10::cuda::CUDAGuard guard(device_);
     c10::cuda::CUDAStream compute = c10::cuda::getCurrentCUDAStream(device_);
-    cudaEvent_t ready, done;
+    cudaEvent_t ready = nullptr, done = nullptr;
     check_cuda(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "event");
-    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "event");
-    check_cuda(cudaEventRecord(ready, compute.stream()), "event record");
-    check_cuda(cudaStreamWaitEvent(stream_.stream(), ready, 0), "stream wait");
     std::shared_ptr<std::atomic<bool>> enqueued = std::make_shared<std::atomic<bool>>(false);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      pending_.push_back({done, std::chrono::steady_clock::now(), what, enqueued});
+    try {
+      check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "event");
+      check_cuda(cudaEventRecord(ready, compute.stream()), "event record");
+      check_cuda(cudaStreamWaitEvent(stream_.stream(), ready, 0), "stream wait");
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        pending_.push_back({done, std::chrono::steady_clock::now(), what, enqueued});
+      }
+      body();
+      check_cuda(cudaEventRecord(done, stream_.stream()), "event record");
+    } catch (...) {
+      // Nothing was enqueued after the failure: forget the record so the watchdog does not wait on it.
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [&](const Pending& p) { return p.done == done; }),
+                       pending_.end());
+      }
+      cudaEventDestroy(ready);
+      if (done) cudaEventDestroy(done);
+      throw;
     }
-    body();
-    check_cuda(cudaEventRecord(done, stream_.stream()), "event record");
     enqueued->store(true);
     check_cuda(cudaStreamWaitEvent(compute.stream(), done, 0), "stream wait");
     // Inputs used on the communication stream must not be reused before it is done with them.
@@ -198,7 +214,7 @@ class NcclCommunicator : public Communicator {
     cudaDeviceProp prop;
     check_cuda(cudaGetDeviceProperties(&prop, device_), "device properties");
     std::vector<char> all(16 * size_);
-    MPI_Allgather(prop.uuid.bytes, 16, MPI_BYTE, all.data(), 16, MPI_BYTE, mpi_comm_);
+    MPI_Allgather(prop.uuid.bytes, 16, MPI_BYTE, all.data(), 16, MPI_BYTE, mpi_comm_.comm);
     // Every rank sees every UUID, so every rank reaches the same verdict.
     for (int i = 0; i < size_; ++i)
       for (int j = i + 1; j < size_; ++j)
@@ -219,7 +235,7 @@ class NcclCommunicator : public Communicator {
         auto& p = pending_.front();
         const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - p.enqueued).count();
         if (!p.recorded->load()) {  // still inside the NCCL call on the host
-          if (waited > timeout_s_) die(std::string(p.what) + " did not return within " + std::to_string(timeout_s_) + " s");
+          if (timeout_s_ > 0 && waited > timeout_s_) die(std::string(p.what) + " did not return within " + std::to_string(timeout_s_) + " s" + silent_peers());
           break;
         }
         const cudaError_t q = cudaEventQuery(p.done);
@@ -229,12 +245,20 @@ class NcclCommunicator : public Communicator {
           continue;
         }
         if (q != cudaErrorNotReady) die(std::string("CUDA error in ") + p.what + ": " + cudaGetErrorString(q));
-        if (waited > timeout_s_)
-          die(std::string(p.what) + " did not finish within " + std::to_string(timeout_s_) +
-              " s (a peer rank died or hangs)");
+        if (timeout_s_ > 0 && waited > timeout_s_)
+          die(std::string(p.what) + " did not finish within " + std::to_string(timeout_s_) + " s" + silent_peers());
         break;
       }
     }
+  }
+
+  // Which peers stopped answering (pinged over MPI), for the timeout message.
+  std::string silent_peers() {
+    const std::vector<int> silent = silent_ranks(peer_world_ranks(mpi_comm_.comm), std::min(timeout_s_, 10.0));
+    if (silent.empty()) return ": every peer rank still answers (a peer is slow or NCCL hangs)";
+    std::string who;
+    for (int r : silent) who += (who.empty() ? "" : ", ") + std::to_string(r);
+    return ": rank " + who + " does not answer (stopped, hung or dead)";
   }
 
   [[noreturn]] void die(const std::string& why) {
@@ -252,10 +276,23 @@ class NcclCommunicator : public Communicator {
     std::shared_ptr<std::atomic<bool>> recorded;  // the completion event has been recorded
   };
 
+  // A duplicate of an MPI communicator, freed when its owner is destroyed or fails to construct.
+  struct DupComm {
+    explicit DupComm(MPI_Comm c) { MPI_Comm_dup(c, &comm); }
+    ~DupComm() {
+      int finalized = 0;
+      MPI_Finalized(&finalized);
+      if (!finalized) MPI_Comm_free(&comm);
+    }
+    DupComm(const DupComm&) = delete;
+    DupComm& operator=(const DupComm&) = delete;
+    MPI_Comm comm = MPI_COMM_NULL;
+  };
+
   int device_;
   double timeout_s_;
   c10::cuda::CUDAStream stream_;
-  MPI_Comm mpi_comm_;
+  DupComm mpi_comm_;
   int rank_ = 0, size_ = 1;
   ncclComm_t comm_ = nullptr;
   std::mutex mu_;

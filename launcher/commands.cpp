@@ -52,8 +52,8 @@ int run_command(int argc, char** argv, const MpiEnv& mpi) {
     if (cmd == "calibrate") return run_calibrate(args, mpi);
     fail("unknown command '", cmd, "' (ditto --help lists the commands)");
   } catch (const std::exception& e) {
-    if (mpi.size() > 1) mpi.abort(e.what());
-    std::cerr << "ditto " << cmd << ": error: " << e.what() << "\n";
+    if (mpi.size() > 1) mpi.abort(error_text(e));
+    std::cerr << "ditto " << cmd << ": error: " << error_text(e) << "\n";
     return 1;
   }
 }

@@ -149,7 +149,7 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
       c.l1rel.push_back(curve);
     }
     make_dir(out_dir);
-    write_file_atomic(out_dir + "/curves.json", [&](std::ostream& os) { os << c.to_json().dump(2) << "\n"; });
+    write_file_atomic(out_dir + "/curves.json", [&](std::ostream& os) { os << dump_json(c.to_json(), 2) << "\n"; });
     write_file_atomic(out_dir + "/curves.csv", [&](std::ostream& os) { os << c.to_csv(); });
     int w = 0, h = 0;
     const auto rgb = c.heatmap(12, &w, &h);
@@ -165,7 +165,7 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
     nlohmann::json mj = mag.to_json();
     mj["source"] = c.source;
     mj["timesteps"] = c.timesteps;
-    write_file_atomic(out_dir + "/magcache.json", [&](std::ostream& os) { os << mj.dump(2) << "\n"; });
+    write_file_atomic(out_dir + "/magcache.json", [&](std::ostream& os) { os << dump_json(mj, 2) << "\n"; });
     if (!quiet) std::cerr << "ditto profile: wrote " << out_dir << "/magcache.json (MagCache's ratios: --cache magcache --cache-opt ratios=" << out_dir << "/magcache.json)\n";
     for (double d : deltas) {
       BlockSchedule s = derive_schedule(c, d);

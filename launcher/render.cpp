@@ -5,6 +5,7 @@
 // writes them into the output directory.
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -13,9 +14,11 @@
 #include <thread>
 
 #include "cache/policy.h"
+#include "dist/liveness.h"
 #include "dist/mpi_communicator.h"
 #include "dist/parallel_layout.h"
 #include "launcher/commands.h"
+#include "model/atomic_file.h"
 #include "model/error.h"
 #include "model/text_encoder.h"
 #include "pipeline/job_file.h"
@@ -60,8 +63,8 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
   ModelOptions mo;
   JobDefaults d;
   std::string jobs_file, out_dir, comm_name, summary_path;
+  std::vector<std::string> allow_dirs;
   int sp = 1, cfg_parallel = 1;
-  double nccl_timeout = 0;
   bool quiet = false;
   po::options_description desc("options");
   add_model_options(desc, mo);
@@ -72,8 +75,8 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("sp", po::value(&sp)->default_value(1), "sequence-parallel ranks per video (the world is dp x cfg x sp; each dp group renders one job at a time)")
     ("cfg-parallel", po::value(&cfg_parallel)->default_value(1), "2: conditional and unconditional branch on two ranks")
     ("summary", po::value(&summary_path), "also write the summary JSON here (always written to OUT/summary.json)")
+    ("allow-dir", po::value(&allow_dirs)->composing(), "a directory whose files job lines may name (repeatable; default: the job file's directory, the output directory and --model's); a line's paths are relative to the job file's directory")
     ("comm", po::value(&comm_name)->default_value("auto"), "communication backend: auto | mpi | nccl")
-    ("nccl-timeout", po::value(&nccl_timeout)->default_value(600), "seconds a NCCL collective may take before the job is ended")
     ("quiet", po::bool_switch(&quiet), "no progress output (the summary JSON is still written)");
   // clang-format on
   po::options_description defaults("defaults of the jobs (a job line's fields override them)");
@@ -88,6 +91,12 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const std::string backend = resolve_backend(comm_name, dev);
   default_to_demo_model(mo);
   d.model = mo.model_dir;
+  if (allow_dirs.empty()) {
+    allow_dirs = {std::filesystem::path(jobs_file).parent_path().string(), out_dir};
+    if (!mo.model_dir.empty()) allow_dirs.push_back(mo.model_dir);
+    if (allow_dirs[0].empty()) allow_dirs[0] = ".";
+  }
+  d.paths = make_job_paths(jobs_file, allow_dirs);
   const bool root = mpi.rank() == 0, talk = root && !quiet;
   const auto t0 = std::chrono::steady_clock::now();
 
@@ -133,8 +142,8 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
   }
 
   ProcessGroups groups = make_process_groups(world, wl);
-  std::unique_ptr<Communicator> sp_comm = group_backend(std::move(groups.sp), backend, dev, nccl_timeout);
-  std::unique_ptr<Communicator> cfg_comm = group_backend(std::move(groups.cfg), backend, dev, nccl_timeout);
+  std::unique_ptr<Communicator> sp_comm = group_backend(std::move(groups.sp), backend, dev, mo.timeout);
+  std::unique_ptr<Communicator> cfg_comm = group_backend(std::move(groups.cfg), backend, dev, mo.timeout);
   Communicator& video = *groups.video;
   const bool leader = video.rank() == 0;
   // Rank 0's scheduler thread calls MPI beside the rendering thread: that needs MPI_THREAD_MULTIPLE.
@@ -146,7 +155,7 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
 
   // Rank 0's scheduler thread: records each leader's result and hands out the next job.
   RenderBoard board(static_cast<int>(jobs.size()), talk);
-  int rendered = 0, failed = 0;
+  int rendered = 0, failed = 0, unrecorded = 0;  // unrecorded: results the output directory could not take
   json outputs = json::array(), job_failures = json::array();
   std::thread scheduler;
   if (root) {
@@ -168,6 +177,9 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
           ++failed;
         }
       } catch (const std::exception& e) {
+        // The exit code still says so (a full disk must not end in "0 failed" and exit 0).
+        ++unrecorded;
+        if (!ok) ++failed;
         std::cerr << "render: cannot record " << jl.output << ": " << e.what() << "\n";
       }
       board.finished(jl.output, ok, ok ? "" : r.at("error").get<std::string>(), r.value("seconds", 0.0),
@@ -183,15 +195,15 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
       }
     });
   }
-  // An exception leaving this function ends the job (run_command aborts every rank); the scheduler
-  // thread must not be joinable then.
-  struct Detach {
+  // The scheduler thread references this frame: an exception must not unwind past it while the thread
+  // runs. Rank 0 ends the job from here instead (every rank, as run_command would), before unwinding.
+  struct EndJobIfRunning {
     std::thread& t;
-    ~Detach() {
-      if (t.joinable()) t.detach();
+    ~EndJobIfRunning() {
+      if (t.joinable()) abort_job("render: rank 0 failed while its job scheduler was running (see the error above)");
     }
-  } detach{scheduler};
-
+  } end_job{scheduler};
+  try {
   // Every group: ask for a job, render it, report, until there is none. Every rank of the group
   // parses the job from the same line text and the same command line.
   std::string loaded_source;  // the group's resident model (one at a time)
@@ -208,9 +220,9 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
     RenderedVideo v;
     JobLine jl;
     try {
-      jl = parse_job_line(a.at("spec").dump(), line, d);
+      jl = parse_job_line(dump_json(a.at("spec")), line, d);
       ModelOptions jmo = mo;
-      if (jl.model != mo.model_dir) jmo = ModelOptions{jl.model, "", false, 0, mo.dtype, mo.device, mo.threads};
+      if (jl.model != mo.model_dir) jmo = ModelOptions{jl.model, "", false, 0, mo.dtype, mo.device, mo.threads, mo.timeout, mo.max_memory_gb};
       const std::string key = model_source(jmo);
       if (!loaded || loaded_source != key) {
         loaded.reset();  // free the old one before loading
@@ -222,7 +234,7 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
                          if (root) board.step(name, done, steps);
                        });
     } catch (const std::exception& e) {
-      error = e.what();
+      error = error_text(e);
     }
     // A job failed if it failed on any rank of its group (failures of bad input strike every rank alike).
     at::Tensor flag = at::tensor({error.empty() ? 0.0 : 1.0}, at::kDouble);
@@ -254,7 +266,11 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
     }
     if (!error.empty()) result["error"] = error;
     result["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_job).count();
-    last_result = result.dump();
+    last_result = dump_json(result);
+  }
+  } catch (const std::exception& e) {
+    if (scheduler.joinable()) abort_job(std::string("render: ") + e.what());
+    throw;
   }
   int code = 0;
   if (root) {
@@ -273,17 +289,20 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
                     {"already_done", skipped},
                     {"failed", failed + nrejected},
                     {"rejected", nrejected},
-                    {"ok", failed + nrejected == 0},
+                    {"ok", failed + nrejected == 0 && unrecorded == 0},
+                    {"unrecorded", unrecorded},
                     {"seconds", seconds},
                     {"layout", {{"world", wl.world}, {"dp", wl.dp}, {"cfg", wl.cfg}, {"sp", wl.sp}}},
                     {"cache_compute_fraction", fraction},
                     {"cache_speedup_compute", fraction > 0 ? 1 / fraction : 0.0},
                     {"outputs", outputs},
                     {"failures", fails}};
+    bool summary_written = true;
     try {
       out->write_summary(summary, summary_path);
     } catch (const std::exception& e) {
-      std::cerr << "render: " << e.what() << "\n";
+      summary_written = false;
+      std::cerr << "render: cannot write the summary: " << e.what() << "\n";
     }
     if (talk) {
       std::fprintf(stderr, "ditto render: %d rendered, %d already done, %d failed (%d rejected) of %d jobs in %s", rendered,
@@ -294,9 +313,12 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
       for (const auto& f : fails)
         std::cerr << "  failed: line " << f.at("line") << " (" << f.at("output").get<std::string>()
                   << "): " << f.at("error").get<std::string>() << "\n";
-      std::cerr << "  summary: " << out_dir << "/summary.json\n";
+      if (summary_written) std::cerr << "  summary: " << out_dir << "/summary.json\n";
     }
-    code = failed + nrejected == 0 ? 0 : 1;
+    if (unrecorded > 0)
+      std::cerr << "render: " << unrecorded << " result" << (unrecorded > 1 ? "s" : "") << " could not be recorded in "
+                << out_dir << " (see above)\n";
+    code = failed + nrejected == 0 && unrecorded == 0 && summary_written ? 0 : 1;
     out.reset();  // releases the lock
   }
   at::Tensor c = at::tensor({static_cast<double>(code)}, at::kDouble);

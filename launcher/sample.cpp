@@ -20,7 +20,6 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   ModelOptions mo;
   std::string out_dir, comm_name;
   int sp = 1, cfg_parallel = 1;
-  double nccl_timeout = 0;
   bool quiet = false;
   po::options_description desc("options");
   add_model_options(desc, mo);
@@ -30,7 +29,6 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
     ("sp", po::value(&sp)->default_value(1), "sequence-parallel ranks per video (the world is dp x cfg x sp)")
     ("cfg-parallel", po::value(&cfg_parallel)->default_value(1), "2: conditional and unconditional branch on two ranks")
     ("comm", po::value(&comm_name)->default_value("auto"), "communication backend: auto (nccl on CUDA, mpi on CPU) | mpi | nccl")
-    ("nccl-timeout", po::value(&nccl_timeout)->default_value(600), "seconds a NCCL collective may take before the job is ended")
     ("out", po::value(&out_dir)->default_value("out"), "output directory: latent.safetensors, metrics.json, video.y4m/.mp4 (data-parallel groups: OUT/dpG, each with seed + G)")
     ("quiet", po::bool_switch(&quiet), "no progress output");
   // clang-format on
@@ -57,8 +55,8 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
   // Process groups (collective over the world), then the backend for the groups that move activations.
   MpiCommunicator world(MPI_COMM_WORLD);
   ProcessGroups groups = make_process_groups(world, wl);
-  std::unique_ptr<Communicator> sp_comm = group_backend(std::move(groups.sp), backend, dev, nccl_timeout);
-  std::unique_ptr<Communicator> cfg_comm = group_backend(std::move(groups.cfg), backend, dev, nccl_timeout);
+  std::unique_ptr<Communicator> sp_comm = group_backend(std::move(groups.sp), backend, dev, mo.timeout);
+  std::unique_ptr<Communicator> cfg_comm = group_backend(std::move(groups.cfg), backend, dev, mo.timeout);
   const bool root = groups.video->rank() == 0;  // writes the outputs and talks
   const std::string video_dir = wl.dp > 1 ? out_dir + "/dp" + std::to_string(wl.dp_index) : out_dir;
 

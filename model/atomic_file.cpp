@@ -9,41 +9,98 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <mutex>
+#include <set>
 #include <sstream>
 
 #include "model/error.h"
 
 namespace ditto {
 
+std::string write_error_text(int err) {
+  std::string s = std::strerror(err);
+  switch (err) {
+    case ENOSPC: return s + " (the filesystem is full: free space, or write elsewhere)";
+    case EDQUOT: return s + " (the disk quota is used up)";
+    case EFBIG: return s + " (over the file-size limit of this process, ulimit -f)";
+    case EROFS: return s + " (the filesystem is read-only)";
+    default: return s;
+  }
+}
+
+namespace {
+std::mutex g_guard_mu;
+std::set<std::string> g_guarded;
+}  // namespace
+
+void guard_output_dir(const std::string& dir) {
+  std::lock_guard<std::mutex> lock(g_guard_mu);
+  g_guarded.insert(dir);
+}
+
+void unguard_output_dir(const std::string& dir) {
+  std::lock_guard<std::mutex> lock(g_guard_mu);
+  g_guarded.erase(dir);
+}
+
+DirEntryRef::~DirEntryRef() {
+  if (dir_fd >= 0) ::close(dir_fd);
+}
+
+void open_parent_dir(const std::string& path, DirEntryRef& out) {
+  const size_t slash = path.find_last_of('/');
+  out.dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  out.name = slash == std::string::npos ? path : path.substr(slash + 1);
+  if (out.name.empty() || out.name == "." || out.name == "..") fail("'", path, "' does not name a file");
+  bool guarded = false;
+  {
+    std::lock_guard<std::mutex> lock(g_guard_mu);
+    guarded = g_guarded.count(out.dir) > 0;
+  }
+  out.dir_fd = ::open(out.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | (guarded ? O_NOFOLLOW : 0));
+  if (out.dir_fd < 0) {
+    const int err = errno;
+    if (guarded && (err == ELOOP || err == ENOTDIR))
+      fail("'", out.dir, "' was replaced by a link or a file while ditto wrote into it: ditto does not write through it");
+    fail("cannot open the directory '", out.dir, "' to write '", out.name, "': ", write_error_text(err));
+  }
+}
+
 void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& write) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   std::ostringstream content;
   write(content);
   if (!content) fail("writing '", path, "' failed");
   const std::string bytes = content.str();
+  DirEntryRef parent;
+  open_parent_dir(path, parent);
+  const int dir = parent.dir_fd;
+  const std::string tmp = parent.name + ".tmp." + std::to_string(::getpid());
   // The temporary file is created here and now (O_EXCL) and never through a link (O_NOFOLLOW): a
   // file or link planted under its name is removed first, not written through.
-  ::unlink(tmp.c_str());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-  if (fd < 0) fail("cannot create '", tmp, "' for writing: ", std::strerror(errno));
+  ::unlinkat(dir, tmp.c_str(), 0);
+  int fd = ::openat(dir, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) fail("cannot create '", path, ".tmp.", ::getpid(), "' for writing: ", write_error_text(errno));
   try {
     size_t done = 0;
     while (done < bytes.size()) {
       const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) fail("writing '", path, "' failed: ", std::strerror(errno));
+      if (n <= 0) fail("writing '", path, "' failed: ", write_error_text(n < 0 ? errno : ENOSPC));
       done += static_cast<size_t>(n);
     }
-    if (::fsync(fd) != 0) fail("writing '", path, "' failed: ", std::strerror(errno));
-    ::close(fd);
-    // rename replaces a link at `path` itself; it never writes through it.
-    if (std::rename(tmp.c_str(), path.c_str()) != 0)
-      fail("cannot rename '", tmp, "' to '", path, "': ", std::strerror(errno));
+    if (::fsync(fd) != 0) fail("writing '", path, "' failed: ", write_error_text(errno));
+    const int closed = ::close(fd);
+    fd = -1;
+    if (closed != 0) fail("writing '", path, "' failed: ", write_error_text(errno));
+    // renameat replaces a link at `path` itself; it never writes through it.
+    if (::renameat(dir, tmp.c_str(), dir, parent.name.c_str()) != 0)
+      fail("cannot rename '", tmp, "' to '", path, "': ", write_error_text(errno));
   } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
+    if (fd >= 0) ::close(fd);
+    ::unlinkat(dir, tmp.c_str(), 0);
     throw;
   }
+  ::fsync(dir);  // the rename itself survives a crash
 }
 
 bool path_exists(const std::string& path) {
@@ -90,6 +147,31 @@ nlohmann::json read_json_file(const std::string& path, const std::string& what) 
   } catch (const std::exception& e) {
     fail("'", path, "': malformed JSON: ", e.what());
   }
+}
+
+size_t first_invalid_utf8(const std::string& text) {
+  const auto* b = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned char c = b[i];
+    size_t len = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) len = 1, cp = c;
+    else if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F;
+    else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F;
+    else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07;
+    else return i;
+    if (i + len > n) return i;
+    for (size_t k = 1; k < len; ++k) {
+      if ((b[i + k] & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (b[i + k] & 0x3F);
+    }
+    // Overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8 either.
+    static const uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[len] || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) return i;
+    i += len;
+  }
+  return std::string::npos;
 }
 
 }  // namespace ditto

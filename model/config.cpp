@@ -12,24 +12,23 @@ namespace ditto {
 const char* latent_space_name(LatentSpace s) { return s == LatentSpace::Pixel ? "pixel" : "opensora-v1.2"; }
 
 void STDiT3Config::validate() const {
-  auto positive = [](const char* name, int v) {
-    if (v <= 0) fail("config: ", name, " must be positive, got ", v);
-  };
-  positive("hidden_size", hidden_size);
-  positive("depth", depth);
-  positive("num_heads", num_heads);
-  positive("in_channels", in_channels);
-  positive("caption_channels", caption_channels);
-  positive("model_max_length", model_max_length);
-  positive("input_sq_size", input_sq_size);
-  for (int p : patch_size) positive("patch_size", p);
+  // Positive and within what any DiT uses, so a hostile config is refused before specs or weights
+  // are sized from it (depth 2^24 would ask for hundreds of millions of tensors).
+  check_config_size("hidden_size", hidden_size, 65536);
+  check_config_size("depth", depth, 1024);
+  check_config_size("num_heads", num_heads, 1024);
+  check_config_size("in_channels", in_channels, 4096);
+  check_config_size("caption_channels", caption_channels, 65536);
+  check_config_size("model_max_length", model_max_length, 65536);
+  check_config_size("input_sq_size", input_sq_size, 65536);
+  for (int p : patch_size) check_config_size("patch_size", p, 64);
   if (hidden_size % num_heads != 0)
     fail("config: hidden_size ", hidden_size, " is not divisible by num_heads ", num_heads);
   if (frame_caption_modulation && !frame_modulation)
     fail("config: frame_caption_modulation needs frame_modulation (it changes what the per-frame term reads)");
   if (head_dim() % 2 != 0) fail("config: head dim ", head_dim(), " must be even for the temporal RoPE");
   if (hidden_size % 4 != 0) fail("config: hidden_size ", hidden_size, " must be divisible by 4 (2D sin-cos position embedding)");
-  if (mlp_ratio <= 0) fail("config: mlp_ratio must be positive");
+  if (!(mlp_ratio > 0 && mlp_ratio <= 64)) fail("config: mlp_ratio must be in (0, 64], got ", mlp_ratio);
 }
 
 STDiT3Config load_config(const std::string& path) { return parse_config(read_json_file(path, "model config"), path); }
@@ -46,7 +45,7 @@ STDiT3Config parse_config(const nlohmann::json& j, const std::string& path) {
     }
   };
   if (j.contains("model_type") && j["model_type"] != "STDiT3")
-    fail(where("model_type"), ": '", j["model_type"].dump(), "' is not STDiT3");
+    fail(where("model_type"), ": '", dump_json(j["model_type"]), "' is not STDiT3");
   get("hidden_size", c.hidden_size);
   get("depth", c.depth);
   get("num_heads", c.num_heads);
@@ -69,7 +68,8 @@ STDiT3Config parse_config(const nlohmann::json& j, const std::string& path) {
   get("skip_y_embedder", skip_y);
   if (skip_y) fail(where("skip_y_embedder"), ": true is not supported (ditto needs the caption embedder)");
   if (j.contains("latent_space")) {
-    const std::string s = j["latent_space"].get<std::string>();
+    std::string s;
+    get("latent_space", s);
     if (s == "pixel") c.latent_space = LatentSpace::Pixel;
     else if (s == "opensora-v1.2") c.latent_space = LatentSpace::OpenSoraV12;
     else fail(where("latent_space"), ": unknown '", s, "' (known: opensora-v1.2, pixel)");
@@ -77,7 +77,7 @@ STDiT3Config parse_config(const nlohmann::json& j, const std::string& path) {
   if (j.contains("temporal_pos_embed")) {
     const auto& v = j["temporal_pos_embed"];
     if (!v.is_string() || (v != "sincos" && v != "none"))
-      fail(where("temporal_pos_embed"), ": unknown ", v.dump(), " (known: \"none\", \"sincos\")");
+      fail(where("temporal_pos_embed"), ": unknown ", dump_json(v), " (known: \"none\", \"sincos\")");
     c.temporal_pos_embed = v == "sincos";
   }
   get("frame_modulation", c.frame_modulation);
@@ -92,7 +92,7 @@ STDiT3Config parse_config(const nlohmann::json& j, const std::string& path) {
 
 void save_config(const STDiT3Config& c, const std::string& path) {
   const nlohmann::ordered_json j = config_json(c);
-  write_file_atomic(path, [&](std::ostream& out) { out << j.dump(2) << "\n"; });
+  write_file_atomic(path, [&](std::ostream& out) { out << dump_json(j, 2) << "\n"; });
 }
 
 nlohmann::ordered_json config_json(const STDiT3Config& c) {

@@ -102,7 +102,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     if (name == "__metadata__") {
       if (!v.is_object()) fail("'", path, "': __metadata__ is not an object");
       for (auto m = v.begin(); m != v.end(); ++m)
-        metadata_[m.key()] = m.value().is_string() ? m.value().get<std::string>() : m.value().dump();
+        metadata_[m.key()] = m.value().is_string() ? m.value().get<std::string>() : dump_json(m.value());
       continue;
     }
     auto where = [&] { return "'" + path + "', tensor '" + name + "'"; };
@@ -199,7 +199,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
     offset += nbytes;
     cpu.push_back(std::move(c));
   }
-  std::string h = header.dump();
+  std::string h = dump_json(header);
   h.append((8 - h.size() % 8) % 8, ' ');  // keep the data section 8-byte aligned
   write_file_atomic(path, [&](std::ostream& out) {
     uint64_t n = h.size();

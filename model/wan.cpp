@@ -40,20 +40,18 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
 }  // namespace
 
 void WanConfig::validate() const {
-  auto positive = [](const char* name, int v) {
-    if (v <= 0) fail("config: ", name, " must be positive, got ", v);
-  };
-  positive("dim", dim);
-  positive("ffn_dim", ffn_dim);
-  positive("num_heads", num_heads);
-  positive("num_layers", num_layers);
-  positive("in_channels", in_channels);
-  positive("out_channels", out_channels);
-  positive("freq_dim", freq_dim);
-  positive("text_dim", text_dim);
-  positive("text_len", text_len);
-  positive("rope_max_seq_len", rope_max_seq_len);
-  for (int p : patch_size) positive("patch_size", p);
+  // Positive and within what any DiT uses (see STDiT3Config::validate).
+  check_config_size("dim", dim, 65536);
+  check_config_size("ffn_dim", ffn_dim, 1 << 20);
+  check_config_size("num_heads", num_heads, 1024);
+  check_config_size("num_layers", num_layers, 1024);
+  check_config_size("in_channels", in_channels, 4096);
+  check_config_size("out_channels", out_channels, 4096);
+  check_config_size("freq_dim", freq_dim, 65536);
+  check_config_size("text_dim", text_dim, 65536);
+  check_config_size("text_len", text_len, 65536);
+  check_config_size("rope_max_seq_len", rope_max_seq_len, 1 << 20);
+  for (int p : patch_size) check_config_size("patch_size", p, 64);
   if (dim % num_heads) fail("config: dim ", dim, " is not divisible by num_heads ", num_heads);
   if (head_dim() % 2 || head_dim() < 6) fail("config: head dim ", head_dim(), " must be even and at least 6 (3-D RoPE)");
   if (freq_dim % 2) fail("config: freq_dim ", freq_dim, " must be even");
@@ -77,6 +75,9 @@ WanConfig parse_wan_config(const nlohmann::json& j, const std::string& where) {
     int heads = 0, head_dim = 0;
     get("num_attention_heads", heads);
     if (!get("attention_head_dim", head_dim)) fail("'", where, "': attention_head_dim is missing");
+    if (static_cast<int64_t>(heads) * head_dim > 65536)
+      fail("'", where, "': num_attention_heads x attention_head_dim = ", static_cast<int64_t>(heads) * head_dim,
+           " is beyond any DiT (at most 65536)");
     c.num_heads = heads;
     c.dim = heads * head_dim;
     get("ffn_dim", c.ffn_dim);
@@ -346,7 +347,7 @@ std::map<std::string, at::Tensor> Wan::training_init(const WanConfig& c, uint64_
 
 void Wan::save_pretrained(const std::string& dir) const {
   ::mkdir(dir.c_str(), 0755);
-  write_file_atomic(dir + "/config.json", [&](std::ostream& os) { os << wan_config_json(config_).dump(2) << "\n"; });
+  write_file_atomic(dir + "/config.json", [&](std::ostream& os) { os << dump_json(wan_config_json(config_), 2) << "\n"; });
   NamedTensors tensors;
   for (const auto& spec : wan_param_specs(config_)) tensors.emplace_back(spec.name, w(spec.name));
   save_safetensors(dir + "/diffusion_pytorch_model.safetensors", tensors, {{"format", "pt"}});

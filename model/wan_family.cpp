@@ -1,6 +1,7 @@
 // The Wan family: diffusers' WanTransformer3DModel and the official WanModel directories, built-in
 // configs, the Wan-VAE 2.1 latent geometry, sampling defaults (UniPC on the shifted grid, as the
 // official sampler) and the cache policies' constants for Wan.
+#include "model/atomic_file.h"
 #include "model/error.h"
 #include "model/family.h"
 #include "model/wan.h"
@@ -74,7 +75,7 @@ void register_wan_family() {
   f.training_from = [](const std::string& dir, const std::string& name, uint64_t, const at::TensorOptions& options) {
     const Wan from = Wan::from_pretrained(dir, options);
     if (wan_config_json(from.config()) != wan_config_json(wan_builtin_config(name)))
-      fail("--init-from '", dir, "': its config is not config '", name, "' (", wan_config_json(from.config()).dump(),
+      fail("--init-from '", dir, "': its config is not config '", name, "' (", dump_json(wan_config_json(from.config())),
            ")");
     return from.weights();
   };

@@ -2,11 +2,14 @@
 #include "pipeline/job_file.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
 
+#include "cache/policy.h"
 #include "model/atomic_file.h"
 #include "model/error.h"
 #include "pipeline/video_options.h"
@@ -34,7 +37,44 @@ std::string job_fields_help() {
   return s;
 }
 
+JobPaths make_job_paths(const std::string& job_file, const std::vector<std::string>& allowed) {
+  namespace fs = std::filesystem;
+  JobPaths p;
+  std::error_code ec;
+  p.base_dir = fs::weakly_canonical(fs::absolute(job_file, ec).parent_path(), ec).string();
+  for (const auto& a : allowed) {
+    const fs::path c = fs::weakly_canonical(fs::absolute(a, ec), ec);
+    if (ec) fail("--allow-dir '", a, "': ", ec.message());
+    p.allowed.push_back(c.string());
+  }
+  return p;
+}
+
+std::string confined_path(const JobPaths& paths, const std::string& field, const std::string& path) {
+  namespace fs = std::filesystem;
+  fs::path p(path);
+  if (p.is_relative() && !paths.base_dir.empty()) p = fs::path(paths.base_dir) / p;
+  if (paths.allowed.empty()) return p.string();
+  std::error_code ec;
+  const fs::path c = fs::canonical(p, ec);
+  if (ec) fail("'", field, "': cannot open '", path, "': ", ec.message());
+  const std::string cs = c.string();
+  std::string list;
+  for (const auto& a : paths.allowed) {
+    if (cs == a || (cs.size() > a.size() && cs.compare(0, a.size(), a) == 0 && (a.back() == '/' || cs[a.size()] == '/')))
+      return cs;
+    list += (list.empty() ? "" : ", ") + a;
+  }
+  fail("'", field, "' names '", path, "'", cs != path ? " (" + cs + ")" : "", ", outside the directories this render may read (",
+       list, "; --allow-dir DIR allows another)");
+}
+
 JobLine parse_job_line(const std::string& text, int line, const JobDefaults& d) {
+  if (const size_t bad = first_invalid_utf8(text); bad != std::string::npos) {
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(text[bad]));
+    fail("not UTF-8 text: byte ", bad + 1, " is ", hex, " (a job file is JSON Lines, which is UTF-8)");
+  }
   nlohmann::ordered_json j;
   try {
     j = parse_json<nlohmann::ordered_json>(text);
@@ -87,8 +127,22 @@ JobLine parse_job_line(const std::string& text, int line, const JobDefaults& d) 
   }
   if (j.contains("model")) {
     if (!j["model"].is_string()) fail("'model' must be a string");
-    jl.model = j["model"].get<std::string>();
+    jl.model = confined_path(d.paths, "model", j["model"].get<std::string>());
   }
+  // The files the line names (the command line's are the operator's own and stay as given).
+  if (j.contains("caption_embedding")) v.caption_file = confined_path(d.paths, "caption_embedding", v.caption_file);
+  if (j.contains("negative_caption_embedding"))
+    v.negative_caption_file = confined_path(d.paths, "negative_caption_embedding", v.negative_caption_file);
+  if (j.contains("init_noise")) v.init_noise = confined_path(d.paths, "init_noise", v.init_noise);
+  if (j.contains("cache_opts"))
+    for (std::string& item : v.cache_opts) {
+      const size_t eq = item.find('=');
+      if (eq == std::string::npos) continue;  // refused with its reason by the policy
+      const std::string key = item.substr(0, eq), value = item.substr(eq + 1);
+      const std::string file = policy_option_file(key, value);
+      if (!file.empty())
+        item = policy_option_with_file(key, value, confined_path(d.paths, "cache_opts." + key, file));
+    }
   jl.output = "line" + std::to_string(line);
   if (j.contains("output")) {
     if (!j["output"].is_string()) fail("'output' must be a string");

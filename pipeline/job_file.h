@@ -11,10 +11,26 @@
 
 namespace ditto {
 
+// Where the files a job line names may be. A line's paths (caption_embedding, negative_caption_embedding,
+// init_noise, model, and the files of its cache_opts) are resolved against the job file's directory
+// and, with every link resolved, must lie under one of `allowed`: a job file cannot make ditto read
+// /etc/passwd or another user's files. The command line's own paths are the operator's and are not
+// confined.
+struct JobPaths {
+  std::string base_dir;               // where a line's relative paths start ("": the working directory)
+  std::vector<std::string> allowed;   // canonical directories (empty: not confined)
+};
+// base_dir: the job file's directory; allowed: each directory made canonical (it need not exist yet).
+JobPaths make_job_paths(const std::string& job_file, const std::vector<std::string>& allowed);
+// `path` (a line's field `field`) resolved and checked; an Error naming the field when it does not
+// exist or lies outside.
+std::string confined_path(const JobPaths& paths, const std::string& field, const std::string& path);
+
 // What a line does not say: the command line's settings and model.
 struct JobDefaults {
   VideoJob job;
   std::string model;  // model directory ("": the run's --config model)
+  JobPaths paths;     // where the line's files may be
 };
 
 struct JobLine {

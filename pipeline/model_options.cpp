@@ -1,6 +1,8 @@
 // Model options, model loading and command-line parsing (see model_options.h).
 #include "pipeline/model_options.h"
 
+#include <cmath>
+
 #include <ATen/Parallel.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,7 +11,9 @@
 #include <iostream>
 
 #include "model/atomic_file.h"
+#include "dist/liveness.h"
 #include "model/error.h"
+#include "pipeline/timing.h"
 
 namespace ditto {
 
@@ -37,7 +41,9 @@ void add_model_options(po::options_description& desc, ModelOptions& o) {
     ("weights-seed", po::value(&o.weights_seed)->default_value(0), "seed of --random-weights")
     ("dtype", po::value(&o.dtype), "float32 | bfloat16 | float16 | float64 (default: float32 on CPU, bfloat16 on CUDA)")
     ("device", po::value(&o.device), "cpu | cuda | cuda:N (default: cuda when a GPU is visible; under MPI, GPU = local rank)")
-    ("threads", po::value(&o.threads)->default_value(0), "CPU threads for intra-op parallelism (0: LibTorch's default)");
+    ("threads", po::value(&o.threads)->default_value(0), "CPU threads for intra-op parallelism (0: LibTorch's default)")
+    ("max-memory", po::value(&o.max_memory_gb)->default_value(0), "GB a rank may use: a job estimated to need more is refused before it allocates (render: recorded as failed, the others go on; 0: what the device has available)")
+    ("timeout", po::value(&o.timeout)->default_value(600), "seconds a rank waits on its peers (a collective, a job from render's scheduler) before it pings them: a rank that does not answer (stopped, hung, dead) ends the job with its number; a NCCL collective taking longer ends it too (0: wait forever)");
   // clang-format on
 }
 
@@ -61,6 +67,10 @@ std::string dtype_name(at::ScalarType t) {
 
 at::TensorOptions resolve_tensor_options(const ModelOptions& o, const MpiEnv& mpi) {
   if (o.threads > 0) at::set_num_threads(o.threads);
+  if (!(o.timeout >= 0) || !std::isfinite(o.timeout)) fail("--timeout must be a number of seconds >= 0 (0: wait forever)");
+  set_peer_timeout(o.timeout);
+  if (!(o.max_memory_gb >= 0) || !std::isfinite(o.max_memory_gb)) fail("--max-memory must be a number of GB >= 0 (0: no budget)");
+  set_memory_budget(static_cast<int64_t>(o.max_memory_gb * 1e9));
   at::Device device(at::kCPU);
   std::string dev = o.device.empty() ? (at::hasCUDA() ? "cuda" : "cpu") : o.device;
   if (dev == "cpu") {

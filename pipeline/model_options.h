@@ -25,6 +25,8 @@ struct ModelOptions {
   std::string dtype;   // empty: float32 on CPU, bfloat16 on CUDA
   std::string device;  // empty: cuda when a GPU is visible, else cpu
   int threads = 0;
+  double timeout = 600;
+  double max_memory_gb = 0;  // --max-memory: a job needing more per rank is refused (0: what the device has)  // --timeout: seconds before a waiting rank checks its peers (see dist/liveness.h)
 };
 
 void add_model_options(po::options_description& desc, ModelOptions& o);

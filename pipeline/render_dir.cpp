@@ -50,11 +50,12 @@ void append_line(const std::string& path, const std::string& line) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd < 0)
     fail("cannot open '", path, "' for appending: ",
-         errno == ELOOP ? "it is a symbolic link, which ditto does not write through" : std::strerror(errno));
+         errno == ELOOP ? "it is a symbolic link, which ditto does not write through" : write_error_text(errno));
   const std::string s = line + "\n";
-  const bool ok = ::write(fd, s.data(), s.size()) == static_cast<ssize_t>(s.size()) && ::fsync(fd) == 0;
+  const ssize_t n = ::write(fd, s.data(), s.size());
+  const int err = n < 0 ? errno : n != static_cast<ssize_t>(s.size()) ? ENOSPC : ::fsync(fd) != 0 ? errno : 0;
   ::close(fd);
-  if (!ok) fail("cannot append to '", path, "'");
+  if (err) fail("cannot append to '", path, "': ", write_error_text(err));
 }
 
 
@@ -132,7 +133,7 @@ RenderDir::Resume RenderDir::resume(std::vector<JobLine> jobs) {
       ++r.recovered;
     } else if (it->second.contains("job") && it->second["job"] != jl.spec) {
       r.rejected.push_back({jl.line, jl.output, "'" + dir + "' was rendered from different settings (" +
-                                                   it->second["job"].dump() + "); remove it to render this line"});
+                                                   dump_json(it->second["job"]) + "); remove it to render this line"});
       continue;
     }
     ++r.skipped;
@@ -142,13 +143,13 @@ RenderDir::Resume RenderDir::resume(std::vector<JobLine> jobs) {
 
 void RenderDir::start_failures(const std::vector<RejectedLine>& rejected) {
   write_file_atomic(dir_ + "/failures.jsonl", [&](std::ostream& os) {
-    for (const auto& f : rejected) os << failure_record(f.line, f.output, "validation", f.reason).dump() << "\n";
+    for (const auto& f : rejected) os << dump_json(failure_record(f.line, f.output, "validation", f.reason)) << "\n";
   });
 }
 
-void RenderDir::append_failure(const json& record) { append_line(dir_ + "/failures.jsonl", record.dump()); }
+void RenderDir::append_failure(const json& record) { append_line(dir_ + "/failures.jsonl", dump_json(record)); }
 
-void RenderDir::append_manifest(const json& entry) { append_line(dir_ + "/manifest.jsonl", entry.dump()); }
+void RenderDir::append_manifest(const json& entry) { append_line(dir_ + "/manifest.jsonl", dump_json(entry)); }
 
 namespace {
 // An Error unless `path` is a directory itself (not a link to one).
@@ -163,23 +164,28 @@ void expect_real_dir(const std::string& path) {
 std::string begin_job_dir(const std::string& dir, const std::string& name) {
   const std::string partial = dir + "/." + name + ".partial";
   remove_tree(partial);  // a leftover, or a link planted under the name (removed, not followed)
-  if (::mkdir(partial.c_str(), 0755) != 0) fail("cannot create '", partial, "': ", std::strerror(errno));
+  if (::mkdir(partial.c_str(), 0755) != 0) fail("cannot create '", partial, "': ", write_error_text(errno));
   expect_real_dir(partial);
+  guard_output_dir(partial);  // written into only through a descriptor that does not follow a swapped-in link
   return partial;
 }
 
 void commit_job_dir(const std::string& dir, const std::string& name) {
   const std::string partial = dir + "/." + name + ".partial", final_dir = dir + "/" + name;
+  unguard_output_dir(partial);
   expect_real_dir(partial);  // what is renamed into place is the job's own directory
   if (::rename(partial.c_str(), final_dir.c_str()) != 0)
     fail("cannot rename '", partial, "' to '", final_dir, "': ", std::strerror(errno));
 }
 
-void abandon_job_dir(const std::string& dir, const std::string& name) { remove_tree(dir + "/." + name + ".partial"); }
+void abandon_job_dir(const std::string& dir, const std::string& name) {
+  unguard_output_dir(dir + "/." + name + ".partial");
+  remove_tree(dir + "/." + name + ".partial");
+}
 
 void RenderDir::write_summary(const json& summary, const std::string& extra) {
-  write_file_atomic(dir_ + "/summary.json", [&](std::ostream& os) { os << summary.dump(2) << "\n"; });
-  if (!extra.empty()) write_file_atomic(extra, [&](std::ostream& os) { os << summary.dump(2) << "\n"; });
+  write_file_atomic(dir_ + "/summary.json", [&](std::ostream& os) { os << dump_json(summary, 2) << "\n"; });
+  if (!extra.empty()) write_file_atomic(extra, [&](std::ostream& os) { os << dump_json(summary, 2) << "\n"; });
 }
 
 }  // namespace ditto

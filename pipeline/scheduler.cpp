@@ -5,6 +5,8 @@
 #include <deque>
 #include <thread>
 
+#include "dist/liveness.h"
+#include "model/atomic_file.h"
 #include "model/error.h"
 
 namespace ditto {
@@ -32,7 +34,7 @@ void run_scheduler(JobTransport& transport, size_t jobs, int leaders,
       queue.pop_front();
       nlohmann::json a = assignment ? assignment(i) : nlohmann::json::object();
       a["index"] = i;
-      reply = a.dump();
+      reply = dump_json(a);
       if (hooks.on_start) hooks.on_start(i);
     } else {
       --active;
@@ -41,7 +43,10 @@ void run_scheduler(JobTransport& transport, size_t jobs, int leaders,
   }
 }
 
-MpiJobTransport::MpiJobTransport(MPI_Comm world) { MPI_Comm_dup(world, &comm_); }
+MpiJobTransport::MpiJobTransport(MPI_Comm world) {
+  MPI_Comm_dup(world, &comm_);
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+}
 
 MpiJobTransport::~MpiJobTransport() {
   int finalized = 0;
@@ -51,35 +56,52 @@ MpiJobTransport::~MpiJobTransport() {
 
 namespace {
 
-void send_string(MPI_Comm comm, int dest, int tag, const std::string& s) {
-  MPI_Send(s.data(), static_cast<int>(s.size()), MPI_CHAR, dest, tag, comm);
+void check_mpi(int rc, const char* what) {
+  if (rc != MPI_SUCCESS) {
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    fail("render scheduler: MPI ", what, " failed: ", std::string(msg, len));
+  }
 }
 
-// Polls (sleeping) so a waiting rank does not spin a core the renderers need.
-std::string recv_string(MPI_Comm comm, int source, int tag, int* from) {
+void send_string(MPI_Comm comm, int dest, int tag, const std::string& s) {
+  check_mpi(MPI_Send(s.data(), static_cast<int>(s.size()), MPI_CHAR, dest, tag, comm), "send");
+}
+
+// Waits (polling, sleeping: a waiting rank leaves the cores to the renderers) for a message from
+// `source`; `peers` are pinged when the wait passes --timeout (a stopped sender ends the job).
+std::string recv_string(MPI_Comm comm, int source, int tag, int* from, const std::vector<int>& peers, const char* what) {
   MPI_Status st;
-  for (int flag = 0;;) {
-    MPI_Iprobe(source, tag, comm, &flag, &st);
-    if (flag) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
+  int rc = MPI_SUCCESS;
+  wait_with_liveness(
+      [&] {
+        int flag = 0;
+        rc = MPI_Iprobe(source, tag, comm, &flag, &st);
+        return flag != 0 || rc != MPI_SUCCESS;
+      },
+      peers, what);
+  check_mpi(rc, "probe");
   int n = 0;
   MPI_Get_count(&st, MPI_CHAR, &n);
   std::string s(static_cast<size_t>(n), '\0');
-  MPI_Recv(s.data(), n, MPI_CHAR, st.MPI_SOURCE, tag, comm, MPI_STATUS_IGNORE);
+  check_mpi(MPI_Recv(s.data(), n, MPI_CHAR, st.MPI_SOURCE, tag, comm, MPI_STATUS_IGNORE), "receive");
   if (from) *from = st.MPI_SOURCE;
   return s;
 }
 
 }  // namespace
 
-std::string MpiJobTransport::receive_request(int* from) { return recv_string(comm_, MPI_ANY_SOURCE, kTagRequest, from); }
+std::string MpiJobTransport::receive_request(int* from) {
+  // Any rank may be the next to ask; while none does, every other rank must still answer pings.
+  return recv_string(comm_, MPI_ANY_SOURCE, kTagRequest, from, peer_world_ranks(comm_), "the render scheduler's wait for the groups");
+}
 
 void MpiJobTransport::send_assignment(int to, const std::string& assignment) { send_string(comm_, to, kTagJob, assignment); }
 
 std::string MpiJobTransport::request(const std::string& last_result) {
   send_string(comm_, 0, kTagRequest, last_result);
-  return recv_string(comm_, 0, kTagJob, nullptr);
+  return recv_string(comm_, 0, kTagJob, nullptr, {0}, "a wait for the render scheduler (rank 0)");
 }
 
 }  // namespace ditto

@@ -37,7 +37,11 @@ int64_t peak_memory_bytes(const at::Device& device) {
   return static_cast<int64_t>(ru.ru_maxrss) * 1024;
 }
 
-int64_t available_memory_bytes(const at::Device& device) {
+namespace {
+
+int64_t g_budget = 0;  // --max-memory
+
+int64_t measured_available_bytes(const at::Device& device) {
 #ifdef DITTO_CUDA
   if (device.is_cuda()) {
     size_t free = 0, total = 0;
@@ -67,6 +71,15 @@ int64_t available_memory_bytes(const at::Device& device) {
     }
   }
   return available;
+}
+
+}  // namespace
+
+void set_memory_budget(int64_t bytes) { g_budget = bytes > 0 ? bytes : 0; }
+
+int64_t available_memory_bytes(const at::Device& device) {
+  const int64_t measured = measured_available_bytes(device);
+  return g_budget > 0 ? std::min(g_budget, measured) : measured;
 }
 
 struct StepTimer::Events {

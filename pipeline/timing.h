@@ -14,7 +14,9 @@ void synchronize(const at::Device& device);
 int64_t peak_memory_bytes(const at::Device& device);
 // Memory a new allocation can still get on the device: on a GPU the driver's free memory plus what
 // the caching allocator holds unused; on the CPU MemAvailable, capped by the cgroup's limit.
+// --max-memory, when set (> 0), caps it: the operator's budget per rank.
 int64_t available_memory_bytes(const at::Device& device);
+void set_memory_budget(int64_t bytes);  // 0: none
 
 // Per-step times. On CUDA each mark() records an event on the current stream (no wait) and the
 // times are read once, at the end; on the CPU mark() reads the wall clock.

@@ -1,6 +1,8 @@
 // One video rendered by one video group (see video_job.h).
 #include "pipeline/video_job.h"
 
+#include <csignal>
+
 #include <sys/stat.h>
 
 #include <chrono>
@@ -8,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <thread>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -89,13 +92,24 @@ nlohmann::ordered_json counters_json(const Communicator& c) {
   return j;
 }
 
-// DITTO_FAULT_INJECT=RANK:STEP makes that world rank throw at the start of that step (tests of
-// the job-wide abort).
+// DITTO_FAULT_INJECT=RANK:STEP makes that world rank throw at the start of that step;
+// DITTO_FAULT_INJECT=RANK:STEP:stop makes it stop itself there (SIGSTOP, as a hung or frozen process
+// would), RANK:STEP:sleep makes it pause 3 s, a slow rank (tests of the job-wide abort and of --timeout).
 void maybe_inject_fault(int rank, int step) {
   const char* spec = std::getenv("DITTO_FAULT_INJECT");
   int fr = -1, fs = -1;
-  if (spec && std::sscanf(spec, "%d:%d", &fr, &fs) == 2 && fr == rank && fs == step)
-    fail("injected fault at step ", step, " (DITTO_FAULT_INJECT=", spec, ")");
+  char how[8] = {0};
+  const int n = spec ? std::sscanf(spec, "%d:%d:%7s", &fr, &fs, how) : 0;
+  if (n < 2 || fr != rank || fs != step) return;
+  if (n == 3 && std::string(how) == "stop") {
+    std::raise(SIGSTOP);
+    return;
+  }
+  if (n == 3 && std::string(how) == "sleep") {
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    return;
+  }
+  fail("injected fault at step ", step, " (DITTO_FAULT_INJECT=", spec, ")");
 }
 
 }  // namespace
@@ -436,7 +450,7 @@ nlohmann::ordered_json write_video_outputs(const std::string& dir, const Rendere
     outputs["video"] = "not written: " + vae->cannot_decode_reason();
   }
   m["outputs"] = outputs;
-  write_file_atomic(dir + "/metrics.json", [&](std::ostream& os) { os << m.dump(2) << "\n"; });
+  write_file_atomic(dir + "/metrics.json", [&](std::ostream& os) { os << dump_json(m, 2) << "\n"; });
   return m;
 }
 

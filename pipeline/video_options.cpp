@@ -8,6 +8,7 @@
 #include <limits>
 #include <sstream>
 
+#include "model/atomic_file.h"
 #include "model/error.h"
 #include "pipeline/model_options.h"
 
@@ -229,7 +230,7 @@ nlohmann::json from_json(const Setting& s, const nlohmann::json& v) {
       std::vector<std::string> items;
       if (v.is_object()) {
         for (auto it = v.begin(); it != v.end(); ++it)
-          items.push_back(it.key() + "=" + (it.value().is_string() ? it.value().get<std::string>() : it.value().dump()));
+          items.push_back(it.key() + "=" + (it.value().is_string() ? it.value().get<std::string>() : dump_json(it.value())));
       } else if (v.is_array()) {
         for (const auto& e : v) {
           if (!e.is_string()) fail(name, " entries must be \"KEY=VALUE\" strings");

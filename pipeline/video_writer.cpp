@@ -1,7 +1,16 @@
 // Y4M, PNG and MP4 writers (see video_writer.h).
 #include "pipeline/video_writer.h"
 
+#include <fcntl.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <array>
@@ -105,18 +114,115 @@ void write_png(const std::string& path, int width, int height, const uint8_t* rg
   write_file_atomic(path, [&](std::ostream& out) { out.write(reinterpret_cast<const char*>(png.data()), png.size()); });
 }
 
-bool ffmpeg_available() { return std::system("ffmpeg -version >/dev/null 2>&1") == 0; }
+namespace {
+
+// The executable `name` on $PATH ("" when there is none).
+std::string find_on_path(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::string dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
+  for (size_t start = 0; start <= dirs.size();) {
+    size_t end = dirs.find(':', start);
+    if (end == std::string::npos) end = dirs.size();
+    const std::string dir = dirs.substr(start, end - start);
+    const std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
+    struct stat st {};
+    if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(candidate.c_str(), X_OK) == 0)
+      return candidate;
+    start = end + 1;
+  }
+  return "";
+}
+
+// Runs `program` with `args` without a shell (any byte in an argument is just that byte), stdin
+// and stdout on /dev/null, `fds` as the child's descriptors 3, 4, ... and no other descriptor of this
+// process. The child is killed when this thread's process dies (PR_SET_PDEATHSIG), so a render that
+// is killed leaves no encoder behind. Returns the exit status, or 128 + the signal that ended it.
+int run_program(const std::string& program, const std::vector<std::string>& args, const std::vector<int>& fds) {
+  std::vector<std::string> all = {program};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid < 0) fail("cannot start ", program, ": ", std::strerror(errno));
+  if (pid == 0) {  // the child: async-signal-safe calls only, until exec
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);  // the parent died before the line above
+    const int null_fd = ::open("/dev/null", O_RDWR);
+    if (null_fd < 0) ::_exit(127);
+    ::dup2(null_fd, 0);
+    ::dup2(null_fd, 1);
+    // Move the passed descriptors out of the way first, then into 3, 4, ...
+    std::array<int, 8> high{};
+    const size_t n = std::min(fds.size(), high.size());
+    for (size_t i = 0; i < n; ++i) high[i] = ::fcntl(fds[i], F_DUPFD, 64);
+    for (size_t i = 0; i < n; ++i) ::dup2(high[i], static_cast<int>(3 + i));
+    ::syscall(SYS_close_range, static_cast<unsigned>(3 + n), ~0U, 0U);
+    ::execv(program.c_str(), argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) fail("waiting for ", program, ": ", std::strerror(errno));
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace
+
+bool ffmpeg_available() {
+  static const bool available = [] {
+    const std::string ffmpeg = find_on_path("ffmpeg");
+    return !ffmpeg.empty() && run_program(ffmpeg, {"-version"}, {}) == 0;
+  }();
+  return available;
+}
 
 void y4m_to_mp4(const std::string& y4m_path, const std::string& mp4_path) {
-  const std::string tmp = mp4_path + ".tmp.mp4";
-  const std::string cmd = "ffmpeg -nostdin -y -loglevel error -i '" + y4m_path +
-                          "' -vf 'pad=ceil(iw/2)*2:ceil(ih/2)*2' -c:v libx264 -pix_fmt yuv420p '" + tmp + "'";
-  const int rc = std::system(cmd.c_str());
-  if (rc != 0) {
-    std::remove(tmp.c_str());
-    fail("ffmpeg failed (exit ", WEXITSTATUS(rc), ") encoding '", mp4_path, "'");
+  const std::string ffmpeg = find_on_path("ffmpeg");
+  if (ffmpeg.empty()) fail("cannot encode '", mp4_path, "': ffmpeg is not on PATH");
+  // ffmpeg gets descriptors, never the paths: whatever characters the output path holds, it cannot
+  // be read as an option or a protocol ("pipe:"), and ffmpeg writes only the file ditto created
+  // (O_EXCL, O_NOFOLLOW: not through a link planted under the name).
+  const int in = ::open(y4m_path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (in < 0) fail("cannot read '", y4m_path, "': ", std::strerror(errno));
+  DirEntryRef parent;
+  try {
+    open_parent_dir(mp4_path, parent);
+  } catch (...) {
+    ::close(in);
+    throw;
   }
-  if (std::rename(tmp.c_str(), mp4_path.c_str()) != 0) fail("cannot rename '", tmp, "' to '", mp4_path, "'");
+  const std::string tmp = mp4_path + ".tmp.mp4", tmp_name = parent.name + ".tmp.mp4";
+  ::unlinkat(parent.dir_fd, tmp_name.c_str(), 0);
+  const int out = ::openat(parent.dir_fd, tmp_name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (out < 0) {
+    const int err = errno;
+    ::close(in);
+    fail("cannot create '", tmp, "': ", write_error_text(err));
+  }
+  int rc = 0;
+  try {
+    rc = run_program(ffmpeg,
+                     {"-nostdin", "-y", "-loglevel", "error", "-f", "yuv4mpegpipe", "-i", "/dev/fd/3", "-vf",
+                      "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-f", "mp4", "/dev/fd/4"},
+                     {in, out});
+  } catch (...) {
+    ::close(in);
+    ::close(out);
+    ::unlinkat(parent.dir_fd, tmp_name.c_str(), 0);
+    throw;
+  }
+  ::close(in);
+  const int sync_error = ::fsync(out) == 0 ? 0 : errno;
+  ::close(out);
+  if (rc != 0 || sync_error) {
+    ::unlinkat(parent.dir_fd, tmp_name.c_str(), 0);
+    if (rc != 0) fail("ffmpeg failed (exit ", rc, ") encoding '", mp4_path, "'");
+    fail("cannot write '", mp4_path, "': ", write_error_text(sync_error));
+  }
+  if (::renameat(parent.dir_fd, tmp_name.c_str(), parent.dir_fd, parent.name.c_str()) != 0)
+    fail("cannot rename '", tmp, "' to '", mp4_path, "': ", write_error_text(errno));
 }
 
 }  // namespace ditto
