@@ -9,9 +9,7 @@
 
 namespace ditto {
 
-namespace {
-
-void check(int rc, const char* what) {
+void check_mpi(int rc, const std::string& what) {
   if (rc != MPI_SUCCESS) {
     char msg[MPI_MAX_ERROR_STRING];
     int len = 0;
@@ -19,6 +17,8 @@ void check(int rc, const char* what) {
     fail("MPI ", what, " failed: ", std::string(msg, len));
   }
 }
+
+namespace {
 
 int byte_count(int64_t bytes, const char* what) {
   if (bytes > INT_MAX) fail("MPI ", what, ": a message of ", bytes, " bytes exceeds MPI's int count");
@@ -43,7 +43,7 @@ class Timer {
 }  // namespace
 
 MpiCommunicator::MpiCommunicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
-  // Errors come back as return codes, which check() turns into exceptions naming the collective
+  // Errors come back as return codes, which check_mpi() turns into exceptions naming the collective
   // (MPI's default handler would end the process before ditto could say which).
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
@@ -60,7 +60,7 @@ void MpiCommunicator::wait(MPI_Request& request, const char* what) {
         return flag != 0 || rc != MPI_SUCCESS;
       },
       peers_, std::string("MPI ") + what);
-  check(rc, what);
+  check_mpi(rc, what);
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -91,7 +91,7 @@ void MpiCommunicator::all_to_all(const std::vector<at::Tensor>& send, std::vecto
   at::Tensor sbuf = flat_send.empty() ? at::empty({0}, at::kByte) : at::cat(flat_send);
   at::Tensor rbuf = at::empty({rtotal}, at::kByte);
   MPI_Request req;
-  check(MPI_Ialltoallv(sbuf.data_ptr(), scount.data(), sdispl.data(), MPI_BYTE, rbuf.data_ptr(), rcount.data(),
+  check_mpi(MPI_Ialltoallv(sbuf.data_ptr(), scount.data(), sdispl.data(), MPI_BYTE, rbuf.data_ptr(), rcount.data(),
                        rdispl.data(), MPI_BYTE, comm_, &req),
         "all_to_all");
   wait(req, "all_to_all");
@@ -116,7 +116,7 @@ void MpiCommunicator::all_gather(const at::Tensor& send, std::vector<at::Tensor>
   counters_.all_gather.bytes += nbytes(s) * (size_ - 1);
   at::Tensor rbuf = at::empty({total}, at::kByte);
   MPI_Request req;
-  check(MPI_Iallgatherv(s.data_ptr(), byte_count(nbytes(s), "all_gather"), MPI_BYTE, rbuf.data_ptr(), rcount.data(),
+  check_mpi(MPI_Iallgatherv(s.data_ptr(), byte_count(nbytes(s), "all_gather"), MPI_BYTE, rbuf.data_ptr(), rcount.data(),
                         rdispl.data(), MPI_BYTE, comm_, &req),
         "all_gather");
   wait(req, "all_gather");
@@ -140,7 +140,7 @@ void MpiCommunicator::all_reduce(at::Tensor& t, ReduceOp op) {
   }
   at::Tensor out = at::empty_like(h);
   MPI_Request req;
-  check(MPI_Iallreduce(h.data_ptr(), out.data_ptr(), byte_count(h.numel(), "all_reduce"), type,
+  check_mpi(MPI_Iallreduce(h.data_ptr(), out.data_ptr(), byte_count(h.numel(), "all_reduce"), type,
                        op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, comm_, &req),
         "all_reduce");
   wait(req, "all_reduce");
@@ -153,7 +153,7 @@ void MpiCommunicator::broadcast(at::Tensor& t, int root) {
   at::Tensor h = host(t);
   if (h.data_ptr() == t.data_ptr() && !t.is_contiguous()) h = h.clone();
   MPI_Request req;
-  check(MPI_Ibcast(h.data_ptr(), byte_count(nbytes(h), "broadcast"), MPI_BYTE, root, comm_, &req), "broadcast");
+  check_mpi(MPI_Ibcast(h.data_ptr(), byte_count(nbytes(h), "broadcast"), MPI_BYTE, root, comm_, &req), "broadcast");
   wait(req, "broadcast");
   if (h.data_ptr() != t.data_ptr()) t.copy_(h);
 }
@@ -161,13 +161,13 @@ void MpiCommunicator::broadcast(at::Tensor& t, int root) {
 void MpiCommunicator::barrier() {
   Timer timer(counters_.barrier);
   MPI_Request req;
-  check(MPI_Ibarrier(comm_, &req), "barrier");
+  check_mpi(MPI_Ibarrier(comm_, &req), "barrier");
   wait(req, "barrier");
 }
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
   MPI_Comm sub;
-  check(MPI_Comm_split(comm_, color, key, &sub), "split");
+  check_mpi(MPI_Comm_split(comm_, color, key, &sub), "split");
   return std::make_unique<MpiCommunicator>(sub, /*owned=*/true);
 }
 

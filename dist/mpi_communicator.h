@@ -11,6 +11,9 @@
 
 namespace ditto {
 
+// An Error "MPI WHAT failed: <MPI's message>" unless rc is MPI_SUCCESS (communicators return errors).
+void check_mpi(int rc, const std::string& what);
+
 class MpiCommunicator : public Communicator {
  public:
   // Wraps (does not own) comm; use split() for owned sub-communicators.

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "dist/liveness.h"
+#include "dist/mpi_communicator.h"
 #include "model/atomic_file.h"
 #include "model/error.h"
 
@@ -56,17 +57,8 @@ MpiJobTransport::~MpiJobTransport() {
 
 namespace {
 
-void check_mpi(int rc, const char* what) {
-  if (rc != MPI_SUCCESS) {
-    char msg[MPI_MAX_ERROR_STRING];
-    int len = 0;
-    MPI_Error_string(rc, msg, &len);
-    fail("render scheduler: MPI ", what, " failed: ", std::string(msg, len));
-  }
-}
-
 void send_string(MPI_Comm comm, int dest, int tag, const std::string& s) {
-  check_mpi(MPI_Send(s.data(), static_cast<int>(s.size()), MPI_CHAR, dest, tag, comm), "send");
+  check_mpi(MPI_Send(s.data(), static_cast<int>(s.size()), MPI_CHAR, dest, tag, comm), "render scheduler send");
 }
 
 // Waits (polling, sleeping: a waiting rank leaves the cores to the renderers) for a message from
@@ -81,11 +73,11 @@ std::string recv_string(MPI_Comm comm, int source, int tag, int* from, const std
         return flag != 0 || rc != MPI_SUCCESS;
       },
       peers, what);
-  check_mpi(rc, "probe");
+  check_mpi(rc, "render scheduler probe");
   int n = 0;
   MPI_Get_count(&st, MPI_CHAR, &n);
   std::string s(static_cast<size_t>(n), '\0');
-  check_mpi(MPI_Recv(s.data(), n, MPI_CHAR, st.MPI_SOURCE, tag, comm, MPI_STATUS_IGNORE), "receive");
+  check_mpi(MPI_Recv(s.data(), n, MPI_CHAR, st.MPI_SOURCE, tag, comm, MPI_STATUS_IGNORE), "render scheduler receive");
   if (from) *from = st.MPI_SOURCE;
   return s;
 }

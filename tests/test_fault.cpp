@@ -15,7 +15,9 @@
 #include "model/atomic_file.h"
 #include "test_util.h"
 
+using ditto::test::exists;
 using ditto::test::read_bytes;
+using ditto::test::read_jsonl;
 using ditto::test::run_command;
 using ditto::test::run_ditto;
 using ditto::test::run_ditto_mpi;
@@ -28,19 +30,6 @@ namespace {
 const std::string kTiny = "--config ditto-demo-tiny --random-weights --quiet ";
 const std::string kStdit = "--config stdit3-tiny --random-weights --random-caption 5 --frames 51 --height 40 "
                            "--width 72 --seed 9 --quiet ";
-
-bool exists(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0;
-}
-
-std::vector<json> read_jsonl(const std::string& path) {
-  std::vector<json> out;
-  std::istringstream in(read_bytes(path));
-  for (std::string l; std::getline(in, l);)
-    if (!l.empty()) out.push_back(json::parse(l));
-  return out;
-}
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

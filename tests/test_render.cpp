@@ -18,7 +18,9 @@
 #include "test_util.h"
 
 using namespace ditto;
+using ditto::test::exists;
 using ditto::test::read_bytes;
+using ditto::test::read_jsonl;
 using ditto::test::rel_err;
 using ditto::test::run_command;
 using ditto::test::run_ditto;
@@ -31,20 +33,7 @@ namespace {
 
 const std::string kTiny = "--config ditto-demo-tiny --random-weights --no-mp4 --quiet ";
 
-std::vector<json> read_jsonl(const std::string& path) {
-  std::vector<json> out;
-  std::istringstream in(read_bytes(path));
-  for (std::string l; std::getline(in, l);)
-    if (!l.empty()) out.push_back(json::parse(l));
-  return out;
-}
-
 at::Tensor latent(const std::string& dir) { return load_safetensors(dir + "/latent.safetensors").at("z"); }
-
-bool exists(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0;
-}
 
 // Names in `dir` that start with '.' (partial outputs).
 std::vector<std::string> hidden_entries(const std::string& dir) {
@@ -162,6 +151,7 @@ TEST(Render, BadLinesDuplicatesAndUnreadableWeightsFailAloneWhileValidJobsComple
   r = run_ditto_mpi(2, "render " + kTiny + "--jobs " + d + "/none.jsonl --out " + d + "/out2");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("cannot read '" + d + "/none.jsonl'"), std::string::npos) << r.output;
+  EXPECT_FALSE(exists(d + "/out2")) << "a render that could not read its jobs created its output directory";
 }
 
 TEST(Render, RestartAfterSigkillFinishesTheRestWithoutRewritingFinishedFiles) {

@@ -2,6 +2,11 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <vector>
 
 #include <cstdio>
 #include <fstream>
@@ -56,6 +61,21 @@ inline RunResult run_ditto(const std::string& args) { return run_command(std::st
 inline RunResult run_ditto_mpi(int np, const std::string& args, const std::string& env = "") {
   return run_command("env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 " + env +
                      " mpirun --oversubscribe -np " + std::to_string(np) + " " + DITTO_BINARY + " " + args);
+}
+
+// Whether something is at `p` (links followed).
+inline bool exists(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+// A JSON Lines file, one value per non-empty line.
+inline std::vector<nlohmann::json> read_jsonl(const std::string& path) {
+  std::vector<nlohmann::json> out;
+  std::istringstream in(read_bytes(path));
+  for (std::string l; std::getline(in, l);)
+    if (!l.empty()) out.push_back(nlohmann::json::parse(l));
+  return out;
 }
 
 inline std::string fixture(const std::string& name) {
