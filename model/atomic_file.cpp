@@ -108,7 +108,7 @@ bool path_exists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
-std::string read_text_file(const std::string& path) {
+std::string read_text_file(const std::string& path, size_t max_bytes) {
   // Opened without blocking (a FIFO named here would wait forever for a writer), then refused unless
   // it is a regular file.
   const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
@@ -129,6 +129,10 @@ std::string read_text_file(const std::string& path) {
       fail("cannot read '", path, "': ", std::strerror(e));
     }
     if (n == 0) break;
+    if (bytes.size() + static_cast<size_t>(n) > max_bytes) {  // checked while reading: the file may grow
+      ::close(fd);
+      fail("cannot read '", path, "': larger than ", max_bytes >> 20, " MiB, more than a file of this kind can be");
+    }
     bytes.append(buf, static_cast<size_t>(n));
   }
   ::close(fd);

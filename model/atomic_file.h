@@ -165,8 +165,10 @@ std::string write_error_text(int err);
 // Whether something exists at `path` (a stat, which never opens it: a FIFO does not block).
 bool path_exists(const std::string& path);
 
-// The file's bytes; an Error "cannot read 'PATH'" when it cannot be opened.
-std::string read_text_file(const std::string& path);
+// The file's bytes; an Error "cannot read 'PATH'" when it cannot be opened, is not a regular file or
+// is larger than `max_bytes` (configs, schedules, codebooks: 64 MiB; job files and manifests pass more).
+constexpr size_t kMaxTextFileBytes = size_t{64} << 20;
+std::string read_text_file(const std::string& path, size_t max_bytes = kMaxTextFileBytes);
 // The file parsed as JSON; Errors "cannot open WHAT 'PATH'" and "'PATH': malformed JSON: ...".
 nlohmann::json read_json_file(const std::string& path, const std::string& what);
 

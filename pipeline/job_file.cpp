@@ -158,7 +158,7 @@ JobLine parse_job_line(const std::string& text, int line, const JobDefaults& d) 
 }
 
 JobFile read_job_file(const std::string& path, const JobDefaults& d, const std::function<void(const JobLine&)>& check) {
-  std::istringstream in(read_text_file(path));
+  std::istringstream in(read_text_file(path, size_t{1} << 30));
   JobFile f;
   std::vector<JobLine> parsed;
   std::map<std::string, std::vector<int>> by_name;

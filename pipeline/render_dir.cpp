@@ -106,7 +106,7 @@ RenderDir::Resume RenderDir::resume(std::vector<JobLine> jobs) {
   // renamed into place whose manifest line was lost is finished too (the rename is the commit).
   std::map<std::string, json> finished;
   if (file_exists(manifest)) {
-    std::istringstream m(read_text_file(manifest));
+    std::istringstream m(read_text_file(manifest, size_t{1} << 30));
     for (std::string l; std::getline(m, l);) {
       try {
         json e = parse_json<json>(l);

@@ -242,3 +242,16 @@ TEST(Fault, AJobFolderSwappedForALinkIsNotWrittenThrough) {
   EXPECT_FALSE(exists(elsewhere + "/latent.safetensors"));
   ditto::unguard_output_dir(partial);
 }
+
+// A file a job names is read only up to the size its kind can have (a codebook: 64 MiB), so a huge
+// or growing file cannot exhaust memory; the job fails alone with the reason.
+TEST(Fault, OversizedFilesAreRefusedUnread) {
+  const std::string d = temp_dir();
+  run_command("truncate -s 70M " + d + "/big.txt");
+  write_bytes(d + "/jobs.jsonl", R"({"random_caption": 4, "steps": 2, "output": "big", "cache": "adacache", "cache_opts": {"codebook": "@big.txt"}})" "\n");
+  auto r = run_ditto("render " + kTiny + "--no-mp4 --jobs " + d + "/jobs.jsonl --out " + d + "/out");
+  EXPECT_EQ(r.code, 1) << r.output;
+  const auto failures = read_jsonl(d + "/out/failures.jsonl");
+  ASSERT_EQ(failures.size(), 1u) << r.output;
+  EXPECT_NE(failures[0]["error"].get<std::string>().find("larger than 64 MiB"), std::string::npos) << failures[0];
+}
