@@ -1,7 +1,8 @@
 // Per-step cost of a DiT in one run: the whole forward as `ditto forward` makes it (conditioning
 // included), and a sampling step as the sampler makes it (the video prepared once; per step the
 // timestep conditioning, the CFG-batched forward, guidance and the update), with the FLOP count of
-// the performance model, the utilisation it implies and the host reads of device memory per step.
+// the performance model, the utilisation it implies against the device's measured matmul peak, and
+// the host reads of device memory (syncs) per step.
 // Prints one table and writes the same rows as JSON.
 #include <algorithm>
 #include <chrono>
@@ -25,7 +26,6 @@ int main(int argc, char** argv) {
   ModelOptions mo;
   std::string latent, json_path;
   int batch = 2, warmup = 2, iters = 5, tokens = 0;
-  double peak_tflops = 0;
   po::options_description desc("options");
   add_model_options(desc, mo);
   // clang-format off
@@ -35,7 +35,6 @@ int main(int argc, char** argv) {
     ("caption-tokens", po::value(&tokens)->default_value(0), "valid caption tokens (0: the model's maximum)")
     ("warmup", po::value(&warmup)->default_value(2), "untimed forwards (and steps) first")
     ("iters", po::value(&iters)->default_value(5), "timed forwards (and steps)")
-    ("peak-tflops", po::value(&peak_tflops)->default_value(0), "device peak for the dtype, for utilisation (H100 SXM bf16 dense: 989)")
     ("json", po::value(&json_path), "also write the rows as JSON here");
   // clang-format on
   try {
@@ -44,6 +43,7 @@ int main(int argc, char** argv) {
       return 0;
     if (batch != 1 && batch != 2) fail("--batch must be 1 or 2 (a CFG step batches two)");
     if (iters < 1 || warmup < 0) fail("--iters must be >= 1 and --warmup >= 0");
+    c10::InferenceMode inference;
     const at::TensorOptions options = resolve_tensor_options(mo, mpi);
     const std::unique_ptr<DiT> model = load_model(mo, options);
     const DiTShape& c = model->shape();
@@ -113,6 +113,9 @@ int main(int argc, char** argv) {
     std::sort(step_ms.begin(), step_ms.end());
     const double reads_per_step = iters > 1 ? static_cast<double>(reads.back() - reads[warmup]) / (iters - 1) : 0.0;
 
+    // The peak MFU is reported against: measured here, on this device, in this dtype.
+    const MatmulPeak peak = measure_matmul_peak(options);
+    const double peak_tflops = peak.tflops;
     const TokenGrid grid = token_grid(t, h, w, c.patch);
     const double flops = model->forward_flops(grid, batch, L);
     const std::string source = model_source(mo);
@@ -120,16 +123,19 @@ int main(int argc, char** argv) {
     std::printf("# %s, latent %s, batch %d, %lld tokens/sample, %s on %s, ditto %s (%s)\n", source.c_str(), latent.c_str(),
                 batch, static_cast<long long>(grid.tokens()), dtype.c_str(), options.device().str().c_str(),
                 ditto_version().c_str(), ditto_git_sha().c_str());
-    std::printf("| what | min ms | median ms | TFLOP | TFLOP/s | MFU | host reads/step |\n");
+    std::printf("# MFU against %.3g TFLOP/s: this device's best %lld x %lld %s matmul, measured in this run\n", peak_tflops,
+                static_cast<long long>(peak.n), static_cast<long long>(peak.n), dtype.c_str());
+    std::printf("| what | min ms | median ms | TFLOP | TFLOP/s | MFU | host syncs/step |\n");
     std::printf("|---|---|---|---|---|---|---|\n");
     nlohmann::ordered_json rows = nlohmann::json::array();
     auto row = [&](const char* what, const std::vector<double>& ms, const std::string& reads_cell) {
       const double median = ms[ms.size() / 2], tflops = flops / (median / 1e3) / 1e12;
-      char mfu[32] = "-";
-      if (peak_tflops > 0) std::snprintf(mfu, sizeof mfu, "%.1f%%", 100 * tflops / peak_tflops);
+      char mfu[32];
+      std::snprintf(mfu, sizeof mfu, "%.1f%%", 100 * tflops / peak_tflops);
       std::printf("| %s | %.2f | %.2f | %.3f | %.2f | %s | %s |\n", what, ms.front(), median, flops / 1e12, tflops, mfu,
                   reads_cell.c_str());
-      rows.push_back({{"what", what}, {"ms", ms}, {"median_ms", median}, {"flops", flops}, {"tflops_per_s", tflops}});
+      rows.push_back({{"what", what}, {"ms", ms}, {"median_ms", median}, {"flops", flops}, {"tflops_per_s", tflops},
+                      {"mfu", tflops / peak_tflops}});
     };
     row("forward", forward_ms, "-");
     char cell[32];
@@ -139,7 +145,8 @@ int main(int argc, char** argv) {
     if (!json_path.empty()) {
       nlohmann::ordered_json j = {{"model", source}, {"family", model->family()}, {"latent", latent}, {"batch", batch},
                                   {"tokens_per_sample", grid.tokens()}, {"caption_tokens", L}, {"dtype", dtype},
-                                  {"device", options.device().str()}, {"peak_tflops", peak_tflops},
+                                  {"device", options.device().str()}, {"peak_tflops_measured", peak_tflops},
+                                  {"peak_matmul_n", peak.n},
                                   {"ditto_version", ditto_version()}, {"ditto_git_sha", ditto_git_sha()}, {"rows", rows}};
       std::ofstream(json_path) << j.dump(2) << "\n";
     }

@@ -65,6 +65,14 @@ std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& freqs, int64_t l
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   auto sizes = x.sizes().vec();
   const int64_t d = sizes.back();
+  if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) {
+    // One complex product over the pairs, read in place when they are adjacent in memory (a view of
+    // the fused qkv projection is): (x0 + i x1)(cos + i sin).
+    const at::Tensor pairs = x.stride(-1) == 1 ? x.unflatten(-1, {d / 2, 2}) : x.contiguous().unflatten(-1, {d / 2, 2});
+    const at::Tensor cis = at::complex(cos.to(x.scalar_type()), sin.to(x.scalar_type()));
+    return at::view_as_real(at::view_as_complex(pairs) * cis).flatten(-2);
+  }
+  // 16-bit: the reference's element-wise form in the tensor's own type.
   std::vector<int64_t> pair_shape(sizes.begin(), sizes.end() - 1);
   pair_shape.push_back(d / 2);
   pair_shape.push_back(2);
@@ -76,6 +84,9 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  // float32 / float64: LibTorch's fused kernel. 16-bit: the reference's form (normalised in float32,
+  // cast back, then scaled), which rounds differently from the fused kernel.
+  if (compute_type(x.scalar_type()) == x.scalar_type()) return at::rms_norm(x, {x.size(-1)}, weight, eps);
   at::Tensor xf = x.to(compute_type(x.scalar_type()));
   at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return weight * normed.to(x.scalar_type());
@@ -84,7 +95,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 at::Tensor layer_norm(const at::Tensor& x, double eps) { return at::layer_norm(x, {x.size(-1)}, {}, {}, eps); }
 
 at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
-  return x * (1 + scale) + shift;
+  return at::addcmul(shift, x, 1 + scale);  // one pass over x: shift + x (1 + scale)
 }
 
 at::Tensor patchify(const at::Tensor& x, const std::array<int, 3>& patch) {
@@ -160,7 +171,9 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 
 at::Tensor mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                const at::Tensor& b2) {
-  return at::linear(at::gelu(at::linear(x, w1, b1), "tanh"), w2, b2);
+  at::Tensor h = at::linear(x, w1, b1);
+  at::gelu_(h, "tanh");  // in place: no second hidden-width buffer
+  return at::linear(h, w2, b2);
 }
 
 std::vector<int64_t> memory_order(const at::Tensor& x) {

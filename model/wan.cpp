@@ -25,16 +25,17 @@ bool kept_in_compute_type(const std::string& name) {
          name.find(".norm2.") != std::string::npos || name.rfind("proj_out.", 0) == 0;
 }
 
+// One fused pass (LibTorch's rms_norm kernel; accumulates in float32 for half types).
 at::Tensor rms(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  return x * at::rsqrt(x.pow(2).mean(-1, true) + eps) * weight;
+  return at::rms_norm(x, {x.size(-1)}, weight, eps);
 }
 
-// RoPE on interleaved pairs: x [B, L, H, D], tables [L, D/2].
-at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const at::Tensor pairs = x.unflatten(-1, {-1, 2});
-  const at::Tensor x1 = pairs.select(-1, 0), x2 = pairs.select(-1, 1);
-  const at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);  // [L, 1, D/2]
-  return at::stack({x1 * c - x2 * s, x1 * s + x2 * c}, -1).flatten(-2).to(x.scalar_type());
+// RoPE on interleaved pairs as one complex product (the official code's form): x [B, L, H, D],
+// cis [L, 1, D/2] complex (cos + i sin) in the compute type; half types go through it and back.
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cis) {
+  const at::ScalarType real = at::toRealValueType(cis.scalar_type());
+  const at::Tensor xc = at::view_as_complex(x.to(real).unflatten(-1, {-1, 2}).contiguous());
+  return at::view_as_real(xc * cis).flatten(-2).to(x.scalar_type());
 }
 
 }  // namespace
@@ -412,6 +413,7 @@ std::unique_ptr<DiTContext> Wan::prepare(const DiTInputs& a) const {
   const at::Tensor ang = at::cat({at_, ah, aw}, -1).reshape({g.tokens(), D / 2});
   c->rope_cos = ang.cos().to(options_.device(), compute);
   c->rope_sin = ang.sin().to(options_.device(), compute);
+  c->rope_cis = at::complex(c->rope_cos, c->rope_sin).unsqueeze(1);
   return c;
 }
 
@@ -457,9 +459,9 @@ at::Tensor Wan::attention(const AttentionWeights& aw, bool self, const at::Tenso
   if (self) {  // this rank's tokens' rows of the tables (q/k were normed across all heads first)
     const int64_t begin = seam ? seam->sequence_begin() : 0;
     if (begin + L > c.rope_cos.size(0)) fail("Wan: tokens [", begin, ", ", begin + L, ") outside the video's ", c.rope_cos.size(0));
-    const at::Tensor cos = c.rope_cos.narrow(0, begin, L), sin = c.rope_sin.narrow(0, begin, L);
-    q = rope(q, cos, sin);
-    k = rope(k, cos, sin);
+    const at::Tensor cis = c.rope_cis.narrow(0, begin, L);
+    q = rope(q, cis);
+    k = rope(k, cis);
   }
   q = q.transpose(1, 2), k = k.transpose(1, 2), v = v.transpose(1, 2);  // [B, H, L, D]
   const AttentionSeam::Attend attend = [](const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_) {
@@ -481,7 +483,7 @@ at::Tensor Wan::unit_residual(int unit, const at::Tensor& x4, const DiTContext& 
   at::Tensor r;
   switch (unit % 3) {
     case 0:
-      r = attention(bw.self_attn, true, ln(x) * (1 + mod[1]) + mod[0], c, seam).to(compute) * mod[2];
+      r = attention(bw.self_attn, true, layers::modulate(ln(x), mod[0], mod[1]), c, seam).to(compute).mul_(mod[2]);
       break;
     case 1: {
       const at::Tensor n = config_.cross_attn_norm
@@ -491,9 +493,9 @@ at::Tensor Wan::unit_residual(int unit, const at::Tensor& x4, const DiTContext& 
       break;
     }
     default: {
-      const at::Tensor h = (ln(x) * (1 + mod[4]) + mod[3]).to(options_.dtype());
-      const at::Tensor f = at::linear(at::gelu(at::linear(h, bw.fc1_w, bw.fc1_b), "tanh"), bw.fc2_w, bw.fc2_b);
-      r = f.to(compute) * mod[5];
+      const at::Tensor h = layers::modulate(ln(x), mod[3], mod[4]).to(options_.dtype());
+      const at::Tensor f = layers::mlp(h, bw.fc1_w, bw.fc1_b, bw.fc2_w, bw.fc2_b);
+      r = f.to(compute).mul_(mod[5]);
     }
   }
   return r.view(x4.sizes());
@@ -504,7 +506,7 @@ at::Tensor Wan::head(const at::Tensor& x4, const DiTContext& ctx) const {
   const auto compute = compute_of(options_);
   const at::Tensor m = w("scale_shift_table") + c.temb.unsqueeze(1);  // [B, 2, C]: the head reads e, not e0
   const at::Tensor shift = m.select(1, 0).unsqueeze(1).unsqueeze(1), scale = m.select(1, 1).unsqueeze(1).unsqueeze(1);
-  const at::Tensor h = at::layer_norm(x4.to(compute), {config_.dim}, {}, {}, config_.eps) * (1 + scale) + shift;
+  const at::Tensor h = layers::modulate(at::layer_norm(x4.to(compute), {config_.dim}, {}, {}, config_.eps), shift, scale);
   return at::linear(h, w("proj_out.weight"), w("proj_out.bias"));
 }
 

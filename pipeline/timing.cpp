@@ -3,7 +3,10 @@
 
 #include <sys/resource.h>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <limits>
 #include <string>
@@ -80,6 +83,27 @@ void set_memory_budget(int64_t bytes) { g_budget = bytes > 0 ? bytes : 0; }
 int64_t available_memory_bytes(const at::Device& device) {
   const int64_t measured = measured_available_bytes(device);
   return g_budget > 0 ? std::min(g_budget, measured) : measured;
+}
+
+MatmulPeak measure_matmul_peak(const at::TensorOptions& options) {
+  const bool gpu = options.device().is_cuda();
+  MatmulPeak p;
+  p.n = gpu ? 8192 : 1024;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);
+  const at::Tensor a = at::randn({p.n, p.n}, gen, at::kFloat).to(options.device(), options.dtype().toScalarType());
+  const at::Tensor b = at::randn({p.n, p.n}, gen, at::kFloat).to(options.device(), options.dtype().toScalarType());
+  at::Tensor c = at::mm(a, b);
+  synchronize(options.device());
+  double best = std::numeric_limits<double>::infinity();
+  const int reps = gpu ? 10 : 5, per_rep = gpu ? 10 : 1;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < per_rep; ++i) at::mm_out(c, a, b);
+    synchronize(options.device());
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / per_rep);
+  }
+  p.tflops = 2.0 * static_cast<double>(p.n) * p.n * p.n / best / 1e12;
+  return p;
 }
 
 struct StepTimer::Events {

@@ -18,6 +18,15 @@ int64_t peak_memory_bytes(const at::Device& device);
 int64_t available_memory_bytes(const at::Device& device);
 void set_memory_budget(int64_t bytes);  // 0: none
 
+// The device's dense matrix-multiply rate in `options`' dtype, measured rather than typed in: the
+// best of several products of two n x n matrices (n = 8192 on a GPU, 1024 on the CPU), in TFLOP/s.
+// What model FLOP utilisation is reported against.
+struct MatmulPeak {
+  double tflops = 0;
+  int64_t n = 0;
+};
+MatmulPeak measure_matmul_peak(const at::TensorOptions& options);
+
 // Per-step times. On CUDA each mark() records an event on the current stream (no wait) and the
 // times are read once, at the end; on the CPU mark() reads the wall clock.
 class StepTimer {
