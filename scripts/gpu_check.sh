@@ -96,10 +96,14 @@ fi
 # The cache policies' speed at real size (random weights: speed and compute only; quality lives on
 # the demo models). Few videos and steps: the table's compute fraction and time per video.
 cache_size=(--videos 1 --steps 10)
-[ "$mode" = cpu ] && cache_size=(--videos 1 --steps 4 --frames 3 --height 16 --width 16)
-step bench_cache_wan "$(limit 100)" "$bin/bench_cache" "${wan[@]:0:3}" "${dev[@]}" "${cache_size[@]}" \
+wan_frames=() stdit_frames=()
+if [ "$mode" = cpu ]; then
+  cache_size=(--videos 1 --steps 4 --height 16 --width 16)
+  wan_frames=(--frames 5) stdit_frames=(--frames 17)  # each family's smallest video of several frames
+fi
+step bench_cache_wan "$(limit 100)" "$bin/bench_cache" "${wan[@]:0:3}" "${dev[@]}" "${cache_size[@]}" "${wan_frames[@]}" \
   --only teacache,fbcache,magcache --json "$out/bench_cache_wan.json"
-step bench_cache_stdit3 "$(limit 50)" "$bin/bench_cache" "${stdit[@]:0:3}" "${dev[@]}" "${cache_size[@]}" \
+step bench_cache_stdit3 "$(limit 50)" "$bin/bench_cache" "${stdit[@]:0:3}" "${dev[@]}" "${cache_size[@]}" "${stdit_frames[@]}" \
   --only static,pab,adacache,teacache,fbcache --json "$out/bench_cache_stdit3.json"
 
 python3 - "$out" <<'EOF'
