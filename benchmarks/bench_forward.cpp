@@ -15,6 +15,7 @@
 #include "model/error.h"
 #include "model/family.h"
 #include "model/host_sync.h"
+#include "model/layers.h"
 #include "pipeline/model_options.h"
 #include "pipeline/timing.h"
 #include "pipeline/version.h"
@@ -123,6 +124,9 @@ int main(int argc, char** argv) {
     std::printf("# %s, latent %s, batch %d, %lld tokens/sample, %s on %s, ditto %s (%s)\n", source.c_str(), latent.c_str(),
                 batch, static_cast<long long>(grid.tokens()), dtype.c_str(), options.device().str().c_str(),
                 ditto_version().c_str(), ditto_git_sha().c_str());
+    std::string kernels;
+    for (const auto& k : layers::attention_kernels_used()) kernels += (kernels.empty() ? "" : ", ") + k;
+    std::printf("# attention: --attention %s; SDPA ran %s\n", layers::attention_backend().c_str(), kernels.c_str());
     std::printf("# MFU against %.3g TFLOP/s: this device's best %lld x %lld %s matmul, measured in this run\n", peak_tflops,
                 static_cast<long long>(peak.n), static_cast<long long>(peak.n), dtype.c_str());
     std::printf("| what | min ms | median ms | TFLOP | TFLOP/s | MFU | host syncs/step |\n");
@@ -147,6 +151,7 @@ int main(int argc, char** argv) {
                                   {"tokens_per_sample", grid.tokens()}, {"caption_tokens", L}, {"dtype", dtype},
                                   {"device", options.device().str()}, {"peak_tflops_measured", peak_tflops},
                                   {"peak_matmul_n", peak.n},
+                                  {"attention", {{"requested", layers::attention_backend()}, {"kernels_used", layers::attention_kernels_used()}}},
                                   {"ditto_version", ditto_version()}, {"ditto_git_sha", ditto_git_sha()}, {"rows", rows}};
       std::ofstream(json_path) << j.dump(2) << "\n";
     }

@@ -222,7 +222,7 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
     try {
       jl = parse_job_line(dump_json(a.at("spec")), line, d);
       ModelOptions jmo = mo;
-      if (jl.model != mo.model_dir) jmo = ModelOptions{jl.model, "", false, 0, mo.dtype, mo.device, mo.threads, mo.timeout, mo.max_memory_gb};
+      if (jl.model != mo.model_dir) jmo = ModelOptions{jl.model, "", false, 0, mo.dtype, mo.device, mo.threads, mo.timeout, mo.max_memory_gb, mo.attention};
       const std::string key = model_source(jmo);
       if (!loaded || loaded_source != key) {
         loaded.reset();  // free the old one before loading

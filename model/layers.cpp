@@ -1,6 +1,11 @@
 // STDiT3 building blocks; numerics follow the Open-Sora 1.2 reference (see layers.h).
 #include "model/layers.h"
 
+#include <ATen/SDPBackend.h>
+
+#include <mutex>
+#include <optional>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -134,11 +139,92 @@ at::Tensor unpatchify(const at::Tensor& x, const std::array<int, 3>& patch, int6
   return y.narrow(2, 0, tx).narrow(3, 0, hx).narrow(4, 0, wx);
 }
 
+namespace {
+
+std::mutex g_attention_mu;
+std::string g_attention_backend = "auto";
+std::vector<std::string> g_attention_used;
+
+}  // namespace
+
 at::Tensor attention_math(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  {
+    std::lock_guard<std::mutex> lock(g_attention_mu);
+    if (std::find(g_attention_used.begin(), g_attention_used.end(), "reference-math") == g_attention_used.end())
+      g_attention_used.push_back("reference-math");
+  }
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   at::Tensor attn = at::matmul(q * scale, k.transpose(-2, -1));
   attn = attn.to(compute_type(attn.scalar_type())).softmax(-1).to(q.scalar_type());
   return at::matmul(attn, v);
+}
+
+namespace {
+
+const char* sdp_kernel_name(int64_t choice) {
+  switch (static_cast<at::SDPBackend>(choice)) {
+    case at::SDPBackend::math: return "math";
+    case at::SDPBackend::flash_attention: return "flash";
+    case at::SDPBackend::efficient_attention: return "efficient";
+    case at::SDPBackend::cudnn_attention: return "cudnn";
+    case at::SDPBackend::overrideable: return "overrideable";
+    default: return "none";
+  }
+}
+
+// SDPA on these inputs, noting which kernel LibTorch chose (the same choice SDPA makes inside).
+at::Tensor sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& m) {
+  const std::optional<at::Tensor> mask = m.defined() ? std::optional<at::Tensor>(m) : std::nullopt;
+  int64_t choice = -1;
+  try {
+    choice = at::_fused_sdp_choice(q, k, v, mask);
+  } catch (const std::exception&) {
+    choice = -1;
+  }
+  if (choice < 0)
+    fail("attention: the '", attention_backend(), "' kernel (--attention) cannot run these inputs (",
+         c10::toString(q.scalar_type()), ", head dim ", q.size(-1), ", ", q.size(-2), " queries, on ", q.device().str(),
+         m.defined() ? ", with a key mask" : "", "); use --attention auto");
+  {
+    const std::string name = sdp_kernel_name(choice);
+    std::lock_guard<std::mutex> lock(g_attention_mu);
+    if (std::find(g_attention_used.begin(), g_attention_used.end(), name) == g_attention_used.end())
+      g_attention_used.push_back(name);
+  }
+  return m.defined() ? at::scaled_dot_product_attention(q, k, v, m) : at::scaled_dot_product_attention(q, k, v);
+}
+
+}  // namespace
+
+std::vector<std::string> attention_backend_names() { return {"auto", "flash", "efficient", "cudnn", "math"}; }
+
+void set_attention_backend(const std::string& name) {
+  const auto names = attention_backend_names();
+  if (std::find(names.begin(), names.end(), name) == names.end())
+    fail("--attention: unknown kernel '", name, "' (auto, flash, efficient, cudnn, math)");
+  const bool any = name == "auto";
+  auto& ctx = at::globalContext();
+  ctx.setSDPUseFlash(any || name == "flash");
+  ctx.setSDPUseMemEfficient(any || name == "efficient");
+  ctx.setSDPUseCuDNN(any || name == "cudnn");
+  ctx.setSDPUseMath(any || name == "math");
+  std::lock_guard<std::mutex> lock(g_attention_mu);
+  g_attention_backend = name;
+}
+
+std::string attention_backend() {
+  std::lock_guard<std::mutex> lock(g_attention_mu);
+  return g_attention_backend;
+}
+
+std::vector<std::string> attention_kernels_used() {
+  std::lock_guard<std::mutex> lock(g_attention_mu);
+  return g_attention_used;
+}
+
+void reset_attention_kernels_used() {
+  std::lock_guard<std::mutex> lock(g_attention_mu);
+  g_attention_used.clear();
 }
 
 at::Tensor attention_in_batches(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -146,9 +232,6 @@ at::Tensor attention_in_batches(const at::Tensor& q, const at::Tensor& k, const 
   if (max_batch <= 0) fail("attention_in_batches: max_batch must be positive, got ", max_batch);
   at::Tensor m;
   if (key_mask.defined()) m = key_mask.to(at::kBool).reshape({key_mask.size(0), 1, 1, key_mask.size(1)});
-  auto sdpa = [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& m) {
-    return m.defined() ? at::scaled_dot_product_attention(q, k, v, m) : at::scaled_dot_product_attention(q, k, v);
-  };
   const int64_t n = q.size(0);
   if (n <= max_batch) return sdpa(q, k, v, m);
   std::vector<at::Tensor> parts;

@@ -59,6 +59,17 @@ at::Tensor unpatchify(const at::Tensor& x, const std::array<int, 3>& patch, int6
 // input dtype, softmax in float32, cast back, then @ v.
 at::Tensor attention_math(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
+// Which kernel runs scaled dot-product attention: "auto" (LibTorch picks per call, the default),
+// or one forced for every call: "flash", "efficient" (memory-efficient), "cudnn", "math". Process-wide
+// (--attention). A forced kernel that cannot run a call's inputs is an Error naming it.
+void set_attention_backend(const std::string& name);
+std::string attention_backend();
+std::vector<std::string> attention_backend_names();
+// The kernels SDPA has run in this process, in the order first seen ("flash", "efficient", "cudnn",
+// "math"), for reports; and forgetting them.
+std::vector<std::string> attention_kernels_used();
+void reset_attention_kernels_used();
+
 // Scaled dot-product attention with the default 1/sqrt(D) scale. q: [N, H, Lq, D], k/v: [N, H, Lk, D].
 // key_mask (optional, bool [N, Lk]): true where a key may be attended to.
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_mask = {});

@@ -26,7 +26,8 @@ struct ModelOptions {
   std::string device;  // empty: cuda when a GPU is visible, else cpu
   int threads = 0;
   double timeout = 600;
-  double max_memory_gb = 0;  // --max-memory: a job needing more per rank is refused (0: what the device has)  // --timeout: seconds before a waiting rank checks its peers (see dist/liveness.h)
+  double max_memory_gb = 0;
+  std::string attention = "auto";  // --attention: SDPA's kernel (model/layers.h)  // --max-memory: a job needing more per rank is refused (0: what the device has)  // --timeout: seconds before a waiting rank checks its peers (see dist/liveness.h)
 };
 
 void add_model_options(po::options_description& desc, ModelOptions& o);

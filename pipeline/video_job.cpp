@@ -21,6 +21,7 @@
 #include "dist/video_sampler.h"
 #include "model/atomic_file.h"
 #include "model/error.h"
+#include "model/layers.h"
 #include "model/host_sync.h"
 #include "model/safetensors.h"
 #include "model/sampler.h"
@@ -241,6 +242,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   const std::optional<Caption> negative = resolve_negative_caption(job, model_dir, outline);
 
   check_job_memory(outline, job, wl, options);
+  layers::reset_attention_kernels_used();  // metrics.json reports this video's kernels
   // The initial latent, drawn whole (never per shard) so the result does not depend on the layout.
   const std::unique_ptr<VAE> vae = family.vae(outline);
   const LatentShape ls = vae->latent_shape(job.frames, job.height, job.width);
@@ -377,7 +379,8 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
               {"token_grid", {grid.t, grid.s()}},
               {"world", {{"size", wl.world}, {"dp", wl.dp}, {"cfg", wl.cfg}, {"sp", wl.sp}, {"dp_index", wl.dp_index}}},
               {"sequence_parallel_layout", wl.sp > 1 ? layout : "none"},
-              {"comm_backend", comms.backend}};
+              {"comm_backend", comms.backend},
+              {"attention", {{"requested", layers::attention_backend()}, {"kernels_used", layers::attention_kernels_used()}}}};
   m["timesteps"] = sampler->timesteps();
   if (outline.experts > 1) {
     m["run"]["cfg_scale_2"] = job.cfg_scale_2;
