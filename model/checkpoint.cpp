@@ -89,6 +89,7 @@ std::map<std::string, at::Tensor> load_strict(const Checkpoint& ck, const std::v
   std::vector<std::string> unexpected;
   for (const auto& [name, file] : ck.tensors()) {
     const std::string as = rename ? rename(name) : name;
+    if (as.empty()) continue;  // a tensor the model does not use (a full T5's decoder, say)
     if (stored.count(as)) unexpected.push_back(name + " (a second '" + as + "')");
     else stored[as] = {name, file};
   }

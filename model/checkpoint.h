@@ -46,7 +46,8 @@ void check_weights(const std::vector<ParamSpec>& specs, const std::map<std::stri
                    const std::string& who);
 
 // The checkpoint's tensors for `specs`, converted to `options`. `rename` maps a stored name to the
-// spec's name (empty function: the names are the specs'); `described` says what the specs are of
+// spec's name (empty function: the names are the specs'; an empty name: a stored tensor the model
+// does not use, skipped); `described` says what the specs are of
 // (the config's key sizes) in the error.
 std::map<std::string, at::Tensor> load_strict(const Checkpoint& checkpoint, const std::vector<ParamSpec>& specs,
                                               const at::TensorOptions& options, const std::string& described,

@@ -1,0 +1,61 @@
+// The T5 encoder family in LibTorch, loaded as transformers saves it (config.json + model.safetensors,
+// or shards with an index; the names of T5EncoderModel / UMT5EncoderModel, or of a whole
+// T5ForConditionalGeneration, whose decoder is skipped): T5 v1.1 (Open-Sora 1.2's
+// DeepFloyd/t5-v1_1-xxl: the relative position bias in the first layer only, shared by every layer)
+// and umT5 (Wan's google/umt5-xxl: a bias of its own in every layer). Pre-norm layers, RMSNorm without
+// mean or bias, attention without 1/sqrt(d) scaling and with the softmax in float32, the gated-GELU
+// (tanh) or ReLU feed-forward, as transformers computes them.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "model/checkpoint.h"
+
+namespace ditto {
+
+struct T5Config {
+  std::string model_type = "t5";  // "t5" | "umt5"
+  int vocab_size = 32128, d_model = 4096, d_kv = 64, d_ff = 10240, num_layers = 24, num_heads = 64;
+  int relative_attention_num_buckets = 32, relative_attention_max_distance = 128;
+  double layer_norm_epsilon = 1e-6;
+  bool gated = true;               // feed_forward_proj "gated-gelu" (v1.1, umT5) or "relu" (T5 v1.0)
+  std::string activation = "gelu_new";  // "gelu_new" (tanh GELU) or "relu"
+  bool bias_per_layer() const { return model_type == "umt5"; }
+  int inner_dim() const { return num_heads * d_kv; }
+  void validate() const;
+};
+
+// transformers' config.json fields; an Error naming the file and field.
+T5Config parse_t5_config(const nlohmann::json& j, const std::string& where);
+
+// The relative-position bucket of key position minus query position (bidirectional, as the encoder
+// uses it): half the buckets per sign; exact below num_buckets / 4, logarithmic up to max_distance.
+at::Tensor t5_relative_buckets(int64_t query_len, int64_t key_len, int num_buckets, int max_distance);
+
+class T5Encoder {
+ public:
+  // A transformers directory (config.json + safetensors); weights converted to `options`.
+  static T5Encoder from_pretrained(const std::string& dir, const at::TensorOptions& options);
+  T5Encoder(T5Config config, std::map<std::string, at::Tensor> weights, const at::TensorOptions& options);
+
+  const T5Config& config() const { return config_; }
+  // The last hidden state [B, L, d_model] of token ids [B, L] (int64) under the attention mask [B, L]
+  // (1: a token, 0: padding), in the encoder's dtype.
+  at::Tensor encode(const at::Tensor& input_ids, const at::Tensor& attention_mask) const;
+
+ private:
+  const at::Tensor& w(const std::string& name) const;
+  at::Tensor position_bias(int layer, int64_t len) const;  // [1, H, L, L]
+
+  T5Config config_;
+  std::map<std::string, at::Tensor> weights_;
+  at::TensorOptions options_;
+};
+
+std::vector<ParamSpec> t5_param_specs(const T5Config& c);
+
+}  // namespace ditto

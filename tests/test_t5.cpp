@@ -1,0 +1,92 @@
+// The T5 and umT5 encoders against transformers' T5EncoderModel / UMT5EncoderModel on tiny random
+// models (tests/fixtures/make_t5_fixtures.py): the last hidden state of a padded batch in float32 and
+// float64, the relative-position buckets, and checkpoints that do not fit their config.
+#include <gtest/gtest.h>
+
+#include "model/safetensors.h"
+#include "model/t5.h"
+#include "test_util.h"
+
+using namespace ditto;
+using ditto::test::run_command;
+using ditto::test::temp_dir;
+
+namespace {
+
+std::string dir_of(const std::string& name) { return std::string(DITTO_SOURCE_DIR) + "/tests/fixtures/" + name; }
+
+// max |a - b| over max |b|.
+double rel_diff(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / b.to(at::kDouble).abs().max().item<double>();
+}
+
+void expect_matches(const std::string& name) {
+  const auto ref = load_safetensors(dir_of(name) + "/reference.safetensors");
+  const T5Encoder f32 = T5Encoder::from_pretrained(dir_of(name), at::TensorOptions().dtype(at::kFloat));
+  const at::Tensor out = f32.encode(ref.at("input_ids"), ref.at("attention_mask"));
+  ASSERT_EQ(out.sizes(), ref.at("last_hidden_state").sizes());
+  EXPECT_LT(rel_diff(out, ref.at("last_hidden_state")), 2e-6) << name;
+  // transformers computes the norms' variance and the softmax in float32 even in a float64 model, so
+  // float64 agrees to float32's floor, not better (ditto's float64 is float64 throughout).
+  const T5Encoder f64 = T5Encoder::from_pretrained(dir_of(name), at::TensorOptions().dtype(at::kDouble));
+  const at::Tensor out64 = f64.encode(ref.at("input_ids"), ref.at("attention_mask"));
+  EXPECT_EQ(out64.scalar_type(), at::kDouble);
+  EXPECT_LT(rel_diff(out64, ref.at("last_hidden_state_f64")), 2e-6) << name;
+}
+
+}  // namespace
+
+TEST(T5, EncoderMatchesTransformersT5v11) { expect_matches("t5_tiny"); }
+
+TEST(T5, EncoderMatchesTransformersUmT5) { expect_matches("umt5_tiny"); }
+
+TEST(T5, UmT5ReadsEveryLayersOwnBias) {
+  // The same weights read as T5 (one shared bias) must not give umT5's output: the per-layer biases matter.
+  const std::string d = temp_dir();
+  run_command("cp " + dir_of("umt5_tiny") + "/* " + d + "/ && sed -i 's/\"umt5\"/\"t5\"/' " + d + "/config.json");
+  try {
+    T5Encoder::from_pretrained(d, at::TensorOptions().dtype(at::kFloat));
+    ADD_FAILURE() << "umT5's per-layer biases were accepted as T5's";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("unexpected: encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(T5, RelativeBuckets) {
+  // num_buckets 32, max_distance 128: 16 per sign, exact below 8, logarithmic to 15 at 128 and beyond.
+  const at::Tensor b = t5_relative_buckets(1, 600, 32, 128);  // key - query = 0 .. 599
+  EXPECT_EQ(b[0][0].item<int64_t>(), 0);
+  EXPECT_EQ(b[0][1].item<int64_t>(), 17);
+  EXPECT_EQ(b[0][7].item<int64_t>(), 23);
+  EXPECT_EQ(b[0][8].item<int64_t>(), 24);
+  EXPECT_EQ(b[0][127].item<int64_t>(), 31);
+  EXPECT_EQ(b[0][599].item<int64_t>(), 31);
+  const at::Tensor n = t5_relative_buckets(600, 1, 32, 128);  // key - query = 0 .. -599
+  EXPECT_EQ(n[7][0].item<int64_t>(), 7);
+  EXPECT_EQ(n[12][0].item<int64_t>(), 9);  // 8 + floor(8 ln(12 / 8) / ln(16)) = 8 + floor(1.17)
+  EXPECT_EQ(n[599][0].item<int64_t>(), 15);
+}
+
+TEST(T5, CheckpointsThatDoNotFitTheirConfigAreRefusedByName) {
+  const std::string d = temp_dir();
+  run_command("cp " + dir_of("t5_tiny") + "/* " + d + "/ && sed -i 's/\"num_layers\": 3/\"num_layers\": 4/' " + d +
+              "/config.json");
+  try {
+    T5Encoder::from_pretrained(d, at::TensorOptions().dtype(at::kFloat));
+    ADD_FAILURE() << "a 3-layer checkpoint loaded as 4 layers";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("missing: encoder.block.3."), std::string::npos) << e.what();
+  }
+  run_command("sed -i 's/\"num_layers\": 4/\"num_layers\": 3/; s/\"gated-gelu\"/\"gated-silu\"/' " + d + "/config.json");
+  try {
+    T5Encoder::from_pretrained(d, at::TensorOptions().dtype(at::kFloat));
+    ADD_FAILURE() << "an unsupported activation was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("field 'feed_forward_proj': 'gated-silu' is not supported"), std::string::npos)
+        << e.what();
+  }
+  const T5Encoder ok = T5Encoder::from_pretrained(dir_of("t5_tiny"), at::TensorOptions().dtype(at::kFloat));
+  EXPECT_THROW(ok.encode(at::full({1, 3}, 96, at::kLong), at::ones({1, 3}, at::kLong)), std::exception);
+}
