@@ -23,7 +23,7 @@ done
 mkdir -p "$dir/share/ditto/models" && cp -r models/* "$dir/share/ditto/models/"
 pkgs=(libopenmpi3 openmpi-bin openmpi-common libhwloc15 libhwloc-plugins libevent-core-2.1-7 libevent-pthreads-2.1-7
       libevent-2.1-7 libpmix2 libfabric1 libucx0 libibverbs1 libnl-3-200 libnl-route-3-200 libpsm2-2
-      libpsm-infinipath1 librdmacm1 libmunge2 libboost-program-options1.74.0)
+      libpsm-infinipath1 librdmacm1 libmunge2 libboost-program-options1.74.0 libsentencepiece0)
 for p in "${pkgs[@]}"; do
   dpkg -L "$p" 2>/dev/null | while read -r f; do
     case "$f" in /usr/share/doc/*|/usr/share/man/*|/usr/share/lintian/*) continue ;; esac

@@ -1,10 +1,13 @@
-// The T5 and umT5 encoders against transformers' T5EncoderModel / UMT5EncoderModel on tiny random
+// The T5 and umT5 encoders and their SentencePiece tokenizer against transformers' T5EncoderModel / UMT5EncoderModel on tiny random
 // models (tests/fixtures/make_t5_fixtures.py): the last hidden state of a padded batch in float32 and
 // float64, the relative-position buckets, and checkpoints that do not fit their config.
 #include <gtest/gtest.h>
 
 #include "model/safetensors.h"
 #include "model/t5.h"
+#include "model/tokenizer.h"
+
+#include <nlohmann/json.hpp>
 #include "test_util.h"
 
 using namespace ditto;
@@ -89,4 +92,34 @@ TEST(T5, CheckpointsThatDoNotFitTheirConfigAreRefusedByName) {
   }
   const T5Encoder ok = T5Encoder::from_pretrained(dir_of("t5_tiny"), at::TensorOptions().dtype(at::kFloat));
   EXPECT_THROW(ok.encode(at::full({1, 3}, 96, at::kLong), at::ones({1, 3}, at::kLong)), std::exception);
+}
+
+// The SentencePiece tokenizer against transformers' T5Tokenizer on the same spiece.model
+// (tests/fixtures/spm_tiny, made by make_tokenizer_fixtures.py): punctuation, an HTML entity (not
+// unescaped: that is the prompt cleaning's job), accents, CJK, runs of spaces, tabs and newlines, emoji,
+// an over-long prompt (truncated to 15 pieces + EOS) and the empty prompt (EOS alone).
+TEST(Tokenizer, SentencePieceGivesTransformersIds) {
+  const SentencePieceTokenizer tok = SentencePieceTokenizer::load(dir_of("spm_tiny"));
+  EXPECT_EQ(tok.eos_id(), 1);
+  EXPECT_EQ(tok.pad_id(), 0);
+  const nlohmann::json ref = nlohmann::json::parse(ditto::test::read_bytes(dir_of("spm_tiny") + "/tokens.json"));
+  const int L = ref["max_length"];
+  ASSERT_EQ(ref["rows"].size(), 10u);
+  for (const auto& row : ref["rows"]) {
+    const TokenIds t = tok.encode(row["text"].get<std::string>(), L);
+    EXPECT_EQ(t.ids, row["input_ids"].get<std::vector<int64_t>>()) << row["text"];
+    EXPECT_EQ(t.mask, row["attention_mask"].get<std::vector<int64_t>>()) << row["text"];
+  }
+}
+
+TEST(Tokenizer, AFileThatIsNotAModelIsRefusedByName) {
+  const std::string d = temp_dir();
+  ditto::test::write_bytes(d + "/spiece.model", "not a model");
+  try {
+    SentencePieceTokenizer::load(d);
+    ADD_FAILURE() << "a text file loaded as a SentencePiece model";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("'" + d + "/spiece.model' is not a SentencePiece model"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(SentencePieceTokenizer::load(d + "/missing.model"), std::exception);
 }
