@@ -5,6 +5,7 @@
 
 #include "model/safetensors.h"
 #include "model/t5.h"
+#include "model/text_clean.h"
 #include "model/tokenizer.h"
 
 #include <nlohmann/json.hpp>
@@ -91,7 +92,7 @@ TEST(T5, CheckpointsThatDoNotFitTheirConfigAreRefusedByName) {
         << e.what();
   }
   const T5Encoder ok = T5Encoder::from_pretrained(dir_of("t5_tiny"), at::TensorOptions().dtype(at::kFloat));
-  EXPECT_THROW(ok.encode(at::full({1, 3}, 96, at::kLong), at::ones({1, 3}, at::kLong)), std::exception);
+  EXPECT_THROW(ok.encode(at::full({1, 3}, 128, at::kLong), at::ones({1, 3}, at::kLong)), std::exception);
 }
 
 // The SentencePiece tokenizer against transformers' T5Tokenizer on the same spiece.model
@@ -122,4 +123,38 @@ TEST(Tokenizer, AFileThatIsNotAModelIsRefusedByName) {
     EXPECT_NE(std::string(e.what()).find("'" + d + "/spiece.model' is not a SentencePiece model"), std::string::npos) << e.what();
   }
   EXPECT_THROW(SentencePieceTokenizer::load(d + "/missing.model"), std::exception);
+}
+
+// Wan's prompt cleaning against Python's (html.unescape twice, re's \s runs, strip), entity by entity.
+TEST(Tokenizer, WanPromptCleaningIsPythons) {
+  const nlohmann::json ref = nlohmann::json::parse(ditto::test::read_bytes(dir_of("spm_tiny") + "/tokens.json"));
+  ASSERT_GE(ref["wan_clean"].size(), 9u);
+  for (const auto& row : ref["wan_clean"])
+    EXPECT_EQ(wan_prompt_clean(row["text"].get<std::string>()), row["clean"].get<std::string>()) << row["text"];
+}
+
+// `ditto encode` on a tiny umT5 with its SentencePiece model: the prompt cleaned, tokenized to 16,
+// encoded, trimmed to its real tokens and zero-padded back, as Wan's pipelines do in Python.
+TEST(Tokenizer, DittoEncodeWritesWansPromptEmbedding) {
+  const std::string d = temp_dir();
+  run_command("cp " + dir_of("umt5_tiny") + "/config.json " + dir_of("umt5_tiny") + "/model.safetensors " +
+              dir_of("spm_tiny") + "/spiece.model " + d + "/");
+  const auto ref = load_safetensors(dir_of("umt5_tiny") + "/prompt_embeds.safetensors");
+  const SafetensorsFile meta(dir_of("umt5_tiny") + "/prompt_embeds.safetensors");
+  const std::string prompt = meta.metadata().at("prompt");
+  std::string quoted = "'";
+  for (char c : prompt) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  quoted += "'";
+  auto r = ditto::test::run_ditto("encode --text-encoder " + d + " --prompt " + quoted + " --max-sequence-length 16 --out " +
+                                  d + "/emb.safetensors");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto got = load_safetensors(d + "/emb.safetensors");
+  EXPECT_TRUE(at::equal(got.at("mask"), ref.at("mask"))) << got.at("mask");
+  EXPECT_LT(rel_diff(got.at("y"), ref.at("y")), 2e-6);
+  const int64_t n = ref.at("mask").sum().item<int64_t>();
+  ASSERT_LT(n, 16) << "the fixture's prompt must leave padding";
+  EXPECT_EQ(got.at("y").narrow(0, n, 16 - n).abs().max().item<float>(), 0.0f) << "padding rows must be zero (Wan)";
+  r = ditto::test::run_ditto("encode --text-encoder " + dir_of("umt5_tiny") + " --prompt x --out " + d + "/x.safetensors");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("has no tokenizer: spiece.model"), std::string::npos) << r.output;
 }

@@ -1,0 +1,84 @@
+// `ditto encode`: a prompt through a T5 / umT5 text encoder into the caption-embedding file that
+// `--caption-embedding` (and a job's caption_embedding) reads: encode once, render many.
+#include <sys/stat.h>
+
+#include <iostream>
+
+#include "launcher/commands.h"
+#include "model/atomic_file.h"
+#include "model/error.h"
+#include "model/safetensors.h"
+#include "model/t5.h"
+#include "model/text_clean.h"
+#include "model/tokenizer.h"
+#include "pipeline/model_options.h"
+
+namespace ditto {
+
+namespace {
+
+bool is_dir(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// The encoder's and the tokenizer's directories: a diffusers pipeline's text_encoder/ and tokenizer/,
+// or one transformers directory holding both (config.json, safetensors and spiece.model), or its
+// tokenizer/ beside.
+std::pair<std::string, std::string> text_encoder_dirs(const std::string& dir) {
+  if (path_exists(dir + "/model_index.json")) {
+    if (!is_dir(dir + "/text_encoder") || !is_dir(dir + "/tokenizer"))
+      fail("'", dir, "' is a pipeline without text_encoder/ and tokenizer/");
+    return {dir + "/text_encoder", dir + "/tokenizer"};
+  }
+  if (!path_exists(dir + "/config.json")) fail("'", dir, "' is not a text encoder directory: it has no config.json");
+  if (path_exists(dir + "/spiece.model")) return {dir, dir};
+  if (path_exists(dir + "/tokenizer/spiece.model")) return {dir, dir + "/tokenizer"};
+  fail("'", dir, "' has no tokenizer: spiece.model (SentencePiece) beside config.json or in tokenizer/");
+}
+
+}  // namespace
+
+int run_encode(const std::vector<std::string>& args, const MpiEnv& mpi) {
+  ModelOptions mo;
+  std::string encoder_dir, prompt, out;
+  int max_length = 0;
+  po::options_description desc("options");
+  // clang-format off
+  desc.add_options()
+    ("text-encoder", po::value(&encoder_dir)->required(), "the text encoder: a transformers T5 / umT5 directory (config.json, safetensors, spiece.model) or a diffusers pipeline (text_encoder/ + tokenizer/)")
+    ("prompt", po::value(&prompt)->required(), "the prompt (umT5: cleaned as Wan cleans it; T5: tokenized as given)")
+    ("out", po::value(&out)->required(), "the caption-embedding file to write: y [L, C] float32 and mask [L]")
+    ("max-sequence-length", po::value(&max_length)->default_value(0), "text length in tokens (0: the family's: 512 for umT5 as Wan, 300 for T5 as Open-Sora 1.2)")
+    ("dtype", po::value(&mo.dtype), "float32 | bfloat16 | float16 | float64 (default: float32 on CPU, bfloat16 on CUDA)")
+    ("device", po::value(&mo.device), "cpu | cuda | cuda:N")
+    ("threads", po::value(&mo.threads)->default_value(0), "CPU threads (0: LibTorch's default)");
+  // clang-format on
+  po::variables_map vm;
+  if (!parse_command_line("encode", "encode a prompt into a caption-embedding file", desc, args, vm)) return 0;
+  if (mpi.size() > 1) fail("ditto encode runs on one rank; launch it without mpirun -np N");
+  if (max_length < 0 || max_length > 65536) fail("--max-sequence-length must be in 1 .. 65536 (0: the family's), got ", max_length);
+  const at::TensorOptions options = resolve_tensor_options(mo, mpi);
+  const auto [enc_dir, tok_dir] = text_encoder_dirs(encoder_dir);
+  const T5Encoder encoder = T5Encoder::from_pretrained(enc_dir, options);
+  const SentencePieceTokenizer tokenizer = SentencePieceTokenizer::load(tok_dir);
+  const bool wan = encoder.config().model_type == "umt5";
+  const int L = max_length > 0 ? max_length : wan ? 512 : 300;
+  // Wan's pipelines clean the prompt (html.unescape twice, whitespace); Open-Sora's caption cleaning
+  // (clean_caption) is not implemented: its prompt is tokenized as given.
+  const std::string text = wan ? wan_prompt_clean(prompt) : prompt;
+  const TokenIds t = tokenizer.encode(text, L);
+  const at::Tensor ids = at::tensor(t.ids, at::kLong).unsqueeze(0), mask = at::tensor(t.mask, at::kLong);
+  at::Tensor y = encoder.encode(ids, mask.unsqueeze(0))[0].to(at::kCPU, at::kFloat);
+  if (!at::isfinite(y).all().item<bool>()) fail("the text encoder's output has NaN or infinite values; nothing written");
+  // Wan keeps the real tokens (and EOS) and zero-pads to the text length; Open-Sora keeps every row and the mask.
+  if (wan) y.narrow(0, t.valid(), L - t.valid()).zero_();
+  save_safetensors(out, {{"y", y.contiguous()}, {"mask", mask}},
+                   {{"text_encoder", enc_dir}, {"model_type", encoder.config().model_type}, {"prompt", prompt},
+                    {"cleaned_prompt", text}, {"tokens", std::to_string(t.valid())}, {"max_length", std::to_string(L)}});
+  std::cerr << "ditto encode: " << t.valid() << " tokens of " << L << " -> " << out << " (y [" << L << ", " << y.size(1)
+            << "])\n";
+  return 0;
+}
+
+}  // namespace ditto
