@@ -6,6 +6,7 @@
 #include "demo/demo.h"
 #include "demo/trainer.h"
 #include "model/error.h"
+#include "model/t5.h"
 #include "pipeline/version.h"
 
 namespace ditto {
@@ -43,6 +44,7 @@ int run_command(int argc, char** argv, const MpiEnv& mpi) {
     return 0;
   }
   register_demo();
+  register_t5_text_encoder();
   std::vector<std::string> args(argv + 2, argv + argc);
   try {
     if (cmd == "sample") return run_sample(args, mpi);

@@ -9,7 +9,6 @@
 #include "model/error.h"
 #include "model/safetensors.h"
 #include "model/t5.h"
-#include "model/text_clean.h"
 #include "model/tokenizer.h"
 #include "pipeline/model_options.h"
 
@@ -64,19 +63,11 @@ int run_encode(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const SentencePieceTokenizer tokenizer = SentencePieceTokenizer::load(tok_dir);
   const bool wan = encoder.config().model_type == "umt5";
   const int L = max_length > 0 ? max_length : wan ? 512 : 300;
-  // Wan's pipelines clean the prompt (html.unescape twice, whitespace); Open-Sora's caption cleaning
-  // (clean_caption) is not implemented: its prompt is tokenized as given.
-  const std::string text = wan ? wan_prompt_clean(prompt) : prompt;
-  const TokenIds t = tokenizer.encode(text, L);
-  const at::Tensor ids = at::tensor(t.ids, at::kLong).unsqueeze(0), mask = at::tensor(t.mask, at::kLong);
-  at::Tensor y = encoder.encode(ids, mask.unsqueeze(0))[0].to(at::kCPU, at::kFloat);
-  if (!at::isfinite(y).all().item<bool>()) fail("the text encoder's output has NaN or infinite values; nothing written");
-  // Wan keeps the real tokens (and EOS) and zero-pads to the text length; Open-Sora keeps every row and the mask.
-  if (wan) y.narrow(0, t.valid(), L - t.valid()).zero_();
-  save_safetensors(out, {{"y", y.contiguous()}, {"mask", mask}},
+  const PromptEmbedding e = embed_prompt(encoder, tokenizer, prompt, L);
+  save_safetensors(out, {{"y", e.y}, {"mask", e.mask}},
                    {{"text_encoder", enc_dir}, {"model_type", encoder.config().model_type}, {"prompt", prompt},
-                    {"cleaned_prompt", text}, {"tokens", std::to_string(t.valid())}, {"max_length", std::to_string(L)}});
-  std::cerr << "ditto encode: " << t.valid() << " tokens of " << L << " -> " << out << " (y [" << L << ", " << y.size(1)
+                    {"cleaned_prompt", e.cleaned}, {"tokens", std::to_string(e.tokens)}, {"max_length", std::to_string(L)}});
+  std::cerr << "ditto encode: " << e.tokens << " tokens of " << L << " -> " << out << " (y [" << L << ", " << e.y.size(1)
             << "])\n";
   return 0;
 }

@@ -8,6 +8,10 @@
 #include "model/atomic_file.h"
 #include "model/error.h"
 #include "model/layers.h"
+#include "model/family.h"
+#include "model/text_clean.h"
+#include "model/text_encoder.h"
+#include "model/tokenizer.h"
 
 namespace ditto {
 
@@ -183,6 +187,69 @@ at::Tensor T5Encoder::encode(const at::Tensor& input_ids, const at::Tensor& atte
     clamp_half(h);
   }
   return layers::rms_norm(h, w("encoder.final_layer_norm.weight"), eps);
+}
+
+PromptEmbedding embed_prompt(const T5Encoder& encoder, const SentencePieceTokenizer& tokenizer, const std::string& prompt,
+                             int max_length) {
+  const bool wan = encoder.config().model_type == "umt5";
+  PromptEmbedding e;
+  // Wan's pipelines clean the prompt (html.unescape twice, whitespace); Open-Sora's caption cleaning
+  // (clean_caption) is not implemented: its prompt is tokenized as given.
+  e.cleaned = wan ? wan_prompt_clean(prompt) : prompt;
+  const TokenIds t = tokenizer.encode(e.cleaned, max_length);
+  e.tokens = t.valid();
+  const at::Tensor ids = at::tensor(t.ids, at::kLong).unsqueeze(0);
+  e.mask = at::tensor(t.mask, at::kLong);
+  e.y = encoder.encode(ids, e.mask.unsqueeze(0))[0].to(at::kCPU, at::kFloat).contiguous();
+  if (!at::isfinite(e.y).all().item<bool>()) fail("the text encoder's output has NaN or infinite values");
+  if (wan) e.y.narrow(0, e.tokens, max_length - e.tokens).zero_();
+  return e;
+}
+
+namespace {
+
+class T5TextEncoder : public TextEncoder {
+ public:
+  T5TextEncoder(const std::string& encoder_dir, const std::string& tokenizer_dir, int tokens)
+      : encoder_(T5Encoder::from_pretrained(encoder_dir, at::TensorOptions().dtype(at::kFloat))),
+        tokenizer_(SentencePieceTokenizer::load(tokenizer_dir)),
+        tokens_(tokens) {}
+  std::string name() const override { return encoder_.config().model_type; }
+  int tokens() const override { return tokens_; }
+  int channels() const override { return encoder_.config().d_model; }
+  void check(const std::string&) const override {}  // any text tokenizes (unknown pieces become <unk>)
+  Caption encode(const std::string& prompt) const override {
+    const PromptEmbedding e = embed_prompt(encoder_, tokenizer_, prompt, tokens_);
+    return {e.y.reshape({1, 1, tokens_, e.y.size(1)}), e.mask.unsqueeze(0)};
+  }
+
+ private:
+  T5Encoder encoder_;
+  SentencePieceTokenizer tokenizer_;
+  int tokens_;
+};
+
+bool pipeline_with_t5(const std::string& dir) {
+  return path_exists(dir + "/model_index.json") && path_exists(dir + "/text_encoder/config.json") &&
+         path_exists(dir + "/tokenizer/spiece.model");
+}
+
+}  // namespace
+
+void register_t5_text_encoder() {
+  static const bool once = [] {
+    TextEncoderKind kind;
+    kind.name = "t5";
+    kind.present = pipeline_with_t5;
+    kind.load = [](const std::string& dir) -> std::shared_ptr<const TextEncoder> {
+      // The transformer's text length (Wan: text_len, 512 unless its config says otherwise).
+      const int tokens = read_outline(dir).shape.caption_tokens;
+      return std::make_shared<T5TextEncoder>(dir + "/text_encoder", dir + "/tokenizer", tokens);
+    };
+    register_text_encoder(std::move(kind));
+    return true;
+  }();
+  (void)once;
 }
 
 }  // namespace ditto

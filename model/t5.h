@@ -58,4 +58,22 @@ class T5Encoder {
 
 std::vector<ParamSpec> t5_param_specs(const T5Config& c);
 
+class SentencePieceTokenizer;
+
+// A prompt's caption as each family's pipeline makes it: umT5 (Wan) cleans the prompt as Wan does,
+// keeps the real tokens and EOS and zero-pads the rest; T5 (Open-Sora 1.2) keeps every row with the
+// mask and tokenizes the prompt as given. y [L, C] float32 and mask [L] int64 on the CPU.
+struct PromptEmbedding {
+  at::Tensor y, mask;
+  std::string cleaned;  // the text that was tokenized
+  int tokens = 0;       // valid tokens (EOS included)
+};
+PromptEmbedding embed_prompt(const T5Encoder& encoder, const SentencePieceTokenizer& tokenizer, const std::string& prompt,
+                             int max_length);
+
+// The text-encoder kind of a diffusers pipeline directory that holds text_encoder/ (T5 or umT5) and
+// tokenizer/ (spiece.model): `--model PIPELINE --prompt TEXT` encodes the prompt at the
+// transformer's text length. Registered by the launcher.
+void register_t5_text_encoder();
+
 }  // namespace ditto

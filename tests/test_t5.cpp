@@ -158,3 +158,25 @@ TEST(Tokenizer, DittoEncodeWritesWansPromptEmbedding) {
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("has no tokenizer: spiece.model"), std::string::npos) << r.output;
 }
+
+// A diffusers pipeline directory with text_encoder/ and tokenizer/ is one --model: `ditto sample
+// --prompt` gives the latent diffusers' WanPipeline makes from the same prompt string and initial noise
+// (tests/fixtures/wan_tiny_t2v, made by make_wan_prompt_fixtures.py: prompt_clean, umT5 at the
+// transformer's text length, the empty negative prompt, UniPC with flow shift 3, 4 steps, guidance 5).
+TEST(Tokenizer, APipelineDirectoryTurnsAPromptIntoWanPipelinesLatent) {
+  const std::string d = temp_dir(), pipe = dir_of("wan_tiny_t2v");
+  const auto ref = load_safetensors(pipe + "/prompt_runs.safetensors");
+  const std::string prompt = SafetensorsFile(pipe + "/prompt_runs.safetensors").metadata().at("prompt");
+  save_safetensors(d + "/z.safetensors", {{"z", ref.at("z")}});
+  std::string quoted = "'";
+  for (char c : prompt) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  quoted += "'";
+  auto r = ditto::test::run_ditto("sample --model " + pipe + " --prompt " + quoted + " --init-noise " + d +
+                                  "/z.safetensors --sampler unipc --flow-shift 3 --steps 4 --cfg-scale 5 --frames 17 "
+                                  "--height 48 --width 64 --no-mp4 --quiet --out " + d + "/s");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const at::Tensor z = load_safetensors(d + "/s/latent.safetensors").at("z");
+  EXPECT_LT(rel_diff(z, ref.at("out")), 2e-6);
+  const auto m = nlohmann::json::parse(ditto::test::read_bytes(d + "/s/metrics.json"));
+  EXPECT_EQ(m["run"]["text_encoder"], "t5") << m["run"];
+}
