@@ -1,7 +1,5 @@
 // `ditto encode`: a prompt through a T5 / umT5 text encoder into the caption-embedding file that
 // `--caption-embedding` (and a job's caption_embedding) reads: encode once, render many.
-#include <sys/stat.h>
-
 #include <iostream>
 
 #include "launcher/commands.h"
@@ -14,29 +12,6 @@
 
 namespace ditto {
 
-namespace {
-
-bool is_dir(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-// The encoder's and the tokenizer's directories: a diffusers pipeline's text_encoder/ and tokenizer/,
-// or one transformers directory holding both (config.json, safetensors and spiece.model), or its
-// tokenizer/ beside.
-std::pair<std::string, std::string> text_encoder_dirs(const std::string& dir) {
-  if (path_exists(dir + "/model_index.json")) {
-    if (!is_dir(dir + "/text_encoder") || !is_dir(dir + "/tokenizer"))
-      fail("'", dir, "' is a pipeline without text_encoder/ and tokenizer/");
-    return {dir + "/text_encoder", dir + "/tokenizer"};
-  }
-  if (!path_exists(dir + "/config.json")) fail("'", dir, "' is not a text encoder directory: it has no config.json");
-  if (path_exists(dir + "/spiece.model")) return {dir, dir};
-  if (path_exists(dir + "/tokenizer/spiece.model")) return {dir, dir + "/tokenizer"};
-  fail("'", dir, "' has no tokenizer: spiece.model (SentencePiece) beside config.json or in tokenizer/");
-}
-
-}  // namespace
 
 int run_encode(const std::vector<std::string>& args, const MpiEnv& mpi) {
   ModelOptions mo;
@@ -58,7 +33,9 @@ int run_encode(const std::vector<std::string>& args, const MpiEnv& mpi) {
   if (mpi.size() > 1) fail("ditto encode runs on one rank; launch it without mpirun -np N");
   if (max_length < 0 || max_length > 65536) fail("--max-sequence-length must be in 1 .. 65536 (0: the family's), got ", max_length);
   const at::TensorOptions options = resolve_tensor_options(mo, mpi);
-  const auto [enc_dir, tok_dir] = text_encoder_dirs(encoder_dir);
+  const T5Dirs dirs = t5_dirs(encoder_dir);
+  const std::string& enc_dir = dirs.encoder;
+  const std::string& tok_dir = dirs.tokenizer;
   const T5Encoder encoder = T5Encoder::from_pretrained(enc_dir, options);
   const SentencePieceTokenizer tokenizer = SentencePieceTokenizer::load(tok_dir);
   const bool wan = encoder.config().model_type == "umt5";

@@ -20,6 +20,7 @@
 #include "launcher/commands.h"
 #include "model/atomic_file.h"
 #include "model/error.h"
+#include "model/t5.h"
 #include "model/text_encoder.h"
 #include "pipeline/job_file.h"
 #include "pipeline/model_options.h"
@@ -37,7 +38,7 @@ using json = nlohmann::ordered_json;
 
 // The settings a job line can leave to the command line.
 const std::vector<std::string> kDefaultsFlags = {
-    "prompt", "caption-embedding", "random-caption", "negative-prompt", "negative-caption-embedding", "init-noise",
+    "prompt", "text-encoder", "caption-embedding", "random-caption", "negative-prompt", "negative-caption-embedding", "init-noise",
     "seed", "frames", "height", "width", "steps", "cfg-scale", "cfg-scale-2", "expert-boundary", "fps", "sampler", "sigma-grid",
     "no-timestep-transform", "flow-shift", "cache", "cache-opt", "schedule", "upscale", "png", "no-mp4"};
 
@@ -45,7 +46,8 @@ const std::vector<std::string> kDefaultsFlags = {
 // text encoder, the cache policy and its options against the model's units and steps. `outlines`
 // keeps each model's outline, read once for the whole file.
 void check_against_model(const JobLine& jl, const ModelOptions& mo, std::map<std::string, ModelOutline>& outlines) {
-  if (!jl.job.prompt.empty())
+  if (!jl.job.prompt.empty() && !jl.job.text_encoder.empty()) t5_dirs(jl.job.text_encoder);  // found, not loaded here
+  if (!jl.job.prompt.empty() && jl.job.text_encoder.empty())
     if (const auto text = find_text_encoder(jl.model)) text->check(jl.job.prompt);
   std::optional<ModelOutline> outline;
   const std::string key = jl.model.empty() ? "config:" + mo.config_name : jl.model;

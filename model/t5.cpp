@@ -1,7 +1,10 @@
 // The T5 / umT5 encoder (see t5.h).
 #include "model/t5.h"
 
+#include <sys/stat.h>
+
 #include <cmath>
+#include <mutex>
 #include <limits>
 #include <sstream>
 
@@ -229,12 +232,41 @@ class T5TextEncoder : public TextEncoder {
   int tokens_;
 };
 
+bool is_dir(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 bool pipeline_with_t5(const std::string& dir) {
   return path_exists(dir + "/model_index.json") && path_exists(dir + "/text_encoder/config.json") &&
          path_exists(dir + "/tokenizer/spiece.model");
 }
 
 }  // namespace
+
+T5Dirs t5_dirs(const std::string& dir) {
+  if (path_exists(dir + "/model_index.json")) {
+    if (!is_dir(dir + "/text_encoder") || !is_dir(dir + "/tokenizer"))
+      fail("'", dir, "' is a pipeline without text_encoder/ and tokenizer/");
+    return {dir + "/text_encoder", dir + "/tokenizer"};
+  }
+  if (!path_exists(dir + "/config.json")) fail("'", dir, "' is not a text encoder directory: it has no config.json");
+  if (path_exists(dir + "/spiece.model")) return {dir, dir};
+  if (path_exists(dir + "/tokenizer/spiece.model")) return {dir, dir + "/tokenizer"};
+  fail("'", dir, "' has no tokenizer: spiece.model (SentencePiece) beside config.json or in tokenizer/");
+}
+
+std::shared_ptr<const TextEncoder> load_t5_text_encoder(const std::string& dir, int tokens) {
+  static std::mutex mu;
+  static std::map<std::pair<std::string, int>, std::shared_ptr<const TextEncoder>> loaded;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& slot = loaded[{dir, tokens}];
+  if (!slot) {
+    const T5Dirs d = t5_dirs(dir);
+    slot = std::make_shared<T5TextEncoder>(d.encoder, d.tokenizer, tokens);
+  }
+  return slot;
+}
 
 void register_t5_text_encoder() {
   static const bool once = [] {
@@ -243,8 +275,7 @@ void register_t5_text_encoder() {
     kind.present = pipeline_with_t5;
     kind.load = [](const std::string& dir) -> std::shared_ptr<const TextEncoder> {
       // The transformer's text length (Wan: text_len, 512 unless its config says otherwise).
-      const int tokens = read_outline(dir).shape.caption_tokens;
-      return std::make_shared<T5TextEncoder>(dir + "/text_encoder", dir + "/tokenizer", tokens);
+      return load_t5_text_encoder(dir, read_outline(dir).shape.caption_tokens);
     };
     register_text_encoder(std::move(kind));
     return true;

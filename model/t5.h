@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -70,6 +71,19 @@ struct PromptEmbedding {
 };
 PromptEmbedding embed_prompt(const T5Encoder& encoder, const SentencePieceTokenizer& tokenizer, const std::string& prompt,
                              int max_length);
+
+// Where a T5 / umT5 text encoder's weights and tokenizer are: a diffusers pipeline's text_encoder/ and
+// tokenizer/, or one transformers directory (config.json, safetensors, and spiece.model beside them or
+// in tokenizer/). An Error naming what is missing.
+struct T5Dirs {
+  std::string encoder, tokenizer;
+};
+T5Dirs t5_dirs(const std::string& dir);
+
+class TextEncoder;
+// The text encoder at `dir` (as t5_dirs finds it) producing `tokens` tokens (the DiT's text length),
+// float32 on the CPU, loaded once per process.
+std::shared_ptr<const TextEncoder> load_t5_text_encoder(const std::string& dir, int tokens);
 
 // The text-encoder kind of a diffusers pipeline directory that holds text_encoder/ (T5 or umT5) and
 // tokenizer/ (spiece.model): `--model PIPELINE --prompt TEXT` encodes the prompt at the

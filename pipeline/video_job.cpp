@@ -22,6 +22,7 @@
 #include "model/atomic_file.h"
 #include "model/error.h"
 #include "model/layers.h"
+#include "model/t5.h"
 #include "model/host_sync.h"
 #include "model/safetensors.h"
 #include "model/sampler.h"
@@ -33,12 +34,21 @@ namespace ditto {
 
 namespace {
 
-// A prompt through the model directory's own text encoder.
-Caption encode_prompt(const std::string& prompt, const std::string& model_dir, const ModelOutline& model) {
-  const std::shared_ptr<const TextEncoder> text = find_text_encoder(model_dir);
+// The text encoder a job's prompts go through: its text_encoder when given (a T5 / umT5 apart from
+// the model, as Open-Sora's), else the model directory's own (null: none).
+std::shared_ptr<const TextEncoder> job_text_encoder(const VideoJob& job, const std::string& model_dir,
+                                                    const ModelOutline& model) {
+  if (!job.text_encoder.empty()) return load_t5_text_encoder(job.text_encoder, model.shape.caption_tokens);
+  return find_text_encoder(model_dir);
+}
+
+// A prompt through the job's text encoder.
+Caption encode_prompt(const std::string& prompt, const VideoJob& job, const std::string& model_dir,
+                      const ModelOutline& model) {
+  const std::shared_ptr<const TextEncoder> text = job_text_encoder(job, model_dir, model);
   if (!text)
-    fail("this model has no text encoder of its own: pass the text encoder's output as a caption embedding "
-         "file (T5 for Open-Sora), or a random caption");
+    fail("this model has no text encoder of its own: give --text-encoder DIR (T5 for Open-Sora), a caption "
+         "embedding file, or a random caption");
   if (text->channels() != model.shape.caption_channels || text->tokens() != model.shape.caption_tokens)
     fail("the text encoder's output (", text->tokens(), " x ", text->channels(), ") does not match the model's caption (",
          model.shape.caption_tokens, " x ", model.shape.caption_channels, ")");
@@ -54,7 +64,7 @@ std::optional<Caption> resolve_negative_caption(const VideoJob& job, const std::
     fail("a negative prompt steers the guidance, which is off at cfg scale 1: set a cfg scale, or drop the negative prompt");
   return job.negative_prompt.empty()
              ? load_caption_embedding(job.negative_caption_file, model.shape.caption_tokens, model.shape.caption_channels)
-             : encode_prompt(job.negative_prompt, model_dir, model);
+             : encode_prompt(job.negative_prompt, job, model_dir, model);
 }
 
 std::vector<int64_t> shape_of(const LatentShape& s) { return {1, s.channels, s.frames, s.height, s.width}; }
@@ -126,7 +136,7 @@ Caption resolve_caption(const VideoJob& job, const std::string& model_dir, const
   const int sources = !job.caption_file.empty() + (job.random_caption > 0) + !job.prompt.empty();
   if (sources != 1) fail("give exactly one caption source: a prompt, a caption embedding file or a random caption");
   const DiTShape& sh = model.shape;
-  if (!job.prompt.empty()) return encode_prompt(job.prompt, model_dir, model);
+  if (!job.prompt.empty()) return encode_prompt(job.prompt, job, model_dir, model);
   return job.caption_file.empty() ? random_caption(job.random_caption, job.seed, sh.caption_tokens, sh.caption_channels)
                                   : load_caption_embedding(job.caption_file, sh.caption_tokens, sh.caption_channels);
 }
@@ -299,7 +309,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   // diffusers' pipelines do when no negative prompt is given.
   bool empty_negative = false;
   if (!job.prompt.empty() && guided && !req.negative_y.defined() && !model.null_caption().defined()) {
-    const std::shared_ptr<const TextEncoder> text = find_text_encoder(model_dir);
+    const std::shared_ptr<const TextEncoder> text = job_text_encoder(job, model_dir, model.outline());
     if (!text) fail("this model has no learned null caption and no text encoder of its own: guidance needs a negative caption embedding");
     const Caption none = text->empty();
     req.negative_y = none.y;
@@ -374,7 +384,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
                                                                           : job.caption_file},
               {"caption_tokens", caption_tokens},
               {"init_noise", job.init_noise},
-              {"text_encoder", text_encoder_name(model_dir)},
+              {"text_encoder", job.text_encoder.empty() ? text_encoder_name(model_dir) : job.text_encoder},
               {"latent_shape", shape_of(ls)},
               {"token_grid", {grid.t, grid.s()}},
               {"world", {{"size", wl.world}, {"dp", wl.dp}, {"cfg", wl.cfg}, {"sp", wl.sp}, {"dp_index", wl.dp_index}}},

@@ -179,4 +179,15 @@ TEST(Tokenizer, APipelineDirectoryTurnsAPromptIntoWanPipelinesLatent) {
   EXPECT_LT(rel_diff(z, ref.at("out")), 2e-6);
   const auto m = nlohmann::json::parse(ditto::test::read_bytes(d + "/s/metrics.json"));
   EXPECT_EQ(m["run"]["text_encoder"], "t5") << m["run"];
+  // The transformer alone with the text encoder named apart (as Open-Sora's separate repositories are
+  // given): the same latent.
+  r = ditto::test::run_ditto("sample --model " + pipe + "/transformer --text-encoder " + pipe + " --prompt " + quoted +
+                             " --init-noise " + d + "/z.safetensors --sampler unipc --flow-shift 3 --steps 4 --cfg-scale 5 "
+                             "--frames 17 --height 48 --width 64 --no-mp4 --quiet --out " + d + "/apart");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(at::equal(load_safetensors(d + "/apart/latent.safetensors").at("z"), z));
+  r = ditto::test::run_ditto("sample --model " + pipe + "/transformer --prompt x --steps 2 --frames 17 --height 48 "
+                             "--width 64 --quiet --out " + d + "/none");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("give --text-encoder DIR"), std::string::npos) << r.output;
 }
