@@ -67,6 +67,38 @@ std::optional<Caption> resolve_negative_caption(const VideoJob& job, const std::
              : encode_prompt(job.negative_prompt, job, model_dir, model);
 }
 
+// A caption made on rank 0 of the video group only (a text encoder is loaded and run once per group,
+// not on every rank) and broadcast to the others. A failure there is every rank's failure, announced
+// before any data moves, so no rank waits in a collective the others never enter.
+Caption shared_caption(const std::function<Caption()>& make, Communicator& group, const DiTShape& shape) {
+  if (group.size() == 1) return make();
+  const bool root = group.rank() == 0;
+  Caption c;
+  std::string error;
+  if (root) {
+    try {
+      c = make();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  at::Tensor failed = at::tensor({error.empty() ? 0.0 : 1.0}, at::kDouble);
+  group.broadcast(failed, 0);
+  if (failed.item<double>() != 0) {
+    if (root) fail(error);
+    fail("the prompt could not be encoded on rank 0 of the group (see its error)");
+  }
+  if (!root) {
+    c.y = at::zeros({1, 1, shape.caption_tokens, shape.caption_channels}, at::kFloat);
+    c.mask = at::zeros({1, shape.caption_tokens}, at::kLong);
+  }
+  c.y = c.y.contiguous();
+  c.mask = c.mask.to(at::kLong).contiguous();
+  group.broadcast(c.y, 0);
+  group.broadcast(c.mask, 0);
+  return c;
+}
+
 std::vector<int64_t> shape_of(const LatentShape& s) { return {1, s.channels, s.frames, s.height, s.width}; }
 
 // video: [1, 3, T, H, W] in [-1, 1]; each pixel becomes an upscale x upscale block (0: enough to make
@@ -248,8 +280,15 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   const auto dev = options.device();
   const VideoJob job = with_model_defaults(job_in, outline);
   if (job.steps <= 0) fail("steps must be positive, got ", job.steps);
-  const Caption cap = resolve_caption(job, model_dir, outline);
-  const std::optional<Caption> negative = resolve_negative_caption(job, model_dir, outline);
+  // Prompts go through the text encoder on one rank of the group; files and random captions are read
+  // (drawn) on every rank alike.
+  const Caption cap = job.prompt.empty() ? resolve_caption(job, model_dir, outline)
+                                         : shared_caption([&] { return resolve_caption(job, model_dir, outline); },
+                                                          *comms.video, outline.shape);
+  std::optional<Caption> negative;
+  if (job.negative_prompt.empty()) negative = resolve_negative_caption(job, model_dir, outline);
+  else
+    negative = shared_caption([&] { return *resolve_negative_caption(job, model_dir, outline); }, *comms.video, outline.shape);
 
   check_job_memory(outline, job, wl, options);
   layers::reset_attention_kernels_used();  // metrics.json reports this video's kernels
@@ -309,9 +348,15 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   // diffusers' pipelines do when no negative prompt is given.
   bool empty_negative = false;
   if (!job.prompt.empty() && guided && !req.negative_y.defined() && !model.null_caption().defined()) {
-    const std::shared_ptr<const TextEncoder> text = job_text_encoder(job, model_dir, model.outline());
-    if (!text) fail("this model has no learned null caption and no text encoder of its own: guidance needs a negative caption embedding");
-    const Caption none = text->empty();
+    const Caption none = shared_caption(
+        [&] {
+          const std::shared_ptr<const TextEncoder> text = job_text_encoder(job, model_dir, outline);
+          if (!text)
+            fail("this model has no learned null caption and no text encoder of its own: guidance needs a negative "
+                 "caption embedding");
+          return text->empty();
+        },
+        *comms.video, outline.shape);
     req.negative_y = none.y;
     req.negative_mask = none.mask;
     empty_negative = true;

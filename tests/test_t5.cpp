@@ -186,6 +186,12 @@ TEST(Tokenizer, APipelineDirectoryTurnsAPromptIntoWanPipelinesLatent) {
                              "--frames 17 --height 48 --width 64 --no-mp4 --quiet --out " + d + "/apart");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(at::equal(load_safetensors(d + "/apart/latent.safetensors").at("z"), z));
+  // Two ranks (Ulysses): rank 0 encodes the prompts and broadcasts them; the same latent.
+  r = ditto::test::run_ditto_mpi(2, "sample --model " + pipe + " --prompt " + quoted + " --init-noise " + d +
+                                        "/z.safetensors --sampler unipc --flow-shift 3 --steps 4 --cfg-scale 5 --frames 17 "
+                                        "--height 48 --width 64 --no-mp4 --quiet --sp 2 --out " + d + "/sp2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_LT(rel_diff(load_safetensors(d + "/sp2/latent.safetensors").at("z"), z), 1e-5);
   r = ditto::test::run_ditto("sample --model " + pipe + "/transformer --prompt x --steps 2 --frames 17 --height 48 "
                              "--width 64 --quiet --out " + d + "/none");
   EXPECT_NE(r.code, 0);
