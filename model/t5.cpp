@@ -221,12 +221,24 @@ class T5TextEncoder : public TextEncoder {
   int tokens() const override { return tokens_; }
   int channels() const override { return encoder_.config().d_model; }
   void check(const std::string&) const override {}  // any text tokenizes (unknown pieces become <unk>)
+  // Each distinct prompt is encoded once per process (a render's jobs share prompts, and every guided
+  // job the empty negative prompt); the most recent 256 are kept.
   Caption encode(const std::string& prompt) const override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (auto it = cache_.find(prompt); it != cache_.end()) return {it->second.y.clone(), it->second.mask.clone()};
+    }
     const PromptEmbedding e = embed_prompt(encoder_, tokenizer_, prompt, tokens_);
-    return {e.y.reshape({1, 1, tokens_, e.y.size(1)}), e.mask.unsqueeze(0)};
+    Caption c{e.y.reshape({1, 1, tokens_, e.y.size(1)}), e.mask.unsqueeze(0)};
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cache_.size() >= 256) cache_.clear();
+    cache_.emplace(prompt, Caption{c.y.clone(), c.mask.clone()});  // callers own what they get
+    return c;
   }
 
  private:
+  mutable std::mutex mu_;
+  mutable std::map<std::string, Caption> cache_;
   T5Encoder encoder_;
   SentencePieceTokenizer tokenizer_;
   int tokens_;

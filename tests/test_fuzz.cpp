@@ -113,10 +113,10 @@ TEST(Fuzz, ModelConfigs) {
   const std::string stdit = dump_json(config_json(builtin_config("stdit3-tiny")));
   const std::string wan = dump_json(wan_config_json(wan_builtin_config("wan-tiny")));
   fuzz("STDiT3 config", {stdit}, 4000, 2, [](const std::string& input) {
-    const STDiT3Config c = parse_config(parse_json<nlohmann::json>(input), "config.json");
+    (void)parse_config(parse_json<nlohmann::json>(input), "config.json");
   });
   fuzz("Wan config", {wan}, 4000, 3, [](const std::string& input) {
-    const WanConfig c = parse_wan_config(parse_json<nlohmann::json>(input), "config.json");
+    (void)parse_wan_config(parse_json<nlohmann::json>(input), "config.json");
   });
 }
 

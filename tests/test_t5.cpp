@@ -186,6 +186,17 @@ TEST(Tokenizer, APipelineDirectoryTurnsAPromptIntoWanPipelinesLatent) {
                              "--frames 17 --height 48 --width 64 --no-mp4 --quiet --out " + d + "/apart");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(at::equal(load_safetensors(d + "/apart/latent.safetensors").at("z"), z));
+  // A render of two jobs with the prompt (the second job's embedding comes from the encoder's cache).
+  std::string line = nlohmann::json({{"prompt", prompt}, {"init_noise", d + "/z.safetensors"}, {"sampler", "unipc"},
+                                     {"flow_shift", 3}, {"steps", 4}, {"cfg_scale", 5}, {"frames", 17}, {"height", 48},
+                                     {"width", 64}}).dump();
+  ditto::test::write_bytes(d + "/jobs.jsonl", line.substr(0, line.size() - 1) + ", \"output\": \"a\"}\n" +
+                                                  line.substr(0, line.size() - 1) + ", \"output\": \"b\"}\n");
+  r = ditto::test::run_ditto("render --model " + pipe + " --no-mp4 --quiet --allow-dir " + d + " --jobs " + d +
+                             "/jobs.jsonl --out " + d + "/render");
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* job : {"a", "b"})
+    EXPECT_TRUE(at::equal(load_safetensors(d + "/render/" + job + "/latent.safetensors").at("z"), z)) << job;
   // Two ranks (Ulysses): rank 0 encodes the prompts and broadcasts them; the same latent.
   r = ditto::test::run_ditto_mpi(2, "sample --model " + pipe + " --prompt " + quoted + " --init-noise " + d +
                                         "/z.safetensors --sampler unipc --flow-shift 3 --steps 4 --cfg-scale 5 --frames 17 "
