@@ -12,7 +12,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 
-pkgs=(g++ cmake ninja-build ccache python3 python3-pip libopenmpi-dev openmpi-bin libsentencepiece-dev
+pkgs=(g++ cmake ninja-build ccache python3 python3-pip libopenmpi-dev openmpi-bin libsentencepiece-dev ffmpeg
       libboost-program-options-dev libgtest-dev nlohmann-json3-dev)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -114,7 +114,8 @@ TEST(Cli, PixelSpaceModelWritesAVideo) {
     ASSERT_GT(png.size(), 8u) << name;
     EXPECT_EQ(png.substr(1, 3), "PNG");
   }
-  if (std::system("ffmpeg -version >/dev/null 2>&1") != 0) return;  // MP4 needs an installed ffmpeg
+  // MP4 through ffmpeg (scripts/setup.sh installs it): ffprobe confirms the codec, size and frame count.
+  ASSERT_EQ(std::system("ffprobe -version >/dev/null 2>&1"), 0) << "ffmpeg/ffprobe missing: run scripts/setup.sh";
   r = run_ditto("sample --model " + d + "/model --random-caption 3 --frames 4 --height 10 --width 12 --steps 2 " +
                 "--no-timestep-transform --quiet --out " + d + "/mp4");
   // The default upscale makes the shorter side at least 256 pixels: 10 px -> x26.
@@ -123,6 +124,10 @@ TEST(Cli, PixelSpaceModelWritesAVideo) {
   const std::string mp4 = read_bytes(d + "/mp4/video.mp4");
   ASSERT_GT(mp4.size(), 100u);
   EXPECT_EQ(mp4.substr(4, 4), "ftyp");
+  const auto probe = ditto::test::run_command("ffprobe -v error -count_frames -select_streams v:0 -show_entries "
+                                              "stream=codec_name,width,height,nb_read_frames -of csv=p=0 " + d +
+                                              "/mp4/video.mp4");
+  EXPECT_EQ(probe.output, "h264,312,260,4\n");
 }
 
 TEST(OpenSoraParity, DittoForwardReproducesTheReference) {
