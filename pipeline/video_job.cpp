@@ -282,6 +282,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   if (job.steps <= 0) fail("steps must be positive, got ", job.steps);
   // Prompts go through the text encoder on one rank of the group; files and random captions are read
   // (drawn) on every rank alike.
+  const auto t_text = std::chrono::steady_clock::now();
   const Caption cap = job.prompt.empty() ? resolve_caption(job, model_dir, outline)
                                          : shared_caption([&] { return resolve_caption(job, model_dir, outline); },
                                                           *comms.video, outline.shape);
@@ -289,6 +290,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   if (job.negative_prompt.empty()) negative = resolve_negative_caption(job, model_dir, outline);
   else
     negative = shared_caption([&] { return *resolve_negative_caption(job, model_dir, outline); }, *comms.video, outline.shape);
+  double text_encoding_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_text).count();
 
   check_job_memory(outline, job, wl, options);
   layers::reset_attention_kernels_used();  // metrics.json reports this video's kernels
@@ -348,6 +350,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   // diffusers' pipelines do when no negative prompt is given.
   bool empty_negative = false;
   if (!job.prompt.empty() && guided && !req.negative_y.defined() && !model.null_caption().defined()) {
+    const auto t_empty = std::chrono::steady_clock::now();
     const Caption none = shared_caption(
         [&] {
           const std::shared_ptr<const TextEncoder> text = job_text_encoder(job, model_dir, outline);
@@ -357,6 +360,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
           return text->empty();
         },
         *comms.video, outline.shape);
+    text_encoding_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_empty).count();
     req.negative_y = none.y;
     req.negative_mask = none.mask;
     empty_negative = true;
@@ -445,7 +449,8 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   if (job.sampler == "unipc") m["run"]["sigma_grid"] = job.sigma_grid;
   std::vector<int64_t> peak_list;
   for (const auto& t : all_peaks) peak_list.push_back(t.item<int64_t>());
-  m["timing"] = {{"sample_s", sample_s},
+  m["timing"] = {{"text_encoding_s", text_encoding_s},
+                 {"sample_s", sample_s},
                  {"step_s", step_s},
                  {"steady_step_s", steady},
                  {"step_timer", dev.is_cuda() ? "cuda events" : "wall clock"},
@@ -480,13 +485,20 @@ nlohmann::ordered_json write_video_outputs(const std::string& dir, const Rendere
   outputs["latent"] = "latent.safetensors";
   nlohmann::ordered_json m = v.metrics;
   const std::unique_ptr<VAE> vae = family_of(model).vae(model);
+  const auto seconds_since = [](std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
   if (vae->can_decode()) {
+    auto t0 = std::chrono::steady_clock::now();
     const at::Tensor video = vae->decode(v.z);
     RgbVideo rgb = to_rgb_video(video, job.fps, job.upscale);
+    m["timing"]["decoding_s"] = seconds_since(t0);
     write_y4m(dir + "/video.y4m", rgb);
     outputs["y4m"] = "video.y4m";
     if (job.mp4 && ffmpeg_available()) {
+      t0 = std::chrono::steady_clock::now();
       y4m_to_mp4(dir + "/video.y4m", dir + "/video.mp4");
+      m["timing"]["video_encoding_s"] = seconds_since(t0);
       outputs["mp4"] = "video.mp4";
     }
     if (job.png) {

@@ -128,6 +128,9 @@ TEST(Cli, PixelSpaceModelWritesAVideo) {
                                               "stream=codec_name,width,height,nb_read_frames -of csv=p=0 " + d +
                                               "/mp4/video.mp4");
   EXPECT_EQ(probe.output, "h264,312,260,4\n");
+  const auto m = nlohmann::json::parse(read_bytes(d + "/mp4/metrics.json"));
+  for (const char* stage : {"text_encoding_s", "sample_s", "decoding_s", "video_encoding_s"})
+    EXPECT_GE(m["timing"].value(stage, -1.0), 0.0) << stage << " missing from " << m["timing"];
 }
 
 TEST(OpenSoraParity, DittoForwardReproducesTheReference) {
