@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -35,8 +36,18 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// No process whose command line holds "--out DIR" is left ("[-]" keeps pgrep from matching itself).
-std::string survivors(const std::string& dir) { return run_command("pgrep -f -- '[-]-out " + dir + "'").output; }
+// The processes (pids) whose command line holds "--out DIR", read from /proc (no pgrep needed).
+std::string survivors(const std::string& dir) {
+  std::string found;
+  const std::string needle = std::string("--out") + '\0' + dir;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string pid = entry.path().filename().string();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string cmdline = read_bytes(entry.path().string() + "/cmdline");
+    if (cmdline.find(needle) != std::string::npos) found += pid + " ";
+  }
+  return found;
+}
 
 // An `ffmpeg` on PATH that records its arguments, copies its input descriptor to its output one (or,
 // with FAKE_FFMPEG_HANG=FILE, writes its pid there and hangs as a stuck encoder would).
