@@ -119,11 +119,15 @@ std::vector<int> silent_ranks(const std::vector<int>& world_ranks, double grace_
 
 void wait_with_liveness(const std::function<bool()>& done, const std::vector<int>& peers, const std::string& what) {
   const double timeout = peer_timeout();
-  auto since = std::chrono::steady_clock::now();
+  const auto start = std::chrono::steady_clock::now();
+  auto since = start;
+  double elapsed = 0;
   for (int polls = 0; !done(); ++polls) {
-    // Spin briefly (small collectives finish in microseconds), then sleep so a waiting rank leaves
-    // the cores to the ranks that compute.
-    if (polls > 2000) std::this_thread::sleep_for(std::chrono::microseconds(polls > 20000 ? 1000 : 50));
+    // Poll without pausing for the first 20 ms (as MPI_Wait would: MPI progresses a non-blocking
+    // collective only inside its calls), then sleep between polls so a rank that waits long leaves the
+    // cores to the ranks that compute.
+    if (polls % 64 == 0) elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (elapsed > 0.02) std::this_thread::sleep_for(std::chrono::microseconds(elapsed > 1.0 ? 1000 : 50));
     if (timeout <= 0 || !g_running.load() || polls % 64 != 0) continue;
     const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
     if (waited < timeout) continue;
