@@ -38,7 +38,7 @@ using json = nlohmann::ordered_json;
 
 // The settings a job line can leave to the command line.
 const std::vector<std::string> kDefaultsFlags = {
-    "prompt", "text-encoder", "caption-embedding", "random-caption", "negative-prompt", "negative-caption-embedding", "init-noise",
+    "prompt", "text-encoder", "max-sequence-length", "caption-embedding", "random-caption", "negative-prompt", "negative-caption-embedding", "init-noise",
     "seed", "frames", "height", "width", "steps", "cfg-scale", "cfg-scale-2", "expert-boundary", "fps", "sampler", "sigma-grid",
     "no-timestep-transform", "flow-shift", "cache", "cache-opt", "schedule", "upscale", "png", "no-mp4"};
 

@@ -38,8 +38,27 @@ namespace {
 // the model, as Open-Sora's), else the model directory's own (null: none).
 std::shared_ptr<const TextEncoder> job_text_encoder(const VideoJob& job, const std::string& model_dir,
                                                     const ModelOutline& model) {
-  if (!job.text_encoder.empty()) return load_t5_text_encoder(job.text_encoder, model.shape.caption_tokens);
+  const int tokens = model.shape.caption_tokens;
+  if (job.max_sequence_length > tokens)
+    fail("--max-sequence-length ", job.max_sequence_length, ": the model reads at most ", tokens, " caption tokens");
+  const int keep = job.max_sequence_length > 0 ? job.max_sequence_length : tokens;
+  if (!job.text_encoder.empty()) return load_t5_text_encoder(job.text_encoder, keep);
+  const TextEncoderKind* kind = text_encoder_kind(model_dir);
+  if (kind && kind->name == "t5") return load_t5_text_encoder(model_dir, keep);  // a pipeline's own
+  if (job.max_sequence_length > 0) fail("--max-sequence-length applies to T5 / umT5 text encoders; this model's is not one");
   return find_text_encoder(model_dir);
+}
+
+// A caption of fewer tokens than the model reads, padded with masked-out zero rows.
+Caption padded_caption(Caption c, int tokens) {
+  const int64_t have = c.y.size(2);
+  if (have == tokens) return c;
+  Caption p;
+  p.y = at::zeros({1, 1, tokens, c.y.size(3)}, c.y.options());
+  p.y.narrow(2, 0, have).copy_(c.y);
+  p.mask = at::zeros({1, tokens}, c.mask.options());
+  p.mask.narrow(1, 0, have).copy_(c.mask);
+  return p;
 }
 
 // A prompt through the job's text encoder.
@@ -49,10 +68,10 @@ Caption encode_prompt(const std::string& prompt, const VideoJob& job, const std:
   if (!text)
     fail("this model has no text encoder of its own: give --text-encoder DIR (T5 for Open-Sora), a caption "
          "embedding file, or a random caption");
-  if (text->channels() != model.shape.caption_channels || text->tokens() != model.shape.caption_tokens)
+  if (text->channels() != model.shape.caption_channels || text->tokens() > model.shape.caption_tokens)
     fail("the text encoder's output (", text->tokens(), " x ", text->channels(), ") does not match the model's caption (",
          model.shape.caption_tokens, " x ", model.shape.caption_channels, ")");
-  return text->encode(prompt);
+  return padded_caption(text->encode(prompt), model.shape.caption_tokens);
 }
 
 std::optional<Caption> resolve_negative_caption(const VideoJob& job, const std::string& model_dir,
@@ -357,7 +376,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
           if (!text)
             fail("this model has no learned null caption and no text encoder of its own: guidance needs a negative "
                  "caption embedding");
-          return text->empty();
+          return padded_caption(text->empty(), outline.shape.caption_tokens);
         },
         *comms.video, outline.shape);
     text_encoding_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_empty).count();

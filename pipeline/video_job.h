@@ -24,6 +24,7 @@ struct VideoJob {
   // Exactly one caption source.
   std::string prompt;        // text, for models with their own text encoder (or text_encoder)
   std::string text_encoder;  // a T5 / umT5 directory apart from the model (Open-Sora's); empty: the model's own
+  int max_sequence_length = 0;  // T5 / umT5: tokens kept of a prompt (0: the model's text length); the rest padded
   std::string caption_file;  // safetensors with y [L, C] and optional mask
   int random_caption = 0;    // N valid random tokens drawn from the seed (benchmarks)
   std::string init_noise;    // start from this latent instead of the seeded noise

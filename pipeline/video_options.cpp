@@ -53,6 +53,8 @@ const std::vector<Setting>& table() {
      [](VideoJob& j, const nlohmann::json& v) { j.prompt = v; }},
     {"text-encoder", "text_encoder", Kind::Text, ModelDefault::None, "", "the prompt's text encoder when the model has none of its own: a T5 / umT5 directory (transformers' files and spiece.model, or a pipeline's text_encoder/ + tokenizer/), e.g. DeepFloyd/t5-v1_1-xxl for Open-Sora 1.2",
      [](VideoJob& j, const nlohmann::json& v) { j.text_encoder = v; }},
+    {"max-sequence-length", "max_sequence_length", Kind::Count, ModelDefault::None, "", "T5 / umT5 prompts: keep at most N tokens (EOS included), the rest padded to the model's text length (as the official Wan code pads to 512); default: the model's text length",
+     [](VideoJob& j, const nlohmann::json& v) { j.max_sequence_length = v; }},
     {"caption-embedding", "caption_embedding", Kind::Text, ModelDefault::None, "", "safetensors with y [L, C] (or [1, 1, L, C]) and optional mask [L]: the text encoder's output (T5 for Open-Sora)",
      [](VideoJob& j, const nlohmann::json& v) { j.caption_file = v; }},
     {"random-caption", "random_caption", Kind::Count, ModelDefault::None, "", "a random caption embedding with N valid tokens, drawn from the seed (benchmarks)",

@@ -186,6 +186,24 @@ TEST(Tokenizer, APipelineDirectoryTurnsAPromptIntoWanPipelinesLatent) {
                              "--frames 17 --height 48 --width 64 --no-mp4 --quiet --out " + d + "/apart");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(at::equal(load_safetensors(d + "/apart/latent.safetensors").at("z"), z));
+  // --max-sequence-length 4 keeps 4 tokens (EOS included) and pads to the transformer's 8, as the
+  // official Wan code pads to 512: the same as encoding at 4 with `ditto encode` and sampling from the
+  // files; and not the 8-token result.
+  r = ditto::test::run_ditto("sample --model " + pipe + " --max-sequence-length 4 --prompt " + quoted + " --init-noise " +
+                             d + "/z.safetensors --sampler unipc --flow-shift 3 --steps 4 --cfg-scale 5 --frames 17 "
+                             "--height 48 --width 64 --no-mp4 --quiet --out " + d + "/short");
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const auto& [p, file] : {std::pair<std::string, std::string>{quoted, "pos"}, {"''", "neg"}})
+    ASSERT_EQ(ditto::test::run_ditto("encode --text-encoder " + pipe + " --max-sequence-length 4 --prompt " + p +
+                                     " --out " + d + "/" + file + ".safetensors").code, 0);
+  r = ditto::test::run_ditto("sample --model " + pipe + "/transformer --caption-embedding " + d + "/pos.safetensors " +
+                             "--negative-caption-embedding " + d + "/neg.safetensors --init-noise " + d +
+                             "/z.safetensors --sampler unipc --flow-shift 3 --steps 4 --cfg-scale 5 --frames 17 "
+                             "--height 48 --width 64 --no-mp4 --quiet --out " + d + "/files");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const at::Tensor short_z = load_safetensors(d + "/short/latent.safetensors").at("z");
+  EXPECT_TRUE(at::equal(short_z, load_safetensors(d + "/files/latent.safetensors").at("z")));
+  EXPECT_GT(rel_diff(short_z, z), 1e-3) << "truncating the prompt changed nothing";
   // A render of two jobs with the prompt (the second job's embedding comes from the encoder's cache).
   std::string line = nlohmann::json({{"prompt", prompt}, {"init_noise", d + "/z.safetensors"}, {"sampler", "unipc"},
                                      {"flow_shift", 3}, {"steps", 4}, {"cfg_scale", 5}, {"frames", 17}, {"height", 48},
