@@ -108,6 +108,11 @@ bool path_exists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 std::string read_text_file(const std::string& path, size_t max_bytes) {
   // Opened without blocking (a FIFO named here would wait forever for a writer), then refused unless
   // it is a regular file.
@@ -153,26 +158,35 @@ nlohmann::json read_json_file(const std::string& path, const std::string& what) 
   }
 }
 
-size_t first_invalid_utf8(const std::string& text) {
+size_t utf8_decode(const std::string& text, size_t i, uint32_t* cp) {
   const auto* b = reinterpret_cast<const unsigned char*>(text.data());
   const size_t n = text.size();
-  for (size_t i = 0; i < n;) {
-    const unsigned char c = b[i];
-    size_t len = 0;
-    uint32_t cp = 0;
-    if (c < 0x80) len = 1, cp = c;
-    else if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F;
-    else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F;
-    else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07;
-    else return i;
-    if (i + len > n) return i;
-    for (size_t k = 1; k < len; ++k) {
-      if ((b[i + k] & 0xC0) != 0x80) return i;
-      cp = (cp << 6) | (b[i + k] & 0x3F);
-    }
-    // Overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8 either.
-    static const uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < kMin[len] || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) return i;
+  if (i >= n) return 0;
+  const unsigned char c = b[i];
+  size_t len = 0;
+  uint32_t v = 0;
+  if (c < 0x80) len = 1, v = c;
+  else if ((c & 0xE0) == 0xC0) len = 2, v = c & 0x1F;
+  else if ((c & 0xF0) == 0xE0) len = 3, v = c & 0x0F;
+  else if ((c & 0xF8) == 0xF0) len = 4, v = c & 0x07;
+  else return 0;
+  if (i + len > n) return 0;
+  for (size_t k = 1; k < len; ++k) {
+    if ((b[i + k] & 0xC0) != 0x80) return 0;
+    v = (v << 6) | (b[i + k] & 0x3F);
+  }
+  // Overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8 either.
+  static const uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+  if (v < kMin[len] || (v >= 0xD800 && v <= 0xDFFF) || v > 0x10FFFF) return 0;
+  *cp = v;
+  return len;
+}
+
+size_t first_invalid_utf8(const std::string& text) {
+  uint32_t cp = 0;
+  for (size_t i = 0; i < text.size();) {
+    const size_t len = utf8_decode(text, i, &cp);
+    if (len == 0) return i;
     i += len;
   }
   return std::string::npos;

@@ -59,6 +59,9 @@ BasicJson parse_json(Input&&... input) {
   }
 }
 
+// The code point of the UTF-8 sequence at text[i] into *cp and its length in bytes, or 0 when the bytes
+// there are not valid UTF-8 (truncated, overlong, a UTF-16 surrogate or past U+10FFFF).
+size_t utf8_decode(const std::string& text, size_t i, uint32_t* cp);
 // The offset of the first byte of `text` that is not part of valid UTF-8, or std::string::npos.
 size_t first_invalid_utf8(const std::string& text);
 
@@ -164,6 +167,8 @@ std::string write_error_text(int err);
 
 // Whether something exists at `path` (a stat, which never opens it: a FIFO does not block).
 bool path_exists(const std::string& path);
+// Whether `path` is a directory (links followed).
+bool is_directory(const std::string& path);
 
 // The file's bytes; an Error "cannot read 'PATH'" when it cannot be opened, is not a regular file or
 // is larger than `max_bytes` (configs, schedules, codebooks: 64 MiB; job files and manifests pass more).

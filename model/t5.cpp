@@ -1,8 +1,6 @@
 // The T5 / umT5 encoder (see t5.h).
 #include "model/t5.h"
 
-#include <sys/stat.h>
-
 #include <cmath>
 #include <mutex>
 #include <limits>
@@ -244,11 +242,6 @@ class T5TextEncoder : public TextEncoder {
   int tokens_;
 };
 
-bool is_dir(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 bool pipeline_with_t5(const std::string& dir) {
   return path_exists(dir + "/model_index.json") && path_exists(dir + "/text_encoder/config.json") &&
          path_exists(dir + "/tokenizer/spiece.model");
@@ -258,7 +251,7 @@ bool pipeline_with_t5(const std::string& dir) {
 
 T5Dirs t5_dirs(const std::string& dir) {
   if (path_exists(dir + "/model_index.json")) {
-    if (!is_dir(dir + "/text_encoder") || !is_dir(dir + "/tokenizer"))
+    if (!is_directory(dir + "/text_encoder") || !is_directory(dir + "/tokenizer"))
       fail("'", dir, "' is a pipeline without text_encoder/ and tokenizer/");
     return {dir + "/text_encoder", dir + "/tokenizer"};
   }

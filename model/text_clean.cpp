@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "model/atomic_file.h"
+
 namespace ditto {
 
 namespace {
@@ -19,25 +21,14 @@ struct TextEntity {
 
 #include "model/text_tables.inc"
 
+// Code points of UTF-8 text; bytes that are not UTF-8 become U+FFFD, one each.
 std::vector<uint32_t> decode_utf8(const std::string& s) {
   std::vector<uint32_t> out;
-  const auto* b = reinterpret_cast<const unsigned char*>(s.data());
-  for (size_t i = 0, n = s.size(); i < n;) {
-    const unsigned char c = b[i];
-    size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-    uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
-    bool ok = len > 0 && i + len <= n;
-    for (size_t k = 1; ok && k < len; ++k) {
-      ok = (b[i + k] & 0xC0) == 0x80;
-      cp = (cp << 6) | (b[i + k] & 0x3F);
-    }
-    if (!ok) {
-      out.push_back(0xFFFD);
-      ++i;
-      continue;
-    }
-    out.push_back(cp);
-    i += len;
+  for (size_t i = 0; i < s.size();) {
+    uint32_t cp = 0;
+    const size_t len = utf8_decode(s, i, &cp);
+    out.push_back(len ? cp : 0xFFFD);
+    i += len ? len : 1;
   }
   return out;
 }

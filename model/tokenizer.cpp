@@ -2,7 +2,6 @@
 #include "model/tokenizer.h"
 
 #include <sentencepiece_processor.h>
-#include <sys/stat.h>
 
 #include "model/atomic_file.h"
 #include "model/error.h"
@@ -19,9 +18,7 @@ SentencePieceTokenizer::SentencePieceTokenizer(SentencePieceTokenizer&&) noexcep
 SentencePieceTokenizer::~SentencePieceTokenizer() = default;
 
 SentencePieceTokenizer SentencePieceTokenizer::load(const std::string& path) {
-  struct stat st {};
-  const bool dir = ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-  const std::string file = dir ? path + "/spiece.model" : path;
+  const std::string file = is_directory(path) ? path + "/spiece.model" : path;
   // Read by ditto (a regular file, bounded in size), parsed from memory by SentencePiece.
   const std::string bytes = read_text_file(file, size_t{256} << 20);
   SentencePieceTokenizer t;

@@ -411,9 +411,7 @@ std::unique_ptr<DiTContext> Wan::prepare(const DiTInputs& a) const {
   const at::Tensor ah = angles(dh, g.h).view({1, g.h, 1, -1}).expand({g.t, g.h, g.w, -1});
   const at::Tensor aw = angles(dh, g.w).view({1, 1, g.w, -1}).expand({g.t, g.h, g.w, -1});
   const at::Tensor ang = at::cat({at_, ah, aw}, -1).reshape({g.tokens(), D / 2});
-  c->rope_cos = ang.cos().to(options_.device(), compute);
-  c->rope_sin = ang.sin().to(options_.device(), compute);
-  c->rope_cis = at::complex(c->rope_cos, c->rope_sin).unsqueeze(1);
+  c->rope_cis = at::polar(at::ones_like(ang), ang).to(options_.device(), at::toComplexType(compute)).unsqueeze(1);
   return c;
 }
 
@@ -458,7 +456,7 @@ at::Tensor Wan::attention(const AttentionWeights& aw, bool self, const at::Tenso
   at::Tensor v = lin(kv_in, aw.v_w, aw.v_b).view({B, kv_in.size(1), H, D});
   if (self) {  // this rank's tokens' rows of the tables (q/k were normed across all heads first)
     const int64_t begin = seam ? seam->sequence_begin() : 0;
-    if (begin + L > c.rope_cos.size(0)) fail("Wan: tokens [", begin, ", ", begin + L, ") outside the video's ", c.rope_cos.size(0));
+    if (begin + L > c.rope_cis.size(0)) fail("Wan: tokens [", begin, ", ", begin + L, ") outside the video's ", c.rope_cis.size(0));
     const at::Tensor cis = c.rope_cis.narrow(0, begin, L);
     q = rope(q, cis);
     k = rope(k, cis);

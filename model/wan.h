@@ -50,8 +50,7 @@ std::string wan_diffusers_name(const std::string& official);
 // What Wan computes once per video and per step.
 struct WanContext : DiTContext {
   at::Tensor context;             // [B, L_text, dim] the projected text (padding rows included)
-  at::Tensor rope_cos, rope_sin;  // [L, head_dim / 2] per token and pair (float32; float64 runs float64)
-  at::Tensor rope_cis;            // [L, 1, head_dim / 2] cos + i sin, complex (what attention applies)
+  at::Tensor rope_cis;  // [L, 1, head_dim / 2] cos + i sin per token and pair, complex64 (complex128 for float64 runs)
   at::Tensor temb;                // [B, dim] e: the time embedding (the head's modulation input)
   at::Tensor e0;                  // [B, 6, dim] the time projection (the blocks' modulation input)
   std::vector<std::vector<at::Tensor>> modulation;  // per block: 6 x [B, 1, dim]

@@ -26,11 +26,6 @@ std::string known_configs() {
   return s;
 }
 
-bool is_dir(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 }  // namespace
 
 void add_model_options(po::options_description& desc, ModelOptions& o) {
@@ -109,7 +104,7 @@ std::string demo_model_dir() {
   dir = dir.substr(0, dir.rfind('/'));
   for (const std::string& root : {dir, dir.substr(0, dir.rfind('/'))}) {
     const std::string candidate = root + "/share/ditto/models/ditto-demo";
-    if (is_dir(candidate)) return candidate;
+    if (is_directory(candidate)) return candidate;
   }
   return dir + "/../share/ditto/models/ditto-demo";
 }

@@ -47,6 +47,7 @@ void run_scheduler(JobTransport& transport, size_t jobs, int leaders,
 MpiJobTransport::MpiJobTransport(MPI_Comm world) {
   MPI_Comm_dup(world, &comm_);
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  peers_ = peer_world_ranks(comm_);
 }
 
 MpiJobTransport::~MpiJobTransport() {
@@ -86,7 +87,7 @@ std::string recv_string(MPI_Comm comm, int source, int tag, int* from, const std
 
 std::string MpiJobTransport::receive_request(int* from) {
   // Any rank may be the next to ask; while none does, every other rank must still answer pings.
-  return recv_string(comm_, MPI_ANY_SOURCE, kTagRequest, from, peer_world_ranks(comm_), "the render scheduler's wait for the groups");
+  return recv_string(comm_, MPI_ANY_SOURCE, kTagRequest, from, peers_, "the render scheduler's wait for the groups");
 }
 
 void MpiJobTransport::send_assignment(int to, const std::string& assignment) { send_string(comm_, to, kTagJob, assignment); }

@@ -9,6 +9,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace ditto {
 
@@ -45,6 +46,7 @@ class MpiJobTransport : public JobTransport {
 
  private:
   MPI_Comm comm_;
+  std::vector<int> peers_;  // every other rank (pinged when a wait passes --timeout)
 };
 
 }  // namespace ditto

@@ -168,19 +168,22 @@ int run_program(const std::string& program, const std::vector<std::string>& args
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-}  // namespace
-
-bool ffmpeg_available() {
-  static const bool available = [] {
+// The ffmpeg on PATH that runs ("" when none), looked up once per process.
+const std::string& ffmpeg_program() {
+  static const std::string program = [] {
     const std::string ffmpeg = find_on_path("ffmpeg");
-    return !ffmpeg.empty() && run_program(ffmpeg, {"-version"}, {}) == 0;
+    return !ffmpeg.empty() && run_program(ffmpeg, {"-version"}, {}) == 0 ? ffmpeg : std::string();
   }();
-  return available;
+  return program;
 }
 
+}  // namespace
+
+bool ffmpeg_available() { return !ffmpeg_program().empty(); }
+
 void y4m_to_mp4(const std::string& y4m_path, const std::string& mp4_path) {
-  const std::string ffmpeg = find_on_path("ffmpeg");
-  if (ffmpeg.empty()) fail("cannot encode '", mp4_path, "': ffmpeg is not on PATH");
+  const std::string& ffmpeg = ffmpeg_program();
+  if (ffmpeg.empty()) fail("cannot encode '", mp4_path, "': no ffmpeg that runs is on PATH");
   // ffmpeg gets descriptors, never the paths: whatever characters the output path holds, it cannot
   // be read as an option or a protocol ("pipe:"), and ffmpeg writes only the file ditto created
   // (O_EXCL, O_NOFOLLOW: not through a link planted under the name).

@@ -112,7 +112,7 @@ TEST(Fault, ARankThatStopsAnsweringEndsRenderAndARestartFinishes) {
 TEST(Fault, TheEncoderRunsWithoutAShellWhateverThePath) {
   const std::string d = temp_dir(), bin = fake_ffmpeg_dir(d);
   const std::string out = d + "/-a'b \"c\" $(touch " + d + "/pwned)";
-  const std::string quoted = "'" + std::string(out).replace(out.find('\''), 1, "'\\''") + "'";
+  const std::string quoted = ditto::test::shell_quote(out);
   auto r = run_command("PATH=" + bin + ":$PATH FAKE_FFMPEG_LOG=" + d + "/args " + DITTO_BINARY + " sample " + kTiny +
                        "--random-caption 4 --steps 2 --out " + quoted);
   ASSERT_EQ(r.code, 0) << r.output;

@@ -142,9 +142,7 @@ TEST(Tokenizer, DittoEncodeWritesWansPromptEmbedding) {
   const auto ref = load_safetensors(dir_of("umt5_tiny") + "/prompt_embeds.safetensors");
   const SafetensorsFile meta(dir_of("umt5_tiny") + "/prompt_embeds.safetensors");
   const std::string prompt = meta.metadata().at("prompt");
-  std::string quoted = "'";
-  for (char c : prompt) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  quoted += "'";
+  const std::string quoted = ditto::test::shell_quote(prompt);
   auto r = ditto::test::run_ditto("encode --text-encoder " + d + " --prompt " + quoted + " --max-sequence-length 16 --out " +
                                   d + "/emb.safetensors");
   ASSERT_EQ(r.code, 0) << r.output;
@@ -168,9 +166,7 @@ TEST(Tokenizer, APipelineDirectoryTurnsAPromptIntoWanPipelinesLatent) {
   const auto ref = load_safetensors(pipe + "/prompt_runs.safetensors");
   const std::string prompt = SafetensorsFile(pipe + "/prompt_runs.safetensors").metadata().at("prompt");
   save_safetensors(d + "/z.safetensors", {{"z", ref.at("z")}});
-  std::string quoted = "'";
-  for (char c : prompt) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  quoted += "'";
+  const std::string quoted = ditto::test::shell_quote(prompt);
   auto r = ditto::test::run_ditto("sample --model " + pipe + " --prompt " + quoted + " --init-noise " + d +
                                   "/z.safetensors --sampler unipc --flow-shift 3 --steps 4 --cfg-scale 5 --frames 17 "
                                   "--height 48 --width 64 --no-mp4 --quiet --out " + d + "/s");

@@ -63,6 +63,13 @@ inline RunResult run_ditto_mpi(int np, const std::string& args, const std::strin
                      " mpirun --oversubscribe -np " + std::to_string(np) + " " + DITTO_BINARY + " " + args);
 }
 
+// `s` as one word for /bin/sh: single-quoted, each ' written as '\''.
+inline std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
 // Whether something is at `p` (links followed).
 inline bool exists(const std::string& p) {
   struct stat st {};
