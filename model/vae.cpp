@@ -1,7 +1,13 @@
 // The pixel latent space and Open-Sora 1.2's latent geometry (see vae.h).
 #include "model/vae.h"
 
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "model/atomic_file.h"
 #include "model/error.h"
+#include "model/wan_vae.h"
 
 namespace ditto {
 
@@ -46,5 +52,32 @@ std::string OpenSoraV12Geometry::cannot_decode_reason() const {
 }
 
 at::Tensor OpenSoraV12Geometry::decode(const at::Tensor&) const { fail("cannot decode: ", cannot_decode_reason()); }
+
+std::string pipeline_vae_dir(const std::string& model_dir) {
+  if (!path_exists(model_dir + "/model_index.json") || !path_exists(model_dir + "/vae/config.json")) return "";
+  return model_dir + "/vae";
+}
+
+std::shared_ptr<const VAE> load_vae(const std::string& dir_in, const VaeOptions& o) {
+  const std::string dir = path_exists(dir_in + "/model_index.json") ? pipeline_vae_dir(dir_in) : dir_in;
+  if (dir.empty()) fail("'", dir_in, "' is a pipeline without vae/config.json");
+  static std::mutex mu;
+  static std::map<std::tuple<std::string, std::string, int, int, int>, std::shared_ptr<const VAE>> loaded;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(dir, o.options.device().str() + "/" + std::string(c10::toString(o.options.dtype().toScalarType())),
+                                   o.chunk, o.tile, o.tile_stride);
+  auto& slot = loaded[key];
+  if (slot) return slot;
+  if (!path_exists(dir + "/config.json")) fail("'", dir, "' is not a VAE directory: it has no config.json");
+  const nlohmann::json j = read_json_file(dir + "/config.json", "VAE config");
+  const std::string kind = j.is_object() && j.contains("_class_name") && j["_class_name"].is_string() ? j["_class_name"].get<std::string>() : "";
+  if (kind != "AutoencoderKLWan")
+    fail("'", dir, "/config.json': _class_name ", kind.empty() ? "is missing" : "'" + kind + "' is not a VAE ditto decodes",
+         " (AutoencoderKLWan: Wan-VAE 2.1)");
+  if (o.chunk < 1) fail("VAE chunks of at least one latent frame, got ", o.chunk);
+  auto decoder = std::make_shared<const WanVaeDecoder>(WanVaeDecoder::from_pretrained(dir, o.options));
+  slot = std::make_shared<WanVae>(std::move(decoder), VaeTiling{o.tile, o.tile_stride}, o.chunk);
+  return slot;
+}
 
 }  // namespace ditto

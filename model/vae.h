@@ -13,6 +13,10 @@ struct LatentShape {
   int channels, frames, height, width;
 };
 
+// How a decoded frame in [-1, 1] becomes 8 bits: rounded ((x + 1) * 127.5 + 0.5, Open-Sora and the
+// demo) or truncated ((x + 1) / 2 * 255, the official Wan code and diffusers' export_to_video).
+enum class FrameRounding { Round, Truncate };
+
 class VAE {
  public:
   virtual ~VAE() = default;
@@ -27,7 +31,23 @@ class VAE {
   // Encoding RGB frames into a latent (optional).
   virtual bool can_encode() const { return false; }
   virtual at::Tensor encode(const at::Tensor& video) const;
+  virtual FrameRounding frame_rounding() const { return FrameRounding::Round; }
 };
+
+// How a VAE directory is decoded: its weights' dtype and device, latent frames per chunk and
+// spatial tiles (pixels; size 0: none).
+struct VaeOptions {
+  at::TensorOptions options = at::TensorOptions().dtype(at::kFloat);
+  int chunk = 1;
+  int tile = 0, tile_stride = 0;
+};
+
+// A VAE directory as diffusers saves one (config.json's _class_name picks the kind:
+// AutoencoderKLWan), or a diffusers pipeline's (its vae/). Loaded once per directory and options per
+// process. An Error names the directory and what is missing or not supported.
+std::shared_ptr<const VAE> load_vae(const std::string& dir, const VaeOptions& options);
+// The VAE directory of a diffusers pipeline directory (its vae/), or "" when it has none.
+std::string pipeline_vae_dir(const std::string& model_dir);
 
 // Models that work on pixels: the latent is the video itself ([-1, 1] RGB when channels is 3).
 class PixelSpace : public VAE {

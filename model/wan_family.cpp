@@ -5,26 +5,24 @@
 #include "model/error.h"
 #include "model/family.h"
 #include "model/wan.h"
+#include "model/wan_vae.h"
 
 namespace ditto {
 
 namespace {
 
 // Wan-VAE 2.1: 4x in time with the first frame alone (F = 4k + 1 frames -> k + 1 latents), 8x in
-// space, 16 channels. Its weights are not loaded yet: latents are written, not decoded.
+// space, 16 channels. Without a VAE directory (--vae, or a pipeline's vae/) latents are written, not decoded.
 class WanVaeGeometry : public VAE {
  public:
   explicit WanVaeGeometry(int channels) : channels_(channels) {}
   std::string name() const override { return "wan2.1"; }
   LatentShape latent_shape(int frames, int height, int width) const override {
-    if (frames <= 0 || (frames - 1) % 4) fail("Wan videos have 4k + 1 frames (81, 49, 17, ...), got ", frames);
-    if (height <= 0 || width <= 0 || height % 16 || width % 16)
-      fail("Wan videos are multiples of 16 pixels high and wide (the VAE's 8x and the 2x2 patches), got ", height, "x", width);
-    return {channels_, (frames - 1) / 4 + 1, height / 8, width / 8};
+    return wan_latent_shape(channels_, frames, height, width);
   }
   bool can_decode() const override { return false; }
   std::string cannot_decode_reason() const override {
-    return "ditto does not load the Wan VAE yet; decode latent.safetensors with Wan's VAE";
+    return "no VAE was given: pass --vae DIR (diffusers' AutoencoderKLWan, e.g. a Wan pipeline's vae/) or use a pipeline directory with vae/";
   }
   at::Tensor decode(const at::Tensor&) const override { fail("cannot decode: ", cannot_decode_reason()); }
 

@@ -1,0 +1,129 @@
+// Wan-VAE 2.1's decoder against diffusers' AutoencoderKLWan on a tiny random model
+// (tests/fixtures/make_wan_vae_fixtures.py): the feature-cached decode (one latent frame at a time, as
+// WanPipeline decodes), the same in longer chunks, diffusers' spatial tiling and the tiles shared
+// between ranks, bfloat16 against float32, and VAE directories that do not fit their config.
+#include <gtest/gtest.h>
+
+#include "model/safetensors.h"
+#include "model/wan_vae.h"
+
+#include "test_util.h"
+
+using namespace ditto;
+using ditto::test::rel_err;
+using ditto::test::run_command;
+using ditto::test::temp_dir;
+
+namespace {
+
+std::string vae_dir() { return std::string(DITTO_SOURCE_DIR) + "/tests/fixtures/wan_vae_tiny"; }
+
+const std::map<std::string, at::Tensor>& runs() {
+  static const auto r = load_safetensors(vae_dir() + "/decode_runs.safetensors");
+  return r;
+}
+
+const WanVaeDecoder& decoder() {
+  static const WanVaeDecoder d = WanVaeDecoder::from_pretrained(vae_dir(), at::TensorOptions().dtype(at::kFloat));
+  return d;
+}
+
+double max_abs(const at::Tensor& a, const at::Tensor& b) {
+  EXPECT_EQ(a.sizes(), b.sizes());
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+}
+
+}  // namespace
+
+// The fixture's z is the transformer's normalised latent; diffusers decoded z * std + mean.
+TEST(WanVae, DecodeMatchesDiffusers) {
+  const auto vae = WanVae(std::make_shared<WanVaeDecoder>(decoder()));
+  const at::Tensor frames = vae.decode(runs().at("z"));
+  ASSERT_EQ(frames.sizes(), runs().at("frames").sizes());  // [1, 3, 9, 32, 48]: 3 latent frames -> 1 + 4 + 4
+  EXPECT_LT(max_abs(frames, runs().at("frames")), 1e-5);  // float32's floor over ~40 layers (measured 3.2e-6)
+  EXPECT_GT(runs().at("frames").std().item<double>(), 0.1);  // the reference is not flat
+  EXPECT_EQ(vae.frame_rounding(), FrameRounding::Truncate);
+  const LatentShape s = vae.latent_shape(81, 480, 832);
+  EXPECT_EQ(s.channels, 4);
+  EXPECT_EQ(s.frames, 21);
+  EXPECT_EQ(s.height, 60);
+  EXPECT_EQ(s.width, 104);
+  EXPECT_THROW(vae.latent_shape(80, 480, 832), std::exception);
+}
+
+// Chunks of several latent frames carry the same frames between them as one at a time.
+TEST(WanVae, ChunksOfAnyLengthDecodeTheSame) {
+  const at::Tensor z = decoder().denormalize(runs().at("z"));
+  const at::Tensor one = decoder().decode_latent(z, 1);
+  for (int chunk : {2, 3, 8}) EXPECT_LT(max_abs(decoder().decode_latent(z, chunk), one), 1e-5) << chunk;
+  // Without the carried frames (each latent frame alone) the result differs: the carry is tested.
+  const at::Tensor alone = decoder().decode_latent(z.narrow(2, 1, 1), 1);
+  EXPECT_GT(max_abs(alone, one.narrow(2, 1, 1)), 1e-3);
+}
+
+TEST(WanVae, TiledDecodeMatchesDiffusersTiling) {
+  const VaeTiling tiling{32, 24};
+  const at::Tensor z = decoder().denormalize(runs().at("z"));
+  const at::Tensor tiled = decoder().blend_tiles(decoder().decode_tiles(z, tiling), z, tiling);
+  EXPECT_LT(max_abs(tiled, runs().at("tiled")), 1e-5);
+  // Tiles are another computation than the whole frame's decode (its attention and convolutions see
+  // across tile borders): with 4-latent-pixel tiles on this tiny model, far from it.
+  EXPECT_GT(max_abs(tiled, runs().at("frames")), 1e-2);
+  // Shared among ranks, each decoding its tiles: the union is the one-rank tiled decode, bit for bit.
+  for (int ranks : {2, 3}) {
+    std::vector<at::Tensor> all(4);
+    for (int r = 0; r < ranks; ++r) {
+      auto mine = decoder().decode_tiles(z, tiling, 1, r, ranks);
+      for (size_t k = 0; k < mine.size(); ++k)
+        if (mine[k].defined()) {
+          EXPECT_FALSE(all[k].defined());
+          all[k] = mine[k];
+        }
+    }
+    EXPECT_TRUE(at::equal(decoder().blend_tiles(all, z, tiling), tiled)) << ranks;
+  }
+  EXPECT_THROW(decoder().decode_tiles(z, VaeTiling{30, 24}), std::exception);  // not a multiple of 8
+  EXPECT_THROW(decoder().blend_tiles(std::vector<at::Tensor>(4), z, tiling), std::exception);
+}
+
+TEST(WanVae, Bfloat16StaysCloseToFloat32) {
+  const WanVaeDecoder bf16 = WanVaeDecoder::from_pretrained(vae_dir(), at::TensorOptions().dtype(at::kBFloat16));
+  const at::Tensor z = decoder().denormalize(runs().at("z"));
+  const at::Tensor out = bf16.decode_latent(z);
+  EXPECT_EQ(out.scalar_type(), at::kFloat);
+  const double e = rel_err(out, runs().at("frames"));
+  EXPECT_GT(e, 1e-4);  // it did run in bfloat16
+  EXPECT_LT(e, 0.15);  // measured 0.094; diffusers' own bfloat16 decode of this model is 0.072 off
+}
+
+TEST(WanVae, DirectoriesThatDoNotFitAreRefusedByName) {
+  const std::string d = temp_dir();
+  run_command("cp " + vae_dir() + "/config.json " + vae_dir() + "/diffusion_pytorch_model.safetensors " + d + "/");
+  const auto expect_error = [&](const std::string& sed, const std::string& text) {
+    run_command("cp " + vae_dir() + "/config.json " + d + "/ && sed -i '" + sed + "' " + d + "/config.json");
+    try {
+      WanVaeDecoder::from_pretrained(d, at::TensorOptions().dtype(at::kFloat));
+      ADD_FAILURE() << "loaded after " << sed;
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+    }
+  };
+  expect_error("s/\"num_res_blocks\": 2/\"num_res_blocks\": 3/", "missing: decoder.up_blocks.0.resnets.3.");
+  expect_error("s/\"base_dim\": 4/\"base_dim\": 8/", "decoder.conv_in.weight");
+  expect_error("s/\"is_residual\": false/\"is_residual\": true/", "Wan 2.2 TI2V-5B");
+  expect_error("s/\"scale_factor_spatial\": 8/\"scale_factor_spatial\": 16/", "scale_factor_spatial is 16 but the stages give 8");
+  expect_error("s/\"z_dim\": 4/\"z_dim\": 5/", "latents_mean and latents_std must have z_dim = 5 values");
+  expect_error("s/\"AutoencoderKLWan\"/\"AutoencoderKL\"/", "not AutoencoderKLWan");
+  // A latent of the wrong width is refused by shape.
+  EXPECT_THROW(decoder().decode_latent(at::zeros({1, 5, 1, 2, 2})), std::exception);
+  // load_vae finds the kind from the directory and refuses what it does not decode.
+  run_command("cp " + vae_dir() + "/config.json " + d + "/ && sed -i 's/\"AutoencoderKLWan\"/\"AutoencoderKLCogVideoX\"/' " + d +
+              "/config.json");
+  try {
+    load_vae(d, VaeOptions{});
+    ADD_FAILURE() << "a CogVideoX VAE was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("'AutoencoderKLCogVideoX' is not a VAE ditto decodes"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(load_vae(vae_dir(), VaeOptions{})->name(), "wan2.1");
+}
