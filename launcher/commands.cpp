@@ -22,6 +22,7 @@ void print_usage(std::ostream& os) {
         "  profile   per-unit change curves (JSON, CSV, heatmap) and Block Caching schedules\n"
         "  calibrate train Block Caching's scale-shift layers for a schedule (base model frozen)\n"
         "  encode    a prompt through a T5 / umT5 text encoder into a caption-embedding file\n"
+        "  decode    a saved latent through a VAE into a video (tiles shared among MPI ranks)\n"
         "  forward   one model forward pass on saved inputs, to check against another implementation\n"
         "  train     train the demo text-to-video model on generated clips\n"
         "  version   print the version and the git commit\n";
@@ -54,6 +55,7 @@ int run_command(int argc, char** argv, const MpiEnv& mpi) {
     if (cmd == "profile") return run_profile(args, mpi);
     if (cmd == "calibrate") return run_calibrate(args, mpi);
     if (cmd == "encode") return run_encode(args, mpi);
+    if (cmd == "decode") return run_decode(args, mpi);
     fail("unknown command '", cmd, "' (ditto --help lists the commands)");
   } catch (const std::exception& e) {
     if (mpi.size() > 1) mpi.abort(error_text(e));

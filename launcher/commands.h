@@ -14,6 +14,7 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi);
 int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi);
 int run_calibrate(const std::vector<std::string>& args, const MpiEnv& mpi);
 int run_encode(const std::vector<std::string>& args, const MpiEnv& mpi);
+int run_decode(const std::vector<std::string>& args, const MpiEnv& mpi);
 
 // `ditto COMMAND ...`: dispatches to a command and turns exceptions into a message and exit code
 // (ending every rank of a multi-rank job).

@@ -20,6 +20,18 @@ void check_size(int frames, int height, int width) {
 
 at::Tensor VAE::encode(const at::Tensor&) const { fail("the ", name(), " VAE cannot encode videos"); }
 
+std::vector<int64_t> VAE::part_shape(const at::Tensor&, int) const { fail("the ", name(), " VAE decodes in one part"); }
+
+at::Tensor VAE::decode_part(const at::Tensor& latent, int k) const {
+  if (k != 0) fail("the ", name(), " VAE decodes in one part, not part ", k);
+  return decode(latent);
+}
+
+at::Tensor VAE::join_parts(std::vector<at::Tensor> parts, const at::Tensor&) const {
+  if (parts.size() != 1) fail("the ", name(), " VAE decodes in one part, got ", parts.size());
+  return parts[0];
+}
+
 LatentShape PixelSpace::latent_shape(int frames, int height, int width) const {
   check_size(frames, height, width);
   return {channels_, frames, height, width};

@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace ditto {
 
@@ -32,6 +33,13 @@ class VAE {
   virtual bool can_encode() const { return false; }
   virtual at::Tensor encode(const at::Tensor& video) const;
   virtual FrameRounding frame_rounding() const { return FrameRounding::Round; }
+  // Decoding in parts that ranks can share (spatial tiles): how many parts `latent` has, part k's
+  // shape, part k decoded, and the frames from every part (decode()'s result). A VAE that cannot
+  // share has one part, the whole decode.
+  virtual int parts(const at::Tensor&) const { return 1; }
+  virtual std::vector<int64_t> part_shape(const at::Tensor& latent, int k) const;
+  virtual at::Tensor decode_part(const at::Tensor& latent, int k) const;
+  virtual at::Tensor join_parts(std::vector<at::Tensor> parts, const at::Tensor& latent) const;
 };
 
 // How a VAE directory is decoded: its weights' dtype and device, latent frames per chunk and

@@ -332,27 +332,55 @@ void check_tiling(const VaeTiling& t, int factor) {
 
 }  // namespace
 
+namespace {
+struct TileGrid {
+  std::vector<int64_t> rows, cols;  // origins in latent pixels
+  int64_t size;                     // latent pixels
+};
+TileGrid tile_grid(const at::Tensor& latent, const VaeTiling& tiling, int factor) {
+  check_tiling(tiling, factor);
+  if (latent.dim() != 5) fail("Wan-VAE: the latent must be [B, C, T, H, W], got ", shape_string(latent.sizes()));
+  return {tile_starts(latent.size(3), tiling.stride / factor), tile_starts(latent.size(4), tiling.stride / factor),
+          tiling.size / factor};
+}
+}  // namespace
+
+int WanVaeDecoder::tiles(const at::Tensor& latent, const VaeTiling& tiling) const {
+  const TileGrid g = tile_grid(latent, tiling, config_.spatial_factor());
+  return static_cast<int>(g.rows.size() * g.cols.size());
+}
+
+std::vector<int64_t> WanVaeDecoder::tile_shape(const at::Tensor& latent, const VaeTiling& tiling, int k) const {
+  const int f = config_.spatial_factor();
+  const TileGrid g = tile_grid(latent, tiling, f);
+  const int64_t i = g.rows.at(k / g.cols.size()), j = g.cols.at(k % g.cols.size());
+  const int64_t frames = (latent.size(2) - 1) * config_.temporal_factor() + 1;
+  return {latent.size(0), config_.out_channels, frames, std::min(g.size, latent.size(3) - i) * f,
+          std::min(g.size, latent.size(4) - j) * f};
+}
+
+at::Tensor WanVaeDecoder::decode_tile(const at::Tensor& latent, const VaeTiling& tiling, int k, int chunk) const {
+  const TileGrid g = tile_grid(latent, tiling, config_.spatial_factor());
+  if (k < 0 || static_cast<size_t>(k) >= g.rows.size() * g.cols.size()) fail("Wan-VAE: no tile ", k);
+  const int64_t i = g.rows[k / g.cols.size()], j = g.cols[k % g.cols.size()];
+  return decode_frames(
+      latent.narrow(3, i, std::min(g.size, latent.size(3) - i)).narrow(4, j, std::min(g.size, latent.size(4) - j)), chunk);
+}
+
 std::vector<at::Tensor> WanVaeDecoder::decode_tiles(const at::Tensor& latent, const VaeTiling& tiling, int chunk, int rank,
                                                     int ranks) const {
-  const int f = config_.spatial_factor();
-  check_tiling(tiling, f);
-  const int64_t lt = tiling.size / f, ls = tiling.stride / f;
-  const auto rows = tile_starts(latent.size(3), ls), cols = tile_starts(latent.size(4), ls);
-  std::vector<at::Tensor> tiles(rows.size() * cols.size());
-  for (size_t k = 0; k < tiles.size(); ++k) {
-    if (static_cast<int>(k % ranks) != rank) continue;
-    const int64_t i = rows[k / cols.size()], j = cols[k % cols.size()];
-    tiles[k] = decode_frames(latent.narrow(3, i, std::min(lt, latent.size(3) - i)).narrow(4, j, std::min(lt, latent.size(4) - j)),
-                             chunk);
-  }
-  return tiles;
+  std::vector<at::Tensor> out(tiles(latent, tiling));
+  for (size_t k = 0; k < out.size(); ++k)
+    if (static_cast<int>(k % ranks) == rank) out[k] = decode_tile(latent, tiling, static_cast<int>(k), chunk);
+  return out;
 }
 
 at::Tensor WanVaeDecoder::blend_tiles(std::vector<at::Tensor> tiles, const at::Tensor& latent, const VaeTiling& tiling) const {
   const int f = config_.spatial_factor();
-  check_tiling(tiling, f);
-  const int64_t ls = tiling.stride / f, stride = tiling.stride, extent = tiling.size - tiling.stride;
-  const auto rows = tile_starts(latent.size(3), ls), cols = tile_starts(latent.size(4), ls);
+  const TileGrid g = tile_grid(latent, tiling, f);
+  const int64_t stride = tiling.stride, extent = tiling.size - tiling.stride;
+  const auto& rows = g.rows;
+  const auto& cols = g.cols;
   if (tiles.size() != rows.size() * cols.size()) fail("Wan-VAE: ", tiles.size(), " tiles for a ", rows.size(), "x", cols.size(), " grid");
   // b's first rows (columns) fade in over a's last: diffusers' blend_v / blend_h, in place.
   const auto blend = [](const at::Tensor& a, at::Tensor& b, int64_t dim, int64_t want) {
@@ -383,6 +411,23 @@ at::Tensor WanVaeDecoder::blend_tiles(std::vector<at::Tensor> tiles, const at::T
 
 LatentShape WanVae::latent_shape(int frames, int height, int width) const {
   return wan_latent_shape(decoder_->config().z_dim, frames, height, width);
+}
+
+int WanVae::parts(const at::Tensor& latent) const { return tiling_.size > 0 ? decoder_->tiles(latent, tiling_) : 1; }
+
+std::vector<int64_t> WanVae::part_shape(const at::Tensor& latent, int k) const {
+  if (tiling_.size <= 0) return VAE::part_shape(latent, k);
+  return decoder_->tile_shape(latent, tiling_, k);
+}
+
+at::Tensor WanVae::decode_part(const at::Tensor& latent, int k) const {
+  if (tiling_.size <= 0) return VAE::decode_part(latent, k);
+  return decoder_->decode_tile(decoder_->denormalize(latent.to(decoder_->options().device())), tiling_, k, chunk_);
+}
+
+at::Tensor WanVae::join_parts(std::vector<at::Tensor> parts, const at::Tensor& latent) const {
+  if (tiling_.size <= 0) return VAE::join_parts(std::move(parts), latent);
+  return decoder_->blend_tiles(std::move(parts), latent, tiling_);
 }
 
 at::Tensor WanVae::decode(const at::Tensor& latent) const {

@@ -63,8 +63,12 @@ class WanVaeDecoder {
   // The VAE's latent [B, z_dim, T, h, w] -> frames [B, 3, 1 + 4 (T - 1), 8h, 8w] in [-1, 1]
   // (float32, on the decoder's device), `chunk` latent frames at a time (1: as the reference).
   at::Tensor decode_latent(const at::Tensor& latent, int chunk = 1) const;
-  // The same through spatial tiles (diffusers' tiled_decode). Tiles k with k % ranks == rank only
-  // when `ranks` > 1: the others are left undefined in `tiles` (see blend_tiles).
+  // The same through spatial tiles (diffusers' tiled_decode): tile k (row-major) unclamped, its
+  // shape, the number of tiles; every tile (or, with `ranks` > 1, tiles k with k % ranks == rank,
+  // the others left undefined).
+  int tiles(const at::Tensor& latent, const VaeTiling& tiling) const;
+  std::vector<int64_t> tile_shape(const at::Tensor& latent, const VaeTiling& tiling, int k) const;
+  at::Tensor decode_tile(const at::Tensor& latent, const VaeTiling& tiling, int k, int chunk = 1) const;
   std::vector<at::Tensor> decode_tiles(const at::Tensor& latent, const VaeTiling& tiling, int chunk = 1,
                                        int rank = 0, int ranks = 1) const;
   // Every tile of decode_tiles blended into the frames, clamped to [-1, 1].
@@ -98,6 +102,11 @@ class WanVae : public VAE {
   bool can_decode() const override { return true; }
   at::Tensor decode(const at::Tensor& latent) const override;
   FrameRounding frame_rounding() const override { return FrameRounding::Truncate; }
+  // With tiles: one part per tile.
+  int parts(const at::Tensor& latent) const override;
+  std::vector<int64_t> part_shape(const at::Tensor& latent, int k) const override;
+  at::Tensor decode_part(const at::Tensor& latent, int k) const override;
+  at::Tensor join_parts(std::vector<at::Tensor> parts, const at::Tensor& latent) const override;
   const WanVaeDecoder& decoder() const { return *decoder_; }
 
  private:

@@ -135,6 +135,7 @@ JobLine parse_job_line(const std::string& text, int line, const JobDefaults& d) 
     v.negative_caption_file = confined_path(d.paths, "negative_caption_embedding", v.negative_caption_file);
   if (j.contains("init_noise")) v.init_noise = confined_path(d.paths, "init_noise", v.init_noise);
   if (j.contains("text_encoder")) v.text_encoder = confined_path(d.paths, "text_encoder", v.text_encoder);
+  if (j.contains("vae")) v.vae = confined_path(d.paths, "vae", v.vae);
   if (j.contains("cache_opts"))
     for (std::string& item : v.cache_opts) {
       const size_t eq = item.find('=');

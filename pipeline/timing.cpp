@@ -40,6 +40,13 @@ int64_t peak_memory_bytes(const at::Device& device) {
   return static_cast<int64_t>(ru.ru_maxrss) * 1024;
 }
 
+void reset_peak_memory(const at::Device& device) {
+#ifdef DITTO_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#endif
+  (void)device;
+}
+
 namespace {
 
 int64_t g_budget = 0;  // --max-memory

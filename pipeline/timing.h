@@ -12,6 +12,8 @@ namespace ditto {
 void synchronize(const at::Device& device);
 // Peak memory of this process: device allocator peak on CUDA, max resident set on CPU (bytes).
 int64_t peak_memory_bytes(const at::Device& device);
+// Starts a new peak on CUDA (the next peak_memory_bytes is this stage's); the CPU's stays the process's.
+void reset_peak_memory(const at::Device& device);
 // Memory a new allocation can still get on the device: on a GPU the driver's free memory plus what
 // the caching allocator holds unused; on the CPU MemAvailable, capped by the cgroup's limit.
 // --max-memory, when set (> 0), caps it: the operator's budget per rank.

@@ -120,25 +120,6 @@ Caption shared_caption(const std::function<Caption()>& make, Communicator& group
 
 std::vector<int64_t> shape_of(const LatentShape& s) { return {1, s.channels, s.frames, s.height, s.width}; }
 
-// video: [1, 3, T, H, W] in [-1, 1]; each pixel becomes an upscale x upscale block (0: enough to make
-// the shorter side at least 256 pixels, so a 32 x 32 demo clip is watchable).
-RgbVideo to_rgb_video(const at::Tensor& z, int fps, int upscale) {
-  if (upscale <= 0) upscale = std::max<int64_t>(1, (256 + std::min(z.size(3), z.size(4)) - 1) / std::min(z.size(3), z.size(4)));
-  at::Tensor u8 = ((z[0].clamp(-1, 1) + 1) * 127.5).round().to(at::kByte).permute({1, 2, 3, 0}).cpu();
-  if (upscale > 1) u8 = u8.repeat_interleave(upscale, 1).repeat_interleave(upscale, 2);
-  u8 = u8.contiguous();
-  RgbVideo v;
-  v.fps = fps;
-  v.height = static_cast<int>(u8.size(1));
-  v.width = static_cast<int>(u8.size(2));
-  const size_t n = static_cast<size_t>(v.height) * v.width * 3;
-  for (int64_t t = 0; t < u8.size(0); ++t) {
-    const uint8_t* p = u8[t].data_ptr<uint8_t>();
-    v.frames.emplace_back(p, p + n);
-  }
-  return v;
-}
-
 nlohmann::ordered_json counters_json(const Communicator& c) {
   nlohmann::ordered_json j;
   j["backend"] = c.backend();
@@ -175,6 +156,98 @@ void maybe_inject_fault(int rank, int step) {
 }
 
 }  // namespace
+
+RgbVideo to_rgb_video(const at::Tensor& video, int fps, int upscale, FrameRounding rounding) {
+  if (upscale <= 0)
+    upscale = std::max<int64_t>(1, (256 + std::min(video.size(3), video.size(4)) - 1) / std::min(video.size(3), video.size(4)));
+  const at::Tensor x = video[0].to(at::kCPU, at::kFloat).clamp(-1, 1);
+  // Round: (x + 1) * 127.5 rounded; truncate: ((x + 1) / 2 * 255) cut toward zero, as diffusers'
+  // export_to_video and the official Wan code write frames (its float32 arithmetic, step by step).
+  at::Tensor u8 = rounding == FrameRounding::Round ? ((x + 1) * 127.5).round() : ((x / 2 + 0.5).clamp(0, 1) * 255).trunc();
+  u8 = u8.to(at::kByte).permute({1, 2, 3, 0});
+  if (upscale > 1) u8 = u8.repeat_interleave(upscale, 1).repeat_interleave(upscale, 2);
+  u8 = u8.contiguous();
+  RgbVideo v;
+  v.fps = fps;
+  v.height = static_cast<int>(u8.size(1));
+  v.width = static_cast<int>(u8.size(2));
+  const size_t n = static_cast<size_t>(v.height) * v.width * 3;
+  for (int64_t t = 0; t < u8.size(0); ++t) {
+    const uint8_t* p = u8[t].data_ptr<uint8_t>();
+    v.frames.emplace_back(p, p + n);
+  }
+  return v;
+}
+
+std::shared_ptr<const VAE> job_vae(const VideoJob& job_in, const std::string& model_dir, const ModelOutline& model,
+                                   const at::Device& device) {
+  const VideoJob job = with_model_defaults(job_in, model);
+  std::shared_ptr<const VAE> geometry = family_of(model).vae(model);
+  const std::string dir = !job.vae.empty() ? job.vae : model_dir.empty() ? "" : pipeline_vae_dir(model_dir);
+  if (dir.empty()) return geometry;
+  VaeOptions o;
+  o.options = at::TensorOptions().device(device).dtype(job.vae_dtype == "bfloat16" ? at::kBFloat16 : at::kFloat);
+  o.chunk = job.vae_chunk > 0 ? job.vae_chunk : 1;
+  o.tile = job.vae_tile;
+  o.tile_stride = job.vae_tile > 0 ? (job.vae_tile_stride > 0 ? job.vae_tile_stride : job.vae_tile * 3 / 4 / 8 * 8) : 0;
+  if (job.vae_tile_stride > 0 && job.vae_tile <= 0) fail("--vae-tile-stride needs --vae-tile");
+  std::shared_ptr<const VAE> vae = load_vae(dir, o);
+  if (vae->name() != geometry->name())
+    fail("the VAE '", dir, "' decodes ", vae->name(), " latents; the model samples ", geometry->name(), " latents");
+  const LatentShape want = geometry->latent_shape(job.frames, job.height, job.width);
+  const LatentShape got = vae->latent_shape(job.frames, job.height, job.width);
+  if (want.channels != got.channels || want.frames != got.frames || want.height != got.height || want.width != got.width)
+    fail("the VAE '", dir, "' (", vae->name(), ") does not fit the model (", geometry->name(), " latents): for ", job.frames,
+         " frames at ", job.height, "x", job.width, " it decodes latents of ", got.channels, "x", got.frames, "x", got.height, "x",
+         got.width, ", the model samples ", want.channels, "x", want.frames, "x", want.height, "x", want.width);
+  return vae;
+}
+
+at::Tensor decode_on_group(const VAE& vae, const at::Tensor& latent, Communicator& group) {
+  const int P = group.size(), r = group.rank();
+  const int n = vae.parts(latent);
+  if (P == 1 || n == 1) return r == 0 ? vae.decode(latent).to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
+  // Part k is decoded by rank k % P, padded to the largest part's shape, and gathered.
+  std::vector<std::vector<int64_t>> shapes;
+  std::vector<int64_t> big;
+  for (int k = 0; k < n; ++k) {
+    shapes.push_back(vae.part_shape(latent, k));
+    if (big.empty()) big = shapes.back();
+    for (size_t d = 0; d < big.size(); ++d) big[d] = std::max(big[d], shapes.back()[d]);
+  }
+  int64_t big_numel = 1;
+  for (int64_t d : big) big_numel *= d;
+  const int per = (n + P - 1) / P;
+  at::Tensor mine = at::zeros({per, big_numel}, at::kFloat);
+  std::string error;
+  try {
+    for (int i = 0; i < per; ++i) {
+      const int k = r + i * P;
+      if (k >= n) break;
+      const at::Tensor part = vae.decode_part(latent, k).to(at::kCPU, at::kFloat);
+      at::Tensor slot = mine[i].view(big);
+      for (size_t d = 0; d < big.size(); ++d) slot = slot.narrow(static_cast<int64_t>(d), 0, part.size(static_cast<int64_t>(d)));
+      slot.copy_(part);
+    }
+  } catch (const std::exception& e) {
+    error = error_text(e);
+  }
+  // A rank that failed fails the group's decode on every rank (none waits for its tiles).
+  at::Tensor failed = at::tensor({error.empty() ? 0.0 : 1.0}, at::kDouble);
+  group.all_reduce(failed, ReduceOp::Max);
+  if (failed.item<double>() != 0) fail(error.empty() ? "decoding failed on another rank of the group (see its error)" : error);
+  std::vector<at::Tensor> all;
+  for (int q = 0; q < P; ++q) all.push_back(at::empty_like(mine));
+  group.all_gather(mine, all);
+  if (r != 0) return {};
+  std::vector<at::Tensor> parts(n);
+  for (int k = 0; k < n; ++k) {
+    at::Tensor t = all[k % P][k / P].view(big);
+    for (size_t d = 0; d < big.size(); ++d) t = t.narrow(static_cast<int64_t>(d), 0, shapes[k][d]);
+    parts[k] = t.to(latent.device());
+  }
+  return vae.join_parts(std::move(parts), latent).to(at::kCPU, at::kFloat).contiguous();
+}
 
 namespace {
 std::string text_encoder_name(const std::string& model_dir) {
@@ -314,7 +387,8 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   check_job_memory(outline, job, wl, options);
   layers::reset_attention_kernels_used();  // metrics.json reports this video's kernels
   // The initial latent, drawn whole (never per shard) so the result does not depend on the layout.
-  const std::unique_ptr<VAE> vae = family.vae(outline);
+  // The VAE is loaded (and checked against the model) before sampling, not after.
+  const std::shared_ptr<const VAE> vae = job_vae(job, model_dir, outline, dev);
   const LatentShape ls = vae->latent_shape(job.frames, job.height, job.width);
   const auto z_dtype = options.dtype().toScalarType() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor z0;
@@ -481,7 +555,48 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
                         {"cfg", counters_json(*comms.cfg)},
                         {"sp_bytes_per_step", job.steps ? comms.sp->counters().total_bytes() / job.steps : 0}};
   m["cache"] = cache.report();
+  out.vae = vae;
+  if (vae->can_decode()) {
+    const auto t_decode = std::chrono::steady_clock::now();
+    reset_peak_memory(dev);
+    out.video = decode_on_group(*vae, z, *comms.video);
+    m["timing"]["decoding_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_decode).count();
+    m["timing"]["decoding_peak_memory_bytes"] = peak_memory_bytes(dev);
+    m["decoding"] = {{"vae", vae->name()}, {"parts", vae->parts(z)}, {"ranks", comms.video->size()},
+                     {"dtype", job.vae_dtype}, {"tile", job.vae_tile}};
+  }
   return out;
+}
+
+void write_frames(const std::string& dir, const at::Tensor& video, const VAE& vae, const VideoJob& job,
+                  nlohmann::ordered_json& outputs, nlohmann::ordered_json& timing) {
+  const auto seconds_since = [](std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  // Pixel-space demo clips are enlarged to be watchable; a VAE's frames are written at their size.
+  const int upscale = job.upscale > 0 ? job.upscale : vae.name() == "pixel" ? 0 : 1;
+  const RgbVideo rgb = to_rgb_video(video, job.fps, upscale, vae.frame_rounding());
+  // The Y4M is ffmpeg's input; it is kept when asked for or when there is no MP4.
+  write_y4m(dir + "/video.y4m", rgb);
+  bool keep_y4m = true;
+  if (job.mp4 && ffmpeg_available()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    y4m_to_mp4(dir + "/video.y4m", dir + "/video.mp4");
+    timing["video_encoding_s"] = seconds_since(t0);
+    outputs["mp4"] = "video.mp4";
+    keep_y4m = job.y4m;
+  }
+  if (keep_y4m) outputs["y4m"] = "video.y4m";
+  else std::remove((dir + "/video.y4m").c_str());
+  if (job.png) {
+    make_dir(dir + "/frames");
+    for (size_t t = 0; t < rgb.frames.size(); ++t) {
+      char name[64];
+      std::snprintf(name, sizeof name, "/frames/frame_%04zu.png", t);
+      write_png(dir + name, rgb.width, rgb.height, rgb.frames[t].data());
+    }
+    outputs["png_frames"] = "frames";
+  }
 }
 
 nlohmann::ordered_json write_video_outputs(const std::string& dir, const RenderedVideo& v, const VideoJob& job_in,
@@ -503,32 +618,10 @@ nlohmann::ordered_json write_video_outputs(const std::string& dir, const Rendere
                     {"sampler", run.at("sampler").get<std::string>()}});
   outputs["latent"] = "latent.safetensors";
   nlohmann::ordered_json m = v.metrics;
-  const std::unique_ptr<VAE> vae = family_of(model).vae(model);
-  const auto seconds_since = [](std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  };
-  if (vae->can_decode()) {
-    auto t0 = std::chrono::steady_clock::now();
-    const at::Tensor video = vae->decode(v.z);
-    RgbVideo rgb = to_rgb_video(video, job.fps, job.upscale);
-    m["timing"]["decoding_s"] = seconds_since(t0);
-    write_y4m(dir + "/video.y4m", rgb);
-    outputs["y4m"] = "video.y4m";
-    if (job.mp4 && ffmpeg_available()) {
-      t0 = std::chrono::steady_clock::now();
-      y4m_to_mp4(dir + "/video.y4m", dir + "/video.mp4");
-      m["timing"]["video_encoding_s"] = seconds_since(t0);
-      outputs["mp4"] = "video.mp4";
-    }
-    if (job.png) {
-      make_dir(dir + "/frames");
-      for (size_t t = 0; t < rgb.frames.size(); ++t) {
-        char name[64];
-        std::snprintf(name, sizeof name, "/frames/frame_%04zu.png", t);
-        write_png(dir + name, rgb.width, rgb.height, rgb.frames[t].data());
-      }
-      outputs["png_frames"] = "frames";
-    }
+  const std::shared_ptr<const VAE> vae = v.vae ? v.vae : std::shared_ptr<const VAE>(family_of(model).vae(model));
+  if (v.video.defined()) {
+    const at::Tensor& video = v.video;
+    write_frames(dir, video, *vae, job, outputs, m["timing"]);
     std::vector<OutputAnnotator> extra;
     {
       std::lock_guard<std::mutex> g(annotators_mutex);
@@ -536,7 +629,7 @@ nlohmann::ordered_json write_video_outputs(const std::string& dir, const Rendere
     }
     for (const auto& annotate : extra) annotate(job, video, m);
   } else {
-    outputs["video"] = "not written: " + vae->cannot_decode_reason();
+    outputs["video"] = "not written: " + (vae->can_decode() ? std::string("the video was not decoded") : vae->cannot_decode_reason());
   }
   m["outputs"] = outputs;
   write_file_atomic(dir + "/metrics.json", [&](std::ostream& os) { os << dump_json(m, 2) << "\n"; });

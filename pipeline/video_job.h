@@ -17,6 +17,7 @@
 #include "model/family.h"
 #include "model/text_encoder.h"
 #include "pipeline/model_options.h"
+#include "pipeline/video_writer.h"
 
 namespace ditto {
 
@@ -42,9 +43,13 @@ struct VideoJob {
   double flow_shift = NAN;         // rflow: a fixed timestep shift (0: none; NaN: the model's default)
   std::string cache = "none";
   std::vector<std::string> cache_opts;  // KEY=VALUE
+  // Decoding: a VAE directory apart from the model (empty: a pipeline's vae/, else none), its dtype,
+  // spatial tiles (pixels; 0: none; stride 0: 3/4 of the tile) and latent frames per chunk (0: 1).
+  std::string vae, vae_dtype = "float32";
+  int vae_tile = 0, vae_tile_stride = 0, vae_chunk = 0;
   // Outputs.
   int upscale = 0;
-  bool png = false, mp4 = true;
+  bool png = false, mp4 = true, y4m = false;
 };
 
 // The model family's defaults in the job's unset fields (geometry, steps, fps, guidance, sampler, shift).
@@ -68,8 +73,24 @@ struct VideoGroupComms {
 
 struct RenderedVideo {
   at::Tensor z;                   // the final latent [1, C, T, H, W] (every rank of the group)
+  at::Tensor video;               // the decoded frames [1, 3, F, H, W] in [-1, 1], float32 on the CPU
+                                  // (rank 0 of the group; undefined when the VAE cannot decode)
+  std::shared_ptr<const VAE> vae;  // what decoded it (or why not: cannot_decode_reason)
   nlohmann::ordered_json metrics;  // everything but "outputs"
 };
+
+// The VAE a job decodes with: its `vae` directory, else the model directory's (a pipeline's vae/),
+// else the family's latent geometry (which decodes only pixel-space models). A VAE whose latent does
+// not fit the model's (channels, frames, size) for the job's video is an Error naming both.
+std::shared_ptr<const VAE> job_vae(const VideoJob& job, const std::string& model_dir, const ModelOutline& model,
+                                   const at::Device& device);
+// `latent` decoded by the group's ranks: each decodes its share of the VAE's parts (tiles), rank 0
+// joins them; a VAE of one part decodes on rank 0 alone. The frames on rank 0 (float32, CPU),
+// undefined elsewhere. Every rank of the group calls it.
+at::Tensor decode_on_group(const VAE& vae, const at::Tensor& latent, Communicator& group);
+// A [1, 3, F, H, W] video in [-1, 1] as 8-bit frames (the VAE's rounding), each pixel enlarged
+// `upscale` x `upscale` (0: to at least 256 pixels).
+RgbVideo to_rgb_video(const at::Tensor& video, int fps, int upscale, FrameRounding rounding);
 
 // Per-step hook: (steps done, total, seconds of the last step, seconds since sampling began).
 using StepHook = std::function<void(int, int, double, double)>;
@@ -89,6 +110,11 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
 // the model's VAE decodes, and metrics.json last, listing the files. Returns the metrics written.
 nlohmann::ordered_json write_video_outputs(const std::string& dir, const RenderedVideo& v, const VideoJob& job,
                                            const ModelOutline& model);
+
+// The decoded frames' files in `dir`: video.mp4 (job.mp4, ffmpeg installed), video.y4m (job.y4m, or
+// when there is no MP4), frames/ (job.png); their names into `outputs`, the encoding time into `timing`.
+void write_frames(const std::string& dir, const at::Tensor& video, const VAE& vae, const VideoJob& job,
+                  nlohmann::ordered_json& outputs, nlohmann::ordered_json& timing);
 
 // Extra readings of a finished video for metrics.json (the demo registers its adherence checker):
 // called with the job, the decoded video [1, 3, F, H, W] in [-1, 1] and the metrics to add to.

@@ -26,6 +26,7 @@ enum class Kind {
   FlowShift,    // a finite number >= 0 (0: no shift)
   Sampler,      // one of sampler_names()
   SigmaGrid,    // one of sampler_grid_names()
+  VaeDtype,     // float32 | bfloat16
   Boundary,     // a timestep in (0, 1000)
   CacheOpts,    // KEY=VALUE items (repeatable option; an object or a list of strings in a job file)
   Switch,       // a command-line flag (no job field)
@@ -97,10 +98,22 @@ const std::vector<Setting>& table() {
      [](VideoJob& j, const nlohmann::json& v) { j.cache_opts = v.get<std::vector<std::string>>(); }},
     {"schedule", "", Kind::Text, ModelDefault::None, "", "block-cache schedule file (made by ditto profile) for --cache blockcache; the same as --cache-opt schedule=FILE",
      [](VideoJob& j, const nlohmann::json& v) { j.cache_opts.push_back("schedule=" + v.get<std::string>()); }},
+    {"vae", "vae", Kind::Text, ModelDefault::None, "", "the VAE that decodes the latent into frames: a diffusers AutoencoderKLWan directory (Wan 2.1 / 2.2 A14B: a Wan pipeline's vae/); a pipeline directory given as the model uses its own vae/; none: the latent is written, not decoded",
+     [](VideoJob& j, const nlohmann::json& v) { j.vae = v; }},
+    {"vae-dtype", "vae_dtype", Kind::VaeDtype, ModelDefault::None, "float32", "the VAE's dtype: float32 (as the official Wan code decodes) | bfloat16",
+     [](VideoJob& j, const nlohmann::json& v) { j.vae_dtype = v; }},
+    {"vae-tile", "vae_tile", Kind::Count, ModelDefault::None, "none", "decode in spatial tiles of N pixels (a multiple of 8; diffusers' tiled decode, 256 in its defaults): memory bounded by the tile, and the tiles shared among the video group's ranks (the frames are the same at any rank count; tiles blend, so they differ slightly from the untiled decode)",
+     [](VideoJob& j, const nlohmann::json& v) { j.vae_tile = v; }},
+    {"vae-tile-stride", "vae_tile_stride", Kind::Count, ModelDefault::None, "3/4 of the tile", "tiles start every N pixels (a multiple of 8, at most the tile; they blend over tile - N)",
+     [](VideoJob& j, const nlohmann::json& v) { j.vae_tile_stride = v; }},
+    {"vae-chunk", "vae_chunk", Kind::Count, ModelDefault::None, "1", "latent frames the VAE decodes at a time (the same frames at any N; memory grows with N)",
+     [](VideoJob& j, const nlohmann::json& v) { j.vae_chunk = v; }},
     {"upscale", "", Kind::Upscale, ModelDefault::None, "0", "pixel videos: enlarge each pixel N x N in the video files (0: to at least 256 px)",
      [](VideoJob& j, const nlohmann::json& v) { j.upscale = v; }},
     {"png", "", Kind::Switch, ModelDefault::None, "", "also write PNG frames",
      [](VideoJob& j, const nlohmann::json& v) { j.png = v.get<bool>(); }},
+    {"y4m", "", Kind::Switch, ModelDefault::None, "", "keep video.y4m (4:4:4, 8 bits, ffmpeg's input) beside video.mp4; without an MP4 (--no-mp4, no ffmpeg) it is always kept",
+     [](VideoJob& j, const nlohmann::json& v) { j.y4m = v.get<bool>(); }},
     {"no-mp4", "", Kind::Switch, ModelDefault::None, "", "do not encode video.mp4 even when ffmpeg is installed",
      [](VideoJob& j, const nlohmann::json& v) { j.mp4 = !v.get<bool>(); }},
   };
@@ -138,12 +151,13 @@ std::string shown(const Setting& s, const ShownDefaults& d) {
 
 // A setting whose value is one of a list (the sampler, the sigma grid); `name` as the user wrote it.
 nlohmann::json checked_choice(const Setting& s, const std::string& name, const nlohmann::json& v) {
-  const auto& names = s.kind == Kind::Sampler ? sampler_names() : sampler_grid_names();
+  static const std::vector<std::string> vae_dtypes = {"float32", "bfloat16"};
+  const auto& names = s.kind == Kind::Sampler ? sampler_names() : s.kind == Kind::VaeDtype ? vae_dtypes : sampler_grid_names();
   std::string known;
   for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
   if (!v.is_string()) fail(name, " must be one of ", known);
   if (std::find(names.begin(), names.end(), v.get<std::string>()) == names.end())
-    fail(name, ": unknown ", s.kind == Kind::Sampler ? "sampler" : "grid", " '", v.get<std::string>(), "' (known: ", known, ")");
+    fail(name, ": unknown ", s.kind == Kind::Sampler ? "sampler" : s.kind == Kind::VaeDtype ? "dtype" : "grid", " '", v.get<std::string>(), "' (known: ", known, ")");
   return v;
 }
 
@@ -192,6 +206,7 @@ nlohmann::json from_text(const Setting& s, const std::string& text) {
     }
     case Kind::Sampler:
     case Kind::SigmaGrid:
+    case Kind::VaeDtype:
       return checked_choice(s, name, text);
     case Kind::Boundary: {
       const double v = number();
@@ -226,6 +241,7 @@ nlohmann::json from_json(const Setting& s, const nlohmann::json& v) {
       return v;
     case Kind::Sampler:
     case Kind::SigmaGrid:
+    case Kind::VaeDtype:
       return checked_choice(s, name, v);
     case Kind::Boundary:
       if (!v.is_number() || !(v.get<double>() > 0 && v.get<double>() < 1000)) fail(name, " must be a timestep in (0, 1000)");

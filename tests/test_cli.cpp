@@ -117,7 +117,7 @@ TEST(Cli, PixelSpaceModelWritesAVideo) {
   // MP4 through ffmpeg (scripts/setup.sh installs it): ffprobe confirms the codec, size and frame count.
   ASSERT_EQ(std::system("ffprobe -version >/dev/null 2>&1"), 0) << "ffmpeg/ffprobe missing: run scripts/setup.sh";
   r = run_ditto("sample --model " + d + "/model --random-caption 3 --frames 4 --height 10 --width 12 --steps 2 " +
-                "--no-timestep-transform --quiet --out " + d + "/mp4");
+                "--no-timestep-transform --y4m --quiet --out " + d + "/mp4");
   // The default upscale makes the shorter side at least 256 pixels: 10 px -> x26.
   EXPECT_EQ(read_bytes(d + "/mp4/video.y4m").substr(0, 22), "YUV4MPEG2 W312 H260 F2");
   ASSERT_EQ(r.code, 0) << r.output;

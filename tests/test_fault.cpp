@@ -114,7 +114,7 @@ TEST(Fault, TheEncoderRunsWithoutAShellWhateverThePath) {
   const std::string out = d + "/-a'b \"c\" $(touch " + d + "/pwned)";
   const std::string quoted = ditto::test::shell_quote(out);
   auto r = run_command("PATH=" + bin + ":$PATH FAKE_FFMPEG_LOG=" + d + "/args " + DITTO_BINARY + " sample " + kTiny +
-                       "--random-caption 4 --steps 2 --out " + quoted);
+                       "--random-caption 4 --steps 2 --y4m --out " + quoted);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_FALSE(exists(d + "/pwned"));
   EXPECT_TRUE(exists(out + "/metrics.json"));

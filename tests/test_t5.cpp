@@ -169,12 +169,44 @@ TEST(Tokenizer, APipelineDirectoryTurnsAPromptIntoWanPipelinesLatent) {
   const std::string quoted = ditto::test::shell_quote(prompt);
   auto r = ditto::test::run_ditto("sample --model " + pipe + " --prompt " + quoted + " --init-noise " + d +
                                   "/z.safetensors --sampler unipc --flow-shift 3 --steps 4 --cfg-scale 5 --frames 17 "
-                                  "--height 48 --width 64 --no-mp4 --quiet --out " + d + "/s");
+                                  "--height 48 --width 64 --png --quiet --out " + d + "/s");
   ASSERT_EQ(r.code, 0) << r.output;
   const at::Tensor z = load_safetensors(d + "/s/latent.safetensors").at("z");
   EXPECT_LT(rel_diff(z, ref.at("out")), 2e-6);
   const auto m = nlohmann::json::parse(ditto::test::read_bytes(d + "/s/metrics.json"));
   EXPECT_EQ(m["run"]["text_encoder"], "t5") << m["run"];
+  // The pipeline's vae/ decodes: WanPipeline's frames (output_type "np", 8 bits as export_to_video
+  // truncates them), read back from the PNG frames by ffmpeg, within one level where float32's floor
+  // straddles a level's edge.
+  EXPECT_EQ(m["model"]["vae"], "wan2.1");
+  ASSERT_EQ(std::system("ffprobe -version >/dev/null 2>&1"), 0) << "ffmpeg/ffprobe missing: run scripts/setup.sh";
+  ASSERT_EQ(ditto::test::run_command("ffmpeg -v error -i " + d + "/s/frames/frame_%04d.png -f rawvideo -pix_fmt rgb24 " + d +
+                                     "/frames.rgb").code, 0);
+  const std::string rgb = ditto::test::read_bytes(d + "/frames.rgb");
+  const at::Tensor want = ref.at("frames_u8");  // [17, 48, 64, 3]
+  ASSERT_EQ(rgb.size(), static_cast<size_t>(want.numel()));
+  const at::Tensor got = at::from_blob(const_cast<char*>(rgb.data()), want.sizes(), at::kByte).to(at::kInt);
+  const at::Tensor diff = (got - want.to(at::kInt)).abs();
+  EXPECT_LE(diff.max().item<int>(), 1);
+  EXPECT_LT(diff.gt(0).to(at::kDouble).mean().item<double>(), 0.01);
+  EXPECT_GT(want.to(at::kDouble).std().item<double>(), 5);  // not a flat reference
+  // The MP4: H.264, 17 frames of 64 x 48 (the VAE's frames are not enlarged).
+  const auto probe = ditto::test::run_command("ffprobe -v error -count_frames -select_streams v:0 -show_entries "
+                                              "stream=codec_name,width,height,nb_read_frames -of csv=p=0 " + d +
+                                              "/s/video.mp4");
+  EXPECT_EQ(probe.output, "h264,64,48,17\n");
+  EXPECT_FALSE(ditto::test::exists(d + "/s/video.y4m"));  // ffmpeg's input, kept only with --y4m
+  // ditto decode of the saved latent with the pipeline's VAE: the same frames, byte for byte.
+  r = ditto::test::run_ditto("decode --vae " + pipe + " --latent " + d + "/s/latent.safetensors --png --no-mp4 --quiet --out " +
+                             d + "/dec");
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (int t = 0; t < 17; ++t) {
+    char name[64];
+    std::snprintf(name, sizeof name, "/frames/frame_%04d.png", t);
+    EXPECT_EQ(ditto::test::read_bytes(d + "/dec" + name), ditto::test::read_bytes(d + "/s" + name)) << name;
+  }
+  EXPECT_TRUE(ditto::test::exists(d + "/dec/video.y4m"));  // no MP4: the Y4M is the video
+  EXPECT_GE(m["timing"].value("decoding_s", -1.0), 0.0) << m["timing"];
   // The transformer alone with the text encoder named apart (as Open-Sora's separate repositories are
   // given): the same latent.
   r = ditto::test::run_ditto("sample --model " + pipe + "/transformer --text-encoder " + pipe + " --prompt " + quoted +
@@ -212,11 +244,24 @@ TEST(Tokenizer, APipelineDirectoryTurnsAPromptIntoWanPipelinesLatent) {
   for (const char* job : {"a", "b"})
     EXPECT_TRUE(at::equal(load_safetensors(d + "/render/" + job + "/latent.safetensors").at("z"), z)) << job;
   // Two ranks (Ulysses): rank 0 encodes the prompts and broadcasts them; the same latent.
+  // The VAE's tiles are shared by the two ranks: the frames of a one-rank decode with the same tiles.
   r = ditto::test::run_ditto_mpi(2, "sample --model " + pipe + " --prompt " + quoted + " --init-noise " + d +
                                         "/z.safetensors --sampler unipc --flow-shift 3 --steps 4 --cfg-scale 5 --frames 17 "
-                                        "--height 48 --width 64 --no-mp4 --quiet --sp 2 --out " + d + "/sp2");
+                                        "--height 48 --width 64 --no-mp4 --quiet --sp 2 --vae-tile 32 --vae-tile-stride 24 "
+                                        "--png --out " + d + "/sp2");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_LT(rel_diff(load_safetensors(d + "/sp2/latent.safetensors").at("z"), z), 1e-5);
+  const auto m2 = nlohmann::json::parse(ditto::test::read_bytes(d + "/sp2/metrics.json"));
+  EXPECT_EQ(m2["decoding"]["parts"], 6) << m2["decoding"];  // 2 x 3 tiles of 32 pixels every 24
+  EXPECT_EQ(m2["decoding"]["ranks"], 2) << m2["decoding"];
+  r = ditto::test::run_ditto("decode --vae " + pipe + "/vae --latent " + d + "/sp2/latent.safetensors --vae-tile 32 "
+                             "--vae-tile-stride 24 --png --no-mp4 --quiet --out " + d + "/sp2dec");
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (int t = 0; t < 17; ++t) {
+    char name[64];
+    std::snprintf(name, sizeof name, "/frames/frame_%04d.png", t);
+    EXPECT_EQ(ditto::test::read_bytes(d + "/sp2dec" + name), ditto::test::read_bytes(d + "/sp2" + name)) << name;
+  }
   r = ditto::test::run_ditto("sample --model " + pipe + "/transformer --prompt x --steps 2 --frames 17 --height 48 "
                              "--width 64 --quiet --out " + d + "/none");
   EXPECT_NE(r.code, 0);

@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include "model/safetensors.h"
+#include "model/family.h"
 #include "model/wan_vae.h"
+#include "pipeline/video_job.h"
 
 #include "test_util.h"
 
@@ -126,4 +128,28 @@ TEST(WanVae, DirectoriesThatDoNotFitAreRefusedByName) {
     EXPECT_NE(std::string(e.what()).find("'AutoencoderKLCogVideoX' is not a VAE ditto decodes"), std::string::npos) << e.what();
   }
   EXPECT_EQ(load_vae(vae_dir(), VaeOptions{})->name(), "wan2.1");
+}
+
+// Which VAE a job decodes with: its own, the pipeline's vae/, or none (the latent only); one that
+// does not fit the model is refused before sampling.
+TEST(WanVae, AJobFindsItsVaeAndRefusesOneThatDoesNotFit) {
+  const std::string fixtures = std::string(DITTO_SOURCE_DIR) + "/tests/fixtures/";
+  VideoJob job;
+  job.frames = 17, job.height = 48, job.width = 64;
+  const ModelOutline wan = read_outline(fixtures + "wan_tiny");
+  EXPECT_FALSE(job_vae(job, fixtures + "wan_tiny", wan, at::kCPU)->can_decode());  // a transformer alone: latents only
+  EXPECT_TRUE(job_vae(job, fixtures + "wan_tiny_t2v", wan, at::kCPU)->can_decode());  // the pipeline's vae/
+  job.vae = vae_dir();
+  EXPECT_EQ(job_vae(job, fixtures + "wan_tiny", wan, at::kCPU)->name(), "wan2.1");
+  // Open-Sora's latents have the same shape here, but are another VAE's.
+  const ModelOutline os = read_outline(fixtures + "opensora_stdit3_tiny");
+  try {
+    job_vae(job, fixtures + "opensora_stdit3_tiny", os, at::kCPU);
+    ADD_FAILURE() << "a Wan VAE was accepted for Open-Sora latents";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("decodes wan2.1 latents; the model samples opensora-v1.2 latents"), std::string::npos)
+        << e.what();
+  }
+  job.frames = 16;
+  EXPECT_THROW(job_vae(job, fixtures + "wan_tiny", wan, at::kCPU), std::exception);  // not 4k + 1 frames
 }
