@@ -32,6 +32,22 @@ void T5Config::validate() const {
   if (!(layer_norm_epsilon > 0)) fail("config: layer_norm_epsilon must be positive");
 }
 
+T5Config t5_builtin_config(const std::string& name) {
+  T5Config c;  // the XXL shape
+  if (name == "umt5-xxl") {
+    c.model_type = "umt5";
+    c.vocab_size = 256384;
+    return c;
+  }
+  if (name == "t5-v1_1-xxl") return c;
+  if (name == "umt5-tiny") {
+    c.model_type = "umt5";
+    c.vocab_size = 128, c.d_model = 32, c.d_kv = 8, c.d_ff = 48, c.num_layers = 2, c.num_heads = 4;
+    return c;
+  }
+  fail("unknown text encoder config '", name, "' (umt5-xxl, t5-v1_1-xxl, umt5-tiny)");
+}
+
 T5Config parse_t5_config(const nlohmann::json& j, const std::string& where) {
   if (!j.is_object()) fail("'", where, "': the config is not a JSON object");
   T5Config c;
@@ -108,6 +124,31 @@ at::Tensor t5_relative_buckets(int64_t query_len, int64_t key_len, int num_bucke
 T5Encoder::T5Encoder(T5Config config, std::map<std::string, at::Tensor> weights, const at::TensorOptions& options)
     : config_(std::move(config)), weights_(std::move(weights)), options_(options) {
   check_weights(t5_param_specs(config_), weights_, "T5 encoder");
+}
+
+T5Encoder T5Encoder::random(const T5Config& config, uint64_t seed, const at::TensorOptions& options) {
+  // One block of 2^20 normal values drawn on the CPU, repeated from a random offset into each tensor
+  // on its device: an XXL encoder (5.7 billion values) is made in seconds, never whole in float32.
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const int64_t block_size = 1 << 20;
+  const at::Tensor block = at::randn({2 * block_size}, gen, at::TensorOptions().dtype(at::kFloat)).to(options);
+  std::map<std::string, at::Tensor> weights;
+  for (const ParamSpec& p : t5_param_specs(config)) {
+    int64_t n = 1;
+    for (int64_t d : p.shape) n *= d;
+    const bool norm = p.name.find("layer_norm") != std::string::npos;
+    const bool table = p.name == "shared.weight" || p.name.find("relative_attention_bias") != std::string::npos;
+    if (norm) {
+      weights[p.name] = at::ones(p.shape, options);
+      continue;
+    }
+    const int64_t offset = at::randint(block_size, {1}, gen, at::TensorOptions().dtype(at::kLong)).item<int64_t>();
+    const at::Tensor period = block.narrow(0, offset, block_size);
+    at::Tensor t = period.repeat({(n + block_size - 1) / block_size}).narrow(0, 0, n).view(p.shape);
+    if (!table) t = t / std::sqrt(static_cast<double>(p.shape.back()));
+    weights[p.name] = t.contiguous();
+  }
+  return T5Encoder(config, std::move(weights), options);
 }
 
 T5Encoder T5Encoder::from_pretrained(const std::string& dir, const at::TensorOptions& options) {

@@ -30,6 +30,11 @@ struct T5Config {
   void validate() const;
 };
 
+// Built-in configs (benchmarks with random weights): "umt5-xxl" (Wan's google/umt5-xxl encoder: 24
+// layers of 4096, 64 heads, d_ff 10240, vocabulary 256384), "t5-v1_1-xxl" (Open-Sora's DeepFloyd
+// encoder: the same shape, vocabulary 32128, one shared bias) and "umt5-tiny".
+T5Config t5_builtin_config(const std::string& name);
+
 // transformers' config.json fields; an Error naming the file and field.
 T5Config parse_t5_config(const nlohmann::json& j, const std::string& where);
 
@@ -42,6 +47,9 @@ class T5Encoder {
   // A transformers directory (config.json + safetensors); weights converted to `options`.
   static T5Encoder from_pretrained(const std::string& dir, const at::TensorOptions& options);
   T5Encoder(T5Config config, std::map<std::string, at::Tensor> weights, const at::TensorOptions& options);
+  // Random weights drawn from `seed` (matrices ~ N(0, 1 / fan_in), embeddings and biases N(0, 1),
+  // norms 1): benchmarks. Drawn and converted one tensor at a time (an XXL model never exists in float32).
+  static T5Encoder random(const T5Config& config, uint64_t seed, const at::TensorOptions& options);
 
   const T5Config& config() const { return config_; }
   // The last hidden state [B, L, d_model] of token ids [B, L] (int64) under the attention mask [B, L]

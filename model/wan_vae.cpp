@@ -18,6 +18,24 @@ int WanVaeConfig::temporal_factor() const {
 
 int WanVaeConfig::spatial_factor() const { return 1 << (static_cast<int>(dim_mult.size()) - 1); }
 
+WanVaeConfig wan_vae_builtin_config(const std::string& name) {
+  WanVaeConfig c;
+  if (name == "wan2.1") {
+    c.latents_mean = {-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                      0.4134,  -0.0715, 0.5517,  -0.3632, -0.1922, -0.9497, 0.2503, -0.2921};
+    c.latents_std = {2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160};
+    return c;
+  }
+  if (name == "wan-tiny") {
+    c.base_dim = 4, c.z_dim = 4;
+    c.latents_mean.assign(4, 0.0);
+    c.latents_std.assign(4, 1.0);
+    return c;
+  }
+  fail("unknown VAE config '", name, "' (wan2.1, wan-tiny)");
+}
+
 WanVaeConfig parse_wan_vae_config(const nlohmann::json& j, const std::string& where) {
   if (!j.is_object()) fail("'", where, "': the config is not a JSON object");
   WanVaeConfig c;
@@ -181,6 +199,24 @@ WanVaeDecoder WanVaeDecoder::from_pretrained(const std::string& dir, const at::T
   described << "Wan-VAE decoder: base_dim=" << c.decoder_dim() << ", z_dim=" << c.z_dim << ", num_res_blocks=" << c.num_res_blocks
             << ", " << c.dim_mult.size() << " stages";
   return WanVaeDecoder(c, load_strict(ck, wan_vae_decoder_specs(c), options, described.str(), rename), options);
+}
+
+WanVaeDecoder WanVaeDecoder::random(const WanVaeConfig& config, uint64_t seed, const at::TensorOptions& options) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  std::map<std::string, at::Tensor> weights;
+  for (const ParamSpec& p : wan_vae_decoder_specs(config)) {
+    at::Tensor t;
+    if (p.name.size() > 6 && p.name.compare(p.name.size() - 6, 6, ".gamma") == 0) t = at::ones(p.shape, f32);
+    else if (p.shape.size() == 1) t = at::zeros(p.shape, f32);
+    else {
+      int64_t fan_in = 1;
+      for (size_t d = 1; d < p.shape.size(); ++d) fan_in *= p.shape[d];
+      t = at::randn(p.shape, gen, f32) / std::sqrt(static_cast<double>(fan_in));
+    }
+    weights[p.name] = t.to(options);
+  }
+  return WanVaeDecoder(config, std::move(weights), options);
 }
 
 const at::Tensor& WanVaeDecoder::w(const std::string& name) const { return weight_named(weights_, name, "Wan-VAE"); }

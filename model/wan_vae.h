@@ -34,6 +34,10 @@ struct WanVaeConfig {
   int spatial_factor() const;   // 2 ^ (stages - 1)
 };
 
+// Built-in configs (benchmarks with random weights): "wan2.1" (Wan-VAE 2.1: base width 96, 16 latent
+// channels, its per-channel mean and std) and "wan-tiny" (base width 4, 4 channels: the tests' shape).
+WanVaeConfig wan_vae_builtin_config(const std::string& name);
+
 // diffusers' config.json (AutoencoderKLWan); an Error naming the file and field, and one for what
 // ditto does not decode yet (Wan 2.2's residual VAE with patch_size).
 WanVaeConfig parse_wan_vae_config(const nlohmann::json& j, const std::string& where);
@@ -53,6 +57,8 @@ class WanVaeDecoder {
  public:
   // A diffusers AutoencoderKLWan directory; weights converted to `options` (float32 or bfloat16).
   static WanVaeDecoder from_pretrained(const std::string& dir, const at::TensorOptions& options);
+  // Random weights drawn from `seed` (convolutions ~ N(0, 1 / fan_in), norms 1, biases 0): benchmarks.
+  static WanVaeDecoder random(const WanVaeConfig& config, uint64_t seed, const at::TensorOptions& options);
   WanVaeDecoder(WanVaeConfig config, std::map<std::string, at::Tensor> weights, const at::TensorOptions& options);
 
   const WanVaeConfig& config() const { return config_; }
