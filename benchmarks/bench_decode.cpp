@@ -144,7 +144,7 @@ int main(int argc, char** argv) {
       std::unique_ptr<Communicator> g = world.split(r == 0 ? 0 : 1, r);
       Timed t;
       at::Tensor frames_out;
-      if (r == 0) t = time_on(*g, dev, warmup, repeats, [&] { frames_out = decode_on_group(whole, z, *g); });
+      if (r == 0) t = time_on(*g, dev, warmup, repeats, [&] { frames_out = decode_on_group(whole, z, frames, *g); });
       world.barrier();
       row("decode (untiled)", 1, 1, t, 0);
     }
@@ -157,7 +157,7 @@ int main(int argc, char** argv) {
       std::unique_ptr<Communicator> g = world.split(in ? 0 : 1, r);
       Timed t;
       at::Tensor frames_out;
-      if (in) t = time_on(*g, dev, warmup, repeats, [&] { frames_out = decode_on_group(tiled, z, *g); });
+      if (in) t = time_on(*g, dev, warmup, repeats, [&] { frames_out = decode_on_group(tiled, z, frames, *g); });
       world.barrier();
       double diff = 0;
       if (r == 0) {

@@ -22,11 +22,13 @@ namespace ditto {
 int run_decode(const std::vector<std::string>& args, const MpiEnv& mpi) {
   ModelOptions mo;
   std::string latent_path, out_dir;
+  int frames = 0;
   po::options_description desc("options");
   // clang-format off
   desc.add_options()
     ("latent", po::value(&latent_path)->required(), "the latent: safetensors with z [1, C, T, H, W] (latent.safetensors of ditto sample / render)")
     ("out", po::value(&out_dir)->required(), "output directory: video.mp4 (or video.y4m), frames/ with --png, metrics.json")
+    ("frames", po::value(&frames)->default_value(0), "the video's frame count (Open-Sora's latent leaves the last chunk's up to 3 open; 0: the latent file's 'frames' metadata, which ditto writes, else all the latent holds)")
     ("device", po::value(&mo.device), "cpu | cuda | cuda:N (default: cuda when a GPU is visible; under MPI, GPU = local rank)")
     ("threads", po::value(&mo.threads)->default_value(0), "CPU threads (0: LibTorch's default)")
     ("timeout", po::value(&mo.timeout)->default_value(600), "seconds a rank waits on its peers before it pings them (0: wait forever)")
@@ -50,6 +52,15 @@ int run_decode(const std::vector<std::string>& args, const MpiEnv& mpi) {
     const char* name = f.contains("z") ? "z" : f.contains("z0") ? "z0" : nullptr;
     if (!name) fail("'", latent_path, "' has no tensor 'z' (the latent)");
     z = f.tensor(name, at::TensorOptions().dtype(at::kFloat));
+    const auto& meta = f.metadata();
+    if (frames < 0) fail("--frames must be >= 0, got ", frames);
+    if (frames == 0 && meta.count("frames")) {
+      try {
+        frames = std::stoi(meta.at("frames"));
+      } catch (const std::exception&) {
+        fail("'", latent_path, "': metadata 'frames' is not a number: ", dump_json(nlohmann::json(meta.at("frames"))));
+      }
+    }
   }
   if (z.dim() == 4) z = z.unsqueeze(0);
   if (z.dim() != 5 || z.size(0) != 1) fail("'", latent_path, "': the latent must be [1, C, T, H, W], got ", shape_string(z.sizes()));
@@ -67,7 +78,7 @@ int run_decode(const std::vector<std::string>& args, const MpiEnv& mpi) {
 
   reset_peak_memory(dev);
   const auto t0 = std::chrono::steady_clock::now();
-  const at::Tensor video = decode_on_group(*vae, z.to(dev), world);
+  const at::Tensor video = decode_on_group(*vae, z.to(dev), frames, world);
   const double decoding_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   at::Tensor peak = at::tensor({peak_memory_bytes(dev)}, at::kLong);
   std::vector<at::Tensor> peaks;

@@ -7,6 +7,7 @@
 
 #include "model/atomic_file.h"
 #include "model/error.h"
+#include "model/opensora_vae.h"
 #include "model/wan_vae.h"
 
 namespace ditto {
@@ -20,11 +21,11 @@ void check_size(int frames, int height, int width) {
 
 at::Tensor VAE::encode(const at::Tensor&) const { fail("the ", name(), " VAE cannot encode videos"); }
 
-std::vector<int64_t> VAE::part_shape(const at::Tensor&, int) const { fail("the ", name(), " VAE decodes in one part"); }
+std::vector<int64_t> VAE::part_shape(const at::Tensor&, int, int) const { fail("the ", name(), " VAE decodes in one part"); }
 
-at::Tensor VAE::decode_part(const at::Tensor& latent, int k) const {
+at::Tensor VAE::decode_part(const at::Tensor& latent, int k, int frames) const {
   if (k != 0) fail("the ", name(), " VAE decodes in one part, not part ", k);
-  return decode(latent);
+  return decode(latent, frames);
 }
 
 at::Tensor VAE::join_parts(std::vector<at::Tensor> parts, const at::Tensor&) const {
@@ -41,7 +42,7 @@ std::string PixelSpace::cannot_decode_reason() const {
   return can_decode() ? "" : "a pixel-space model with " + std::to_string(channels_) + " channels is not RGB";
 }
 
-at::Tensor PixelSpace::decode(const at::Tensor& latent) const {
+at::Tensor PixelSpace::decode(const at::Tensor& latent, int) const {
   if (!can_decode()) fail("cannot decode: ", cannot_decode_reason());
   return latent.clamp(-1, 1);
 }
@@ -59,11 +60,10 @@ LatentShape OpenSoraV12Geometry::latent_shape(int frames, int height, int width)
 }
 
 std::string OpenSoraV12Geometry::cannot_decode_reason() const {
-  return "the model works in Open-Sora 1.2's VAE latent space and ditto does not load that VAE yet; "
-         "decode latent.safetensors with Open-Sora's VAE";
+  return "no VAE was given: pass --vae DIR (Open-Sora 1.2's VAE, hpcai-tech/OpenSora-VAE-v1.2)";
 }
 
-at::Tensor OpenSoraV12Geometry::decode(const at::Tensor&) const { fail("cannot decode: ", cannot_decode_reason()); }
+at::Tensor OpenSoraV12Geometry::decode(const at::Tensor&, int) const { fail("cannot decode: ", cannot_decode_reason()); }
 
 std::string pipeline_vae_dir(const std::string& model_dir) {
   if (!path_exists(model_dir + "/model_index.json") || !path_exists(model_dir + "/vae/config.json")) return "";
@@ -82,10 +82,14 @@ std::shared_ptr<const VAE> load_vae(const std::string& dir_in, const VaeOptions&
   if (slot) return slot;
   if (!path_exists(dir + "/config.json")) fail("'", dir, "' is not a VAE directory: it has no config.json");
   const nlohmann::json j = read_json_file(dir + "/config.json", "VAE config");
+  if (is_opensora_vae_config(j)) {
+    slot = OpenSoraVae::from_pretrained(dir, o.options);  // its parts are its chunks: no tiles, no chunk option
+    return slot;
+  }
   const std::string kind = j.is_object() && j.contains("_class_name") && j["_class_name"].is_string() ? j["_class_name"].get<std::string>() : "";
   if (kind != "AutoencoderKLWan")
-    fail("'", dir, "/config.json': _class_name ", kind.empty() ? "is missing" : "'" + kind + "' is not a VAE ditto decodes",
-         " (AutoencoderKLWan: Wan-VAE 2.1)");
+    fail("'", dir, "/config.json': ", kind.empty() ? "neither _class_name nor model_type names a VAE" : "_class_name '" + kind + "' is not a VAE ditto decodes",
+         " (AutoencoderKLWan: Wan-VAE 2.1; model_type VideoAutoencoderPipeline: Open-Sora 1.2's VAE)");
   if (o.chunk < 1) fail("VAE chunks of at least one latent frame, got ", o.chunk);
   auto decoder = std::make_shared<const WanVaeDecoder>(WanVaeDecoder::from_pretrained(dir, o.options));
   slot = std::make_shared<WanVae>(std::move(decoder), VaeTiling{o.tile, o.tile_stride}, o.chunk);

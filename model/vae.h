@@ -1,6 +1,7 @@
 // The VAE seam: how a video's size in pixels maps to the model's latent, and back to pixels. Behind
-// it today: the pixel latent space (the demo works on RGB frames) and Open-Sora 1.2's latent
-// geometry (its VAE weights are not loaded yet, so its latents are written, not decoded).
+// it: the pixel latent space (the demo works on RGB frames), each family's latent geometry (a model
+// without a VAE directory writes its latent), and the VAEs loaded from directories: Wan-VAE 2.1
+// (model/wan_vae) and Open-Sora 1.2's (model/opensora_vae).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -24,11 +25,12 @@ class VAE {
   virtual std::string name() const = 0;
   // The latent of a video of `frames` x `height` x `width` pixels; an Error for sizes it cannot take.
   virtual LatentShape latent_shape(int frames, int height, int width) const = 0;
-  // Decoding a latent [1, C, T, H, W] into RGB frames [1, 3, F, H', W'] in [-1, 1].
+  // Decoding a latent [1, C, T, H, W] into RGB frames [1, 3, F, H', W'] in [-1, 1]: `frames` of them
+  // (the video's frame count, for VAEs whose latent length leaves it open; 0: all the latent holds).
   virtual bool can_decode() const = 0;
   // Why decode() is unavailable (empty when it is available).
   virtual std::string cannot_decode_reason() const { return ""; }
-  virtual at::Tensor decode(const at::Tensor& latent) const = 0;
+  virtual at::Tensor decode(const at::Tensor& latent, int frames) const = 0;
   // Encoding RGB frames into a latent (optional).
   virtual bool can_encode() const { return false; }
   virtual at::Tensor encode(const at::Tensor& video) const;
@@ -37,8 +39,8 @@ class VAE {
   // shape, part k decoded, and the frames from every part (decode()'s result). A VAE that cannot
   // share has one part, the whole decode.
   virtual int parts(const at::Tensor&) const { return 1; }
-  virtual std::vector<int64_t> part_shape(const at::Tensor& latent, int k) const;
-  virtual at::Tensor decode_part(const at::Tensor& latent, int k) const;
+  virtual std::vector<int64_t> part_shape(const at::Tensor& latent, int k, int frames) const;
+  virtual at::Tensor decode_part(const at::Tensor& latent, int k, int frames) const;
   virtual at::Tensor join_parts(std::vector<at::Tensor> parts, const at::Tensor& latent) const;
 };
 
@@ -51,7 +53,7 @@ struct VaeOptions {
 };
 
 // A VAE directory as diffusers saves one (config.json's _class_name picks the kind:
-// AutoencoderKLWan), or a diffusers pipeline's (its vae/). Loaded once per directory and options per
+// AutoencoderKLWan; model_type VideoAutoencoderPipeline: Open-Sora 1.2's), or a diffusers pipeline's (its vae/). Loaded once per directory and options per
 // process. An Error names the directory and what is missing or not supported.
 std::shared_ptr<const VAE> load_vae(const std::string& dir, const VaeOptions& options);
 // The VAE directory of a diffusers pipeline directory (its vae/), or "" when it has none.
@@ -65,7 +67,7 @@ class PixelSpace : public VAE {
   LatentShape latent_shape(int frames, int height, int width) const override;
   bool can_decode() const override { return channels_ == 3; }
   std::string cannot_decode_reason() const override;
-  at::Tensor decode(const at::Tensor& latent) const override;
+  at::Tensor decode(const at::Tensor& latent, int frames) const override;
   bool can_encode() const override { return channels_ == 3; }
   at::Tensor encode(const at::Tensor& video) const override;
 
@@ -74,7 +76,7 @@ class PixelSpace : public VAE {
 };
 
 // Open-Sora 1.2's VAE geometry: 8x in space (floor), micro-batches of 17 frames -> 5 latents and a
-// remainder r -> ceil(r / 4). Decoding needs its VAE's weights, which ditto does not load yet.
+// remainder r -> ceil(r / 4). Decoding needs its VAE's weights (model/opensora_vae, --vae DIR).
 class OpenSoraV12Geometry : public VAE {
  public:
   explicit OpenSoraV12Geometry(int channels) : channels_(channels) {}
@@ -82,7 +84,7 @@ class OpenSoraV12Geometry : public VAE {
   LatentShape latent_shape(int frames, int height, int width) const override;
   bool can_decode() const override { return false; }
   std::string cannot_decode_reason() const override;
-  at::Tensor decode(const at::Tensor& latent) const override;
+  at::Tensor decode(const at::Tensor& latent, int frames) const override;
 
  private:
   int channels_;

@@ -24,7 +24,7 @@ class WanVaeGeometry : public VAE {
   std::string cannot_decode_reason() const override {
     return "no VAE was given: pass --vae DIR (diffusers' AutoencoderKLWan, e.g. a Wan pipeline's vae/) or use a pipeline directory with vae/";
   }
-  at::Tensor decode(const at::Tensor&) const override { fail("cannot decode: ", cannot_decode_reason()); }
+  at::Tensor decode(const at::Tensor&, int) const override { fail("cannot decode: ", cannot_decode_reason()); }
 
  private:
   int channels_;

@@ -451,13 +451,13 @@ LatentShape WanVae::latent_shape(int frames, int height, int width) const {
 
 int WanVae::parts(const at::Tensor& latent) const { return tiling_.size > 0 ? decoder_->tiles(latent, tiling_) : 1; }
 
-std::vector<int64_t> WanVae::part_shape(const at::Tensor& latent, int k) const {
-  if (tiling_.size <= 0) return VAE::part_shape(latent, k);
+std::vector<int64_t> WanVae::part_shape(const at::Tensor& latent, int k, int frames) const {
+  if (tiling_.size <= 0) return VAE::part_shape(latent, k, frames);
   return decoder_->tile_shape(latent, tiling_, k);
 }
 
-at::Tensor WanVae::decode_part(const at::Tensor& latent, int k) const {
-  if (tiling_.size <= 0) return VAE::decode_part(latent, k);
+at::Tensor WanVae::decode_part(const at::Tensor& latent, int k, int frames) const {
+  if (tiling_.size <= 0) return VAE::decode_part(latent, k, frames);
   return decoder_->decode_tile(decoder_->denormalize(latent.to(decoder_->options().device())), tiling_, k, chunk_);
 }
 
@@ -466,7 +466,7 @@ at::Tensor WanVae::join_parts(std::vector<at::Tensor> parts, const at::Tensor& l
   return decoder_->blend_tiles(std::move(parts), latent, tiling_);
 }
 
-at::Tensor WanVae::decode(const at::Tensor& latent) const {
+at::Tensor WanVae::decode(const at::Tensor& latent, int) const {
   const at::Tensor z = decoder_->denormalize(latent.to(decoder_->options().device()));
   if (tiling_.size <= 0) return decoder_->decode_latent(z, chunk_);
   return decoder_->blend_tiles(decoder_->decode_tiles(z, tiling_, chunk_), z, tiling_);

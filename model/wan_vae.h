@@ -106,12 +106,12 @@ class WanVae : public VAE {
   std::string name() const override { return "wan2.1"; }
   LatentShape latent_shape(int frames, int height, int width) const override;
   bool can_decode() const override { return true; }
-  at::Tensor decode(const at::Tensor& latent) const override;
+  at::Tensor decode(const at::Tensor& latent, int frames = 0) const override;  // every frame of the latent
   FrameRounding frame_rounding() const override { return FrameRounding::Truncate; }
   // With tiles: one part per tile.
   int parts(const at::Tensor& latent) const override;
-  std::vector<int64_t> part_shape(const at::Tensor& latent, int k) const override;
-  at::Tensor decode_part(const at::Tensor& latent, int k) const override;
+  std::vector<int64_t> part_shape(const at::Tensor& latent, int k, int frames) const override;
+  at::Tensor decode_part(const at::Tensor& latent, int k, int frames) const override;
   at::Tensor join_parts(std::vector<at::Tensor> parts, const at::Tensor& latent) const override;
   const WanVaeDecoder& decoder() const { return *decoder_; }
 

@@ -203,15 +203,15 @@ std::shared_ptr<const VAE> job_vae(const VideoJob& job_in, const std::string& mo
   return vae;
 }
 
-at::Tensor decode_on_group(const VAE& vae, const at::Tensor& latent, Communicator& group) {
+at::Tensor decode_on_group(const VAE& vae, const at::Tensor& latent, int frames, Communicator& group) {
   const int P = group.size(), r = group.rank();
   const int n = vae.parts(latent);
-  if (P == 1 || n == 1) return r == 0 ? vae.decode(latent).to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
+  if (P == 1 || n == 1) return r == 0 ? vae.decode(latent, frames).to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
   // Part k is decoded by rank k % P, padded to the largest part's shape, and gathered.
   std::vector<std::vector<int64_t>> shapes;
   std::vector<int64_t> big;
   for (int k = 0; k < n; ++k) {
-    shapes.push_back(vae.part_shape(latent, k));
+    shapes.push_back(vae.part_shape(latent, k, frames));
     if (big.empty()) big = shapes.back();
     for (size_t d = 0; d < big.size(); ++d) big[d] = std::max(big[d], shapes.back()[d]);
   }
@@ -224,7 +224,7 @@ at::Tensor decode_on_group(const VAE& vae, const at::Tensor& latent, Communicato
     for (int i = 0; i < per; ++i) {
       const int k = r + i * P;
       if (k >= n) break;
-      const at::Tensor part = vae.decode_part(latent, k).to(at::kCPU, at::kFloat);
+      const at::Tensor part = vae.decode_part(latent, k, frames).to(at::kCPU, at::kFloat);
       at::Tensor slot = mine[i].view(big);
       for (size_t d = 0; d < big.size(); ++d) slot = slot.narrow(static_cast<int64_t>(d), 0, part.size(static_cast<int64_t>(d)));
       slot.copy_(part);
@@ -559,7 +559,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   if (vae->can_decode()) {
     const auto t_decode = std::chrono::steady_clock::now();
     reset_peak_memory(dev);
-    out.video = decode_on_group(*vae, z, *comms.video);
+    out.video = decode_on_group(*vae, z, job.frames, *comms.video);
     m["timing"]["decoding_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_decode).count();
     m["timing"]["decoding_peak_memory_bytes"] = peak_memory_bytes(dev);
     m["decoding"] = {{"vae", vae->name()}, {"parts", vae->parts(z)}, {"ranks", comms.video->size()},
@@ -615,7 +615,8 @@ nlohmann::ordered_json write_video_outputs(const std::string& dir, const Rendere
                     {"seed", std::to_string(run.at("seed").get<uint64_t>())},
                     {"steps", std::to_string(run.at("steps").get<int>())},
                     {"cfg_scale", std::to_string(run.at("cfg_scale").get<double>())},
-                    {"sampler", run.at("sampler").get<std::string>()}});
+                    {"sampler", run.at("sampler").get<std::string>()},
+                    {"frames", std::to_string(run.at("frames").get<int>())}});
   outputs["latent"] = "latent.safetensors";
   nlohmann::ordered_json m = v.metrics;
   const std::shared_ptr<const VAE> vae = v.vae ? v.vae : std::shared_ptr<const VAE>(family_of(model).vae(model));

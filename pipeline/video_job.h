@@ -84,10 +84,10 @@ struct RenderedVideo {
 // not fit the model's (channels, frames, size) for the job's video is an Error naming both.
 std::shared_ptr<const VAE> job_vae(const VideoJob& job, const std::string& model_dir, const ModelOutline& model,
                                    const at::Device& device);
-// `latent` decoded by the group's ranks: each decodes its share of the VAE's parts (tiles), rank 0
+// `latent` decoded by the group's ranks into `frames` frames (0: all it holds): each decodes its share of the VAE's parts (tiles), rank 0
 // joins them; a VAE of one part decodes on rank 0 alone. The frames on rank 0 (float32, CPU),
 // undefined elsewhere. Every rank of the group calls it.
-at::Tensor decode_on_group(const VAE& vae, const at::Tensor& latent, Communicator& group);
+at::Tensor decode_on_group(const VAE& vae, const at::Tensor& latent, int frames, Communicator& group);
 // A [1, 3, F, H, W] video in [-1, 1] as 8-bit frames (the VAE's rounding), each pixel enlarged
 // `upscale` x `upscale` (0: to at least 256 pixels).
 RgbVideo to_rgb_video(const at::Tensor& video, int fps, int upscale, FrameRounding rounding);

@@ -16,7 +16,7 @@ if [ -e "$dir" ] && [ -n "$(ls -A "$dir")" ] && [ ! -f "$dir/env.sh" ]; then
   exit 1
 fi
 rm -rf "$dir" && mkdir -p "$dir/bin" "$dir/root"
-for b in ditto bench_forward bench_cache bench_scaling bench_alltoall tests/test_gpu tests/test_comm; do
+for b in ditto bench_forward bench_cache bench_scaling bench_alltoall bench_decode tests/test_gpu tests/test_comm; do
   [ -x "build/$b" ] && strip -o "$dir/bin/$(basename "$b")" "build/$b"
 done
 # The shipped demo models where bin/ditto looks for them (share/ditto/models beside bin/).

@@ -9,7 +9,9 @@
 # gpu-labelled tests; NCCL at one rank (test_comm); bench_forward on wan2.1-t2v-1.3b (480 x 832 x 81,
 # CFG batch 2, bf16: per-step time, MFU against the measured matmul peak, host syncs, peak memory) and
 # stdit3-xl; benchmarks/vs_diffusers.py --size gpu; bench_cache speed rows (compute and time, random
-# weights) on wan2.1-t2v-1.3b and stdit3-xl. $OUT/summary.json: each step's exit code and seconds.
+# weights) on wan2.1-t2v-1.3b and stdit3-xl; bench_decode: Wan-VAE 2.1 decode of 81 frames at 480 x 832
+# (a 16 x 21 x 60 x 104 latent, random weights, bf16, one rank) and a 512-token umT5-XXL encoding.
+# $OUT/summary.json: each step's exit code and seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +49,7 @@ if [ "$mode" = gpu ]; then
   wan=(--config wan2.1-t2v-1.3b --random-weights)
   stdit=(--config stdit3-xl --random-weights)
   vs_size=gpu
+  decode=(--config wan2.1 --frames 81 --height 480 --width 832 --dtype bfloat16 --encode umt5-xxl)
   if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
       && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
@@ -60,6 +63,7 @@ else
   wan=(--config wan-tiny --random-weights --latent 3x8x8)
   stdit=(--config stdit3-tiny --random-weights --latent 3x8x8)
   vs_size=cpu
+  decode=(--config wan-tiny --frames 5 --height 32 --width 48 --dtype float32 --encode umt5-tiny)
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
   limit() { echo $(( $1 * 2 )); }
 fi
@@ -80,14 +84,14 @@ step() {
 }
 
 if [ "$mode" = gpu ]; then
-  step device "$(limit 20)" nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  step device "$(limit 15)" nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 fi
-step gpu_tests "$(limit 60)" "$test_gpu" --gtest_color=no
+step gpu_tests "$(limit 50)" "$test_gpu" --gtest_color=no
 step nccl_one_rank "$(limit 30)" mpirun --allow-run-as-root --oversubscribe -np 1 "$test_comm" --gtest_color=no
 step bench_forward_wan "$(limit 90)" "$bin/bench_forward" "${wan[@]}" "${dev[@]}" --warmup 2 --iters 5 --json "$out/bench_forward_wan.json"
-step bench_forward_stdit3 "$(limit 60)" "$bin/bench_forward" "${stdit[@]}" "${dev[@]}" --warmup 2 --iters 5 --json "$out/bench_forward_stdit3.json"
+step bench_forward_stdit3 "$(limit 50)" "$bin/bench_forward" "${stdit[@]}" "${dev[@]}" --warmup 2 --iters 5 --json "$out/bench_forward_stdit3.json"
 if python3 -c 'import diffusers' 2>/dev/null; then
-  step vs_diffusers "$(limit 150)" env PYTHONUNBUFFERED=1 python3 benchmarks/vs_diffusers.py --build "$bin" --size "$vs_size" \
+  step vs_diffusers "$(limit 120)" env PYTHONUNBUFFERED=1 python3 benchmarks/vs_diffusers.py --build "$bin" --size "$vs_size" \
     --reps 2 --iters 3 --json "$out/vs_diffusers.json"
 else
   printf '{"step": "vs_diffusers", "exit_code": -1, "seconds": 0, "skipped": "diffusers is not importable (bash scripts/gpu_check.sh --fetch-wheels here, carry .whl)"}\n' >> "$steps"
@@ -101,17 +105,21 @@ if [ "$mode" = cpu ]; then
   cache_size=(--videos 1 --steps 4 --height 16 --width 16)
   wan_frames=(--frames 5) stdit_frames=(--frames 17)  # each family's smallest video of several frames
 fi
-step bench_cache_wan "$(limit 100)" "$bin/bench_cache" "${wan[@]:0:3}" "${dev[@]}" "${cache_size[@]}" "${wan_frames[@]}" \
+step bench_cache_wan "$(limit 85)" "$bin/bench_cache" "${wan[@]:0:3}" "${dev[@]}" "${cache_size[@]}" "${wan_frames[@]}" \
   --only teacache,fbcache,magcache --json "$out/bench_cache_wan.json"
 step bench_cache_stdit3 "$(limit 50)" "$bin/bench_cache" "${stdit[@]:0:3}" "${dev[@]}" "${cache_size[@]}" "${stdit_frames[@]}" \
   --only static,pab,adacache,teacache,fbcache --json "$out/bench_cache_stdit3.json"
+# The stages around the transformer: the VAE's decode (untiled, one rank) and the text encoder.
+step bench_decode "$(limit 50)" mpirun --allow-run-as-root --oversubscribe -np 1 "$bin/bench_decode" "${decode[@]}" \
+  "${dev[@]:0:2}" --untiled --ranks '' --warmup 1 --repeats 2 --json "$out/bench_decode.json"
 
 python3 - "$out" <<'EOF'
 import json, os, sys
 out = sys.argv[1]
 steps = [json.loads(l) for l in open(os.path.join(out, "steps.jsonl")) if l.strip()]
 results = {}
-for name in ("bench_forward_wan", "bench_forward_stdit3", "vs_diffusers", "bench_cache_wan", "bench_cache_stdit3"):
+for name in ("bench_forward_wan", "bench_forward_stdit3", "vs_diffusers", "bench_cache_wan", "bench_cache_stdit3",
+             "bench_decode"):
     p = os.path.join(out, name + ".json")
     if os.path.exists(p):
         with open(p) as f:

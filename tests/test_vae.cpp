@@ -1,11 +1,13 @@
 // Wan-VAE 2.1's decoder against diffusers' AutoencoderKLWan on a tiny random model
 // (tests/fixtures/make_wan_vae_fixtures.py): the feature-cached decode (one latent frame at a time, as
 // WanPipeline decodes), the same in longer chunks, diffusers' spatial tiling and the tiles shared
-// between ranks, bfloat16 against float32, and VAE directories that do not fit their config.
+// between ranks, bfloat16 against float32, and VAE directories that do not fit their config. Open-Sora
+// 1.2's VAE against its own code's decode (tests/fixtures/opensora_vae_tiny, its README says how).
 #include <gtest/gtest.h>
 
 #include "model/safetensors.h"
 #include "model/family.h"
+#include "model/opensora_vae.h"
 #include "model/wan_vae.h"
 #include "pipeline/video_job.h"
 
@@ -40,7 +42,7 @@ double max_abs(const at::Tensor& a, const at::Tensor& b) {
 // The fixture's z is the transformer's normalised latent; diffusers decoded z * std + mean.
 TEST(WanVae, DecodeMatchesDiffusers) {
   const auto vae = WanVae(std::make_shared<WanVaeDecoder>(decoder()));
-  const at::Tensor frames = vae.decode(runs().at("z"));
+  const at::Tensor frames = vae.decode(runs().at("z"), 0);
   ASSERT_EQ(frames.sizes(), runs().at("frames").sizes());  // [1, 3, 9, 32, 48]: 3 latent frames -> 1 + 4 + 4
   EXPECT_LT(max_abs(frames, runs().at("frames")), 1e-5);  // float32's floor over ~40 layers (measured 3.2e-6)
   EXPECT_GT(runs().at("frames").std().item<double>(), 0.1);  // the reference is not flat
@@ -152,4 +154,113 @@ TEST(WanVae, AJobFindsItsVaeAndRefusesOneThatDoesNotFit) {
   }
   job.frames = 16;
   EXPECT_THROW(job_vae(job, fixtures + "wan_tiny", wan, at::kCPU), std::exception);  // not 4k + 1 frames
+}
+
+namespace {
+std::string os_dir() { return std::string(DITTO_SOURCE_DIR) + "/tests/fixtures/opensora_vae_tiny"; }
+}  // namespace
+
+// 23 frames: a chunk of 5 latents -> 17 frames (3 padding frames dropped) and one of 2 -> 6 (2
+// dropped); 6 frames: the remainder chunk alone. The temporal VAE's output and the frames, unclamped.
+TEST(OpenSoraVae, DecodeMatchesOpenSorasOwnCode) {
+  const auto ref = load_safetensors(os_dir() + "/decode_runs.safetensors");
+  const auto vae = OpenSoraVae::from_pretrained(os_dir(), at::TensorOptions().dtype(at::kFloat));
+  for (int frames : {23, 6}) {
+    const at::Tensor z = ref.at("z_" + std::to_string(frames));
+    const at::Tensor x = vae->decode_unclamped(z, frames);
+    const at::Tensor want = ref.at("x_" + std::to_string(frames));
+    ASSERT_EQ(x.sizes(), want.sizes()) << frames;
+    EXPECT_LT(rel_err(x, want), 5e-6) << frames;  // measured 1.6e-6 (23 frames), 1.5e-6 (6)
+    EXPECT_GT(want.std().item<double>(), 0.3);
+    EXPECT_EQ(vae->parts(z), frames == 23 ? 2 : 1);
+    // The first chunk's temporal output (the 2-D latent's frames).
+    const auto& c = vae->config();
+    std::vector<double> s = c.scale, h = c.shift;
+    const at::Tensor zz = z.narrow(2, 0, std::min<int64_t>(5, z.size(2))) *
+                              at::tensor(s, at::kDouble).to(at::kFloat).view({1, -1, 1, 1, 1}) +
+                          at::tensor(h, at::kDouble).to(at::kFloat).view({1, -1, 1, 1, 1});
+    EXPECT_LT(rel_err(vae->temporal_decode(zz, std::min(17, frames)), ref.at("temporal_" + std::to_string(frames))), 2e-6);
+    EXPECT_EQ(vae->latent_shape(frames, 24, 32).frames, z.size(2));
+  }
+  // Without the frame count the latent's 7 frames decode into all 17 + 8 they hold.
+  EXPECT_EQ(vae->decode(ref.at("z_23"), 0).size(2), 25);
+  EXPECT_THROW(vae->decode(ref.at("z_23"), 30), std::exception);  // 30 frames are 9 latents, not 7
+  const LatentShape s = vae->latent_shape(51, 240, 426);  // Open-Sora's "2s" at 240p: 15 x 30 x 53
+  EXPECT_EQ(s.frames, 15);
+  EXPECT_EQ(s.height, 30);
+  EXPECT_EQ(s.width, 53);
+  EXPECT_EQ(vae->frame_rounding(), FrameRounding::Round);
+}
+
+// Its chunks are independent: shared among ranks (each decoding whole chunks), the same frames.
+TEST(OpenSoraVae, ChunksSharedAmongRanksGiveTheSameFrames) {
+  const auto ref = load_safetensors(os_dir() + "/decode_runs.safetensors");
+  const auto vae = load_vae(os_dir(), VaeOptions{});
+  EXPECT_EQ(vae->name(), "opensora-v1.2");
+  const at::Tensor z = ref.at("z_23");
+  std::vector<at::Tensor> parts;
+  for (int k = 0; k < vae->parts(z); ++k) {
+    parts.push_back(vae->decode_part(z, k, 23));
+    EXPECT_EQ(parts.back().sizes().vec(), vae->part_shape(z, k, 23));
+  }
+  EXPECT_TRUE(at::equal(vae->join_parts(parts, z), vae->decode(z, 23)));
+  // A job with Open-Sora's transformer and this VAE fits; a Wan transformer does not.
+  const std::string fixtures = std::string(DITTO_SOURCE_DIR) + "/tests/fixtures/";
+  VideoJob job;
+  job.frames = 23, job.height = 24, job.width = 32, job.vae = os_dir();
+  EXPECT_TRUE(job_vae(job, "", read_outline(fixtures + "opensora_stdit3_tiny"), at::kCPU)->can_decode());
+  job.frames = 17;
+  EXPECT_THROW(job_vae(job, "", read_outline(fixtures + "wan_tiny"), at::kCPU), std::exception);
+}
+
+TEST(OpenSoraVae, DirectoriesThatDoNotFitAreRefusedByName) {
+  const std::string d = temp_dir();
+  run_command("cp " + os_dir() + "/model.safetensors " + d + "/");
+  const auto expect_error = [&](const std::string& sed, const std::string& text) {
+    run_command("cp " + os_dir() + "/config.json " + d + "/ && sed -i '" + sed + "' " + d + "/config.json");
+    try {
+      OpenSoraVae::from_pretrained(d, at::TensorOptions().dtype(at::kFloat));
+      ADD_FAILURE() << "loaded after " << sed;
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+    }
+  };
+  expect_error("s/\"num_res_blocks\": 2/\"num_res_blocks\": 3/", "missing: temporal_vae.decoder.");
+  expect_error("s/\"layers_per_block\": 1/\"layers_per_block\": 2/", "missing: spatial_vae.module.decoder.");
+  expect_error("s/\"num_groups\": 2/\"num_groups\": 3/", "do not split into 3 groups");
+  expect_error("s/\"VAE_Temporal_SD\"/\"VAE_3D\"/", "type 'VAE_3D' is not Open-Sora 1.2's temporal VAE");
+}
+
+// End to end: Open-Sora's transformer with its VAE given apart (--vae), the frames written; `ditto
+// decode` of the saved latent (its frame count read from the file) gives the same frames on one rank
+// and on two sharing the chunks.
+TEST(OpenSoraVae, SampleDecodesAndDittoDecodeAgreesAtAnyRankCount) {
+  const std::string d = temp_dir(), model = std::string(DITTO_SOURCE_DIR) + "/tests/fixtures/opensora_stdit3_tiny";
+  auto r = ditto::test::run_ditto("sample --model " + model + " --vae " + os_dir() + " --random-caption 4 --steps 2 --frames 23 "
+                                  "--height 24 --width 32 --png --no-mp4 --quiet --out " + d + "/s");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto m = nlohmann::json::parse(ditto::test::read_bytes(d + "/s/metrics.json"));
+  EXPECT_EQ(m["decoding"]["parts"], 2) << m["decoding"];
+  EXPECT_EQ(m["outputs"]["png_frames"], "frames");
+  for (int np : {1, 2}) {
+    const std::string out = d + "/dec" + std::to_string(np);
+    r = ditto::test::run_ditto_mpi(np, "decode --vae " + os_dir() + " --latent " + d + "/s/latent.safetensors --png --no-mp4 "
+                                       "--quiet --out " + out);
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_FALSE(ditto::test::exists(out + "/frames/frame_0023.png"));
+  }
+  // Two ranks sharing the chunks write one rank's frames byte for byte; sample's own frames (the
+  // latent in memory rather than read back) agree but for values on a rounding edge.
+  size_t differ = 0, total = 0;
+  for (int t = 0; t < 23; ++t) {
+    char name[64];
+    std::snprintf(name, sizeof name, "/frames/frame_%04d.png", t);
+    const std::string one = ditto::test::read_bytes(d + "/dec1" + name), two = ditto::test::read_bytes(d + "/dec2" + name),
+                      own = ditto::test::read_bytes(d + "/s" + name);
+    EXPECT_TRUE(one == two) << name;
+    ASSERT_EQ(one.size(), own.size()) << name;
+    for (size_t i = 0; i < one.size(); ++i) differ += one[i] != own[i];
+    total += one.size();
+  }
+  EXPECT_LT(static_cast<double>(differ) / static_cast<double>(total), 1e-3) << differ << " of " << total << " bytes";
 }
