@@ -235,9 +235,9 @@ PromptEmbedding embed_prompt(const T5Encoder& encoder, const SentencePieceTokeni
                              int max_length) {
   const bool wan = encoder.config().model_type == "umt5";
   PromptEmbedding e;
-  // Wan's pipelines clean the prompt (html.unescape twice, whitespace); Open-Sora's caption cleaning
-  // (clean_caption) is not implemented: its prompt is tokenized as given.
-  e.cleaned = wan ? wan_prompt_clean(prompt) : prompt;
+  // Wan's pipelines clean the prompt (html.unescape twice, whitespace); Open-Sora 1.2's inference
+  // appends " aesthetic score: 6.5." (its sample config's aes) and runs clean_caption twice.
+  e.cleaned = wan ? wan_prompt_clean(prompt) : opensora_prompt(prompt, 6.5);
   const TokenIds t = tokenizer.encode(e.cleaned, max_length);
   e.tokens = t.valid();
   const at::Tensor ids = at::tensor(t.ids, at::kLong).unsqueeze(0);

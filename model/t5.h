@@ -71,7 +71,8 @@ class SentencePieceTokenizer;
 
 // A prompt's caption as each family's pipeline makes it: umT5 (Wan) cleans the prompt as Wan does,
 // keeps the real tokens and EOS and zero-pads the rest; T5 (Open-Sora 1.2) keeps every row with the
-// mask and tokenizes the prompt as given. y [L, C] float32 and mask [L] int64 on the CPU.
+// mask and prepares the prompt as Open-Sora's inference does (opensora_prompt: the aesthetic score
+// 6.5, its caption cleaning). y [L, C] float32 and mask [L] int64 on the CPU.
 struct PromptEmbedding {
   at::Tensor y, mask;
   std::string cleaned;  // the text that was tokenized

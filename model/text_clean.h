@@ -15,4 +15,16 @@ std::string whitespace_clean(const std::string& text);
 // Wan's prompt_clean (without ftfy): whitespace_clean(html_unescape(html_unescape(text)).strip()).
 std::string wan_prompt_clean(const std::string& text);
 
+// Open-Sora 1.2's (and DeepFloyd IF's, PixArt's) clean_caption, one pass, without ftfy: URL-decoded,
+// lowercased, URLs, markup, @names, CJK ideographs, IP addresses, file names, long numbers and
+// product codes removed, dashes and quotes unified, punctuation runs to spaces, whitespace collapsed.
+// Its regular expressions run as written, through std::wregex with Python's whitespace and the
+// C.UTF-8 locale's Unicode letters (Python's \d also takes other scripts' digits: here ASCII only);
+// markup is removed as BeautifulSoup's html.parser removes tags, comments and character references.
+// Prompts up to 64 KiB.
+std::string opensora_clean_caption(const std::string& caption);
+// Open-Sora 1.2's inference: " aesthetic score: AES." appended (aes >= 0, unless the prompt has a
+// score), then clean_caption twice (its text_preprocessing).
+std::string opensora_prompt(const std::string& prompt, double aes = 6.5);
+
 }  // namespace ditto

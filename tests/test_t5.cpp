@@ -135,6 +135,20 @@ TEST(Tokenizer, WanPromptCleaningIsPythons) {
 
 // `ditto encode` on a tiny umT5 with its SentencePiece model: the prompt cleaned, tokenized to 16,
 // encoded, trimmed to its real tokens and zero-padded back, as Wan's pipelines do in Python.
+// Open-Sora 1.2's prompt preparation (the aesthetic-score suffix, clean_caption twice) against its own
+// code's output on prompts with URLs, markup, entities, @names, CJK, dashes and quotes, IP addresses,
+// file names, product codes, punctuation runs and Unicode case (tests/fixtures/opensora_captions).
+TEST(Tokenizer, OpenSoraPromptPreparationIsOpenSoras) {
+  const auto j = nlohmann::json::parse(ditto::test::read_bytes(dir_of("opensora_captions") + "/captions.json"));
+  int n = 0;
+  for (const auto& c : j.at("cases")) {
+    EXPECT_EQ(opensora_prompt(c.at("prompt").get<std::string>()), c.at("cleaned").get<std::string>()) << c.at("prompt");
+    ++n;
+  }
+  EXPECT_GE(n, 20);
+  EXPECT_EQ(opensora_prompt("A Cat", -1), "a cat");  // no score asked for
+}
+
 TEST(Tokenizer, DittoEncodeWritesWansPromptEmbedding) {
   const std::string d = temp_dir();
   run_command("cp " + dir_of("umt5_tiny") + "/config.json " + dir_of("umt5_tiny") + "/model.safetensors " +
