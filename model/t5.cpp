@@ -2,6 +2,7 @@
 #include "model/t5.h"
 
 #include <cmath>
+#include <tuple>
 #include <mutex>
 #include <limits>
 #include <sstream>
@@ -252,8 +253,8 @@ namespace {
 
 class T5TextEncoder : public TextEncoder {
  public:
-  T5TextEncoder(const std::string& encoder_dir, const std::string& tokenizer_dir, int tokens)
-      : encoder_(T5Encoder::from_pretrained(encoder_dir, at::TensorOptions().dtype(at::kFloat))),
+  T5TextEncoder(const std::string& encoder_dir, const std::string& tokenizer_dir, int tokens, const at::TensorOptions& options)
+      : encoder_(T5Encoder::from_pretrained(encoder_dir, options)),
         tokenizer_(SentencePieceTokenizer::load(tokenizer_dir)),
         tokens_(tokens) {}
   std::string name() const override { return encoder_.config().model_type; }
@@ -302,14 +303,36 @@ T5Dirs t5_dirs(const std::string& dir) {
   fail("'", dir, "' has no tokenizer: spiece.model (SentencePiece) beside config.json or in tokenizer/");
 }
 
+namespace {
+std::mutex g_text_mu;  // NOLINT: guards the two below
+at::Device g_text_device(at::kCPU);
+std::map<std::tuple<std::string, int, std::string>, std::shared_ptr<const TextEncoder>> g_text_loaded;
+}  // namespace
+
+void set_text_encoder_device(const at::Device& device) {
+  std::lock_guard<std::mutex> lock(g_text_mu);
+  g_text_device = device;
+}
+
+bool release_t5_text_encoders(const at::Device& device) {
+  std::lock_guard<std::mutex> lock(g_text_mu);
+  bool any = false;
+  for (auto it = g_text_loaded.begin(); it != g_text_loaded.end();) {
+    if (std::get<2>(it->first) == device.str()) it = g_text_loaded.erase(it), any = true;
+    else ++it;
+  }
+  return any;
+}
+
 std::shared_ptr<const TextEncoder> load_t5_text_encoder(const std::string& dir, int tokens) {
-  static std::mutex mu;
-  static std::map<std::pair<std::string, int>, std::shared_ptr<const TextEncoder>> loaded;
-  std::lock_guard<std::mutex> lock(mu);
-  auto& slot = loaded[{dir, tokens}];
+  std::lock_guard<std::mutex> lock(g_text_mu);
+  auto& slot = g_text_loaded[{dir, tokens, g_text_device.str()}];
   if (!slot) {
     const T5Dirs d = t5_dirs(dir);
-    slot = std::make_shared<T5TextEncoder>(d.encoder, d.tokenizer, tokens);
+    const T5Config c = parse_t5_config(read_json_file(d.encoder + "/config.json", "text encoder config"), d.encoder + "/config.json");
+    const bool bf16 = g_text_device.is_cuda() && c.model_type == "umt5";
+    slot = std::make_shared<T5TextEncoder>(d.encoder, d.tokenizer, tokens,
+                                           at::TensorOptions().device(g_text_device).dtype(bf16 ? at::kBFloat16 : at::kFloat));
   }
   return slot;
 }

@@ -91,8 +91,14 @@ T5Dirs t5_dirs(const std::string& dir);
 
 class TextEncoder;
 // The text encoder at `dir` (as t5_dirs finds it) producing `tokens` tokens (the DiT's text length),
-// float32 on the CPU, loaded once per process.
+// loaded once per process on the text-encoder device: float32 on the CPU; on a GPU umT5 in bfloat16
+// (as the official Wan code runs it) and T5 v1.1 in float32 (as Open-Sora 1.2 runs it).
 std::shared_ptr<const TextEncoder> load_t5_text_encoder(const std::string& dir, int tokens);
+// Where text encoders load from now on (the run's device; the CPU until set).
+void set_text_encoder_device(const at::Device& device);
+// Drops the loaded text encoders on `device` from the per-process cache (their memory is freed once
+// no caption in progress holds them); whether there were any.
+bool release_t5_text_encoders(const at::Device& device);
 
 // The text-encoder kind of a diffusers pipeline directory that holds text_encoder/ (T5 or umT5) and
 // tokenizer/ (spiece.model): `--model PIPELINE --prompt TEXT` encodes the prompt at the

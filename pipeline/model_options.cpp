@@ -12,6 +12,7 @@
 
 #include "model/atomic_file.h"
 #include "dist/liveness.h"
+#include "model/t5.h"
 #include "model/error.h"
 #include "model/layers.h"
 #include "pipeline/timing.h"
@@ -92,6 +93,7 @@ at::TensorOptions resolve_tensor_options(const ModelOptions& o, const MpiEnv& mp
     fail("--device: unknown '", dev, "' (cpu, cuda, cuda:N)");
   }
   const at::ScalarType dtype = o.dtype.empty() ? (device.is_cuda() ? at::kBFloat16 : at::kFloat) : parse_dtype(o.dtype);
+  set_text_encoder_device(device);
   return at::TensorOptions().device(device).dtype(dtype);
 }
 

@@ -14,6 +14,8 @@ void synchronize(const at::Device& device);
 int64_t peak_memory_bytes(const at::Device& device);
 // Starts a new peak on CUDA (the next peak_memory_bytes is this stage's); the CPU's stays the process's.
 void reset_peak_memory(const at::Device& device);
+// Hands the caching allocator's unused blocks back to the driver (CUDA; nothing on the CPU).
+void release_cached_memory(const at::Device& device);
 // Memory a new allocation can still get on the device: on a GPU the driver's free memory plus what
 // the caching allocator holds unused; on the CPU MemAvailable, capped by the cgroup's limit.
 // --max-memory, when set (> 0), caps it: the operator's budget per rank.

@@ -312,9 +312,12 @@ void register_output_annotator(OutputAnnotator annotator) {
   annotators().push_back(std::move(annotator));
 }
 
-void check_job_memory(const ModelOutline& model, const VideoJob& job_in, const WorldLayout& wl,
-                      const at::TensorOptions& options) {
-  const VideoJob job = with_model_defaults(job_in, model);
+namespace {
+struct MemoryNeed {
+  double need, latent, batch;
+  int64_t tokens;
+};
+MemoryNeed memory_need(const ModelOutline& model, const VideoJob& job, const WorldLayout& wl, const at::TensorOptions& options) {
   const LatentShape ls = family_of(model).vae(model)->latent_shape(job.frames, job.height, job.width);
   const TokenGrid grid = token_grid(ls.frames, ls.height, ls.width, model.shape.patch);
   const double guided = guidance_enabled(job.cfg_scale) || (job.cfg_scale_2 >= 0 && guidance_enabled(job.cfg_scale_2));
@@ -324,7 +327,19 @@ void check_job_memory(const ModelOutline& model, const VideoJob& job_in, const W
   const double state = std::max(4.0, element);
   const double latent = static_cast<double>(ls.channels) * ls.frames * ls.height * ls.width * state * 4;
   const double activations = batch * tokens * model.shape.hidden_size * (4 * state + 16 * element);
-  const double need = latent + activations;
+  return {latent + activations, latent, batch, grid.tokens()};
+}
+}  // namespace
+
+double job_memory_need(const ModelOutline& model, const VideoJob& job, const WorldLayout& wl, const at::TensorOptions& options) {
+  return memory_need(model, with_model_defaults(job, model), wl, options).need;
+}
+
+void check_job_memory(const ModelOutline& model, const VideoJob& job_in, const WorldLayout& wl,
+                      const at::TensorOptions& options) {
+  const VideoJob job = with_model_defaults(job_in, model);
+  const MemoryNeed m = memory_need(model, job, wl, options);
+  const double need = m.need, latent = m.latent, batch = m.batch;
   const int64_t available = available_memory_bytes(options.device());
   if (need > static_cast<double>(available)) {
     char text[320];
@@ -333,7 +348,7 @@ void check_job_memory(const ModelOutline& model, const VideoJob& job_in, const W
                   "and about %.3g GB is available: use fewer frames or a smaller size, more sequence-parallel ranks, "
                   "or a larger device",
                   need / 1e9, options.device().str().c_str(), job.frames, job.height, job.width,
-                  static_cast<long long>(grid.tokens()), batch, latent / 1e9, static_cast<double>(available) / 1e9);
+                  static_cast<long long>(m.tokens), batch, latent / 1e9, static_cast<double>(available) / 1e9);
     fail(text);
   }
 }
@@ -384,6 +399,10 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
     negative = shared_caption([&] { return *resolve_negative_caption(job, model_dir, outline); }, *comms.video, outline.shape);
   double text_encoding_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_text).count();
 
+  // A text encoder left on the device (umT5-XXL: 11 GB) gives way when the video needs the room.
+  if (dev.is_cuda() && job_memory_need(outline, job, wl, options) > static_cast<double>(available_memory_bytes(dev)) &&
+      release_t5_text_encoders(dev))
+    release_cached_memory(dev);
   check_job_memory(outline, job, wl, options);
   layers::reset_attention_kernels_used();  // metrics.json reports this video's kernels
   // The initial latent, drawn whole (never per shard) so the result does not depend on the layout.

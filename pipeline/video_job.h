@@ -133,6 +133,8 @@ std::string resolve_backend(const std::string& name, const at::Device& device);
 // hidden layer in the run's dtype). An Error naming both figures when the device has less available
 // than that, so an oversized job fails alone, before it allocates anything.
 void check_job_memory(const ModelOutline& model, const VideoJob& job, const WorldLayout& wl, const at::TensorOptions& options);
+// That estimate in bytes.
+double job_memory_need(const ModelOutline& model, const VideoJob& job, const WorldLayout& wl, const at::TensorOptions& options);
 
 void make_dir(const std::string& dir);
 

@@ -5,6 +5,7 @@
 
 #include "model/safetensors.h"
 #include "model/t5.h"
+#include "model/text_encoder.h"
 #include "model/text_clean.h"
 #include "model/tokenizer.h"
 
@@ -280,4 +281,20 @@ TEST(Tokenizer, APipelineDirectoryTurnsAPromptIntoWanPipelinesLatent) {
                              "--width 64 --quiet --out " + d + "/none");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("give --text-encoder DIR"), std::string::npos) << r.output;
+}
+
+// The per-process cache of text encoders: one load per directory, length and device, dropped on request
+// (render drops a GPU's encoders when a video needs their room).
+TEST(T5, TextEncodersAreCachedAndReleasedPerDevice) {
+  const std::string pipe = dir_of("wan_tiny_t2v");
+  const auto a = load_t5_text_encoder(pipe, 8);
+  EXPECT_EQ(a.get(), load_t5_text_encoder(pipe, 8).get());
+  EXPECT_NE(a.get(), load_t5_text_encoder(pipe, 6).get());
+  EXPECT_FALSE(release_t5_text_encoders(at::Device(at::kCUDA, 0)));  // none there
+  EXPECT_TRUE(release_t5_text_encoders(at::kCPU));
+  EXPECT_FALSE(release_t5_text_encoders(at::kCPU));
+  const auto b = load_t5_text_encoder(pipe, 8);  // loaded again
+  EXPECT_NE(a.get(), b.get());
+  // The released one still encodes for whoever holds it, the same as the new one.
+  EXPECT_TRUE(at::equal(a->encode("a red circle").y, b->encode("a red circle").y));
 }
