@@ -6,8 +6,12 @@ vs diffusers eager with SDPA, and torch.compile'd where it works) and one whole 
 (ditto: the batched forward, guidance and its UniPC update; diffusers: WanPipeline's way, a
 conditional and an unconditional call, guidance and UniPCMultistepScheduler.step). Repetitions are
 interleaved (ditto, diffusers, ditto, ...); min and median per row, the ratio of medians, and the
-largest difference of the two forward outputs (ditto forward on the saved inputs). One table, and the
-rows as JSON.
+largest difference of the two forward outputs (ditto forward on the saved inputs). Two more rows for the
+stages around the transformer: Wan-VAE 2.1 decode (ditto's bench_decode vs diffusers' AutoencoderKLWan,
+the same random weights saved by diffusers, one latent frame at a time as both decode, untiled) and a
+umT5 encoding (bench_decode --text-encoder vs transformers' UMT5EncoderModel, the same random weights;
+--size gpu uses umT5-XXL's layer shape with 6 of its 24 layers and a 32,128-word vocabulary, so the
+checkpoint stays small). One table, and the rows as JSON.
 
   PYTHONPATH=/opt/ditto/torch-2.11.0:PYREF LD_LIBRARY_PATH=/usr/local/cuda/lib64 \
       benchmarks/vs_diffusers.py --build build --size cpu --json out.json
@@ -24,7 +28,7 @@ import tempfile
 import time
 
 import torch
-from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures"))
@@ -35,12 +39,16 @@ SIZES = {
     "cpu": dict(model=dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=32, in_channels=16,
                            out_channels=16, text_dim=512, freq_dim=256, ffn_dim=1536, num_layers=4,
                            cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
-                latent=(5, 24, 24), text_len=64, dtype="float32", device="cpu"),
+                latent=(5, 24, 24), text_len=64, dtype="float32", device="cpu",
+                vae=dict(base_dim=96, frames=5, height=64, width=64),  # Wan-VAE 2.1's widths, a small video
+                umt5=dict(d_model=512, d_kv=64, d_ff=1024, num_layers=4, num_heads=8, vocab_size=32128, tokens=128)),
     # Wan 2.1 T2V-1.3B at 480 x 832, 81 frames.
     "gpu": dict(model=dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
                            out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
                            cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
-                latent=(21, 60, 104), text_len=512, dtype="bfloat16", device="cuda"),
+                latent=(21, 60, 104), text_len=512, dtype="bfloat16", device="cuda",
+                vae=dict(base_dim=96, frames=81, height=480, width=832),
+                umt5=dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=6, num_heads=64, vocab_size=32128, tokens=512)),
 }
 
 
@@ -61,6 +69,7 @@ def main():
     p.add_argument("--iters", type=int, default=3, help="timed forwards (and steps) per repetition and side")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of both sides")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    p.add_argument("--no-stages", action="store_true", help="skip the VAE decode and umT5 encode rows")
     p.add_argument("--work", help="directory for the model and inputs (default: a temporary one)")
     p.add_argument("--json", help="write the rows here")
     a = p.parse_args()
@@ -177,6 +186,9 @@ def main():
         if compiled is not None:
             rows["compiled_forward"] += timed(lambda: diffusers_forward(compiled), a.iters)
 
+    if not a.no_stages:
+        rows.update(stage_rows(a, size, work, env, dtype, device))
+
     table = []
     def row(what, ditto_ms, ref_ms, ref_name):
         if not ref_ms:
@@ -188,6 +200,12 @@ def main():
     row("forward (CFG batch 2)", rows["ditto_forward"], rows["diffusers_forward"], "diffusers eager (SDPA)")
     row("forward (CFG batch 2)", rows["ditto_forward"], rows["compiled_forward"], "diffusers torch.compile")
     row("guided sampling step", rows["ditto_step"], rows["diffusers_step"], "diffusers eager (WanPipeline's two calls + UniPC)")
+    if not a.no_stages:
+        v, u = size["vae"], size["umt5"]
+        row(f"Wan-VAE decode ({v['frames']} frames {v['height']}x{v['width']})", rows["ditto_decode"],
+            rows["diffusers_decode"], "diffusers AutoencoderKLWan")
+        row(f"umT5 encode ({u['num_layers']} layers of {u['d_model']}, {u['tokens']} tokens)", rows["ditto_encode"],
+            rows["transformers_encode"], "transformers UMT5EncoderModel")
 
     tokens = T * (H // 2) * (W // 2)
     print(f"# ditto vs diffusers {__import__('diffusers').__version__}: Wan {a.size} size, latent {T}x{H}x{W} "
@@ -210,6 +228,69 @@ def main():
                        "iters": a.iters, "torch": torch.__version__,
                        "diffusers": __import__("diffusers").__version__, "compile": compile_note,
                        "max_abs_diff": max_diff, "max_rel_diff": rel_diff, "rows": table}, f, indent=2)
+
+
+def stage_rows(a, size, work, env, dtype, device):
+    """Wan-VAE decode and umT5 encode, ditto (bench_decode) and the reference interleaved."""
+    from transformers import UMT5Config, UMT5EncoderModel
+    v, u = size["vae"], size["umt5"]
+    torch.manual_seed(2)
+    vae = AutoencoderKLWan(base_dim=v["base_dim"], z_dim=16)
+    vae_dir = os.path.join(work, "vae")
+    vae.save_pretrained(vae_dir, safe_serialization=True)
+    vae = vae.to(device=device, dtype=dtype).eval()
+    T = (v["frames"] - 1) // 4 + 1
+    z = torch.randn(1, 16, T, v["height"] // 8, v["width"] // 8, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    cfg = UMT5Config(vocab_size=u["vocab_size"], d_model=u["d_model"], d_kv=u["d_kv"], d_ff=u["d_ff"],
+                     num_layers=u["num_layers"], num_heads=u["num_heads"], relative_attention_num_buckets=32,
+                     relative_attention_max_distance=128, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+                     is_encoder_decoder=False, tie_word_embeddings=False)
+    enc = UMT5EncoderModel(cfg)
+    enc_dir = os.path.join(work, "umt5")
+    enc.save_pretrained(enc_dir, safe_serialization=True)
+    enc = enc.to(device=device, dtype=dtype).eval()
+    ids = torch.randint(u["vocab_size"], (1, u["tokens"]), generator=torch.Generator().manual_seed(3)).to(device)
+    mask = torch.ones_like(ids)
+    bench = os.path.join(a.build, "bench_decode")
+    dev = ["--device", device, "--dtype", size["dtype"]]
+
+    def ditto(args, stage):
+        js = os.path.join(work, "bench_decode.json")
+        r = subprocess.run([bench, *args, *dev, "--warmup", "1", "--repeats", str(a.iters), "--json", js], env=env,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"bench_decode failed:\n{r.stderr}")
+        with open(js) as f:
+            rr = [x for x in json.load(f)["rows"] if x["stage"].startswith(stage)]
+        return [1e3 * s for s in rr[0]["seconds"]]
+
+    def ref_decode():
+        with torch.no_grad():
+            vae.decode(z)
+
+    def ref_encode():
+        with torch.no_grad():
+            enc(input_ids=ids, attention_mask=mask)
+
+    def timed(f, n):
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            f()
+            sync(device)
+            times.append(1e3 * (time.perf_counter() - t0))
+        return times
+
+    out = {k: [] for k in ("ditto_decode", "diffusers_decode", "ditto_encode", "transformers_encode")}
+    ref_decode()
+    ref_encode()
+    for _ in range(a.reps):
+        out["ditto_decode"] += ditto(["--vae", vae_dir, "--frames", str(v["frames"]), "--height", str(v["height"]),
+                                      "--width", str(v["width"]), "--untiled", "--ranks", ""], "decode")
+        out["diffusers_decode"] += timed(ref_decode, a.iters)
+        out["ditto_encode"] += ditto(["--ranks", "", "--text-encoder", enc_dir, "--tokens", str(u["tokens"])], "encode")
+        out["transformers_encode"] += timed(ref_encode, a.iters)
+    return out
 
 
 if __name__ == "__main__":
