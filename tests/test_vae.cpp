@@ -192,6 +192,16 @@ TEST(OpenSoraVae, DecodeMatchesOpenSorasOwnCode) {
   EXPECT_EQ(vae->frame_rounding(), FrameRounding::Round);
 }
 
+TEST(OpenSoraVae, Bfloat16StaysCloseToFloat32) {
+  const auto ref = load_safetensors(os_dir() + "/decode_runs.safetensors");
+  const auto bf16 = OpenSoraVae::from_pretrained(os_dir(), at::TensorOptions().dtype(at::kBFloat16));
+  const at::Tensor x = bf16->decode_unclamped(ref.at("z_23"), 23);
+  EXPECT_EQ(x.scalar_type(), at::kFloat);
+  const double e = rel_err(x, ref.at("x_23"));
+  EXPECT_GT(e, 1e-4);  // it did run in bfloat16
+  EXPECT_LT(e, 0.1);
+}
+
 // Its chunks are independent: shared among ranks (each decoding whole chunks), the same frames.
 TEST(OpenSoraVae, ChunksSharedAmongRanksGiveTheSameFrames) {
   const auto ref = load_safetensors(os_dir() + "/decode_runs.safetensors");
