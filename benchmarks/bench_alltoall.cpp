@@ -36,13 +36,7 @@ int main(int argc, char** argv) {
   try {
     po::variables_map vm;
     if (!parse_command_line("bench_alltoall", "all-to-all bandwidth", desc, {argv + 1, argv + argc}, vm)) return 0;
-    at::Device dev(at::kCPU);
-    if (device_name == "cuda") {
-      if (!at::hasCUDA()) fail("--device cuda: no GPU visible");
-      dev = at::Device(at::kCUDA, mpi.local_rank() % static_cast<int>(at::getNumGPUs()));
-    } else if (device_name != "cpu") {
-      fail("--device: cpu or cuda");
-    }
+    const at::Device dev = bench_device(device_name, mpi);
     std::unique_ptr<Communicator> comm;
     if (backend == "mpi") comm = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
     else if (backend == "nccl") comm = make_nccl_communicator(MPI_COMM_WORLD, dev.index(), 300);

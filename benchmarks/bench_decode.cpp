@@ -98,13 +98,7 @@ int main(int argc, char** argv) {
     po::variables_map vm;
     if (!parse_command_line("bench_decode", "VAE decode (and text encoding) time and memory", desc, {argv + 1, argv + argc}, vm))
       return 0;
-    at::Device dev(at::kCPU);
-    if (device_name == "cuda") {
-      if (!at::hasCUDA()) fail("--device cuda: no GPU visible");
-      dev = at::Device(at::kCUDA, mpi.local_rank() % static_cast<int>(at::getNumGPUs()));
-    } else if (device_name != "cpu") {
-      fail("--device: cpu or cuda");
-    }
+    const at::Device dev = bench_device(device_name, mpi);
     const at::ScalarType dtype = parse_dtype(dtype_name_arg);
     if (dtype != at::kFloat && dtype != at::kBFloat16) fail("--dtype: float32 or bfloat16");
     const at::TensorOptions options = at::TensorOptions().device(dev).dtype(dtype);

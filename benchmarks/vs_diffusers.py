@@ -61,6 +61,17 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def timed(f, n, device):
+    """n calls of f, each waited for: milliseconds."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        f()
+        sync(device)
+        times.append(1e3 * (time.perf_counter() - t0))
+    return times
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--build", default="build", help="ditto's build directory (ditto, bench_forward)")
@@ -145,15 +156,6 @@ def main():
                 times.append(1e3 * (time.perf_counter() - t0))
         return times
 
-    def timed(f, n):
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            f()
-            sync(device)
-            times.append(1e3 * (time.perf_counter() - t0))
-        return times
-
     compiled = None
     compile_note = "skipped (--no-compile)"
     if not a.no_compile:
@@ -181,10 +183,10 @@ def main():
             b = json.load(f)
         rows["ditto_forward"] += b["rows"][0]["ms"]
         rows["ditto_step"] += b["rows"][1]["ms"]
-        rows["diffusers_forward"] += timed(lambda: diffusers_forward(model), a.iters)
+        rows["diffusers_forward"] += timed(lambda: diffusers_forward(model), a.iters, device)
         rows["diffusers_step"] += diffusers_steps(model, a.iters + 1)[1:]  # the first step as warm-up
         if compiled is not None:
-            rows["compiled_forward"] += timed(lambda: diffusers_forward(compiled), a.iters)
+            rows["compiled_forward"] += timed(lambda: diffusers_forward(compiled), a.iters, device)
 
     if not a.no_stages:
         rows.update(stage_rows(a, size, work, env, dtype, device))
@@ -272,24 +274,15 @@ def stage_rows(a, size, work, env, dtype, device):
         with torch.no_grad():
             enc(input_ids=ids, attention_mask=mask)
 
-    def timed(f, n):
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            f()
-            sync(device)
-            times.append(1e3 * (time.perf_counter() - t0))
-        return times
-
     out = {k: [] for k in ("ditto_decode", "diffusers_decode", "ditto_encode", "transformers_encode")}
     ref_decode()
     ref_encode()
     for _ in range(a.reps):
         out["ditto_decode"] += ditto(["--vae", vae_dir, "--frames", str(v["frames"]), "--height", str(v["height"]),
                                       "--width", str(v["width"]), "--untiled", "--ranks", ""], "decode")
-        out["diffusers_decode"] += timed(ref_decode, a.iters)
+        out["diffusers_decode"] += timed(ref_decode, a.iters, device)
         out["ditto_encode"] += ditto(["--ranks", "", "--text-encoder", enc_dir, "--tokens", str(u["tokens"])], "encode")
-        out["transformers_encode"] += timed(ref_encode, a.iters)
+        out["transformers_encode"] += timed(ref_encode, a.iters, device)
     return out
 
 

@@ -64,12 +64,7 @@ int run_decode(const std::vector<std::string>& args, const MpiEnv& mpi) {
   }
   if (z.dim() == 4) z = z.unsqueeze(0);
   if (z.dim() != 5 || z.size(0) != 1) fail("'", latent_path, "': the latent must be [1, C, T, H, W], got ", shape_string(z.sizes()));
-  VaeOptions vo;
-  vo.options = at::TensorOptions().device(dev).dtype(job.vae_dtype == "bfloat16" ? at::kBFloat16 : at::kFloat);
-  vo.chunk = job.vae_chunk > 0 ? job.vae_chunk : 1;
-  vo.tile = job.vae_tile;
-  vo.tile_stride = job.vae_tile > 0 ? (job.vae_tile_stride > 0 ? job.vae_tile_stride : job.vae_tile * 3 / 4 / 8 * 8) : 0;
-  if (job.vae_tile_stride > 0 && job.vae_tile <= 0) fail("--vae-tile-stride needs --vae-tile");
+  const VaeOptions vo = vae_options(job, dev);
   const std::shared_ptr<const VAE> vae = load_vae(job.vae, vo);
   MpiCommunicator world(MPI_COMM_WORLD);
   synchronize(dev);

@@ -53,6 +53,13 @@ at::ScalarType parse_dtype(const std::string& n) {
   fail("--dtype: unknown '", n, "' (float32, bfloat16, float16, float64)");
 }
 
+at::Device bench_device(const std::string& name, const MpiEnv& mpi) {
+  if (name == "cpu") return at::kCPU;
+  if (name != "cuda") fail("--device: cpu or cuda");
+  if (!at::hasCUDA()) fail("--device cuda: no GPU visible");
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(mpi.local_rank() % static_cast<int>(at::getNumGPUs())));
+}
+
 std::string dtype_name(at::ScalarType t) {
   switch (t) {
     case at::kFloat: return "float32";

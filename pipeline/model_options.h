@@ -48,6 +48,8 @@ std::string model_source(const ModelOptions& o);
 
 at::ScalarType parse_dtype(const std::string& name);
 std::string dtype_name(at::ScalarType t);
+// A benchmark's --device: "cpu", or "cuda" (the GPU of the local rank); an Error otherwise.
+at::Device bench_device(const std::string& name, const MpiEnv& mpi);
 
 // Parses `args` against `desc` (plus --help and an optional --config-file of the same options).
 // Returns false when --help was printed. `help_footer` (optional) is printed after the options.

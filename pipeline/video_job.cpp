@@ -179,19 +179,23 @@ RgbVideo to_rgb_video(const at::Tensor& video, int fps, int upscale, FrameRoundi
   return v;
 }
 
-std::shared_ptr<const VAE> job_vae(const VideoJob& job_in, const std::string& model_dir, const ModelOutline& model,
-                                   const at::Device& device) {
-  const VideoJob job = with_model_defaults(job_in, model);
-  std::shared_ptr<const VAE> geometry = family_of(model).vae(model);
-  const std::string dir = !job.vae.empty() ? job.vae : model_dir.empty() ? "" : pipeline_vae_dir(model_dir);
-  if (dir.empty()) return geometry;
+VaeOptions vae_options(const VideoJob& job, const at::Device& device) {
   VaeOptions o;
   o.options = at::TensorOptions().device(device).dtype(job.vae_dtype == "bfloat16" ? at::kBFloat16 : at::kFloat);
   o.chunk = job.vae_chunk > 0 ? job.vae_chunk : 1;
   o.tile = job.vae_tile;
   o.tile_stride = job.vae_tile > 0 ? (job.vae_tile_stride > 0 ? job.vae_tile_stride : job.vae_tile * 3 / 4 / 8 * 8) : 0;
   if (job.vae_tile_stride > 0 && job.vae_tile <= 0) fail("--vae-tile-stride needs --vae-tile");
-  std::shared_ptr<const VAE> vae = load_vae(dir, o);
+  return o;
+}
+
+std::shared_ptr<const VAE> job_vae(const VideoJob& job_in, const std::string& model_dir, const ModelOutline& model,
+                                   const at::Device& device) {
+  const VideoJob job = with_model_defaults(job_in, model);
+  std::shared_ptr<const VAE> geometry = family_of(model).vae(model);
+  const std::string dir = !job.vae.empty() ? job.vae : model_dir.empty() ? "" : pipeline_vae_dir(model_dir);
+  if (dir.empty()) return geometry;
+  std::shared_ptr<const VAE> vae = load_vae(dir, vae_options(job, device));
   if (vae->name() != geometry->name())
     fail("the VAE '", dir, "' decodes ", vae->name(), " latents; the model samples ", geometry->name(), " latents");
   const LatentShape want = geometry->latent_shape(job.frames, job.height, job.width);

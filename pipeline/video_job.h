@@ -82,6 +82,8 @@ struct RenderedVideo {
 // The VAE a job decodes with: its `vae` directory, else the model directory's (a pipeline's vae/),
 // else the family's latent geometry (which decodes only pixel-space models). A VAE whose latent does
 // not fit the model's (channels, frames, size) for the job's video is an Error naming both.
+// A job's VAE settings (--vae-dtype, --vae-tile, --vae-tile-stride, --vae-chunk) for `device`.
+VaeOptions vae_options(const VideoJob& job, const at::Device& device);
 std::shared_ptr<const VAE> job_vae(const VideoJob& job, const std::string& model_dir, const ModelOutline& model,
                                    const at::Device& device);
 // `latent` decoded by the group's ranks into `frames` frames (0: all it holds): each decodes its share of the VAE's parts (tiles), rank 0
