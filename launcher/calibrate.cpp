@@ -101,6 +101,7 @@ int run_calibrate(const std::vector<std::string>& args, const MpiEnv& mpi) {
       VideoJob job = base;
       const int p = run / seeds, s = run % seeds;
       use_prompt_set(job, mo.model_dir, outline, "calibration", p, s, seeds, 2000);  // not the profile's seeds
+      job.decode = false;  // the losses read the residuals, not the frames
       render_video(*model, mo.model_dir, model_source(mo), options, wl, job,
                    {groups.sp.get(), groups.cfg.get(), groups.video.get(), "mpi"},
                    nullptr, [&](CacheRunner& runner) {

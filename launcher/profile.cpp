@@ -93,6 +93,7 @@ int run_profile(const std::vector<std::string>& args, const MpiEnv& mpi) {
     VideoJob job = base;
     const int p = run / seeds, s = run % seeds;
     use_prompt_set(job, mo.model_dir, outline, "profile", p, s, seeds, 1000);
+    job.decode = false;  // the curves read the residuals, not the frames
     // Per run: sums of |o_t - o_{t-1}| and |o_t| of this rank's shard, reduced over the group after.
     // Kept on the run's device (no transfer per unit); the residuals are kept in their own dtype.
     const auto sum_options = options.dtype(at::kDouble);

@@ -411,7 +411,8 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   layers::reset_attention_kernels_used();  // metrics.json reports this video's kernels
   // The initial latent, drawn whole (never per shard) so the result does not depend on the layout.
   // The VAE is loaded (and checked against the model) before sampling, not after.
-  const std::shared_ptr<const VAE> vae = job_vae(job, model_dir, outline, dev);
+  const std::shared_ptr<const VAE> vae =
+      job.decode ? job_vae(job, model_dir, outline, dev) : std::shared_ptr<const VAE>(family.vae(outline));
   const LatentShape ls = vae->latent_shape(job.frames, job.height, job.width);
   const auto z_dtype = options.dtype().toScalarType() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor z0;
@@ -579,7 +580,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
                         {"sp_bytes_per_step", job.steps ? comms.sp->counters().total_bytes() / job.steps : 0}};
   m["cache"] = cache.report();
   out.vae = vae;
-  if (vae->can_decode()) {
+  if (job.decode && vae->can_decode()) {
     const auto t_decode = std::chrono::steady_clock::now();
     reset_peak_memory(dev);
     out.video = decode_on_group(*vae, z, job.frames, *comms.video);

@@ -47,6 +47,7 @@ struct VideoJob {
   // spatial tiles (pixels; 0: none; stride 0: 3/4 of the tile) and latent frames per chunk (0: 1).
   std::string vae, vae_dtype = "float32";
   int vae_tile = 0, vae_tile_stride = 0, vae_chunk = 0;
+  bool decode = true;  // false: the latent only (tools that read latents: profile, calibrate)
   // Outputs.
   int upscale = 0;
   bool png = false, mp4 = true, y4m = false;
