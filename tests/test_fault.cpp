@@ -201,15 +201,17 @@ TEST(Fault, JobLinesReadOnlyWhereTheOperatorAllows) {
               R"({"steps": 2, "output": "etc", "caption_embedding": "/etc/passwd"})" "\n"
               R"({"random_caption": 4, "steps": 2, "output": "link", "cache": "adacache", "cache_opts": {"codebook": "@link.txt"}})" "\n"
               R"({"random_caption": 4, "steps": 2, "output": "up", "cache": "adacache", "cache_opts": {"codebook": "@../elsewhere/codebook.txt"}})" "\n"
-              R"({"random_caption": 4, "steps": 2, "output": "rel", "cache": "adacache", "cache_opts": {"codebook": "@codebook.txt"}})" "\n");
+              R"({"random_caption": 4, "steps": 2, "output": "rel", "cache": "adacache", "cache_opts": {"codebook": "@codebook.txt"}})" "\n"
+              R"({"random_caption": 4, "steps": 2, "output": "vae", "vae": "/usr/lib"})" "\n");
   // Run from another directory: "codebook.txt" is the job file's neighbour, not the working directory's.
   auto r = run_command("cd / && " + std::string(DITTO_BINARY) + " render " + kTiny + "--no-mp4 --jobs " + d +
                        "/jobs/jobs.jsonl --out " + d + "/out");
   EXPECT_EQ(r.code, 1) << r.output;
   std::map<std::string, std::string> why;  // by the line's output name
-  const char* names[] = {"", "etc", "link", "up", "rel"};
+  const char* names[] = {"", "etc", "link", "up", "rel", "vae"};
   for (const auto& f : read_jsonl(d + "/out/failures.jsonl")) why[names[f["line"].get<int>()]] = f["error"];
-  ASSERT_EQ(why.size(), 3u) << r.output;
+  ASSERT_EQ(why.size(), 4u) << r.output;
+  EXPECT_NE(why["vae"].find("'vae' names '/usr/lib', outside the directories"), std::string::npos) << why["vae"];
   EXPECT_NE(why["etc"].find("'caption_embedding' names '/etc/passwd', outside the directories"), std::string::npos) << why["etc"];
   EXPECT_NE(why["link"].find("(/etc/passwd), outside"), std::string::npos) << why["link"];
   EXPECT_NE(why["up"].find("outside the directories this render may read"), std::string::npos) << why["up"];
