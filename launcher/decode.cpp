@@ -39,9 +39,9 @@ int run_decode(const std::vector<std::string>& args, const MpiEnv& mpi) {
   po::variables_map vm;
   if (!parse_command_line("decode", "decode a saved latent into a video with a VAE", desc, args, vm)) return 0;
   VideoJob job;
-  job.fps = 16;  // Wan's rate
   apply_video_options(vm, flags, job);
-  if (job.vae.empty()) fail("give --vae DIR: a diffusers AutoencoderKLWan directory or a pipeline directory with vae/");
+  if (job.vae.empty())
+    fail("give --vae DIR: a diffusers AutoencoderKLWan directory, a pipeline directory with vae/, or Open-Sora 1.2's VAE");
   const at::TensorOptions options = resolve_tensor_options(mo, mpi);
   const auto dev = options.device();
 
@@ -66,6 +66,7 @@ int run_decode(const std::vector<std::string>& args, const MpiEnv& mpi) {
   if (z.dim() != 5 || z.size(0) != 1) fail("'", latent_path, "': the latent must be [1, C, T, H, W], got ", shape_string(z.sizes()));
   const VaeOptions vo = vae_options(job, dev);
   const std::shared_ptr<const VAE> vae = load_vae(job.vae, vo);
+  if (job.fps <= 0) job.fps = vae->name() == "opensora-v1.2" ? 24 : 16;  // each reference's rate
   MpiCommunicator world(MPI_COMM_WORLD);
   synchronize(dev);
   world.barrier();

@@ -11,6 +11,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <stdexcept>
 #include <thread>
 
 #include "cache/policy.h"
@@ -31,6 +32,14 @@
 #include "pipeline/video_options.h"
 
 namespace ditto {
+
+namespace {
+// A job whose latent was written but whose video could not be decoded.
+struct DecodeFailed : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+}  // namespace
+
 
 namespace {
 
@@ -255,6 +264,10 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
         v.metrics["command"] = "render";
         v.metrics["job"] = {{"line", line}, {"output", name}};
         const json m = write_video_outputs(partial, v, jl.job, loaded->outline());
+        // A failed decode leaves the job unfinished, its latent kept where it was written.
+        if (!v.decode_error.empty())
+          throw DecodeFailed("decoding failed: " + v.decode_error + " (the latent is in " + partial +
+                             "/latent.safetensors until the job runs again; ditto decode can retry it)");
         commit_job_dir(out_dir, name);
         const json& c = m.at("cache");
         result["ok"] = true;
@@ -264,6 +277,8 @@ int run_render(const std::vector<std::string>& args, const MpiEnv& mpi) {
         result["units_total"] = c.at("units_total");
         result["flops_total"] = c.at("flops_total");
         result["flops_saved"] = c.at("flops_saved");
+      } catch (const DecodeFailed& e) {
+        error = e.what();
       } catch (const std::exception& e) {
         abandon_job_dir(out_dir, name);
         error = std::string("writing the outputs: ") + e.what();

@@ -77,6 +77,8 @@ int run_sample(const std::vector<std::string>& args, const MpiEnv& mpi) {
     v.metrics["command"] = "sample";
     v.metrics["timing"]["load_s"] = load_s;
     write_video_outputs(video_dir, v, job, model->outline());
+    if (!v.decode_error.empty())
+      fail("decoding failed: ", v.decode_error, " (the latent is in ", video_dir, "/latent.safetensors: ditto decode can retry it)");
     if (talk || (!quiet && wl.dp > 1))
       std::cerr << "ditto sample: " << resolved.steps << " steps in " << v.metrics["timing"]["sample_s"].get<double>() << " s ("
                 << v.metrics["timing"]["steady_step_s"].get<double>() << " s/step steady), wrote " << video_dir << "/\n";

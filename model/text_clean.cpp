@@ -329,7 +329,10 @@ std::string html_text(const std::string& s) {
 }  // namespace
 
 std::string opensora_clean_caption(const std::string& caption_in) {
-  if (caption_in.size() > 65536) fail("a prompt of ", caption_in.size(), " bytes: Open-Sora's caption cleaning takes at most 65536");
+  // std::regex recurses per repeated character: a bound keeps its stack and its time small (T5 keeps
+  // 300 tokens of what comes out anyway).
+  if (caption_in.size() > 4096)
+    fail("a prompt of ", caption_in.size(), " bytes: Open-Sora's caption cleaning takes prompts of at most 4096 (T5 reads 300 tokens)");
   // The patterns of Open-Sora 1.2's clean_caption (opensora/models/text_encoder/t5.py), in its order.
   // clang-format off
   static const Sub person(L"<person>", L"person");

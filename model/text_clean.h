@@ -21,7 +21,7 @@ std::string wan_prompt_clean(const std::string& text);
 // Its regular expressions run as written, through std::wregex with Python's whitespace and the
 // C.UTF-8 locale's Unicode letters (Python's \d also takes other scripts' digits: here ASCII only);
 // markup is removed as BeautifulSoup's html.parser removes tags, comments and character references.
-// Prompts up to 64 KiB.
+// Prompts up to 4096 bytes (std::regex recurses per character).
 std::string opensora_clean_caption(const std::string& caption);
 // Open-Sora 1.2's inference: " aesthetic score: AES." appended (aes >= 0, unless the prompt has a
 // score), then clean_caption twice (its text_preprocessing).

@@ -91,8 +91,11 @@ std::shared_ptr<const VAE> load_vae(const std::string& dir_in, const VaeOptions&
     fail("'", dir, "/config.json': ", kind.empty() ? "neither _class_name nor model_type names a VAE" : "_class_name '" + kind + "' is not a VAE ditto decodes",
          " (AutoencoderKLWan: Wan-VAE 2.1; model_type VideoAutoencoderPipeline: Open-Sora 1.2's VAE)");
   if (o.chunk < 1) fail("VAE chunks of at least one latent frame, got ", o.chunk);
-  auto decoder = std::make_shared<const WanVaeDecoder>(WanVaeDecoder::from_pretrained(dir, o.options));
-  slot = std::make_shared<WanVae>(std::move(decoder), VaeTiling{o.tile, o.tile_stride}, o.chunk);
+  // The weights once per directory, device and dtype, whatever the tiles and chunks.
+  static std::map<std::tuple<std::string, std::string>, std::shared_ptr<const WanVaeDecoder>> decoders;
+  auto& decoder = decoders[{dir, std::get<1>(key)}];
+  if (!decoder) decoder = std::make_shared<const WanVaeDecoder>(WanVaeDecoder::from_pretrained(dir, o.options));
+  slot = std::make_shared<WanVae>(decoder, VaeTiling{o.tile, o.tile_stride}, o.chunk);
   return slot;
 }
 

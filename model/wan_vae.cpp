@@ -449,26 +449,32 @@ LatentShape WanVae::latent_shape(int frames, int height, int width) const {
   return wan_latent_shape(decoder_->config().z_dim, frames, height, width);
 }
 
-int WanVae::parts(const at::Tensor& latent) const { return tiling_.size > 0 ? decoder_->tiles(latent, tiling_) : 1; }
+// As diffusers, a frame that fits in one tile is decoded whole.
+bool WanVae::tiled(const at::Tensor& latent) const {
+  const int64_t t = tiling_.size / decoder_->config().spatial_factor();
+  return tiling_.size > 0 && (latent.size(3) > t || latent.size(4) > t);
+}
+
+int WanVae::parts(const at::Tensor& latent) const { return tiled(latent) ? decoder_->tiles(latent, tiling_) : 1; }
 
 std::vector<int64_t> WanVae::part_shape(const at::Tensor& latent, int k, int frames) const {
-  if (tiling_.size <= 0) return VAE::part_shape(latent, k, frames);
+  if (!tiled(latent)) return VAE::part_shape(latent, k, frames);
   return decoder_->tile_shape(latent, tiling_, k);
 }
 
 at::Tensor WanVae::decode_part(const at::Tensor& latent, int k, int frames) const {
-  if (tiling_.size <= 0) return VAE::decode_part(latent, k, frames);
+  if (!tiled(latent)) return VAE::decode_part(latent, k, frames);
   return decoder_->decode_tile(decoder_->denormalize(latent.to(decoder_->options().device())), tiling_, k, chunk_);
 }
 
 at::Tensor WanVae::join_parts(std::vector<at::Tensor> parts, const at::Tensor& latent) const {
-  if (tiling_.size <= 0) return VAE::join_parts(std::move(parts), latent);
+  if (!tiled(latent)) return VAE::join_parts(std::move(parts), latent);
   return decoder_->blend_tiles(std::move(parts), latent, tiling_);
 }
 
 at::Tensor WanVae::decode(const at::Tensor& latent, int) const {
   const at::Tensor z = decoder_->denormalize(latent.to(decoder_->options().device()));
-  if (tiling_.size <= 0) return decoder_->decode_latent(z, chunk_);
+  if (!tiled(latent)) return decoder_->decode_latent(z, chunk_);
   return decoder_->blend_tiles(decoder_->decode_tiles(z, tiling_, chunk_), z, tiling_);
 }
 

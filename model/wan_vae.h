@@ -108,7 +108,7 @@ class WanVae : public VAE {
   bool can_decode() const override { return true; }
   at::Tensor decode(const at::Tensor& latent, int frames = 0) const override;  // every frame of the latent
   FrameRounding frame_rounding() const override { return FrameRounding::Truncate; }
-  // With tiles: one part per tile.
+  // With tiles (and a frame larger than one): one part per tile.
   int parts(const at::Tensor& latent) const override;
   std::vector<int64_t> part_shape(const at::Tensor& latent, int k, int frames) const override;
   at::Tensor decode_part(const at::Tensor& latent, int k, int frames) const override;
@@ -116,6 +116,7 @@ class WanVae : public VAE {
   const WanVaeDecoder& decoder() const { return *decoder_; }
 
  private:
+  bool tiled(const at::Tensor& latent) const;  // tiles given and the frame larger than one
   std::shared_ptr<const WanVaeDecoder> decoder_;
   VaeTiling tiling_;
   int chunk_;

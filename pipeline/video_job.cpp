@@ -180,12 +180,18 @@ RgbVideo to_rgb_video(const at::Tensor& video, int fps, int upscale, FrameRoundi
 }
 
 VaeOptions vae_options(const VideoJob& job, const at::Device& device) {
+  if (job.vae_tile_stride > 0 && job.vae_tile <= 0) fail("--vae-tile-stride needs --vae-tile");
+  if (job.vae_tile > 0) {
+    const int stride = job.vae_tile_stride > 0 ? job.vae_tile_stride : job.vae_tile * 3 / 4 / 8 * 8;
+    if (job.vae_tile % 8 || stride % 8 || stride <= 0 || stride > job.vae_tile)
+      fail("--vae-tile ", job.vae_tile, " / --vae-tile-stride ", stride, ": tiles and strides are multiples of 8 pixels with "
+           "0 < stride <= tile (the stride defaults to 3/4 of the tile)");
+  }
   VaeOptions o;
   o.options = at::TensorOptions().device(device).dtype(job.vae_dtype == "bfloat16" ? at::kBFloat16 : at::kFloat);
   o.chunk = job.vae_chunk > 0 ? job.vae_chunk : 1;
   o.tile = job.vae_tile;
   o.tile_stride = job.vae_tile > 0 ? (job.vae_tile_stride > 0 ? job.vae_tile_stride : job.vae_tile * 3 / 4 / 8 * 8) : 0;
-  if (job.vae_tile_stride > 0 && job.vae_tile <= 0) fail("--vae-tile-stride needs --vae-tile");
   return o;
 }
 
@@ -240,13 +246,23 @@ at::Tensor decode_on_group(const VAE& vae, const at::Tensor& latent, int frames,
   at::Tensor failed = at::tensor({error.empty() ? 0.0 : 1.0}, at::kDouble);
   group.all_reduce(failed, ReduceOp::Max);
   if (failed.item<double>() != 0) fail(error.empty() ? "decoding failed on another rank of the group (see its error)" : error);
-  std::vector<at::Tensor> all;
-  for (int q = 0; q < P; ++q) all.push_back(at::empty_like(mine));
-  group.all_gather(mine, all);
+  // Gathered one round of parts at a time, in pieces of at most 2^25 values per rank (MPI's int
+  // counts; no rank holds more than P pieces beside its own parts); rank 0 keeps them.
+  at::Tensor got = r == 0 ? at::empty({n, big_numel}, at::kFloat) : at::Tensor();
+  const int64_t piece = int64_t{1} << 25;
+  for (int i = 0; i < per; ++i)
+    for (int64_t off = 0; off < big_numel; off += piece) {
+      const int64_t len = std::min(piece, big_numel - off);
+      std::vector<at::Tensor> recv;
+      for (int q = 0; q < P; ++q) recv.push_back(at::empty({len}, at::kFloat));
+      group.all_gather(mine[i].narrow(0, off, len).contiguous(), recv);
+      if (r == 0)
+        for (int q = 0; q < P && q + i * P < n; ++q) got[q + i * P].narrow(0, off, len).copy_(recv[q]);
+    }
   if (r != 0) return {};
   std::vector<at::Tensor> parts(n);
   for (int k = 0; k < n; ++k) {
-    at::Tensor t = all[k % P][k / P].view(big);
+    at::Tensor t = got[k].view(big);
     for (size_t d = 0; d < big.size(); ++d) t = t.narrow(static_cast<int64_t>(d), 0, shapes[k][d]);
     parts[k] = t.to(latent.device());
   }
@@ -411,8 +427,19 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   layers::reset_attention_kernels_used();  // metrics.json reports this video's kernels
   // The initial latent, drawn whole (never per shard) so the result does not depend on the layout.
   // The VAE is loaded (and checked against the model) before sampling, not after.
-  const std::shared_ptr<const VAE> vae =
-      job.decode ? job_vae(job, model_dir, outline, dev) : std::shared_ptr<const VAE>(family.vae(outline));
+  // Every rank of the group loads it; one that cannot fails the job on all of them (none samples alone).
+  std::shared_ptr<const VAE> vae;
+  {
+    std::string error;
+    try {
+      vae = job.decode ? job_vae(job, model_dir, outline, dev) : std::shared_ptr<const VAE>(family.vae(outline));
+    } catch (const std::exception& e) {
+      error = error_text(e);
+    }
+    at::Tensor failed = at::tensor({error.empty() ? 0.0 : 1.0}, at::kDouble);
+    comms.video->all_reduce(failed, ReduceOp::Max);
+    if (failed.item<double>() != 0) fail(error.empty() ? "the VAE could not be loaded on another rank of the group (see its error)" : error);
+  }
   const LatentShape ls = vae->latent_shape(job.frames, job.height, job.width);
   const auto z_dtype = options.dtype().toScalarType() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor z0;
@@ -583,7 +610,14 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   if (job.decode && vae->can_decode()) {
     const auto t_decode = std::chrono::steady_clock::now();
     reset_peak_memory(dev);
-    out.video = decode_on_group(*vae, z, job.frames, *comms.video);
+    // A decode that fails (out of memory, say) leaves the sampled latent to be written: ditto decode can
+    // retry it. Every rank fails alike (decode_on_group agrees on errors; one part: rank 0 alone).
+    try {
+      out.video = decode_on_group(*vae, z, job.frames, *comms.video);
+    } catch (const std::exception& e) {
+      out.decode_error = error_text(e);
+      release_cached_memory(dev);
+    }
     m["timing"]["decoding_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_decode).count();
     m["timing"]["decoding_peak_memory_bytes"] = peak_memory_bytes(dev);
     m["decoding"] = {{"vae", vae->name()}, {"parts", vae->parts(z)}, {"ranks", comms.video->size()},
@@ -654,7 +688,9 @@ nlohmann::ordered_json write_video_outputs(const std::string& dir, const Rendere
     }
     for (const auto& annotate : extra) annotate(job, video, m);
   } else {
-    outputs["video"] = "not written: " + (vae->can_decode() ? std::string("the video was not decoded") : vae->cannot_decode_reason());
+    outputs["video"] = "not written: " + (!v.decode_error.empty() ? "decoding failed: " + v.decode_error
+                                          : vae->can_decode()      ? std::string("the video was not decoded")
+                                                                   : vae->cannot_decode_reason());
   }
   m["outputs"] = outputs;
   write_file_atomic(dir + "/metrics.json", [&](std::ostream& os) { os << dump_json(m, 2) << "\n"; });

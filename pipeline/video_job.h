@@ -77,6 +77,7 @@ struct RenderedVideo {
   at::Tensor video;               // the decoded frames [1, 3, F, H, W] in [-1, 1], float32 on the CPU
                                   // (rank 0 of the group; undefined when the VAE cannot decode)
   std::shared_ptr<const VAE> vae;  // what decoded it (or why not: cannot_decode_reason)
+  std::string decode_error;        // the decode failed (the latent is still written)
   nlohmann::ordered_json metrics;  // everything but "outputs"
 };
 

@@ -148,6 +148,9 @@ TEST(Tokenizer, OpenSoraPromptPreparationIsOpenSoras) {
   }
   EXPECT_GE(n, 20);
   EXPECT_EQ(opensora_prompt("A Cat", -1), "a cat");  // no score asked for
+  // std::regex recurses per character: prompts are bounded (T5 keeps 300 tokens of them anyway).
+  EXPECT_NO_THROW(opensora_prompt("\"" + std::string(4000, 'a') + "\""));
+  EXPECT_THROW(opensora_prompt(std::string(5000, ' ')), std::exception);
 }
 
 TEST(Tokenizer, DittoEncodeWritesWansPromptEmbedding) {

@@ -154,6 +154,34 @@ TEST(WanVae, AJobFindsItsVaeAndRefusesOneThatDoesNotFit) {
   }
   job.frames = 16;
   EXPECT_THROW(job_vae(job, fixtures + "wan_tiny", wan, at::kCPU), std::exception);  // not 4k + 1 frames
+  // Tiles are checked with the job, before any sampling: multiples of 8 with 0 < stride <= tile.
+  job.frames = 17;
+  for (auto [tile, stride] : {std::pair<int, int>{100, 0}, {8, 0}, {32, 40}}) {
+    job.vae_tile = tile, job.vae_tile_stride = stride;
+    try {
+      job_vae(job, fixtures + "wan_tiny", wan, at::kCPU);
+      ADD_FAILURE() << "tile " << tile << " stride " << stride << " accepted";
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find("multiples of 8 pixels"), std::string::npos) << e.what();
+    }
+  }
+  // The same weights serve every tiling.
+  job.vae_tile = 32, job.vae_tile_stride = 24;
+  const auto a = job_vae(job, fixtures + "wan_tiny", wan, at::kCPU);
+  job.vae_tile = 0, job.vae_tile_stride = 0;
+  const auto b = job_vae(job, fixtures + "wan_tiny", wan, at::kCPU);
+  EXPECT_NE(a.get(), b.get());
+  EXPECT_EQ(&dynamic_cast<const WanVae&>(*a).decoder(), &dynamic_cast<const WanVae&>(*b).decoder());
+}
+
+// As diffusers, a frame no larger than one tile is decoded whole (one part), not cut into edge tiles.
+TEST(WanVae, AFrameThatFitsOneTileIsNotTiled) {
+  const auto d = std::make_shared<WanVaeDecoder>(decoder());
+  const WanVae tiled(d, VaeTiling{32, 24}), whole(d);
+  const at::Tensor small = runs().at("z").narrow(4, 0, 4);  // 4 x 4 latent pixels: one 32-pixel tile
+  EXPECT_EQ(tiled.parts(small), 1);
+  EXPECT_TRUE(at::equal(tiled.decode(small), whole.decode(small)));
+  EXPECT_EQ(tiled.parts(runs().at("z")), 4);  // 4 x 6: 2 x 2 tiles
 }
 
 namespace {
