@@ -18,7 +18,10 @@
 #include "model/config.h"
 #include "model/family.h"
 #include "model/safetensors.h"
+#include "model/opensora_vae.h"
+#include "model/text_clean.h"
 #include "model/wan.h"
+#include "model/wan_vae.h"
 #include "pipeline/job_file.h"
 #include "test_util.h"
 
@@ -118,6 +121,31 @@ TEST(Fuzz, ModelConfigs) {
   fuzz("Wan config", {wan}, 4000, 3, [](const std::string& input) {
     (void)parse_wan_config(parse_json<nlohmann::json>(input), "config.json");
   });
+  // The VAEs' configs as their directories hold them (the test fixtures').
+  const std::string fixtures = std::string(DITTO_SOURCE_DIR) + "/tests/fixtures/";
+  fuzz("Wan-VAE config", {ditto::test::read_bytes(fixtures + "wan_vae_tiny/config.json")}, 3000, 11,
+       [](const std::string& input) {
+         const WanVaeConfig c = parse_wan_vae_config(parse_json<nlohmann::json>(input), "config.json");
+         (void)wan_vae_decoder_specs(c);
+       });
+  fuzz("Open-Sora VAE config", {ditto::test::read_bytes(fixtures + "opensora_vae_tiny/config.json")}, 3000, 12,
+       [](const std::string& input) {
+         const OpenSoraVaeConfig c = parse_opensora_vae_config(parse_json<nlohmann::json>(input), "config.json");
+         (void)opensora_vae_decoder_specs(c);
+       });
+}
+
+// Prompts through Open-Sora's caption cleaning and Wan's: any bytes (under the 4096-byte bound) are cleaned, never a crash.
+TEST(Fuzz, PromptCleaning) {
+  const std::vector<std::string> seeds = {
+      "A cat walks on the grass, realistic style.", "<b>Bold</b> https://x.com/a?b=1 @nick #123 \"quoted\" 192.168.0.1",
+      "東京 em—dash ‘q’ image_001.jpg 1920x1080 jc6640 ΟΔΥΣΣΕΥΣ %20+plus &amp;amp;"};
+  std::mt19937_64 rng(13);
+  for (int i = 0; i < 1500; ++i) {
+    const std::string input = mutate(seeds[i % seeds.size()], rng);
+    EXPECT_NO_THROW((void)opensora_prompt(input)) << input;  // every mutation is under 4096 bytes
+  }
+  for (int i = 0; i < 1500; ++i) (void)wan_prompt_clean(mutate(seeds[i % seeds.size()], rng));
 }
 
 TEST(Fuzz, JobLines) {
