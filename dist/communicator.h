@@ -28,6 +28,14 @@ struct CommCounters {
   }
 };
 
+// A collective in flight (Communicator::all_to_all_start): wait() completes it (the receive tensors
+// are then filled; on a GPU the compute stream waits for it). Destroyed unwaited, it waits.
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  virtual void wait() = 0;
+};
+
 // Every rank of a communicator must call the same collectives in the same order.
 // Byte counters: all_to_all counts sum_{j != me} |send[j]|; all_gather |send| (P - 1);
 // all_reduce |t|; broadcast |t| (P - 1) on the root and 0 elsewhere.
@@ -41,6 +49,11 @@ class Communicator {
   // send[j] goes to rank j; recv[j] (allocated by the caller with the size rank j sends, contiguous,
   // same dtype and device as send) receives it. Sizes may differ per rank and may be zero.
   virtual void all_to_all(const std::vector<at::Tensor>& send, std::vector<at::Tensor>& recv) = 0;
+  // The same, started and left in flight: the caller computes meanwhile and calls wait() before it
+  // reads `recv`. Several may be in flight; every rank starts them in the same order. Backends
+  // without asynchronous collectives complete it here.
+  virtual std::unique_ptr<PendingCollective> all_to_all_start(const std::vector<at::Tensor>& send,
+                                                              std::vector<at::Tensor>& recv);
   // recv[j] (allocated by the caller) receives rank j's `send`; sizes may differ per rank.
   virtual void all_gather(const at::Tensor& send, std::vector<at::Tensor>& recv) = 0;
   virtual void all_reduce(at::Tensor& t, ReduceOp op) = 0;

@@ -32,7 +32,10 @@ at::Tensor host(const at::Tensor& t) { return t.is_cpu() ? t.contiguous() : t.to
 
 class Timer {
  public:
-  explicit Timer(CollectiveCount& c) : c_(c), t0_(std::chrono::steady_clock::now()) { ++c_.calls; }
+  // count_call: a new call (false: the wait of one started before).
+  explicit Timer(CollectiveCount& c, bool count_call = true) : c_(c), t0_(std::chrono::steady_clock::now()) {
+    if (count_call) ++c_.calls;
+  }
   ~Timer() { c_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
 
  private:
@@ -69,36 +72,69 @@ MpiCommunicator::~MpiCommunicator() {
   if (owned_ && !finalized) MPI_Comm_free(&comm_);
 }
 
-void MpiCommunicator::all_to_all(const std::vector<at::Tensor>& send, std::vector<at::Tensor>& recv) {
+// An MPI_Ialltoallv in flight with its packed buffers; wait() unpacks into the receive tensors.
+struct MpiPendingAllToAll : PendingCollective {
+  MpiCommunicator* comm = nullptr;
+  MPI_Request req = MPI_REQUEST_NULL;
+  at::Tensor sbuf, rbuf;
+  std::vector<int> rcount, rdispl;
+  std::vector<at::Tensor> recv;  // the caller's tensors (shared storage)
+  bool done = false;
+  void wait() override {
+    if (done) return;
+    done = true;
+    Timer timer(comm->counters_.all_to_all, false);
+    comm->wait(req, "all_to_all");
+    for (size_t j = 0; j < recv.size(); ++j) {
+      at::Tensor part = rbuf.narrow(0, rdispl[j], rcount[j]).view(recv[j].scalar_type()).view(recv[j].sizes());
+      recv[j].copy_(part);
+    }
+  }
+  ~MpiPendingAllToAll() override {
+    try {
+      wait();
+    } catch (...) {  // an error already unwinding, or one MPI reports here: the request is gone either way
+    }
+  }
+};
+
+std::unique_ptr<PendingCollective> MpiCommunicator::all_to_all_start(const std::vector<at::Tensor>& send,
+                                                                     std::vector<at::Tensor>& recv) {
   if (static_cast<int>(send.size()) != size_ || static_cast<int>(recv.size()) != size_)
     fail("all_to_all: need ", size_, " send and receive tensors, got ", send.size(), " and ", recv.size());
-  Timer timer(counters_.all_to_all);
-  std::vector<int> scount(size_), sdispl(size_), rcount(size_), rdispl(size_);
-  int64_t stotal = 0, rtotal = 0;
-  for (int j = 0; j < size_; ++j) {
-    if (send[j].scalar_type() != recv[j].scalar_type()) fail("all_to_all: send and receive dtypes differ");
-    scount[j] = byte_count(nbytes(send[j]), "all_to_all");
-    rcount[j] = byte_count(nbytes(recv[j]), "all_to_all");
-    sdispl[j] = byte_count(stotal, "all_to_all");
-    rdispl[j] = byte_count(rtotal, "all_to_all");
-    stotal += scount[j];
-    rtotal += rcount[j];
-    if (j != rank_) counters_.all_to_all.bytes += scount[j];
+  auto p = std::make_unique<MpiPendingAllToAll>();
+  p->comm = this;
+  {
+    Timer timer(counters_.all_to_all);
+    std::vector<int> scount(size_), sdispl(size_);
+    p->rcount.resize(size_);
+    p->rdispl.resize(size_);
+    int64_t stotal = 0, rtotal = 0;
+    for (int j = 0; j < size_; ++j) {
+      if (send[j].scalar_type() != recv[j].scalar_type()) fail("all_to_all: send and receive dtypes differ");
+      scount[j] = byte_count(nbytes(send[j]), "all_to_all");
+      p->rcount[j] = byte_count(nbytes(recv[j]), "all_to_all");
+      sdispl[j] = byte_count(stotal, "all_to_all");
+      p->rdispl[j] = byte_count(rtotal, "all_to_all");
+      stotal += scount[j];
+      rtotal += p->rcount[j];
+      if (j != rank_) counters_.all_to_all.bytes += scount[j];
+    }
+    // Packed into one host buffer each way.
+    std::vector<at::Tensor> flat_send;
+    for (const auto& s : send) flat_send.push_back(host(s).view({-1}).view(at::kByte));
+    p->sbuf = flat_send.empty() ? at::empty({0}, at::kByte) : at::cat(flat_send);
+    p->rbuf = at::empty({rtotal}, at::kByte);
+    p->recv = recv;
+    check_mpi(MPI_Ialltoallv(p->sbuf.data_ptr(), scount.data(), sdispl.data(), MPI_BYTE, p->rbuf.data_ptr(),
+                             p->rcount.data(), p->rdispl.data(), MPI_BYTE, comm_, &p->req),
+              "all_to_all");
   }
-  // Pack into one host buffer each way.
-  std::vector<at::Tensor> flat_send;
-  for (const auto& s : send) flat_send.push_back(host(s).view({-1}).view(at::kByte));
-  at::Tensor sbuf = flat_send.empty() ? at::empty({0}, at::kByte) : at::cat(flat_send);
-  at::Tensor rbuf = at::empty({rtotal}, at::kByte);
-  MPI_Request req;
-  check_mpi(MPI_Ialltoallv(sbuf.data_ptr(), scount.data(), sdispl.data(), MPI_BYTE, rbuf.data_ptr(), rcount.data(),
-                       rdispl.data(), MPI_BYTE, comm_, &req),
-        "all_to_all");
-  wait(req, "all_to_all");
-  for (int j = 0; j < size_; ++j) {
-    at::Tensor part = rbuf.narrow(0, rdispl[j], rcount[j]).view(recv[j].scalar_type()).view(recv[j].sizes());
-    recv[j].copy_(part);
-  }
+  return p;
+}
+
+void MpiCommunicator::all_to_all(const std::vector<at::Tensor>& send, std::vector<at::Tensor>& recv) {
+  all_to_all_start(send, recv)->wait();
 }
 
 void MpiCommunicator::all_gather(const at::Tensor& send, std::vector<at::Tensor>& recv) {

@@ -26,6 +26,8 @@ class MpiCommunicator : public Communicator {
   MPI_Comm handle() const { return comm_; }
 
   void all_to_all(const std::vector<at::Tensor>& send, std::vector<at::Tensor>& recv) override;
+  std::unique_ptr<PendingCollective> all_to_all_start(const std::vector<at::Tensor>& send,
+                                                      std::vector<at::Tensor>& recv) override;
   void all_gather(const at::Tensor& send, std::vector<at::Tensor>& recv) override;
   void all_reduce(at::Tensor& t, ReduceOp op) override;
   void broadcast(at::Tensor& t, int root) override;
@@ -33,6 +35,7 @@ class MpiCommunicator : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key) override;
 
  private:
+  friend struct MpiPendingAllToAll;
   void wait(MPI_Request& request, const char* what);
 
   MPI_Comm comm_;

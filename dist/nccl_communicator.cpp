@@ -88,6 +88,12 @@ class NcclCommunicator : public Communicator {
   std::string backend() const override { return "nccl"; }
 
   void all_to_all(const std::vector<at::Tensor>& send, std::vector<at::Tensor>& recv) override {
+    all_to_all_start(send, recv)->wait();
+  }
+
+  // Enqueued on the communication stream; wait() makes the compute stream wait for it.
+  std::unique_ptr<PendingCollective> all_to_all_start(const std::vector<at::Tensor>& send,
+                                                      std::vector<at::Tensor>& recv) override {
     if (static_cast<int>(send.size()) != size_ || static_cast<int>(recv.size()) != size_)
       fail("all_to_all: need ", size_, " send and receive tensors");
     // Contiguous copies are made on the compute stream before the communication stream waits on it.
@@ -98,7 +104,10 @@ class NcclCommunicator : public Communicator {
       if (!recv[j].is_contiguous()) fail("NCCL all_to_all: receive tensors must be contiguous");
       if (j != rank_) counters_.all_to_all.bytes += nbytes(keep[j]);
     }
-    run("all_to_all", counters_.all_to_all, keep, [&] {
+    auto p = std::make_unique<InFlight>();
+    p->comm = this;
+    p->recv = recv;  // kept alive until the compute stream waits for the stream that writes them
+    p->after = enqueue("all_to_all", counters_.all_to_all, keep, [&] {
       check_nccl(ncclGroupStart(), "group start");
       for (int j = 0; j < size_; ++j) {
         if (keep[j].numel()) check_nccl(ncclSend(keep[j].data_ptr(), nbytes(keep[j]), ncclUint8, j, comm_, stream_), "send");
@@ -107,6 +116,7 @@ class NcclCommunicator : public Communicator {
       }
       check_nccl(ncclGroupEnd(), "group end");
     });
+    return p;
   }
 
   void all_gather(const at::Tensor& send, std::vector<at::Tensor>& recv) override {
@@ -166,17 +176,51 @@ class NcclCommunicator : public Communicator {
     return t;
   }
 
-  // Enqueues `body` on the communication stream after the compute stream's pending work (inputs
-  // are final by then), makes the compute stream wait for it, and hands the completion event to
-  // the watchdog. The pending record is registered before `body`, so a hang inside the NCCL call
-  // itself (a peer that never arrives) is also caught by the timeout.
+  // A collective enqueued and not yet waited for by the compute stream.
+  struct InFlight : PendingCollective {
+    NcclCommunicator* comm = nullptr;
+    cudaEvent_t after = nullptr;  // recorded on the communication stream after the collective
+    std::vector<at::Tensor> recv;
+    void wait() override {
+      if (!after) return;
+      comm->wait_on(after);
+      after = nullptr;
+      recv.clear();
+    }
+    ~InFlight() override {
+      try {
+        wait();
+      } catch (...) {
+      }
+    }
+  };
+
+  // The compute stream waits for `after` (then released).
+  void wait_on(cudaEvent_t after) {
+    c10::cuda::CUDAGuard guard(device_);
+    const cudaError_t e = cudaStreamWaitEvent(c10::cuda::getCurrentCUDAStream(device_).stream(), after, 0);
+    cudaEventDestroy(after);
+    check_cuda(e, "stream wait");
+  }
+
+  // Enqueues `body` on the communication stream after the compute stream's pending work (inputs are
+  // final by then), makes the compute stream wait for it, and hands the completion event to the
+  // watchdog. The pending record is registered before `body`, so a hang inside the NCCL call itself
+  // (a peer that never arrives) is also caught by the timeout.
   template <typename Body>
   void run(const char* what, CollectiveCount& count, const std::vector<at::Tensor>& inputs, Body body) {
+    wait_on(enqueue(what, count, inputs, body));
+  }
+
+  // The same without the wait: returns an event recorded after the collective on the communication
+  // stream (the caller's to wait on; the watchdog keeps its own).
+  template <typename Body>
+  cudaEvent_t enqueue(const char* what, CollectiveCount& count, const std::vector<at::Tensor>& inputs, Body body) {
     const auto t0 = std::chrono::steady_clock::now();
     ++count.calls;
     c10::cuda::CUDAGuard guard(device_);
     c10::cuda::CUDAStream compute = c10::cuda::getCurrentCUDAStream(device_);
-    cudaEvent_t ready = nullptr, done = nullptr;
+    cudaEvent_t ready = nullptr, done = nullptr, after = nullptr;
     check_cuda(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "event");
     std::shared_ptr<std::atomic<bool>> enqueued = std::make_shared<std::atomic<bool>>(false);
     try {
@@ -187,8 +231,10 @@ class NcclCommunicator : public Communicator {
         std::lock_guard<std::mutex> lock(mu_);
         pending_.push_back({done, std::chrono::steady_clock::now(), what, enqueued});
       }
+      check_cuda(cudaEventCreateWithFlags(&after, cudaEventDisableTiming), "event");
       body();
       check_cuda(cudaEventRecord(done, stream_.stream()), "event record");
+      check_cuda(cudaEventRecord(after, stream_.stream()), "event record");
     } catch (...) {
       // Nothing was enqueued after the failure: forget the record so the watchdog does not wait on it.
       {
@@ -198,15 +244,16 @@ class NcclCommunicator : public Communicator {
       }
       cudaEventDestroy(ready);
       if (done) cudaEventDestroy(done);
+      if (after) cudaEventDestroy(after);
       throw;
     }
-    enqueued->store(true);
-    check_cuda(cudaStreamWaitEvent(compute.stream(), done, 0), "stream wait");
+    enqueued->store(true);  // from here the watchdog may query (and destroy) `done`; `after` is ours
     // Inputs used on the communication stream must not be reused before it is done with them.
     for (const auto& t : inputs) c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), stream_);
     cudaEventDestroy(ready);
     cv_.notify_all();
     count.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return after;
   }
 
   // NCCL refuses two ranks on one GPU with an obscure error: say which ranks share which GPU.

@@ -1,9 +1,23 @@
 // Ulysses' sequence <-> head exchange (see ulysses_layout.h).
 #include "dist/ulysses_layout.h"
 
+#include <algorithm>
+#include <atomic>
+
 #include "model/error.h"
 
 namespace ditto {
+
+namespace {
+std::atomic<int> g_head_groups{1};
+}  // namespace
+
+void set_ulysses_head_groups(int groups) {
+  if (groups < 1 || groups > 64) fail("--ulysses-head-groups must be in 1 .. 64, got ", groups);
+  g_head_groups = groups;
+}
+
+int ulysses_head_groups() { return g_head_groups; }
 
 SequenceShardLayout::SequenceShardLayout(Communicator& comm, const TokenGrid& grid)
     : comm_(comm), grid_(grid), tokens_(grid.tokens(), comm.size()) {
@@ -25,6 +39,9 @@ at::Tensor UlyssesLayout::attention(AttentionScope scope, const at::Tensor& q, c
   const int64_t B = q.size(0), D = q.size(3);
   if (q.size(1) != heads_total_ || q.size(2) != tokens_.counts[r])
     fail("Ulysses: q is ", q.sizes(), ", expected [B, ", heads_total_, ", ", tokens_.counts[r], ", D]");
+  // Groups beyond the fewest heads a rank holds would leave that rank idle in some of them.
+  const int groups = std::min<int>(ulysses_head_groups(), static_cast<int>(*std::min_element(heads_.counts.begin(), heads_.counts.end())));
+  if (groups > 1) return attention_in_groups(q, k, v, attend, groups);
   // Sequence -> heads: rank j gets my tokens of its heads, for q, k and v at once.
   const at::Tensor qkv = at::stack({q, k, v});  // [3, B, H, n_r, D]
   std::vector<at::Tensor> send, recv;
@@ -44,6 +61,49 @@ at::Tensor UlyssesLayout::attention(AttentionScope scope, const at::Tensor& q, c
   }
   comm_.all_to_all(send, recv);
   return at::cat(recv, 1);  // [B, H, n_r, D]
+}
+
+// Rank j's heads split again into `groups`; group g of every rank travels in one all-to-all.
+at::Tensor UlyssesLayout::attention_in_groups(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                              const Attend& attend, int groups) {
+  const int P = comm_.size(), r = comm_.rank();
+  const int64_t B = q.size(0), D = q.size(3);
+  std::vector<Split> sub;
+  for (int j = 0; j < P; ++j) sub.emplace_back(heads_.counts[j], groups);
+  const at::Tensor qkv = at::stack({q, k, v});  // [3, B, H, n_r, D]
+  struct Exchange {
+    std::vector<at::Tensor> send, recv;
+    std::unique_ptr<PendingCollective> pending;
+  };
+  std::vector<Exchange> in(groups), back(groups);
+  const auto start_in = [&](int g) {
+    Exchange& e = in[g];
+    for (int j = 0; j < P; ++j) {
+      e.send.push_back(qkv.narrow(2, heads_.offsets[j] + sub[j].offsets[g], sub[j].counts[g]).contiguous());
+      e.recv.push_back(at::empty({3, B, sub[r].counts[g], tokens_.counts[j], D}, q.options()));
+    }
+    e.pending = comm_.all_to_all_start(e.send, e.recv);
+  };
+  start_in(0);
+  for (int g = 0; g < groups; ++g) {
+    if (g + 1 < groups) start_in(g + 1);  // in flight while group g attends
+    in[g].pending->wait();
+    const at::Tensor all = at::cat(in[g].recv, 3);  // [3, B, h_g, L, D]
+    in[g] = Exchange{};
+    const at::Tensor o = attend(all[0], all[1], all[2]);  // [B, h_g, L, D]
+    Exchange& e = back[g];
+    for (int j = 0; j < P; ++j) {
+      e.send.push_back(o.narrow(2, tokens_.offsets[j], tokens_.counts[j]).contiguous());
+      e.recv.push_back(at::empty({B, sub[j].counts[g], tokens_.counts[r], D}, q.options()));
+    }
+    e.pending = comm_.all_to_all_start(e.send, e.recv);
+  }
+  at::Tensor out = at::empty({B, heads_total_, tokens_.counts[r], D}, q.options());
+  for (int g = 0; g < groups; ++g) {
+    back[g].pending->wait();
+    for (int j = 0; j < P; ++j) out.narrow(1, heads_.offsets[j] + sub[j].offsets[g], sub[j].counts[g]).copy_(back[g].recv[j]);
+  }
+  return out;
 }
 
 int64_t UlyssesLayout::bytes(AttentionScope scope, int64_t batch, int64_t channels, int64_t element_size) const {

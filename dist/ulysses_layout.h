@@ -25,6 +25,12 @@ class SequenceShardLayout : public SequenceParallel {
   Split tokens_;
 };
 
+// Ulysses' exchanges in N head groups (default 1): group g + 1's all-to-all in flight while group g
+// attends, and group g's outputs on their way back while g + 1 attends. The same attention, head by
+// head; on a GPU the communication stream runs beside the compute stream.
+void set_ulysses_head_groups(int groups);
+int ulysses_head_groups();
+
 class UlyssesLayout : public SequenceShardLayout {
  public:
   // heads: the model's attention heads (at least one per rank).
@@ -39,6 +45,8 @@ class UlyssesLayout : public SequenceShardLayout {
   const Split& heads() const { return heads_; }
 
  private:
+  at::Tensor attention_in_groups(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Attend& attend, int groups);
+
   int heads_total_;
   Split heads_;
 };

@@ -480,6 +480,34 @@ TEST(Ulysses, WanForwardAndSamplingMatchOneRankAndMoveTheAnalyticBytes) {
   }
 }
 
+// The exchanges in head groups (each group's all-to-all in flight while the previous group attends):
+// the same output as one exchange each way, the same bytes in `groups` times the calls. An 8-head
+// Wan: two groups at every P up to 4 (each rank holds at least two heads).
+TEST(Ulysses, HeadGroupsOverlapTheExchangesAndGiveTheSameOutput) {
+  const int P = world().size(), r = world().rank();
+  WanConfig c = four_head_wan();
+  c.num_heads = 8;
+  c.dim = 48;  // head_dim 6, as the 4-head model
+  const Wan m = Wan::random(c, 17, kF32);
+  const WanForward f(m, 18);
+  UlyssesLayout layout(world(), f.ctx->grid, c.num_heads);
+  const at::Tensor x = layout.shard(f.tokens);
+  world().reset_counters();
+  const at::Tensor one = m.forward_tokens(x, layout.shard_begin(), *f.ctx, &layout);
+  const CommCounters plain = world().counters();
+  set_ulysses_head_groups(2);
+  world().reset_counters();
+  const at::Tensor grouped = m.forward_tokens(x, layout.shard_begin(), *f.ctx, &layout);
+  const CommCounters overlapped = world().counters();
+  set_ulysses_head_groups(1);
+  EXPECT_LT(ditto::test::rel_err(grouped, one), 1e-6) << "P " << P << " rank " << r;
+  EXPECT_EQ(overlapped.all_to_all.calls, 2 * plain.all_to_all.calls);
+  EXPECT_EQ(overlapped.all_to_all.bytes, plain.all_to_all.bytes);
+  const int64_t begin = layout.tokens().offsets[r], n = layout.tokens().counts[r];
+  EXPECT_LT(ditto::test::rel_err(grouped, f.reference.reshape({2, 1, 27, f.reference.size(3)}).narrow(2, begin, n)), 1e-5);
+  EXPECT_THROW(set_ulysses_head_groups(0), Error);
+}
+
 TEST(Ulysses, AModelOfTwoExpertsSamplesAsOneRankWithItsCacheRestartingAtTheSwitch) {
   // Wan 2.2's two experts (two heads each: Ulysses pairs) switching at t = 875, guided 4 / 3, with
   // TeaCache coordinated over the pair: the latent and every decision as on one rank.
