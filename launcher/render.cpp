@@ -49,7 +49,8 @@ using json = nlohmann::ordered_json;
 const std::vector<std::string> kDefaultsFlags = {
     "prompt", "text-encoder", "max-sequence-length", "caption-embedding", "random-caption", "negative-prompt", "negative-caption-embedding", "init-noise",
     "seed", "frames", "height", "width", "steps", "cfg-scale", "cfg-scale-2", "expert-boundary", "fps", "sampler", "sigma-grid",
-    "no-timestep-transform", "flow-shift", "cache", "cache-opt", "schedule", "upscale", "png", "no-mp4"};
+    "no-timestep-transform", "flow-shift", "cache", "cache-opt", "schedule", "vae", "vae-dtype", "vae-tile", "vae-tile-stride",
+    "vae-chunk", "upscale", "png", "y4m", "no-mp4"};
 
 // Validates a parsed line against its model without loading weights: the prompt against the model's
 // text encoder, the cache policy and its options against the model's units and steps. `outlines`

@@ -152,7 +152,7 @@ void maybe_inject_fault(int rank, int step) {
     std::this_thread::sleep_for(std::chrono::seconds(3));
     return;
   }
-  fail("injected fault at step ", step, " (DITTO_FAULT_INJECT=", spec, ")");
+  fail("injected fault at ", step ? "step " + std::to_string(step) : std::string("the decode"), " (DITTO_FAULT_INJECT=", spec, ")");
 }
 
 }  // namespace
@@ -216,7 +216,12 @@ std::shared_ptr<const VAE> job_vae(const VideoJob& job_in, const std::string& mo
 at::Tensor decode_on_group(const VAE& vae, const at::Tensor& latent, int frames, Communicator& group) {
   const int P = group.size(), r = group.rank();
   const int n = vae.parts(latent);
-  if (P == 1 || n == 1) return r == 0 ? vae.decode(latent, frames).to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
+  // DITTO_FAULT_INJECT=R:0 fails rank R of the group's decode (tests).
+  if (P == 1 || n == 1) {
+    if (r != 0) return {};
+    maybe_inject_fault(r, 0);
+    return vae.decode(latent, frames).to(at::kCPU, at::kFloat).contiguous();
+  }
   // Part k is decoded by rank k % P, padded to the largest part's shape, and gathered.
   std::vector<std::vector<int64_t>> shapes;
   std::vector<int64_t> big;
@@ -231,6 +236,7 @@ at::Tensor decode_on_group(const VAE& vae, const at::Tensor& latent, int frames,
   at::Tensor mine = at::zeros({per, big_numel}, at::kFloat);
   std::string error;
   try {
+    maybe_inject_fault(r, 0);
     for (int i = 0; i < per; ++i) {
       const int k = r + i * P;
       if (k >= n) break;

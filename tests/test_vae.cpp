@@ -302,3 +302,38 @@ TEST(OpenSoraVae, SampleDecodesAndDittoDecodeAgreesAtAnyRankCount) {
   }
   EXPECT_LT(static_cast<double>(differ) / static_cast<double>(total), 1e-3) << differ << " of " << total << " bytes";
 }
+
+// A decode that fails (DITTO_FAULT_INJECT=R:0 fails rank R's) keeps the sampled latent: sample writes it
+// and metrics.json and exits 1 naming it; render records the job as failed with the latent kept in
+// its partial directory; two ranks sharing the parts both stop with the error (neither waits).
+TEST(OpenSoraVae, AFailedDecodeKeepsTheLatent) {
+  const std::string d = temp_dir(), model = std::string(DITTO_SOURCE_DIR) + "/tests/fixtures/opensora_stdit3_tiny";
+  const std::string video = " --random-caption 4 --steps 2 --frames 23 --height 24 --width 32 --no-mp4 --quiet ";
+  auto r = ditto::test::run_command("DITTO_FAULT_INJECT=0:0 " + std::string(DITTO_BINARY) + " sample --model " + model +
+                                    " --vae " + os_dir() + video + "--out " + d + "/s");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("decoding failed: injected fault at the decode"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("ditto decode can retry it"), std::string::npos) << r.output;
+  ASSERT_TRUE(ditto::test::exists(d + "/s/latent.safetensors"));
+  const auto m = nlohmann::json::parse(ditto::test::read_bytes(d + "/s/metrics.json"));
+  EXPECT_NE(m["outputs"]["video"].get<std::string>().find("not written: decoding failed"), std::string::npos) << m["outputs"];
+  // The kept latent decodes.
+  r = ditto::test::run_ditto("decode --vae " + os_dir() + " --latent " + d + "/s/latent.safetensors --no-mp4 --quiet --out " + d + "/dec");
+  EXPECT_EQ(r.code, 0) << r.output;
+  // Two ranks sharing the chunks, rank 1's decode failing: both end, with the error.
+  r = ditto::test::run_ditto_mpi(2, "decode --vae " + os_dir() + " --latent " + d + "/s/latent.safetensors --no-mp4 --quiet --out " +
+                                        d + "/dec2", "DITTO_FAULT_INJECT=1:0");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("injected fault at the decode"), std::string::npos) << r.output;
+  EXPECT_FALSE(ditto::test::exists(d + "/dec2/metrics.json"));
+  // render: the job fails, its latent kept where it was written.
+  ditto::test::write_bytes(d + "/jobs.jsonl", R"({"random_caption": 4, "steps": 2, "frames": 23, "height": 24, "width": 32, "output": "a"})" "\n");
+  r = ditto::test::run_command("DITTO_FAULT_INJECT=0:0 " + std::string(DITTO_BINARY) + " render --model " + model + " --vae " +
+                               os_dir() + " --no-mp4 --quiet --jobs " + d + "/jobs.jsonl --out " + d + "/render");
+  EXPECT_NE(r.code, 0);
+  const auto failures = ditto::test::read_jsonl(d + "/render/failures.jsonl");
+  ASSERT_EQ(failures.size(), 1u) << r.output;
+  EXPECT_NE(failures[0]["error"].get<std::string>().find("decoding failed"), std::string::npos) << failures[0];
+  EXPECT_TRUE(ditto::test::exists(d + "/render/.a.partial/latent.safetensors"));
+  EXPECT_FALSE(ditto::test::exists(d + "/render/a"));
+}
