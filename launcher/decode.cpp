@@ -46,24 +46,16 @@ int run_decode(const std::vector<std::string>& args, const MpiEnv& mpi) {
   const auto dev = options.device();
 
   const auto t_load = std::chrono::steady_clock::now();
-  at::Tensor z;
-  {
-    SafetensorsFile f(latent_path);
-    const char* name = f.contains("z") ? "z" : f.contains("z0") ? "z0" : nullptr;
-    if (!name) fail("'", latent_path, "' has no tensor 'z' (the latent)");
-    z = f.tensor(name, at::TensorOptions().dtype(at::kFloat));
-    const auto& meta = f.metadata();
-    if (frames < 0) fail("--frames must be >= 0, got ", frames);
-    if (frames == 0 && meta.count("frames")) {
-      try {
-        frames = std::stoi(meta.at("frames"));
-      } catch (const std::exception&) {
-        fail("'", latent_path, "': metadata 'frames' is not a number: ", dump_json(nlohmann::json(meta.at("frames"))));
-      }
+  if (frames < 0) fail("--frames must be >= 0, got ", frames);
+  const LatentFile latent = read_latent_file(latent_path, at::kFloat);
+  const at::Tensor& z = latent.z;
+  if (frames == 0 && latent.metadata.count("frames")) {
+    try {
+      frames = std::stoi(latent.metadata.at("frames"));
+    } catch (const std::exception&) {
+      fail("'", latent_path, "': metadata 'frames' is not a number: ", dump_json(nlohmann::json(latent.metadata.at("frames"))));
     }
   }
-  if (z.dim() == 4) z = z.unsqueeze(0);
-  if (z.dim() != 5 || z.size(0) != 1) fail("'", latent_path, "': the latent must be [1, C, T, H, W], got ", shape_string(z.sizes()));
   const VaeOptions vo = vae_options(job, dev);
   const std::shared_ptr<const VAE> vae = load_vae(job.vae, vo);
   if (job.fps <= 0) job.fps = vae->name() == "opensora-v1.2" ? 24 : 16;  // each reference's rate

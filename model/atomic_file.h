@@ -13,6 +13,8 @@
 #include <vector>
 #include <cmath>
 
+#include "model/error.h"
+
 namespace ditto {
 
 // Calls `write` with a stream to a temporary file next to `path`, then renames it onto `path`.
@@ -116,6 +118,15 @@ void read_json_value(const nlohmann::json& v, T& out) {
   } else if constexpr (std::is_same_v<T, std::string>) {
     if (!v.is_string()) throw std::invalid_argument("must be a string, got " + json_kind(v));
     out = v.get<std::string>();
+  } else if constexpr (std::is_same_v<T, std::vector<bool>>) {  // its items are proxies, not bool&
+    if (!v.is_array()) throw std::invalid_argument("must be a list of true / false, got " + json_kind(v));
+    T list;
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (!v[i].is_boolean())
+        throw std::invalid_argument("item " + std::to_string(i) + " must be true or false, got " + json_kind(v[i]));
+      list.push_back(v[i].get<bool>());
+    }
+    out = std::move(list);
   } else if constexpr (is_vector<T>::value) {
     if (!v.is_array()) throw std::invalid_argument("must be a list, got " + json_kind(v));
     T list(v.size());
@@ -159,6 +170,16 @@ inline void read_config_field(const nlohmann::json& j, const char* key, std::arr
   if (!j[key].is_array() || j[key].size() != 3)
     throw std::invalid_argument(where + ", field '" + key + "': expected [t, h, w], got " + json_kind(j[key]));
   for (size_t i = 0; i < 3; ++i) read_config_field(nlohmann::json{{key, j[key][i]}}, key, out[i], where);
+}
+
+// read_config_field (either overload), its complaint thrown as the ditto Error the config parsers throw.
+template <class T>
+void config_field(const nlohmann::json& j, const char* key, T& out, const std::string& where) {
+  try {
+    read_config_field(j, key, out, where);
+  } catch (const std::invalid_argument& e) {
+    throw Error(e.what());
+  }
 }
 
 // strerror(err), with what it means for ditto's outputs when the filesystem refuses a write: full

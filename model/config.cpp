@@ -37,13 +37,7 @@ STDiT3Config parse_config(const nlohmann::json& j, const std::string& path) {
   if (!j.is_object()) fail("'", path, "': the config is not a JSON object");
   STDiT3Config c;
   auto where = [&](const char* key) { return "'" + path + "', field '" + key + "'"; };
-  auto get = [&](const char* key, auto& out) {
-    try {
-      read_config_field(j, key, out, "'" + path + "'");
-    } catch (const std::exception& e) {
-      fail(e.what());
-    }
-  };
+  auto get = [&](const char* key, auto& out) { config_field(j, key, out, "'" + path + "'"); };
   if (j.contains("model_type") && j["model_type"] != "STDiT3")
     fail(where("model_type"), ": '", dump_json(j["model_type"]), "' is not STDiT3");
   get("hidden_size", c.hidden_size);

@@ -31,20 +31,7 @@ OpenSoraVaeConfig parse_opensora_vae_config(const nlohmann::json& j, const std::
   if (!is_opensora_vae_config(j)) fail("'", where, "': not Open-Sora's VideoAutoencoderPipeline (model_type)");
   OpenSoraVaeConfig c;
   const auto get = [&](const nlohmann::json& o, const char* key, auto& out, const std::string& in) {
-    try {
-      read_config_field(o, key, out, "'" + where + "'" + in);
-    } catch (const std::exception& e) {
-      fail(e.what());
-    }
-  };
-  const auto bools = [&](const nlohmann::json& o, const char* key, std::vector<bool>& out, const std::string& in) {
-    if (!o.contains(key) || o[key].is_null()) return;
-    if (!o[key].is_array()) fail("'", where, "'", in, ", field '", key, "': must be a list of true / false");
-    out.clear();
-    for (const auto& v : o[key]) {
-      if (!v.is_boolean()) fail("'", where, "'", in, ", field '", key, "': must be a list of true / false");
-      out.push_back(v.get<bool>());
-    }
+    config_field(o, key, out, "'" + where + "'" + in);
   };
   get(j, "micro_frame_size", c.micro_frame_size, "");
   get(j, "scale", c.scale, "");
@@ -61,7 +48,7 @@ OpenSoraVaeConfig parse_opensora_vae_config(const nlohmann::json& j, const std::
     get(t, "num_res_blocks", c.num_res_blocks, in);
     get(t, "num_groups", c.num_groups, in);
     get(t, "channel_multipliers", c.channel_multipliers, in);
-    bools(t, "temporal_downsample", c.temporal_downsample, in);
+    get(t, "temporal_downsample", c.temporal_downsample, in);
   }
   if (j.contains("vae_2d") && j["vae_2d"].is_object()) {
     const auto& s = j["vae_2d"];

@@ -52,13 +52,7 @@ T5Config t5_builtin_config(const std::string& name) {
 T5Config parse_t5_config(const nlohmann::json& j, const std::string& where) {
   if (!j.is_object()) fail("'", where, "': the config is not a JSON object");
   T5Config c;
-  auto get = [&](const char* key, auto& out) {
-    try {
-      read_config_field(j, key, out, "'" + where + "'");
-    } catch (const std::exception& e) {
-      fail(e.what());
-    }
-  };
+  auto get = [&](const char* key, auto& out) { config_field(j, key, out, "'" + where + "'"); };
   get("model_type", c.model_type);
   get("vocab_size", c.vocab_size);
   get("d_model", c.d_model);

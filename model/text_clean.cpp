@@ -217,16 +217,13 @@ const std::wstring& py_space_class() {
   return s;
 }
 
-// A pattern written with Python's escapes, made ECMAScript: \s, \S and [\S] spelled out.
+// A pattern written with Python's escapes, made ECMAScript: \s and \S (outside classes, as all of
+// clean_caption's are written here) spelled out as Python's whitespace.
 std::wstring ecma(const std::wstring& p) {
   std::wstring out;
   for (size_t i = 0; i < p.size(); ++i) {
     if (p[i] == L'\\' && i + 1 < p.size() && (p[i + 1] == L's' || p[i + 1] == L'S')) {
-      const bool in_class = std::count(p.begin(), p.begin() + static_cast<std::ptrdiff_t>(i), L'[') >
-                            std::count(p.begin(), p.begin() + static_cast<std::ptrdiff_t>(i), L']');
-      if (p[i + 1] == L's') out += in_class ? py_space_class() : L"[" + py_space_class() + L"]";
-      else if (in_class) fail("Open-Sora caption cleaning: \\S inside a class other than [\\S]");
-      else out += L"[^" + py_space_class() + L"]";
+      out += (p[i + 1] == L's' ? L"[" : L"[^") + py_space_class() + L"]";
       ++i;
       continue;
     }

@@ -64,11 +64,7 @@ WanConfig parse_wan_config(const nlohmann::json& j, const std::string& where) {
   WanConfig c;
   auto get = [&](const char* key, auto& out) {
     if (!j.contains(key) || j[key].is_null()) return false;
-    try {
-      read_config_field(j, key, out, "'" + where + "'");
-    } catch (const std::exception& e) {
-      fail(e.what());
-    }
+    config_field(j, key, out, "'" + where + "'");
     return true;
   };
   const bool diffusers = j.contains("num_attention_heads");

@@ -39,13 +39,7 @@ WanVaeConfig wan_vae_builtin_config(const std::string& name) {
 WanVaeConfig parse_wan_vae_config(const nlohmann::json& j, const std::string& where) {
   if (!j.is_object()) fail("'", where, "': the config is not a JSON object");
   WanVaeConfig c;
-  auto get = [&](const char* key, auto& out) {
-    try {
-      read_config_field(j, key, out, "'" + where + "'");
-    } catch (const std::exception& e) {
-      fail(e.what());
-    }
-  };
+  auto get = [&](const char* key, auto& out) { config_field(j, key, out, "'" + where + "'"); };
   get("base_dim", c.base_dim);
   get("decoder_base_dim", c.decoder_base_dim);
   get("z_dim", c.z_dim);
@@ -53,15 +47,7 @@ WanVaeConfig parse_wan_vae_config(const nlohmann::json& j, const std::string& wh
   get("in_channels", c.in_channels);
   get("out_channels", c.out_channels);
   get("dim_mult", c.dim_mult);
-  if (j.contains("temperal_downsample") && !j["temperal_downsample"].is_null()) {
-    const auto& t = j["temperal_downsample"];
-    if (!t.is_array()) fail("'", where, "', field 'temperal_downsample': must be a list of true / false, got ", json_kind(t));
-    c.temporal_downsample.clear();
-    for (const auto& v : t) {
-      if (!v.is_boolean()) fail("'", where, "', field 'temperal_downsample': must be a list of true / false, got ", json_kind(v), " in it");
-      c.temporal_downsample.push_back(v.get<bool>());
-    }
-  }
+  get("temperal_downsample", c.temporal_downsample);  // diffusers' spelling
   std::vector<double> attn_scales;
   get("attn_scales", attn_scales);
   bool is_residual = false;
@@ -403,11 +389,9 @@ at::Tensor WanVaeDecoder::decode_tile(const at::Tensor& latent, const VaeTiling&
       latent.narrow(3, i, std::min(g.size, latent.size(3) - i)).narrow(4, j, std::min(g.size, latent.size(4) - j)), chunk);
 }
 
-std::vector<at::Tensor> WanVaeDecoder::decode_tiles(const at::Tensor& latent, const VaeTiling& tiling, int chunk, int rank,
-                                                    int ranks) const {
+std::vector<at::Tensor> WanVaeDecoder::decode_tiles(const at::Tensor& latent, const VaeTiling& tiling, int chunk) const {
   std::vector<at::Tensor> out(tiles(latent, tiling));
-  for (size_t k = 0; k < out.size(); ++k)
-    if (static_cast<int>(k % ranks) == rank) out[k] = decode_tile(latent, tiling, static_cast<int>(k), chunk);
+  for (size_t k = 0; k < out.size(); ++k) out[k] = decode_tile(latent, tiling, static_cast<int>(k), chunk);
   return out;
 }
 

@@ -70,13 +70,11 @@ class WanVaeDecoder {
   // (float32, on the decoder's device), `chunk` latent frames at a time (1: as the reference).
   at::Tensor decode_latent(const at::Tensor& latent, int chunk = 1) const;
   // The same through spatial tiles (diffusers' tiled_decode): tile k (row-major) unclamped, its
-  // shape, the number of tiles; every tile (or, with `ranks` > 1, tiles k with k % ranks == rank,
-  // the others left undefined).
+  // shape, the number of tiles; every tile.
   int tiles(const at::Tensor& latent, const VaeTiling& tiling) const;
   std::vector<int64_t> tile_shape(const at::Tensor& latent, const VaeTiling& tiling, int k) const;
   at::Tensor decode_tile(const at::Tensor& latent, const VaeTiling& tiling, int k, int chunk = 1) const;
-  std::vector<at::Tensor> decode_tiles(const at::Tensor& latent, const VaeTiling& tiling, int chunk = 1,
-                                       int rank = 0, int ranks = 1) const;
+  std::vector<at::Tensor> decode_tiles(const at::Tensor& latent, const VaeTiling& tiling, int chunk = 1) const;
   // Every tile of decode_tiles blended into the frames, clamped to [-1, 1].
   at::Tensor blend_tiles(std::vector<at::Tensor> tiles, const at::Tensor& latent, const VaeTiling& tiling) const;
 

@@ -179,6 +179,16 @@ RgbVideo to_rgb_video(const at::Tensor& video, int fps, int upscale, FrameRoundi
   return v;
 }
 
+LatentFile read_latent_file(const std::string& path, at::ScalarType dtype) {
+  SafetensorsFile f(path);
+  const char* name = f.contains("z") ? "z" : f.contains("z0") ? "z0" : nullptr;
+  if (!name) fail("'", path, "' has no tensor 'z' or 'z0' (a latent)");
+  LatentFile l{f.tensor(name, at::TensorOptions().dtype(dtype)), f.metadata()};
+  if (l.z.dim() == 4) l.z = l.z.unsqueeze(0);
+  if (l.z.dim() != 5 || l.z.size(0) != 1) fail("'", path, "': the latent must be [1, C, T, H, W], got ", shape_string(l.z.sizes()));
+  return l;
+}
+
 VaeOptions vae_options(const VideoJob& job, const at::Device& device) {
   if (job.vae_tile_stride > 0 && job.vae_tile <= 0) fail("--vae-tile-stride needs --vae-tile");
   if (job.vae_tile > 0) {
@@ -450,11 +460,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
   const auto z_dtype = options.dtype().toScalarType() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor z0;
   if (!job.init_noise.empty()) {
-    SafetensorsFile f(job.init_noise);
-    const char* name = f.contains("z") ? "z" : f.contains("z0") ? "z0" : nullptr;
-    if (!name) fail("'", job.init_noise, "' has no tensor 'z' or 'z0'");
-    z0 = f.tensor(name, at::TensorOptions().dtype(z_dtype));
-    if (z0.dim() == 4) z0 = z0.unsqueeze(0);
+    z0 = read_latent_file(job.init_noise, z_dtype).z;
     if (z0.sizes().vec() != shape_of(ls))
       fail("init noise ", z0.sizes(), " does not match the latent ", at::IntArrayRef(shape_of(ls)), " of ", job.frames,
            " frames at ", job.height, "x", job.width, " (set frames/height/width to the noise's video size)");

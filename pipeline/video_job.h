@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <map>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -84,6 +85,14 @@ struct RenderedVideo {
 // The VAE a job decodes with: its `vae` directory, else the model directory's (a pipeline's vae/),
 // else the family's latent geometry (which decodes only pixel-space models). A VAE whose latent does
 // not fit the model's (channels, frames, size) for the job's video is an Error naming both.
+// A latent file (latent.safetensors of sample / render, or init noise): tensor z (or z0), [C, T, H, W]
+// or [1, C, T, H, W], as [1, C, T, H, W] in `dtype`, with the file's metadata. Errors name the file.
+struct LatentFile {
+  at::Tensor z;
+  std::map<std::string, std::string> metadata;
+};
+LatentFile read_latent_file(const std::string& path, at::ScalarType dtype);
+
 // A job's VAE settings (--vae-dtype, --vae-tile, --vae-tile-stride, --vae-chunk) for `device`.
 VaeOptions vae_options(const VideoJob& job, const at::Device& device);
 std::shared_ptr<const VAE> job_vae(const VideoJob& job, const std::string& model_dir, const ModelOutline& model,
