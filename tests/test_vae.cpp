@@ -5,6 +5,8 @@
 // 1.2's VAE against its own code's decode (tests/fixtures/opensora_vae_tiny, its README says how).
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "model/safetensors.h"
 #include "model/family.h"
 #include "model/opensora_vae.h"
@@ -30,6 +32,19 @@ const std::map<std::string, at::Tensor>& runs() {
 const WanVaeDecoder& decoder() {
   static const WanVaeDecoder d = WanVaeDecoder::from_pretrained(vae_dir(), at::TensorOptions().dtype(at::kFloat));
   return d;
+}
+
+// Copies `from`'s config.json into `dir` (which holds the weights), edits it with `sed`, and expects
+// `load(dir)` to fail with `text` in its message.
+void expect_config_error(const std::string& from, const std::string& dir, const std::function<void(const std::string&)>& load,
+                         const std::string& sed, const std::string& text) {
+  run_command("cp " + from + "/config.json " + dir + "/ && sed -i '" + sed + "' " + dir + "/config.json");
+  try {
+    load(dir);
+    ADD_FAILURE() << "loaded after " << sed;
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+  }
 }
 
 double max_abs(const at::Tensor& a, const at::Tensor& b) {
@@ -101,13 +116,8 @@ TEST(WanVae, DirectoriesThatDoNotFitAreRefusedByName) {
   const std::string d = temp_dir();
   run_command("cp " + vae_dir() + "/config.json " + vae_dir() + "/diffusion_pytorch_model.safetensors " + d + "/");
   const auto expect_error = [&](const std::string& sed, const std::string& text) {
-    run_command("cp " + vae_dir() + "/config.json " + d + "/ && sed -i '" + sed + "' " + d + "/config.json");
-    try {
-      WanVaeDecoder::from_pretrained(d, at::TensorOptions().dtype(at::kFloat));
-      ADD_FAILURE() << "loaded after " << sed;
-    } catch (const std::exception& e) {
-      EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
-    }
+    expect_config_error(vae_dir(), d, [](const std::string& dir) { WanVaeDecoder::from_pretrained(dir, at::TensorOptions().dtype(at::kFloat)); },
+                        sed, text);
   };
   expect_error("s/\"num_res_blocks\": 2/\"num_res_blocks\": 3/", "missing: decoder.up_blocks.0.resnets.3.");
   expect_error("s/\"base_dim\": 4/\"base_dim\": 8/", "decoder.conv_in.weight");
@@ -252,13 +262,8 @@ TEST(OpenSoraVae, DirectoriesThatDoNotFitAreRefusedByName) {
   const std::string d = temp_dir();
   run_command("cp " + os_dir() + "/model.safetensors " + d + "/");
   const auto expect_error = [&](const std::string& sed, const std::string& text) {
-    run_command("cp " + os_dir() + "/config.json " + d + "/ && sed -i '" + sed + "' " + d + "/config.json");
-    try {
-      OpenSoraVae::from_pretrained(d, at::TensorOptions().dtype(at::kFloat));
-      ADD_FAILURE() << "loaded after " << sed;
-    } catch (const std::exception& e) {
-      EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
-    }
+    expect_config_error(os_dir(), d, [](const std::string& dir) { OpenSoraVae::from_pretrained(dir, at::TensorOptions().dtype(at::kFloat)); },
+                        sed, text);
   };
   expect_error("s/\"num_res_blocks\": 2/\"num_res_blocks\": 3/", "missing: temporal_vae.decoder.");
   expect_error("s/\"layers_per_block\": 1/\"layers_per_block\": 2/", "missing: spatial_vae.module.decoder.");
