@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dist/video_sampler.h"
+#include "model/cuda_graph.h"
 #include "model/error.h"
 #include "model/family.h"
 #include "model/host_sync.h"
@@ -101,18 +102,28 @@ int main(int argc, char** argv) {
     so.shift = defaults.flow_shift;
     const std::unique_ptr<Sampler> sampler = make_sampler(so);
     req.experts = experts_per_step(model->outline(), sampler->timesteps(), NAN);
-    StepTimer timer(options.device());
-    std::vector<int64_t> reads;
-    timer.start();
-    sample_video(*model, *sampler, req, {}, [&](int, const at::Tensor&) {
-      timer.mark();
-      reads.push_back(host_reads());
-    });
-    std::vector<double> step_ms;
-    const std::vector<double> step_s = timer.seconds();
-    for (size_t i = warmup; i < step_s.size(); ++i) step_ms.push_back(1e3 * step_s[i]);
-    std::sort(step_ms.begin(), step_ms.end());
-    const double reads_per_step = iters > 1 ? static_cast<double>(reads.back() - reads[warmup]) / (iters - 1) : 0.0;
+    // One video; the step times (after the warm-up steps) and the host reads per step.
+    auto sample_steps = [&](std::vector<double>& step_ms) {
+      StepTimer timer(options.device());
+      std::vector<int64_t> reads;
+      timer.start();
+      sample_video(*model, *sampler, req, {}, [&](int, const at::Tensor&) {
+        timer.mark();
+        reads.push_back(host_reads());
+      });
+      const std::vector<double> step_s = timer.seconds();
+      for (size_t i = warmup; i < step_s.size(); ++i) step_ms.push_back(1e3 * step_s[i]);
+      std::sort(step_ms.begin(), step_ms.end());
+      return iters > 1 ? static_cast<double>(reads.back() - reads[warmup]) / (iters - 1) : 0.0;
+    };
+    std::vector<double> step_ms, graph_ms;
+    const double reads_per_step = sample_steps(step_ms);
+    // The same steps as CUDA graphs (captured at the first step, a warm-up step): the before/after pair.
+    const bool requested = cuda_graphs_requested();
+    set_cuda_graphs(true);
+    const std::string graph_off = graph_refusal(options.device(), 1, "none");
+    const double graph_reads = graph_off.empty() ? sample_steps(graph_ms) : 0.0;
+    set_cuda_graphs(requested);
 
     // The peak MFU is reported against: measured here, on this device, in this dtype.
     const MatmulPeak peak = measure_matmul_peak(options);
@@ -146,12 +157,23 @@ int main(int argc, char** argv) {
     std::snprintf(cell, sizeof cell, "%.2f", reads_per_step);
     row("sampling step", step_ms, cell);
     rows.back()["host_reads_per_step"] = reads_per_step;
+    if (graph_off.empty()) {
+      std::snprintf(cell, sizeof cell, "%.2f", graph_reads);
+      row("sampling step, CUDA graph", graph_ms, cell);
+      rows.back()["host_reads_per_step"] = graph_reads;
+    }
+    if (graph_off.empty())
+      std::printf("# CUDA graph: step / eager step = %.3f (medians)\n",
+                  graph_ms[graph_ms.size() / 2] / step_ms[step_ms.size() / 2]);
+    else
+      std::printf("# CUDA graph row: n/a (%s)\n", graph_off.c_str());
     if (!json_path.empty()) {
       nlohmann::ordered_json j = {{"model", source}, {"family", model->family()}, {"latent", latent}, {"batch", batch},
                                   {"tokens_per_sample", grid.tokens()}, {"caption_tokens", L}, {"dtype", dtype},
                                   {"device", options.device().str()}, {"peak_tflops_measured", peak_tflops},
                                   {"peak_matmul_n", peak.n},
                                   {"attention", {{"requested", layers::attention_backend()}, {"kernels_used", layers::attention_kernels_used()}}},
+                                  {"cuda_graph", graph_off.empty() ? "measured" : "n/a: " + graph_off},
                                   {"ditto_version", ditto_version()}, {"ditto_git_sha", ditto_git_sha()}, {"rows", rows}};
       std::ofstream(json_path) << j.dump(2) << "\n";
     }

@@ -16,6 +16,7 @@ void CacheRunner::begin_video(const std::vector<float>& timesteps, const std::ve
   experts_ = experts;
   begin_segment(0);
   costs_.clear();
+  if (graphs_) graphs_->reset();
   units_computed_ = units_total_ = bytes_saved_ = 0;
   flops_computed_ = flops_total_ = 0;
   log_ = nlohmann::json::array();
@@ -92,12 +93,25 @@ at::Tensor CacheRunner::run(at::Tensor x, const DiTContext& c, AttentionSeam* se
 
 at::Tensor CacheRunner::forward(const at::Tensor& tokens, int64_t begin, const DiTContext& c, AttentionSeam* seam,
                                 int global_step) {
-  if (costs_.empty()) costs_ = model_.describe_units(c, seam);
+  if (costs_.empty()) {  // the video's first step
+    costs_ = model_.describe_units(c, seam);
+    graph_refusal_ = observer_ || reuse_hook_ ? "the units are observed (profiling, calibration): the steps run eagerly"
+                                               : ditto::graph_refusal(tokens.device(), seam ? 2 : 1, policy_.name());
+    if (graph_refusal_.empty() && !graphs_) graphs_ = std::make_unique<ForwardGraphs>(model_);
+  }
   if (global_step < 0 || global_step >= static_cast<int>(timesteps_.size()))
     fail("the cache runner ran step ", global_step + 1, " of a video of ", timesteps_.size(), " (begin_video first)");
   if (!experts_.empty() && global_step > 0 && experts_[global_step] != experts_[global_step - 1]) begin_segment(global_step);
   const int step = global_step - segment_begin_;  // the policy counts the current expert's steps
   const int units = model_.unit_count();
+  if (graph_refusal_.empty()) {  // policy "none": every unit, as the one graph of the expert's steps
+    step_log_ = {{"step", global_step + 1}, {"mode", "compute"}, {"units", units}};
+    if (!experts_.empty() && model_.outline().experts > 1) step_log_["expert"] = experts_[global_step] + 1;
+    log_.push_back(step_log_);
+    last_units_ = 0;
+    for (int u = 0; u < units; ++u) count_unit(u, true);
+    return graphs_->forward(tokens, begin, c, experts_.empty() ? 0 : experts_[global_step]);
+  }
   StepPlan plan = policy_.plan(step);
   step_log_ = {{"step", global_step + 1}};
   if (!experts_.empty() && model_.outline().experts > 1) step_log_["expert"] = experts_[global_step] + 1;
@@ -166,6 +180,9 @@ nlohmann::json CacheRunner::report() const {
           {"flops_total", flops_total_},
           {"flops_saved", flops_total_ - flops_computed_},
           {"bytes_saved_this_rank", bytes_saved_},
+          {"cuda_graphs", graph_refusal_.empty() ? nlohmann::json{{"captures", graphs_ ? graphs_->captures() : 0},
+                                                                  {"replays", graphs_ ? graphs_->replays() : 0}}
+                                                 : nlohmann::json("off: " + graph_refusal_)},
           {"decisions", log_}};
 }
 

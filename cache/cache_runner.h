@@ -11,6 +11,7 @@
 #include "cache/policy.h"
 #include "dist/communicator.h"
 #include "dist/video_sampler.h"
+#include "model/cuda_graph.h"
 #include "model/dit.h"
 
 namespace ditto {
@@ -49,6 +50,9 @@ class CacheRunner {
   void set_unit_observer(UnitObserver f) { observer_ = std::move(f); }
   // Units computed in the last step (for tests).
   int last_step_units() const { return last_units_; }
+  // Why this runner's steps run eagerly, or "" when they run as CUDA graphs (model/cuda_graph.h):
+  // set at the first step of a video.
+  const std::string& graph_refusal() const { return graph_refusal_; }
 
  private:
   at::Tensor run(at::Tensor x, const DiTContext& c, AttentionSeam* seam, const std::vector<uint8_t>& mask, int first,
@@ -76,6 +80,8 @@ class CacheRunner {
   nlohmann::json step_log_;
   UnitObserver observer_;
   ReuseHook reuse_hook_;
+  std::unique_ptr<ForwardGraphs> graphs_;  // the plain forward's graphs, when graph_refusal_ is ""
+  std::string graph_refusal_;
 };
 
 }  // namespace ditto

@@ -3,6 +3,7 @@
 
 #include <memory>
 
+#include "model/cuda_graph.h"
 #include "model/error.h"
 #include "model/layers.h"
 
@@ -78,13 +79,18 @@ at::Tensor sample_video(const DiT& model, Sampler& sampler, const VideoRequest& 
   base.x = z0.to(dev).expand({batch, -1, -1, -1, -1});  // read for its shape only
   // Everything that does not depend on the timestep, once per video.
   const std::unique_ptr<DiTContext> ctx = model.prepare(base);
+  // The plain forward as a CUDA graph where it can be (--cuda-graphs); a plugged-in forward decides itself.
+  std::unique_ptr<ForwardGraphs> graphs;
+  if (!forward && graph_refusal(dev, P, "none").empty()) graphs = std::make_unique<ForwardGraphs>(model);
 
   GuidedFn guided_prediction = [&](const at::Tensor& zt, float t, int step) {
     const int expert = req.experts.empty() ? 0 : req.experts[step];
     if (model.outline().experts > 1) model.select_expert(*ctx, expert);
     model.set_timestep(*ctx, at::full({batch}, t, at::TensorOptions().dtype(at::kFloat).device(dev)));
     at::Tensor in = batch == 2 && !cfg_parallel ? at::cat({zt, zt}, 0) : zt;
-    at::Tensor out = forward ? forward(in, begin, *ctx, layout.get(), step) : model.forward_tokens(in, begin, *ctx, layout.get());
+    at::Tensor out = forward  ? forward(in, begin, *ctx, layout.get(), step)
+                     : graphs ? graphs->forward(in, begin, *ctx, expert)
+                              : model.forward_tokens(in, begin, *ctx, layout.get());
     at::Tensor pred = model.prediction(out);
     if (cfg_parallel) {  // one exchange of predictions per step: [cond; uncond] on both ranks
       std::vector<at::Tensor> both = {at::empty_like(pred), at::empty_like(pred)};

@@ -102,6 +102,24 @@ at::Tensor DiT::forward(const DiTInputs& inputs, const Observer& observe) const 
   return layers::unpatchify(out, sh.patch, sh.out_channels, g.t, g.h, g.w, g.tx, g.hx, g.wx);
 }
 
+bool assign_in_place(at::Tensor& slot, const at::Tensor& value) {
+  if (slot.defined() && slot.sizes() == value.sizes() && slot.scalar_type() == value.scalar_type() &&
+      slot.device() == value.device() && slot.is_contiguous()) {
+    slot.copy_(value);
+    return true;
+  }
+  slot = value.contiguous();
+  return false;
+}
+
+void assign_modulation(std::vector<at::Tensor>& tables, std::vector<std::vector<at::Tensor>>& views, size_t i,
+                       const at::Tensor& table, bool keep_dim) {
+  if (tables.size() <= i) tables.resize(i + 1);
+  if (views.size() <= i) views.resize(i + 1);
+  if (!assign_in_place(tables[i], table) || views[i].empty())
+    views[i] = keep_dim ? tables[i].unsqueeze(2).unbind(1) : tables[i].unbind(1);
+}
+
 TokenGrid token_grid(int64_t t, int64_t h, int64_t w, const std::array<int, 3>& p) {
   TokenGrid g;
   g.tx = t;

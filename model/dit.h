@@ -138,6 +138,7 @@ class DiT {
   virtual at::Tensor head(const at::Tensor& x, const DiTContext& ctx) const = 0;
   // The sampler's prediction from the head's output: [..., pt*ph*pw*in_channels].
   virtual at::Tensor prediction(const at::Tensor& head_out) const = 0;
+  // A tensor the caller may keep across steps (never one the next set_timestep rewrites in place).
   virtual at::Tensor probe(ProbeSignal signal, const at::Tensor& x, const DiTContext& ctx) const = 0;
 
   // --- parallelism and conditioning defaults ---
@@ -171,6 +172,16 @@ struct UnitLoop {
   std::function<void(int block, const at::Tensor& x)> after_block;
 };
 at::Tensor run_units(const std::vector<UnitInfo>& units, at::Tensor x, int first, int last, const UnitLoop& loop);
+
+// Writes `value` into `slot`'s storage when slot already holds a tensor of its shape, dtype and
+// device, else makes slot a contiguous `value`; true when the storage was kept. A context's timestep
+// tensors keep their storage from step to step this way: a captured CUDA graph of the units reads
+// them where they were at capture (model/cuda_graph.h).
+bool assign_in_place(at::Tensor& slot, const at::Tensor& value);
+// One block's adaLN table [B, 6, ...] kept in place in tables[i], its 6 slices (along dim 1, each with
+// a unit dim 1 re-added when `keep_dim`) in views[i], rebuilt only when the table was reallocated.
+void assign_modulation(std::vector<at::Tensor>& tables, std::vector<std::vector<at::Tensor>>& views, size_t i,
+                       const at::Tensor& table, bool keep_dim);
 
 // Patch grid of a latent [.., T, H, W] for a patch size (zero-padded to whole patches).
 TokenGrid token_grid(int64_t t, int64_t h, int64_t w, const std::array<int, 3>& patch);

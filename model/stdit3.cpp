@@ -308,16 +308,16 @@ Conditioning STDiT3::prepare_conditioning(const ForwardArgs& a) const {
 
 namespace {
 
-// adaLN-single parameters of a block: 6 tensors [B, 1, 1, C] (shift/scale/gate for msa, then mlp);
-// [B, T, 1, C] with per-frame terms (config.frame_modulation).
-std::vector<at::Tensor> block_modulation(const at::Tensor& sst, const Conditioning& c) {
+// adaLN-single parameters of a block: [B, 6, 1, 1, C] (shift/scale/gate for msa, then mlp);
+// [B, 6, T, 1, C] with per-frame terms (config.frame_modulation).
+at::Tensor block_modulation(const at::Tensor& sst, const Conditioning& c) {
   const int64_t B = c.t_mlp.size(0), C = sst.size(1);
   at::Tensor m = (sst.unsqueeze(0) + c.t_mlp.reshape({B, 6, C})).reshape({B, 6, 1, 1, C});
   if (c.frame_mlp.defined()) {
     const int64_t Bf = c.frame_mlp.size(0), T = c.frame_mlp.size(1);
     m = m + c.frame_mlp.reshape({Bf, T, 6, C}).permute({0, 2, 1, 3}).unsqueeze(3);  // [Bf, 6, T, 1, C]
   }
-  return m.unbind(1);
+  return m;
 }
 
 }  // namespace
@@ -331,16 +331,17 @@ void STDiT3::set_timestep(DiTContext& ctx, const at::Tensor& timestep) const {
   at::Tensor t_freq = layers::timestep_embedding(ts, 256, layers::compute_type(dtype)).to(dtype);
   at::Tensor t = at::linear(at::silu(at::linear(t_freq, w("t_embedder.mlp.0.weight"), w("t_embedder.mlp.0.bias"))),
                             w("t_embedder.mlp.2.weight"), w("t_embedder.mlp.2.bias"));
-  c.t = t + c.fps_emb;
-  c.t_mlp = at::linear(at::silu(c.t), w("t_block.1.weight"), w("t_block.1.bias"));
+  // In place (assign_in_place): the tensors keep their storage from step to step.
+  assign_in_place(c.t, t + c.fps_emb);
+  assign_in_place(c.t_mlp, at::linear(at::silu(c.t), w("t_block.1.weight"), w("t_block.1.bias")));
   if (config_.frame_caption_modulation) {
     const at::Tensor input = at::silu(c.t.unsqueeze(1) + c.frame_embed + c.caption_mean.unsqueeze(1));  // [B, T, C]
-    c.frame_mlp = at::linear(input, w("frame_block.weight"), w("frame_block.bias"));
+    assign_in_place(c.frame_mlp, at::linear(input, w("frame_block.weight"), w("frame_block.bias")));
   }
-  c.modulation.clear();
   for (int i = 0; i < config_.depth; ++i)
     for (BlockKind kind : {BlockKind::Spatial, BlockKind::Temporal})
-      c.modulation.push_back(block_modulation(block_weights(kind, i).sst, c));
+      assign_modulation(c.modulation_tables, c.modulation, 2 * i + (kind == BlockKind::Temporal),
+                        block_modulation(block_weights(kind, i).sst, c), false);
 }
 
 Conditioning STDiT3::condition(const ForwardArgs& a) const {

@@ -45,6 +45,7 @@ struct Conditioning : DiTContext {
   // Per block (execution order): its 6 adaLN-single tensors [B, 1 or T, 1, C] (shift/scale/gate for
   // self-attention, then for the MLP).
   std::vector<std::vector<at::Tensor>> modulation;
+  std::vector<at::Tensor> modulation_tables;  // per block [B, 6, 1 or T, 1, C]: modulation's storage
 
   const at::Tensor& timestep_embedding() const override { return t; }
 };

@@ -422,13 +422,14 @@ void Wan::set_timestep(DiTContext& ctx, const at::Tensor& timestep) const {
   }
   const at::Tensor freq = layers::timestep_embedding(t, config_.freq_dim, compute);
   const auto lin = [&](const at::Tensor& x, const std::string& p) { return at::linear(x, w(p + ".weight"), w(p + ".bias")); };
-  c.temb = lin(at::silu(lin(freq, "condition_embedder.time_embedder.linear_1")), "condition_embedder.time_embedder.linear_2");
-  c.e0 = lin(at::silu(c.temb).to(options_.dtype()), "condition_embedder.time_proj").to(compute).unflatten(1, {6, config_.dim});
-  c.modulation.clear();
-  for (int i = 0; i < config_.num_layers; ++i) {
-    const at::Tensor m = blocks_[i].sst + c.e0;  // [B, 6, C]
-    c.modulation.push_back(m.unsqueeze(2).unbind(1));                                     // 6 x [B, 1, C]
-  }
+  // In place (assign_in_place): the tensors keep their storage from step to step.
+  assign_in_place(c.temb, lin(at::silu(lin(freq, "condition_embedder.time_embedder.linear_1")),
+                              "condition_embedder.time_embedder.linear_2"));
+  assign_in_place(c.e0, lin(at::silu(c.temb).to(options_.dtype()), "condition_embedder.time_proj")
+                            .to(compute)
+                            .unflatten(1, {6, config_.dim}));
+  for (int i = 0; i < config_.num_layers; ++i)  // [B, 6, C] -> 6 x [B, 1, C]
+    assign_modulation(c.modulation_tables, c.modulation, i, blocks_[i].sst + c.e0, true);
 }
 
 at::Tensor Wan::embed(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx) const {
@@ -505,7 +506,7 @@ at::Tensor Wan::head(const at::Tensor& x4, const DiTContext& ctx) const {
 }
 
 at::Tensor Wan::probe(ProbeSignal, const at::Tensor&, const DiTContext& ctx) const {
-  return dynamic_cast<const WanContext&>(ctx).e0;
+  return dynamic_cast<const WanContext&>(ctx).e0.clone();  // e0 is rewritten in place by the next step
 }
 
 void Wan::check_layout(const std::string& layout, int ranks, const TokenGrid& grid) const {

@@ -53,7 +53,8 @@ struct WanContext : DiTContext {
   at::Tensor rope_cis;  // [L, 1, head_dim / 2] cos + i sin per token and pair, complex64 (complex128 for float64 runs)
   at::Tensor temb;                // [B, dim] e: the time embedding (the head's modulation input)
   at::Tensor e0;                  // [B, 6, dim] the time projection (the blocks' modulation input)
-  std::vector<std::vector<at::Tensor>> modulation;  // per block: 6 x [B, 1, dim]
+  std::vector<std::vector<at::Tensor>> modulation;  // per block: 6 x [B, 1, dim], views of its table
+  std::vector<at::Tensor> modulation_tables;         // per block: [B, 6, dim]
   const at::Tensor& timestep_embedding() const override { return temb; }
 };
 

@@ -595,7 +595,8 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
               {"world", {{"size", wl.world}, {"dp", wl.dp}, {"cfg", wl.cfg}, {"sp", wl.sp}, {"dp_index", wl.dp_index}}},
               {"sequence_parallel_layout", wl.sp > 1 ? layout : "none"},
               {"comm_backend", comms.backend},
-              {"attention", {{"requested", layers::attention_backend()}, {"kernels_used", layers::attention_kernels_used()}}}};
+              {"attention", {{"requested", layers::attention_backend()}, {"kernels_used", layers::attention_kernels_used()}}},
+              {"cuda_graphs", cache.graph_refusal().empty() ? "on" : "off: " + cache.graph_refusal()}};
   m["timesteps"] = sampler->timesteps();
   if (outline.experts > 1) {
     m["run"]["cfg_scale_2"] = job.cfg_scale_2;

@@ -206,16 +206,20 @@ TEST(Cli, IntegerCaptionsAndNonFiniteOutputsAreErrors) {
 
 // --attention picks SDPA's kernel for every call and metrics.json says which ran: the math kernel
 // gives the flash kernel's latent within float32 rounding; a kernel the device lacks is refused by name.
+// --cuda-graphs on the CPU runs eagerly and metrics.json says why.
 TEST(Cli, TheAttentionKernelIsChosenAndReported) {
   const std::string d = temp_dir();
   ASSERT_EQ(run_ditto("sample " + kTiny + "--seed 5 --out " + d + "/auto").code, 0);
-  auto r = run_ditto("sample " + kTiny + "--seed 5 --attention math --out " + d + "/math");
+  auto r = run_ditto("sample " + kTiny + "--seed 5 --attention math --cuda-graphs --out " + d + "/math");
   ASSERT_EQ(r.code, 0) << r.output;
   const auto m_auto = nlohmann::json::parse(read_bytes(d + "/auto/metrics.json"));
   const auto m_math = nlohmann::json::parse(read_bytes(d + "/math/metrics.json"));
   EXPECT_EQ(m_auto["run"]["attention"]["requested"], "auto");
   EXPECT_EQ(m_auto["run"]["attention"]["kernels_used"], nlohmann::json({"flash"})) << m_auto["run"]["attention"];
   EXPECT_EQ(m_math["run"]["attention"]["kernels_used"], nlohmann::json({"math"})) << m_math["run"]["attention"];
+  EXPECT_EQ(m_auto["run"]["cuda_graphs"], "off: not requested (--cuda-graphs)");
+  EXPECT_EQ(m_math["run"]["cuda_graphs"], "off: the run is on the CPU");
+  EXPECT_EQ(m_math["cache"]["cuda_graphs"], "off: the run is on the CPU");
   const at::Tensor a = load_safetensors(d + "/auto/latent.safetensors").at("z");
   const at::Tensor b = load_safetensors(d + "/math/latent.safetensors").at("z");
   EXPECT_LT(rel_err(b, a), 1e-5);

@@ -1,9 +1,15 @@
-// GPU checks (label gpu): the same model on CUDA against the CPU float32 result. Skips cleanly
-// when no GPU is visible.
+// GPU checks (label gpu): the same model on CUDA against the CPU float32 result, CUDA graphs against
+// eager steps. Skips cleanly when no GPU is visible.
 #include <gtest/gtest.h>
 
+#include "cache/cache_runner.h"
+#include "dist/video_sampler.h"
+#include "model/cuda_graph.h"
+#include "model/family.h"
+#include "model/sampler.h"
 #include "model/stdit3.h"
 #include "test_util.h"
+#include "tiny_video.h"
 
 using namespace ditto;
 
@@ -37,5 +43,49 @@ TEST(Gpu, CudaForwardMatchesCpu) {
     at::Tensor out = gpu.forward(inputs(c, at::Device(at::kCUDA))).cpu();
     const double tol = dtype == at::kFloat ? 1e-4 : 5e-2;
     EXPECT_LT(ditto::test::rel_err(out, ref), tol) << c10::toString(dtype);
+  }
+}
+
+// --cuda-graphs: a video's steps replayed from one graph per expert give the eager steps' latent
+// (the same kernels on the same inputs) for both families and a model of two experts, in float32 and
+// bfloat16, through the plain sampler and the cache runner (policy none: one capture per expert, the
+// other steps replays); a policy that skips units runs eagerly and says so.
+TEST(Gpu, CudaGraphStepsMatchEagerSteps) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA GPU visible";
+  for (const std::string name : {"wan-tiny", "stdit3-tiny", "wan2.2-tiny"}) {
+    for (auto dtype : {at::kFloat, at::kBFloat16}) {
+      const auto m = random_dit(name, 3, at::TensorOptions().dtype(dtype).device(at::kCUDA));
+      const bool wan = m->family() == "wan";
+      VideoRequest req = wan ? ditto::test::tiny_wan_request(2) : ditto::test::tiny_video_request(2, 32, 48);
+      req.cfg_scale = 5.0;
+      if (wan) add_benchmark_unconditional(req, *m);
+      SamplerOptions so;
+      so.name = "unipc", so.steps = 6, so.shift = 3.0;
+      auto sampler = make_sampler(so);
+      req.experts = experts_per_step(m->outline(), sampler->timesteps(), NAN);
+      const int experts = m->outline().experts;
+      set_cuda_graphs(false);
+      const at::Tensor eager = sample_video(*m, *sampler, req, {}).cpu();
+      set_cuda_graphs(true);
+      const at::Tensor graphed = sample_video(*m, *sampler, req, {}).cpu();
+      auto none = make_cache_policy("none", {}, policy_context(*m, so.steps));
+      CacheRunner runner(*m, *none, nullptr);
+      runner.begin_video(sampler->timesteps(), req.experts);
+      const at::Tensor cached = sample_video(*m, *sampler, req, {}, nullptr, runner.token_forward()).cpu();
+      const nlohmann::json report = runner.report();
+      auto skipping = make_cache_policy("static", {{"interval", "2"}}, policy_context(*m, so.steps));
+      CacheRunner eager_runner(*m, *skipping, nullptr);
+      eager_runner.begin_video(sampler->timesteps(), req.experts);
+      sample_video(*m, *sampler, req, {}, nullptr, eager_runner.token_forward());
+      set_cuda_graphs(false);
+      const std::string what = name + " " + c10::toString(dtype);
+      const double tol = dtype == at::kFloat ? 1e-5 : 1e-2;
+      EXPECT_LT(ditto::test::rel_err(graphed, eager), tol) << what;
+      EXPECT_LT(ditto::test::rel_err(cached, eager), tol) << what;
+      EXPECT_EQ(report["cuda_graphs"]["captures"], experts) << what << report["cuda_graphs"];
+      EXPECT_EQ(report["cuda_graphs"]["replays"], so.steps - experts) << what << report["cuda_graphs"];
+      EXPECT_EQ(report["units_computed"], so.steps * m->unit_count()) << what;
+      EXPECT_EQ(eager_runner.report()["cuda_graphs"], "off: cache policy 'static' skips units: its steps run eagerly");
+    }
   }
 }

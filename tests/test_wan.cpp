@@ -14,6 +14,7 @@
 #include "dist/video_sampler.h"
 #include "model/error.h"
 #include "model/family.h"
+#include "model/layers.h"
 #include "model/safetensors.h"
 #include "model/wan.h"
 #include "test_util.h"
@@ -382,4 +383,39 @@ TEST(WanPipeline, MatchesTheOfficialWanCode) {
   req.experts = experts_per_step(experts->outline(), sampler->timesteps(), NAN);
   const at::Tensor z2 = sample_video(*experts, *sampler, req, {});
   expect_run_close("official experts", z2, f.at("official.experts"), 5e-6);
+}
+
+// set_timestep rewrites a context's timestep conditioning in place (what a captured CUDA graph reads,
+// model/cuda_graph.h): the storage stays, the forward equals a fresh context's at the new timestep
+// bit for bit, and a probe kept from the last step is not rewritten under its holder (TeaCache keeps
+// it). Both families and a model of experts.
+TEST(DiTContext, SetTimestepRewritesTheConditioningInPlace) {
+  for (const std::string name : {"wan-tiny", "stdit3-tiny", "wan2.2-tiny"}) {
+    const auto m = random_dit(name, 5, at::TensorOptions().dtype(at::kFloat));
+    const bool wan = m->family() == "wan";
+    const VideoRequest req = wan ? ditto::test::tiny_wan_request(1) : ditto::test::tiny_video_request(1, 32, 48);
+    DiTInputs a;
+    a.x = req.z0.expand({2, -1, -1, -1, -1});
+    a.y = at::cat({req.caption_y, req.caption_y.flip(2)}, 0);
+    a.mask = req.caption_mask;
+    a.fps = at::full({1}, 24.0f);
+    a.height = at::full({1}, 32.0f);
+    a.width = at::full({1}, 48.0f);
+    const at::Tensor tokens = layers::patchify(a.x, m->shape().patch);
+    const auto ctx = m->prepare(a), fresh = m->prepare(a);
+    m->set_timestep(*ctx, at::full({2}, 900.0f));
+    const void* storage = ctx->timestep_embedding().data_ptr();
+    const at::Tensor first = m->forward_tokens(tokens, 0, *ctx);
+    const at::Tensor probe = m->probe(ProbeSignal::TeaCache, m->embed(tokens, 0, *ctx), *ctx), kept = probe.clone();
+    const auto* wc = dynamic_cast<const WanContext*>(ctx.get());
+    const void* table = wc ? wc->modulation[1][2].data_ptr() : nullptr;
+    m->set_timestep(*ctx, at::full({2}, 300.0f));
+    m->set_timestep(*fresh, at::full({2}, 300.0f));
+    EXPECT_EQ(ctx->timestep_embedding().data_ptr(), storage) << name;
+    if (wc) EXPECT_EQ(wc->modulation[1][2].data_ptr(), table) << name;
+    const at::Tensor second = m->forward_tokens(tokens, 0, *ctx);
+    EXPECT_TRUE(at::equal(second, m->forward_tokens(tokens, 0, *fresh))) << name;
+    EXPECT_GT(rel_err(second, first), 1e-3) << name << ": the timestep did not matter";
+    EXPECT_TRUE(at::equal(probe, kept)) << name << ": the kept probe was rewritten";
+  }
 }
