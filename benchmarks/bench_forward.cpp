@@ -85,6 +85,25 @@ int main(int argc, char** argv) {
     };
     timed(warmup, [&] { model->forward(a); });
     const std::vector<double> forward_ms = timed(iters, [&] { model->forward(a); });
+    // The unit stack alone, as the plain forward runs it (unit_apply: a family's fused gate and add)
+    // and as the caching runner does (x + unit_residual): the fusion's before / after, interleaved.
+    std::vector<double> fused_ms, unfused_ms;
+    {
+      const std::unique_ptr<DiTContext> ctx = model->prepare(a);
+      model->set_timestep(*ctx, a.timestep);
+      const at::Tensor x0 = model->embed(layers::patchify(a.x, c.patch), 0, *ctx);
+      UnitLoop fused, unfused;
+      fused.apply = [&](int u, const at::Tensor& x) { return model->unit_apply(u, x, *ctx, nullptr); };
+      unfused.residual = [&](int u, const at::Tensor& x) { return model->unit_residual(u, x, *ctx, nullptr); };
+      for (int i = 0; i < iters; ++i) {
+        for (auto [loop, out] : {std::pair{&fused, &fused_ms}, std::pair{&unfused, &unfused_ms}}) {
+          const auto ms = timed(1, [&] { run_units(model->units(), x0, 0, model->unit_count(), *loop); });
+          out->push_back(ms[0]);
+        }
+      }
+      std::sort(fused_ms.begin(), fused_ms.end());
+      std::sort(unfused_ms.begin(), unfused_ms.end());
+    }
 
     // Sampling steps: one video of warmup + iters steps; the step times are the sampler's own.
     VideoRequest req;
@@ -162,6 +181,9 @@ int main(int argc, char** argv) {
       row("sampling step, CUDA graph", graph_ms, cell);
       rows.back()["host_reads_per_step"] = graph_reads;
     }
+    std::printf("# unit stack: fused (unit_apply) %.2f ms / unfused (x + unit_residual) %.2f ms = %.3f (medians)\n",
+                fused_ms[fused_ms.size() / 2], unfused_ms[unfused_ms.size() / 2],
+                fused_ms[fused_ms.size() / 2] / unfused_ms[unfused_ms.size() / 2]);
     if (graph_off.empty())
       std::printf("# CUDA graph: step / eager step = %.3f (medians)\n",
                   graph_ms[graph_ms.size() / 2] / step_ms[step_ms.size() / 2]);
@@ -174,6 +196,7 @@ int main(int argc, char** argv) {
                                   {"peak_matmul_n", peak.n},
                                   {"attention", {{"requested", layers::attention_backend()}, {"kernels_used", layers::attention_kernels_used()}}},
                                   {"cuda_graph", graph_off.empty() ? "measured" : "n/a: " + graph_off},
+                                  {"unit_stack_ms", {{"fused", fused_ms}, {"unfused", unfused_ms}}},
                                   {"ditto_version", ditto_version()}, {"ditto_git_sha", ditto_git_sha()}, {"rows", rows}};
       std::ofstream(json_path) << j.dump(2) << "\n";
     }

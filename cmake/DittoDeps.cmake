@@ -65,7 +65,7 @@ foreach(_dir ${_ditto_rpath})
   target_link_options(ditto_torch INTERFACE "LINKER:-rpath,${_dir}")
 endforeach()
 
-add_compile_options(-Wall -Wextra -Wno-unused-parameter)
+add_compile_options("$<$<COMPILE_LANGUAGE:CXX>:-Wall;-Wextra;-Wno-unused-parameter>")
 
 # One precompiled header for all LibTorch translation units.
 add_library(ditto_torch_pch OBJECT ${PROJECT_SOURCE_DIR}/cmake/pch_anchor.cpp)

@@ -45,7 +45,7 @@ at::Tensor run_units(const std::vector<UnitInfo>& units, at::Tensor x, int first
   if (first < 0 || last > static_cast<int>(units.size()) || first > last)
     fail("run_units: units [", first, ", ", last, ") outside the model's ", units.size());
   for (int u = first; u < last; ++u) {
-    x = x + loop.residual(u, x);
+    x = loop.apply ? loop.apply(u, x) : x + loop.residual(u, x);
     if (loop.after_block && (u + 1 == static_cast<int>(units.size()) || units[u + 1].block != units[u].block))
       loop.after_block(units[u].block, x);
   }
@@ -58,7 +58,7 @@ at::Tensor DiT::forward_tokens(const at::Tensor& tokens, int64_t begin, const Di
   at::Tensor x = embed(tokens, begin, ctx);
   if (observe) observe("x_embed", flat(x));
   UnitLoop loop;
-  loop.residual = [&](int u, const at::Tensor& h) { return unit_residual(u, h, ctx, seam); };
+  loop.apply = [&](int u, const at::Tensor& h) { return unit_apply(u, h, ctx, seam); };
   if (observe) loop.after_block = [&](int block, const at::Tensor& h) { observe(block_name(block), flat(h)); };
   x = run_units(units(), x, 0, unit_count(), loop);
   return head(x, ctx);

@@ -134,6 +134,11 @@ class DiT {
   virtual at::Tensor embed(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx) const = 0;
   // What unit `unit` adds to x (the residual branch), in the resting layout.
   virtual at::Tensor unit_residual(int unit, const at::Tensor& x, const DiTContext& ctx, AttentionSeam* seam) const = 0;
+  // x + unit_residual(unit, x): the plain forward's step, which a family may fuse (the gate and the
+  // add in one pass); the caching runner, which keeps residuals, calls unit_residual.
+  virtual at::Tensor unit_apply(int unit, const at::Tensor& x, const DiTContext& ctx, AttentionSeam* seam) const {
+    return x + unit_residual(unit, x, ctx, seam);
+  }
   // The final layer: x -> output tokens [..., pt*ph*pw*out_channels] (float32; float64 for a float64 model).
   virtual at::Tensor head(const at::Tensor& x, const DiTContext& ctx) const = 0;
   // The sampler's prediction from the head's output: [..., pt*ph*pw*in_channels].
@@ -165,10 +170,11 @@ class DiT {
   virtual void observe_context(const DiTContext& ctx, const Observer& observe) const {}
 };
 
-// The one block loop: for each unit u in [first, last), x = x + residual(u, x); after_block (optional)
-// sees each finished block's output.
+// The one block loop: for each unit u in [first, last), x = x + residual(u, x) (or x = apply(u, x) when
+// set: the add fused by the family); after_block (optional) sees each finished block's output.
 struct UnitLoop {
   std::function<at::Tensor(int unit, const at::Tensor& x)> residual;
+  std::function<at::Tensor(int unit, const at::Tensor& x)> apply;
   std::function<void(int block, const at::Tensor& x)> after_block;
 };
 at::Tensor run_units(const std::vector<UnitInfo>& units, at::Tensor x, int first, int last, const UnitLoop& loop);

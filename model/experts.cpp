@@ -97,6 +97,11 @@ at::Tensor ExpertSwitch::unit_residual(int unit, const at::Tensor& x, const DiTC
   return experts_[c.active]->unit_residual(unit, x, c.current(), seam);
 }
 
+at::Tensor ExpertSwitch::unit_apply(int unit, const at::Tensor& x, const DiTContext& ctx, AttentionSeam* seam) const {
+  const ExpertContext& c = context_of(ctx);
+  return experts_[c.active]->unit_apply(unit, x, c.current(), seam);
+}
+
 at::Tensor ExpertSwitch::head(const at::Tensor& x, const DiTContext& ctx) const {
   const ExpertContext& c = context_of(ctx);
   return experts_[c.active]->head(x, c.current());

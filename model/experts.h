@@ -34,6 +34,7 @@ class ExpertSwitch : public DiT {
   }
   at::Tensor embed(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx) const override;
   at::Tensor unit_residual(int unit, const at::Tensor& x, const DiTContext& ctx, AttentionSeam* seam) const override;
+  at::Tensor unit_apply(int unit, const at::Tensor& x, const DiTContext& ctx, AttentionSeam* seam) const override;
   at::Tensor head(const at::Tensor& x, const DiTContext& ctx) const override;
   at::Tensor prediction(const at::Tensor& head_out) const override { return experts_.front()->prediction(head_out); }
   at::Tensor probe(ProbeSignal signal, const at::Tensor& x, const DiTContext& ctx) const override;

@@ -12,6 +12,14 @@
 
 #include "model/error.h"
 
+#ifdef DITTO_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include "model/fused_kernels.h"
+#endif
+
 namespace ditto::layers {
 
 at::Tensor timestep_embedding(const at::Tensor& t, int dim, at::ScalarType compute) {
@@ -101,6 +109,33 @@ at::Tensor layer_norm(const at::Tensor& x, double eps) { return at::layer_norm(x
 
 at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
   return at::addcmul(shift, x, 1 + scale);  // one pass over x: shift + x (1 + scale)
+}
+
+at::Tensor modulated_layer_norm(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps,
+                                at::ScalarType out_dtype) {
+#ifdef DITTO_CUDA
+  const auto kernel_out = out_dtype == at::kBFloat16 ? kernels::OutType::BFloat16
+                          : out_dtype == at::kHalf   ? kernels::OutType::Float16
+                                                     : kernels::OutType::Float32;
+  const bool fits = x.is_cuda() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.is_contiguous() &&
+                    (out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf) &&
+                    x.numel() > 0 && x.size(0) * x.size(1) <= std::numeric_limits<int32_t>::max();
+  auto fits_mod = [&](const at::Tensor& m) {
+    return m.device() == x.device() && m.scalar_type() == at::kFloat && m.dim() == 3 && m.size(0) == x.size(0) &&
+           m.size(1) == 1 && m.size(2) == x.size(2) && m.stride(2) == 1 && (m.size(0) == 1 || m.stride(0) == shift.stride(0));
+  };
+  if (fits && fits_mod(shift) && fits_mod(scale)) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    at::Tensor out = at::empty(x.sizes(), x.options().dtype(out_dtype));
+    const int e = kernels::modulated_layer_norm(x.data_ptr<float>(), shift.data_ptr<float>(), scale.data_ptr<float>(),
+                                                out.data_ptr(), kernel_out, x.size(0) * x.size(1), x.size(2), x.size(1),
+                                                shift.size(0) > 1 ? shift.stride(0) : 0, static_cast<float>(eps),
+                                                c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
+    if (e != 0) fail("the modulated LayerNorm kernel failed to launch: ", cudaGetErrorString(static_cast<cudaError_t>(e)));
+    return out;
+  }
+#endif
+  return modulate(at::layer_norm(x, {x.size(-1)}, {}, {}, eps), shift, scale).to(out_dtype);
 }
 
 at::Tensor patchify(const at::Tensor& x, const std::array<int, 3>& patch) {

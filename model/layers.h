@@ -39,6 +39,12 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps = 
 at::Tensor layer_norm(const at::Tensor& x, double eps = 1e-6);
 // t2i_modulate: x * (1 + scale) + shift.
 at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale);
+// adaLN: modulate(LayerNorm without affine over the last dim (x), shift, scale), cast to out_dtype,
+// computed in x's dtype. On CUDA, float32 x [B, L, C] with shift / scale [B, 1, C] (columns
+// contiguous) take one fused kernel (model/fused_kernels.h: x read once, the result written once in
+// out_dtype); other inputs LibTorch's layer_norm, addcmul and cast.
+at::Tensor modulated_layer_norm(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps,
+                                at::ScalarType out_dtype);
 
 // Cuts a video into patch tokens, zero-padding right/bottom/back first:
 // x: [B, C, T, H, W] -> [B, T', H'*W', pt*ph*pw*C], each token's values ordered (pt, ph, pw, C)

@@ -466,34 +466,46 @@ at::Tensor Wan::attention(const AttentionWeights& aw, bool self, const at::Tenso
   return lin(o.transpose(1, 2).reshape({B, L, C}), aw.o_w, aw.o_b);
 }
 
-at::Tensor Wan::unit_residual(int unit, const at::Tensor& x4, const DiTContext& ctx, AttentionSeam* seam) const {
+// A unit's branch: its output in the run's dtype (attention or FFN) and the gate it is scaled by
+// (undefined: the cross-attention, added as it is).
+std::pair<at::Tensor, at::Tensor> Wan::branch(int unit, const at::Tensor& x, const DiTContext& ctx, AttentionSeam* seam) const {
   const auto& c = dynamic_cast<const WanContext&>(ctx);
   const int block = unit / 3;
   if (static_cast<size_t>(block) >= c.modulation.size()) fail("Wan: the context has no timestep (call set_timestep first)");
   const auto& mod = c.modulation[block];  // shift, scale, gate (self-attention), then the same for the FFN
-  const auto compute = compute_of(options_);
-  const at::Tensor x = x4.reshape({x4.size(0), x4.size(1) * x4.size(2), x4.size(3)}).to(compute);
   const BlockWeights& bw = blocks_[block];
-  const auto ln = [&](const at::Tensor& t) { return at::layer_norm(t, {config_.dim}, {}, {}, config_.eps); };
-  at::Tensor r;
+  const auto dtype = options_.dtype().toScalarType();
   switch (unit % 3) {
     case 0:
-      r = attention(bw.self_attn, true, layers::modulate(ln(x), mod[0], mod[1]), c, seam).to(compute).mul_(mod[2]);
-      break;
+      return {attention(bw.self_attn, true, layers::modulated_layer_norm(x, mod[0], mod[1], config_.eps, dtype), c, seam),
+              mod[2]};
     case 1: {
       const at::Tensor n = config_.cross_attn_norm
                                ? at::layer_norm(x, {config_.dim}, bw.norm2_w, bw.norm2_b, config_.eps)
                                : x;
-      r = attention(bw.cross_attn, false, n, c, seam).to(compute);
-      break;
+      return {attention(bw.cross_attn, false, n, c, seam), at::Tensor()};
     }
     default: {
-      const at::Tensor h = layers::modulate(ln(x), mod[3], mod[4]).to(options_.dtype());
-      const at::Tensor f = layers::mlp(h, bw.fc1_w, bw.fc1_b, bw.fc2_w, bw.fc2_b);
-      r = f.to(compute).mul_(mod[5]);
+      const at::Tensor h = layers::modulated_layer_norm(x, mod[3], mod[4], config_.eps, dtype);
+      return {layers::mlp(h, bw.fc1_w, bw.fc1_b, bw.fc2_w, bw.fc2_b), mod[5]};
     }
   }
-  return r.view(x4.sizes());
+}
+
+at::Tensor Wan::unit_residual(int unit, const at::Tensor& x4, const DiTContext& ctx, AttentionSeam* seam) const {
+  const auto compute = compute_of(options_);
+  const at::Tensor x = x4.reshape({x4.size(0), x4.size(1) * x4.size(2), x4.size(3)}).to(compute);
+  const auto [out, gate] = branch(unit, x, ctx, seam);
+  const at::Tensor r = out.to(compute);
+  return (gate.defined() ? r.mul_(gate) : r).view(x4.sizes());
+}
+
+at::Tensor Wan::unit_apply(int unit, const at::Tensor& x4, const DiTContext& ctx, AttentionSeam* seam) const {
+  const auto compute = compute_of(options_);
+  const at::Tensor x = x4.reshape({x4.size(0), x4.size(1) * x4.size(2), x4.size(3)}).to(compute);
+  const auto [out, gate] = branch(unit, x, ctx, seam);
+  // One pass: the branch's output read in its dtype, gated and added in the compute dtype.
+  return (gate.defined() ? at::addcmul(x, out, gate) : at::add(x, out)).view(x4.sizes());
 }
 
 at::Tensor Wan::head(const at::Tensor& x4, const DiTContext& ctx) const {

@@ -84,6 +84,8 @@ class Wan : public DiT {
   double forward_flops(const TokenGrid& grid, int64_t batch, int64_t caption_tokens) const override;
   at::Tensor embed(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx) const override;
   at::Tensor unit_residual(int unit, const at::Tensor& x, const DiTContext& ctx, AttentionSeam* seam) const override;
+  // x + the gated branch in one addcmul (the branch read in the run's dtype).
+  at::Tensor unit_apply(int unit, const at::Tensor& x, const DiTContext& ctx, AttentionSeam* seam) const override;
   at::Tensor head(const at::Tensor& x, const DiTContext& ctx) const override;
   // Wan predicts the flow toward the noise (noise - x0); the sampler moves toward the data.
   at::Tensor prediction(const at::Tensor& head_out) const override { return -head_out; }
@@ -104,6 +106,7 @@ class Wan : public DiT {
     AttentionWeights self_attn, cross_attn;
   };
   const at::Tensor& w(const std::string& name) const;
+  std::pair<at::Tensor, at::Tensor> branch(int unit, const at::Tensor& x, const DiTContext& ctx, AttentionSeam* seam) const;
   at::Tensor attention(const AttentionWeights& aw, bool self, const at::Tensor& x, const WanContext& c,
                        AttentionSeam* seam) const;
 

@@ -6,6 +6,7 @@
 #include "dist/video_sampler.h"
 #include "model/cuda_graph.h"
 #include "model/family.h"
+#include "model/layers.h"
 #include "model/sampler.h"
 #include "model/stdit3.h"
 #include "test_util.h"
@@ -86,6 +87,31 @@ TEST(Gpu, CudaGraphStepsMatchEagerSteps) {
       EXPECT_EQ(report["cuda_graphs"]["replays"], so.steps - experts) << what << report["cuda_graphs"];
       EXPECT_EQ(report["units_computed"], so.steps * m->unit_count()) << what;
       EXPECT_EQ(eager_runner.report()["cuda_graphs"], "off: cache policy 'static' skips units: its steps run eagerly");
+    }
+  }
+}
+
+// The fused modulated-LayerNorm kernel (model/fused_kernels.cu) against its float64 definition:
+// rows not a multiple of anything, widths below, at and above the block's 256 threads, shift / scale
+// as the strided slices of a [B, 6, C] adaLN table (as Wan's), one and two samples, every output type.
+TEST(Gpu, FusedModulatedLayerNormMatchesFloat64) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA GPU visible";
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(8);
+  for (int64_t B : {1, 2}) {
+    for (int64_t C : {48, 256, 1536, 5120}) {
+      const at::Tensor x64 = at::randn({B, 37, C}, g, at::kDouble) * 4 + 2;
+      const at::Tensor table64 = at::randn({B, 6, C}, g, at::kDouble) * 0.5;
+      const at::Tensor shift64 = table64.select(1, 3).unsqueeze(1), scale64 = table64.select(1, 4).unsqueeze(1);
+      const at::Tensor mean = x64.mean(-1, true), var = (x64 - mean).pow(2).mean(-1, true);
+      const at::Tensor want = (x64 - mean) / at::sqrt(var + 1e-6) * (1 + scale64) + shift64;
+      const at::Tensor x = x64.to(at::kFloat).cuda(), table = table64.to(at::kFloat).cuda();
+      const at::Tensor shift = table.select(1, 3).unsqueeze(1), scale = table.select(1, 4).unsqueeze(1);
+      for (auto out : {at::kFloat, at::kBFloat16, at::kHalf}) {
+        const at::Tensor got = layers::modulated_layer_norm(x, shift, scale, 1e-6, out);
+        ASSERT_EQ(got.scalar_type(), out);
+        const double tol = out == at::kFloat ? 2e-6 : out == at::kHalf ? 1e-3 : 8e-3;
+        EXPECT_LT(ditto::test::rel_err(got.cpu().to(at::kDouble), want), tol) << "B " << B << " C " << C << " " << out;
+      }
     }
   }
 }

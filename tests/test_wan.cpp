@@ -412,10 +412,40 @@ TEST(DiTContext, SetTimestepRewritesTheConditioningInPlace) {
     m->set_timestep(*ctx, at::full({2}, 300.0f));
     m->set_timestep(*fresh, at::full({2}, 300.0f));
     EXPECT_EQ(ctx->timestep_embedding().data_ptr(), storage) << name;
-    if (wc) EXPECT_EQ(wc->modulation[1][2].data_ptr(), table) << name;
+    if (wc) {
+      EXPECT_EQ(wc->modulation[1][2].data_ptr(), table) << name;
+    }
     const at::Tensor second = m->forward_tokens(tokens, 0, *ctx);
     EXPECT_TRUE(at::equal(second, m->forward_tokens(tokens, 0, *fresh))) << name;
     EXPECT_GT(rel_err(second, first), 1e-3) << name << ": the timestep did not matter";
     EXPECT_TRUE(at::equal(probe, kept)) << name << ": the kept probe was rewritten";
   }
+}
+
+// The plain forward's fused step (unit_apply: the gate and the residual add in one addcmul, the
+// modulated LayerNorm in one call) against the caching runner's x + unit_residual, unit by unit, in
+// float64; and the modulated LayerNorm against its float64 definition.
+TEST(Wan, TheFusedUnitStepIsTheResidualAdd) {
+  const auto m = random_dit("wan-tiny", 9, at::TensorOptions().dtype(at::kDouble));
+  VideoRequest req = ditto::test::tiny_wan_request(4, 3, 4, 6, at::kDouble);
+  DiTInputs a;
+  a.x = req.z0.expand({2, -1, -1, -1, -1});
+  a.y = at::cat({req.caption_y, -req.caption_y}, 0);
+  const auto ctx = m->prepare(a);
+  m->set_timestep(*ctx, at::tensor({700.0, 200.0}, at::kDouble));
+  at::Tensor x = m->embed(layers::patchify(a.x, m->shape().patch), 0, *ctx);
+  for (int u = 0; u < m->unit_count(); ++u) {
+    const at::Tensor fused = m->unit_apply(u, x, *ctx, nullptr), plain = x + m->unit_residual(u, x, *ctx, nullptr);
+    EXPECT_LT(rel_err(fused, plain), 1e-14) << m->units()[u].name;
+    EXPECT_GT(rel_err(fused, x), 1e-3) << m->units()[u].name << " added nothing";
+    x = fused;
+  }
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(3);
+  const at::Tensor h = at::randn({2, 5, 24}, g, at::kDouble) * 3 + 1, table = at::randn({2, 6, 24}, g, at::kDouble);
+  const at::Tensor shift = table.select(1, 0).unsqueeze(1), scale = table.select(1, 1).unsqueeze(1);
+  const at::Tensor mean = h.mean(-1, true), var = (h - mean).pow(2).mean(-1, true);
+  const at::Tensor want = (h - mean) / at::sqrt(var + 1e-6) * (1 + scale) + shift;
+  EXPECT_LT(rel_err(layers::modulated_layer_norm(h, shift, scale, 1e-6, at::kDouble), want), 1e-14);
+  EXPECT_LT(rel_err(layers::modulated_layer_norm(h.to(at::kFloat), shift.to(at::kFloat), scale.to(at::kFloat), 1e-6,
+                                                 at::kBFloat16).to(at::kDouble), want), 8e-3);
 }
