@@ -5,16 +5,21 @@
 #   DIR/root/   the Debian OpenMPI 4.1 runtime (libraries, MCA plugins, mpirun, help texts, config)
 #               and Boost.Program_options, laid out as under / (copied there without overwriting)
 #   DIR/env.sh  sourced there: installs root/, points the loader at PyPI torch's and NVIDIA's libraries
-# Usage: scripts/device_bundle.sh [DIR (default .dev)]; then, there: `source DIR/env.sh`.
+# all packed into DIR/bundle.tar.xz (about 8 MB instead of 30: the repository, the bundle and diffusers'
+# wheels travel together under the 64 MiB a device run carries); scripts/gpu_check.sh unpacks it.
+# Usage: scripts/device_bundle.sh [DIR (default .dev)]; then, there: `tar -C DIR -xJf DIR/bundle.tar.xz;
+# source DIR/env.sh` (gpu_check.sh does both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dir="${1:-.dev}"
+final="${1:-.dev}"
 # Replace only an earlier bundle (or create the folder): never a folder that holds anything else.
-if [ -e "$dir" ] && [ -n "$(ls -A "$dir")" ] && [ ! -f "$dir/env.sh" ]; then
-  echo "device_bundle: '$dir' exists and is not a bundle; name a new folder" >&2
+if [ -e "$final" ] && [ -n "$(ls -A "$final")" ] && [ ! -f "$final/env.sh" ] && [ ! -f "$final/bundle.tar.xz" ]; then
+  echo "device_bundle: '$final' exists and is not a bundle; name a new folder" >&2
   exit 1
 fi
-rm -rf "$dir" && mkdir -p "$dir/bin" "$dir/root"
+dir="$(mktemp -d)"
+trap 'rm -rf "$dir"' EXIT
+mkdir -p "$dir/bin" "$dir/root"
 # What scripts/gpu_check.sh runs (the bundle and the repository travel together under 64 MiB; bench_scaling
 # and bench_alltoall need several GPUs).
 for b in ditto bench_forward bench_cache bench_decode tests/test_gpu tests/test_comm; do
@@ -50,4 +55,6 @@ export OMPI_MCA_mca_base_component_show_load_errors=0 OMPI_MCA_btl_vader_single_
 # No binding: a singleton or small job is otherwise bound to one core and its CPU threads share it.
 export OMPI_MCA_hwloc_base_binding_policy=none
 EOS
-du -sh "$dir"
+rm -rf "$final" && mkdir -p "$final"
+tar -C "$dir" -cJf "$final/bundle.tar.xz" .
+du -sh "$final/bundle.tar.xz"

@@ -41,6 +41,7 @@ steps="$out/steps.jsonl"
 : > "$steps"
 
 if [ "$mode" = gpu ]; then
+  if [ ! -f "$bundle/env.sh" ] && [ -f "$bundle/bundle.tar.xz" ]; then tar -C "$bundle" -xJf "$bundle/bundle.tar.xz"; fi
   [ -f "$bundle/env.sh" ] || { echo "gpu_check: no bundle at $bundle (run scripts/device_bundle.sh $bundle here first)" >&2; exit 2; }
   # shellcheck disable=SC1090
   source "$bundle/env.sh"
