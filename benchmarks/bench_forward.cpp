@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   ModelOptions mo;
   std::string latent, json_path;
   int batch = 2, warmup = 2, iters = 5, tokens = 0;
+  bool no_extras = false;
   po::options_description desc("options");
   add_model_options(desc, mo);
   // clang-format off
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
     ("caption-tokens", po::value(&tokens)->default_value(0), "valid caption tokens (0: the model's maximum)")
     ("warmup", po::value(&warmup)->default_value(2), "untimed forwards (and steps) first")
     ("iters", po::value(&iters)->default_value(5), "timed forwards (and steps)")
+    ("no-extras", po::bool_switch(&no_extras), "only the forward and sampling-step rows (no fused/unfused unit stack, no CUDA-graph row)")
     ("json", po::value(&json_path), "also write the rows as JSON here");
   // clang-format on
   try {
@@ -88,7 +90,7 @@ int main(int argc, char** argv) {
     // The unit stack alone, as the plain forward runs it (unit_apply: a family's fused gate and add)
     // and as the caching runner does (x + unit_residual): the fusion's before / after, interleaved.
     std::vector<double> fused_ms, unfused_ms;
-    {
+    if (!no_extras) {
       const std::unique_ptr<DiTContext> ctx = model->prepare(a);
       model->set_timestep(*ctx, a.timestep);
       const at::Tensor x0 = model->embed(layers::patchify(a.x, c.patch), 0, *ctx);
@@ -140,7 +142,7 @@ int main(int argc, char** argv) {
     // The same steps as CUDA graphs (captured at the first step, a warm-up step): the before/after pair.
     const bool requested = cuda_graphs_requested();
     set_cuda_graphs(true);
-    const std::string graph_off = graph_refusal(options.device(), 1, "none");
+    const std::string graph_off = no_extras ? "--no-extras" : graph_refusal(options.device(), 1, "none");
     const double graph_reads = graph_off.empty() ? sample_steps(graph_ms) : 0.0;
     set_cuda_graphs(requested);
 
@@ -181,9 +183,10 @@ int main(int argc, char** argv) {
       row("sampling step, CUDA graph", graph_ms, cell);
       rows.back()["host_reads_per_step"] = graph_reads;
     }
-    std::printf("# unit stack: fused (unit_apply) %.2f ms / unfused (x + unit_residual) %.2f ms = %.3f (medians)\n",
-                fused_ms[fused_ms.size() / 2], unfused_ms[unfused_ms.size() / 2],
-                fused_ms[fused_ms.size() / 2] / unfused_ms[unfused_ms.size() / 2]);
+    if (!no_extras)
+      std::printf("# unit stack: fused (unit_apply) %.2f ms / unfused (x + unit_residual) %.2f ms = %.3f (medians)\n",
+                  fused_ms[fused_ms.size() / 2], unfused_ms[unfused_ms.size() / 2],
+                  fused_ms[fused_ms.size() / 2] / unfused_ms[unfused_ms.size() / 2]);
     if (graph_off.empty())
       std::printf("# CUDA graph: step / eager step = %.3f (medians)\n",
                   graph_ms[graph_ms.size() / 2] / step_ms[step_ms.size() / 2]);

@@ -81,9 +81,13 @@ def main():
     p.add_argument("--threads", type=int, default=2, help="CPU threads of both sides")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     p.add_argument("--no-stages", action="store_true", help="skip the VAE decode and umT5 encode rows")
+    p.add_argument("--forward-only", action="store_true",
+                   help="only the forward rows (eager and torch.compile): no sampling-step or stage rows")
     p.add_argument("--work", help="directory for the model and inputs (default: a temporary one)")
     p.add_argument("--json", help="write the rows here")
     a = p.parse_args()
+    if a.forward_only:
+        a.no_stages = True
     size = SIZES[a.size]
     dtype = getattr(torch, size["dtype"])
     device = size["device"]
@@ -175,7 +179,7 @@ def main():
     for rep in range(a.reps):
         js = os.path.join(work, f"bench_{rep}.json")
         r = subprocess.run([bench, "--model", model_dir, "--latent", f"{T}x{H}x{W}", "--batch", "2", "--caption-tokens",
-                            str(L), "--warmup", "1", "--iters", str(a.iters), "--json", js, *dev_args],
+                            str(L), "--warmup", "1", "--iters", str(a.iters), "--no-extras", "--json", js, *dev_args],
                            env=env, capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(f"bench_forward failed:\n{r.stderr}")
@@ -184,7 +188,8 @@ def main():
         rows["ditto_forward"] += b["rows"][0]["ms"]
         rows["ditto_step"] += b["rows"][1]["ms"]
         rows["diffusers_forward"] += timed(lambda: diffusers_forward(model), a.iters, device)
-        rows["diffusers_step"] += diffusers_steps(model, a.iters + 1)[1:]  # the first step as warm-up
+        if not a.forward_only:
+            rows["diffusers_step"] += diffusers_steps(model, a.iters + 1)[1:]  # the first step as warm-up
         if compiled is not None:
             rows["compiled_forward"] += timed(lambda: diffusers_forward(compiled), a.iters, device)
 
@@ -201,7 +206,9 @@ def main():
                       "ratio_ditto_over_diffusers": d["median_ms"] / f["median_ms"]})
     row("forward (CFG batch 2)", rows["ditto_forward"], rows["diffusers_forward"], "diffusers eager (SDPA)")
     row("forward (CFG batch 2)", rows["ditto_forward"], rows["compiled_forward"], "diffusers torch.compile")
-    row("guided sampling step", rows["ditto_step"], rows["diffusers_step"], "diffusers eager (WanPipeline's two calls + UniPC)")
+    if not a.forward_only:
+        row("guided sampling step", rows["ditto_step"], rows["diffusers_step"],
+            "diffusers eager (WanPipeline's two calls + UniPC)")
     if not a.no_stages:
         v, u = size["vae"], size["umt5"]
         row(f"Wan-VAE decode ({v['frames']} frames {v['height']}x{v['width']})", rows["ditto_decode"],

@@ -17,6 +17,7 @@ void CacheRunner::begin_video(const std::vector<float>& timesteps, const std::ve
   begin_segment(0);
   costs_.clear();
   if (graphs_) graphs_->reset();
+  graph_refusal_ = "the video ran no step";
   units_computed_ = units_total_ = bytes_saved_ = 0;
   flops_computed_ = flops_total_ = 0;
   log_ = nlohmann::json::array();

@@ -5,6 +5,8 @@
 #                          bash scripts/gpu_check.sh --fetch-wheels      # diffusers for vs_diffusers, into .whl/
 #   there (carry .dev and .whl):  bash scripts/gpu_check.sh
 #   a dry run of the plumbing on the CPU, small sizes:  bash scripts/gpu_check.sh --cpu-smoke
+#   torch.compile's row against ditto's forward, a run of its own (compiling takes minutes; limit 300 s):
+#     bash scripts/gpu_check.sh --compile-row
 # Steps, each under its own time limit (one failing does not stop the others): the device; the
 # gpu-labelled tests; NCCL at one rank (test_comm); bench_forward on wan2.1-t2v-1.3b (480 x 832 x 81,
 # CFG batch 2, bf16: per-step time, MFU against the measured matmul peak, host syncs, peak memory) and
@@ -16,14 +18,16 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 mode=gpu
+only=
 bundle=.dev
 for a in "$@"; do
   case "$a" in
     --cpu-smoke) mode=cpu ;;
+    --compile-row) only=vs_diffusers_compile ;;
     --fetch-wheels) mode=wheels ;;
     --bundle=*) bundle="${a#--bundle=}" ;;
     -h|--help) sed -n 2,12p "$0"; exit 0 ;;
-    *) echo "gpu_check: unknown argument '$a' (--cpu-smoke, --fetch-wheels, --bundle=DIR)" >&2; exit 2 ;;
+    *) echo "gpu_check: unknown argument '$a' (--cpu-smoke, --fetch-wheels, --compile-row, --bundle=DIR)" >&2; exit 2 ;;
   esac
 done
 
@@ -84,35 +88,44 @@ step() {
   echo "gpu_check: $name exit $rc ($(tail -n 1 "$out/$name.log" | cut -c1-120))"
 }
 
+if [ -n "$only" ]; then
+  # torch.compile's forward row against ditto's, a run of its own (the compilation alone may take minutes).
+  step vs_diffusers_compile "$(limit 300)" env PYTHONUNBUFFERED=1 python3 benchmarks/vs_diffusers.py --build "$bin" \
+    --size "$vs_size" --reps 2 --iters 3 --forward-only --json "$out/vs_diffusers_compile.json"
+else
 if [ "$mode" = gpu ]; then
-  step device "$(limit 15)" nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  step device "$(limit 10)" nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 fi
-step gpu_tests "$(limit 50)" "$test_gpu" --gtest_color=no
-step nccl_one_rank "$(limit 30)" mpirun --allow-run-as-root --oversubscribe -np 1 "$test_comm" --gtest_color=no
-step bench_forward_wan "$(limit 90)" "$bin/bench_forward" "${wan[@]}" "${dev[@]}" --warmup 2 --iters 5 --json "$out/bench_forward_wan.json"
-step bench_forward_stdit3 "$(limit 50)" "$bin/bench_forward" "${stdit[@]}" "${dev[@]}" --warmup 2 --iters 5 --json "$out/bench_forward_stdit3.json"
+step gpu_tests "$(limit 40)" "$test_gpu" --gtest_color=no
+step nccl_one_rank "$(limit 20)" mpirun --allow-run-as-root --oversubscribe -np 1 "$test_comm" --gtest_color=no
+step bench_forward_wan "$(limit 70)" "$bin/bench_forward" "${wan[@]}" "${dev[@]}" --warmup 2 --iters 4 --json "$out/bench_forward_wan.json"
+step bench_forward_stdit3 "$(limit 35)" "$bin/bench_forward" "${stdit[@]}" "${dev[@]}" --warmup 2 --iters 5 --json "$out/bench_forward_stdit3.json"
 if python3 -c 'import diffusers' 2>/dev/null; then
-  step vs_diffusers "$(limit 120)" env PYTHONUNBUFFERED=1 python3 benchmarks/vs_diffusers.py --build "$bin" --size "$vs_size" \
-    --reps 2 --iters 3 --json "$out/vs_diffusers.json"
+  # Eager rows first (forward, guided step, VAE decode, umT5 encode); torch.compile's row last (below),
+  # so a slow compilation cannot cost the others.
+  step vs_diffusers "$(limit 210)" env PYTHONUNBUFFERED=1 python3 benchmarks/vs_diffusers.py --build "$bin" --size "$vs_size" \
+    --reps 2 --iters 3 --no-compile --json "$out/vs_diffusers.json"
 else
   printf '{"step": "vs_diffusers", "exit_code": -1, "seconds": 0, "skipped": "diffusers is not importable (bash scripts/gpu_check.sh --fetch-wheels here, carry .whl)"}\n' >> "$steps"
   echo "gpu_check: vs_diffusers skipped: diffusers is not importable"
 fi
 # The cache policies' speed at real size (random weights: speed and compute only; quality lives on
 # the demo models). Few videos and steps: the table's compute fraction and time per video.
-cache_size=(--videos 1 --steps 10)
+cache_size=(--videos 1 --steps 8)
 wan_frames=() stdit_frames=()
 if [ "$mode" = cpu ]; then
   cache_size=(--videos 1 --steps 4 --height 16 --width 16)
   wan_frames=(--frames 5) stdit_frames=(--frames 17)  # each family's smallest video of several frames
 fi
-step bench_cache_wan "$(limit 85)" "$bin/bench_cache" "${wan[@]:0:3}" "${dev[@]}" "${cache_size[@]}" "${wan_frames[@]}" \
+step bench_cache_wan "$(limit 60)" "$bin/bench_cache" "${wan[@]:0:3}" "${dev[@]}" "${cache_size[@]}" "${wan_frames[@]}" \
   --only teacache,fbcache,magcache --json "$out/bench_cache_wan.json"
-step bench_cache_stdit3 "$(limit 50)" "$bin/bench_cache" "${stdit[@]:0:3}" "${dev[@]}" "${cache_size[@]}" "${stdit_frames[@]}" \
+step bench_cache_stdit3 "$(limit 35)" "$bin/bench_cache" "${stdit[@]:0:3}" "${dev[@]}" "${cache_size[@]}" "${stdit_frames[@]}" \
   --only static,pab,adacache,teacache,fbcache --json "$out/bench_cache_stdit3.json"
 # The stages around the transformer: the VAE's decode (untiled, one rank) and the text encoder.
-step bench_decode "$(limit 50)" mpirun --allow-run-as-root --oversubscribe -np 1 "$bin/bench_decode" "${decode[@]}" \
+step bench_decode "$(limit 30)" mpirun --allow-run-as-root --oversubscribe -np 1 "$bin/bench_decode" "${decode[@]}" \
   "${dev[@]:0:2}" --untiled --ranks '' --warmup 1 --repeats 2 --json "$out/bench_decode.json"
+
+fi
 
 python3 - "$out" <<'EOF'
 import json, os, sys
@@ -120,7 +133,7 @@ out = sys.argv[1]
 steps = [json.loads(l) for l in open(os.path.join(out, "steps.jsonl")) if l.strip()]
 results = {}
 for name in ("bench_forward_wan", "bench_forward_stdit3", "vs_diffusers", "bench_cache_wan", "bench_cache_stdit3",
-             "bench_decode"):
+             "bench_decode", "vs_diffusers_compile"):
     p = os.path.join(out, name + ".json")
     if os.path.exists(p):
         with open(p) as f:
