@@ -3,18 +3,37 @@
 // layout's memory, and what spatial attention hands back position-major is already what to_space sends.
 #include "dist/dsp_layout.h"
 
+#include <algorithm>
+#include <atomic>
+
 #include "dist/ulysses_layout.h"
 #include "model/error.h"
 
 namespace ditto {
 
+namespace {
+std::atomic<int> g_frame_groups{1};
+}  // namespace
+
+void set_dsp_frame_groups(int groups) {
+  if (groups < 1 || groups > 64) fail("--dsp-frame-groups must be in 1 .. 64, got ", groups);
+  g_frame_groups = groups;
+}
+
+int dsp_frame_groups() { return g_frame_groups; }
+
 DspLayout::DspLayout(Communicator& comm, int64_t grid_t, int64_t grid_s)
     : comm_(comm), t_(grid_t, comm.size()), s_(grid_s, comm.size()) {}
 
+void DspLayout::check_space_shard(const at::Tensor& x) const {
+  const int r = comm_.rank();
+  if (x.dim() != 4 || x.size(2) != s_.counts[r] || x.size(1) != t_.offsets.back() + t_.counts.back())
+    fail("DSP: the space-layout shard is ", x.sizes(), ", expected [B, ", t_.offsets.back() + t_.counts.back(), ", ", s_.counts[r], ", C]");
+}
+
 at::Tensor DspLayout::to_frames(const at::Tensor& x) {
   const int P = comm_.size(), r = comm_.rank();
-  if (x.dim() != 4 || x.size(2) != s_.counts[r] || x.size(1) != t_.offsets.back() + t_.counts.back())
-    fail("to_frames: shard is ", x.sizes(), ", expected [B, ", t_.offsets.back() + t_.counts.back(), ", ", s_.counts[r], ", C]");
+  check_space_shard(x);
   const int64_t B = x.size(0), C = x.size(3);
   const at::Tensor by_position = x.permute({2, 0, 1, 3});  // [S_r, B, T, C]
   at::Tensor frames = at::empty({s_.offsets.back() + s_.counts.back(), B, t_.counts[r], C}, x.options());
@@ -40,6 +59,54 @@ at::Tensor DspLayout::to_space(const at::Tensor& x) {
   }
   comm_.all_to_all(send, recv);
   for (const at::Tensor& part : recv) parts.push_back(part.permute({1, 2, 0, 3}));  // [B, T_j, S_r, C]
+  return at::cat(parts, 1);
+}
+
+at::Tensor DspLayout::run_in(AttentionScope scope, const at::Tensor& x, const Local& f) {
+  const int64_t fewest = *std::min_element(t_.counts.begin(), t_.counts.end());
+  const int groups = scope == AttentionScope::Frame ? static_cast<int>(std::min<int64_t>(dsp_frame_groups(), fewest)) : 1;
+  if (groups <= 1) return AttentionSeam::run_in(scope, x, f);
+  check_space_shard(x);
+  const int P = comm_.size(), r = comm_.rank();
+  const int64_t B = x.size(0), C = x.size(3), S = s_.offsets.back() + s_.counts.back();
+  // Rank j's frames split again into `groups`; group g of every rank travels in one all-to-all, both
+  // ways position-major on the wire, as to_frames / to_space.
+  std::vector<Split> sub;
+  for (int j = 0; j < P; ++j) sub.emplace_back(t_.counts[j], groups);
+  const at::Tensor by_position = x.permute({2, 0, 1, 3});  // [S_r, B, T, C]
+  struct Exchange {
+    std::vector<at::Tensor> send, recv;
+    at::Tensor frames;  // what arrives: [S, B, F_g, C]
+    std::unique_ptr<PendingCollective> pending;
+  };
+  std::vector<Exchange> in(groups), back(groups);
+  const auto start_in = [&](int g) {
+    Exchange& e = in[g];
+    e.frames = at::empty({S, B, sub[r].counts[g], C}, x.options());
+    for (int j = 0; j < P; ++j) {
+      e.send.push_back(by_position.narrow(2, t_.offsets[j] + sub[j].offsets[g], sub[j].counts[g]).contiguous());
+      e.recv.push_back(e.frames.narrow(0, s_.offsets[j], s_.counts[j]));
+    }
+    e.pending = comm_.all_to_all_start(e.send, e.recv);
+  };
+  start_in(0);
+  for (int g = 0; g < groups; ++g) {
+    if (g + 1 < groups) start_in(g + 1);  // in flight while group g computes
+    in[g].pending->wait();
+    const at::Tensor frames = in[g].frames.permute({1, 2, 0, 3});  // [B, F_g, S, C], position-major
+    in[g] = Exchange{};
+    const at::Tensor o = f(frames).permute({2, 0, 1, 3});  // [S, B, F_g, C]
+    Exchange& e = back[g];
+    for (int j = 0; j < P; ++j) {
+      e.send.push_back(o.narrow(0, s_.offsets[j], s_.counts[j]).contiguous());
+      e.recv.push_back(at::empty({s_.counts[r], B, sub[j].counts[g], C}, x.options()));
+    }
+    e.pending = comm_.all_to_all_start(e.send, e.recv);
+  }
+  for (Exchange& e : back) e.pending->wait();
+  std::vector<at::Tensor> parts;  // in frame order: rank j's frames, group by group
+  for (int j = 0; j < P; ++j)
+    for (int g = 0; g < groups; ++g) parts.push_back(back[g].recv[j].permute({1, 2, 0, 3}));  // [B, F, S_r, C]
   return at::cat(parts, 1);
 }
 

@@ -6,6 +6,12 @@
 
 namespace ditto {
 
+// DSP's switches in N frame groups (default 1): spatial attention runs on this rank's frames in N
+// groups, group g + 1's frames arriving while group g attends and group g's outputs on their way
+// back while g + 1 attends. The same computation frame by frame; the same bytes in N times the calls.
+void set_dsp_frame_groups(int groups);
+int dsp_frame_groups();
+
 class DspLayout : public SequenceParallel {
  public:
   DspLayout(Communicator& comm, int64_t grid_t, int64_t grid_s);
@@ -21,6 +27,8 @@ class DspLayout : public SequenceParallel {
   // AttentionSeam: frame-scope attention runs in frame layout; the rest is local in space layout.
   at::Tensor enter(AttentionScope scope, const at::Tensor& x) override;
   at::Tensor leave(AttentionScope scope, const at::Tensor& x) override;
+  // Frame scope with dsp_frame_groups() > 1 (at most the fewest frames a rank holds): the pipeline above.
+  at::Tensor run_in(AttentionScope scope, const at::Tensor& x, const Local& f) override;
   int64_t bytes(AttentionScope scope, int64_t batch, int64_t channels, int64_t element_size) const override;
   // SequenceParallel: spatial positions are sharded.
   at::Tensor shard(const at::Tensor& tokens) const override;
@@ -31,6 +39,8 @@ class DspLayout : public SequenceParallel {
   const Split& positions() const { return s_; }
 
  private:
+  void check_space_shard(const at::Tensor& x) const;
+
   Communicator& comm_;
   Split t_, s_;
 };

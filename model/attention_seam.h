@@ -36,6 +36,14 @@ class AttentionSeam {
                                const Attend& attend) {
     return attend(q, k, v);
   }
+  // f over the layout of `scope` on activations x in the resting layout, the result back in the
+  // resting layout: leave(scope, f(enter(scope, x))). f maps its input to the same shape, each frame
+  // (Frame scope) or position (Time) independently of the others, so a layout may run it on groups of
+  // them with one group's exchange in flight while f computes another (DSP's frame groups).
+  using Local = std::function<at::Tensor(const at::Tensor& x)>;
+  virtual at::Tensor run_in(AttentionScope scope, const at::Tensor& x, const Local& f) {
+    return leave(scope, f(enter(scope, x)));
+  }
   // Bytes this rank sends for one attention over `scope` of a [batch, ..., channels] activation
   // (what a reused attention unit saves).
   virtual int64_t bytes(AttentionScope scope, int64_t batch, int64_t channels, int64_t element_size) const = 0;

@@ -379,48 +379,50 @@ at::Tensor STDiT3::self_attention_residual(BlockKind kind, int index, const at::
   const BlockWeights& bw = block_weights(kind, index);
   const auto& mod = modulation(kind, index, c);
   const AttentionScope scope = kind == BlockKind::Spatial ? AttentionScope::Frame : AttentionScope::Time;
-  at::Tensor h = layers::modulate(layers::layer_norm(x), mod[0], mod[1]);
-  // Spatial attention needs whole frames: the only place activations change layout.
-  if (seam) h = seam->enter(scope, h);
-  const int64_t B = h.size(0), T = h.size(1), S = h.size(2), C = h.size(3);
-  const int64_t H = config_.num_heads, D = config_.head_dim();
-  // Sequences: the S tokens of a frame (spatial) or the T frames of a position (temporal). A layout
-  // switch may hand frames over position-major ([S, B, T, C] in memory): the projections then read
-  // and write that order in place, and the output goes back in it.
-  const std::vector<int64_t> order = layers::memory_order(h);
-  size_t outer = 0;  // the outermost dimension of more than one element
-  while (outer + 1 < order.size() && h.size(order[outer]) == 1) ++outer;
-  const bool position_major = kind == BlockKind::Spatial && B * T > 1 && order[outer] == 2;
-  at::Tensor qkv = kind == BlockKind::Spatial
-                       ? layers::linear_in_memory_order(h, bw.qkv_w, bw.qkv_b).reshape({B * T, S, 3 * C})
-                       : at::linear(h.permute({0, 2, 1, 3}).reshape({B * S, T, C}), bw.qkv_w, bw.qkv_b);
-  const int64_t N = qkv.size(0), L = qkv.size(1);
-  qkv = qkv.view({N, L, 3, H, D}).permute({2, 0, 3, 1, 4});
-  at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
-  if (config_.qk_norm) {
-    q = layers::rms_norm(q, bw.q_norm);
-    k = layers::rms_norm(k, bw.k_norm);
-  }
-  if (kind == BlockKind::Temporal) {
-    q = layers::apply_rope(q, c.rope_cos, c.rope_sin);
-    k = layers::apply_rope(k, c.rope_cos, c.rope_sin);
-  }
-  // 16-bit runs follow the reference's kernels: its explicit math path for temporal attention
-  // (flash attention only pays off for long sequences).
-  const bool half_precision = q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf;
-  const AttentionSeam::Attend attend = [&](const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_) {
-    return kind == BlockKind::Temporal && half_precision ? layers::attention_math(q_, k_, v_) : layers::attention(q_, k_, v_);
+  // Spatial attention needs whole frames: the only place activations change layout (the seam runs
+  // `local` in frame layout, frame by frame independent, possibly in groups of frames).
+  const AttentionSeam::Local local = [&](const at::Tensor& h) {
+    const int64_t B = h.size(0), T = h.size(1), S = h.size(2), C = h.size(3);
+    const int64_t H = config_.num_heads, D = config_.head_dim();
+    // Sequences: the S tokens of a frame (spatial) or the T frames of a position (temporal). A layout
+    // switch may hand frames over position-major ([S, B, T, C] in memory): the projections then read
+    // and write that order in place, and the output goes back in it.
+    const std::vector<int64_t> order = layers::memory_order(h);
+    size_t outer = 0;  // the outermost dimension of more than one element
+    while (outer + 1 < order.size() && h.size(order[outer]) == 1) ++outer;
+    const bool position_major = kind == BlockKind::Spatial && B * T > 1 && order[outer] == 2;
+    at::Tensor qkv = kind == BlockKind::Spatial
+                         ? layers::linear_in_memory_order(h, bw.qkv_w, bw.qkv_b).reshape({B * T, S, 3 * C})
+                         : at::linear(h.permute({0, 2, 1, 3}).reshape({B * S, T, C}), bw.qkv_w, bw.qkv_b);
+    const int64_t N = qkv.size(0), L = qkv.size(1);
+    qkv = qkv.view({N, L, 3, H, D}).permute({2, 0, 3, 1, 4});
+    at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
+    if (config_.qk_norm) {
+      q = layers::rms_norm(q, bw.q_norm);
+      k = layers::rms_norm(k, bw.k_norm);
+    }
+    if (kind == BlockKind::Temporal) {
+      q = layers::apply_rope(q, c.rope_cos, c.rope_sin);
+      k = layers::apply_rope(k, c.rope_cos, c.rope_sin);
+    }
+    // 16-bit runs follow the reference's kernels: its explicit math path for temporal attention
+    // (flash attention only pays off for long sequences).
+    const bool half_precision = q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf;
+    const AttentionSeam::Attend attend = [&](const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_) {
+      return kind == BlockKind::Temporal && half_precision ? layers::attention_math(q_, k_, v_) : layers::attention(q_, k_, v_);
+    };
+    at::Tensor o = seam ? seam->attention(scope, q, k, v, attend) : attend(q, k, v);  // [N, H, L, D]
+    if (position_major) {
+      o = at::linear(o.permute({2, 0, 1, 3}).reshape({L, N, C}), bw.proj_w, bw.proj_b);  // [S, B T, C]
+      o = o.view({S, B, T, C}).permute({1, 2, 0, 3});
+    } else {
+      o = at::linear(o.transpose(1, 2).reshape({N, L, C}), bw.proj_w, bw.proj_b);
+      o = kind == BlockKind::Spatial ? o.view({B, T, S, C}) : o.view({B, S, T, C}).permute({0, 2, 1, 3});
+    }
+    return o;
   };
-  at::Tensor o = seam ? seam->attention(scope, q, k, v, attend) : attend(q, k, v);  // [N, H, L, D]
-  if (position_major) {
-    o = at::linear(o.permute({2, 0, 1, 3}).reshape({L, N, C}), bw.proj_w, bw.proj_b);  // [S, B T, C]
-    o = o.view({S, B, T, C}).permute({1, 2, 0, 3});
-  } else {
-    o = at::linear(o.transpose(1, 2).reshape({N, L, C}), bw.proj_w, bw.proj_b);
-    o = kind == BlockKind::Spatial ? o.view({B, T, S, C}) : o.view({B, S, T, C}).permute({0, 2, 1, 3});
-  }
-  if (seam) o = seam->leave(scope, o);
-  return mod[2] * o;
+  const at::Tensor h = layers::modulate(layers::layer_norm(x), mod[0], mod[1]);
+  return mod[2] * (seam ? seam->run_in(scope, h, local) : local(h));
 }
 
 at::Tensor STDiT3::cross_attention_residual(BlockKind kind, int index, const at::Tensor& x,

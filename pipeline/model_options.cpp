@@ -11,6 +11,7 @@
 #include <iostream>
 
 #include "model/atomic_file.h"
+#include "dist/dsp_layout.h"
 #include "dist/liveness.h"
 #include "dist/ulysses_layout.h"
 #include "model/t5.h"
@@ -42,6 +43,7 @@ void add_model_options(po::options_description& desc, ModelOptions& o) {
     ("device", po::value(&o.device), "cpu | cuda | cuda:N (default: cuda when a GPU is visible; under MPI, GPU = local rank)")
     ("threads", po::value(&o.threads)->default_value(0), "CPU threads for intra-op parallelism (0: LibTorch's default)")
     ("ulysses-head-groups", po::value(&o.ulysses_head_groups)->default_value(1), "Ulysses (Wan under --sp): exchange q/k/v and the outputs in N head groups, each group's all-to-all in flight while the previous group attends (1: one exchange each way)")
+    ("dsp-frame-groups", po::value(&o.dsp_frame_groups)->default_value(1), "DSP (STDiT3 under --sp): run spatial attention on each rank's frames in N groups, each group's all-to-all in flight while the previous group computes (1: one exchange each way)")
     ("cuda-graphs", po::bool_switch(&o.cuda_graphs), "on a GPU, capture each video's model step as a CUDA graph at its first step and replay it every later step (one rank per video, no cache policy; otherwise the steps run eagerly and metrics.json says why)")
     ("attention", po::value(&o.attention)->default_value("auto"), "attention kernel: auto (LibTorch picks per call) | flash | efficient | cudnn | math; the kernels that ran are in metrics.json")
     ("max-memory", po::value(&o.max_memory_gb)->default_value(0), "GB a rank may use: a job estimated to need more is refused before it allocates (render: recorded as failed, the others go on; 0: what the device has available)")
@@ -81,6 +83,7 @@ at::TensorOptions resolve_tensor_options(const ModelOptions& o, const MpiEnv& mp
   layers::set_attention_backend(o.attention);
   set_ulysses_head_groups(o.ulysses_head_groups);
   set_cuda_graphs(o.cuda_graphs);
+  set_dsp_frame_groups(o.dsp_frame_groups);
   if (!(o.max_memory_gb >= 0) || !std::isfinite(o.max_memory_gb)) fail("--max-memory must be a number of GB >= 0 (0: no budget)");
   set_memory_budget(static_cast<int64_t>(o.max_memory_gb * 1e9));
   at::Device device(at::kCPU);

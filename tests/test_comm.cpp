@@ -480,6 +480,48 @@ TEST(Ulysses, WanForwardAndSamplingMatchOneRankAndMoveTheAnalyticBytes) {
   }
 }
 
+// DSP's switches in frame groups (each group's all-to-all in flight while the previous group's spatial
+// attention runs): the same output as one exchange each way, the same bytes in `groups` times the
+// spatial switches' calls; groups beyond the fewest frames a rank holds are capped. T' = 8 frames:
+// uneven over 3 ranks, two per rank over 4.
+TEST(Dsp, FrameGroupsOverlapTheSwitchesAndGiveTheSameOutput) {
+  const int P = world().size(), r = world().rank();
+  const STDiT3Config c = builtin_config("stdit3-tiny");
+  STDiT3 m = STDiT3::random(c, 5, kF32);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(9);
+  ForwardArgs a;
+  a.x = at::randn({2, 4, 8, 6, 10}, gen, kF32);  // T' = 8, S = 3 x 5 = 15
+  a.timestep = at::tensor({600.0f, 100.0f});
+  a.y = at::randn({2, 1, 8, 32}, gen, kF32);
+  a.fps = at::full({1}, 24.0f);
+  a.height = at::full({1}, 48.0f);
+  a.width = at::full({1}, 80.0f);
+  const Conditioning cond = m.condition(a);
+  DspLayout layout(world(), cond.grid.t, cond.grid.s());
+  const Split& s = layout.positions();
+  const at::Tensor all_tokens = layers::patchify(a.x, c.patch_size);
+  const at::Tensor tokens = all_tokens.narrow(2, s.offsets[r], s.counts[r]);
+  const at::Tensor reference = m.forward_tokens(all_tokens, 0, cond).narrow(2, s.offsets[r], s.counts[r]);
+  world().reset_counters();
+  const at::Tensor one = m.forward_tokens(tokens, s.offsets[r], cond, &layout);
+  const CommCounters plain = world().counters();
+  const int64_t fewest = *std::min_element(layout.frames().counts.begin(), layout.frames().counts.end());
+  for (int groups : {2, 3}) {
+    set_dsp_frame_groups(groups);
+    world().reset_counters();
+    const at::Tensor grouped = m.forward_tokens(tokens, s.offsets[r], cond, &layout);
+    const CommCounters overlapped = world().counters();
+    set_dsp_frame_groups(1);
+    const int64_t used = std::min<int64_t>(groups, fewest);
+    EXPECT_LT(ditto::test::rel_err(grouped, one), 1e-6) << "P " << P << " groups " << groups;
+    EXPECT_LT(ditto::test::rel_err(grouped, reference), 1e-5) << "P " << P << " groups " << groups;
+    EXPECT_EQ(overlapped.all_to_all.calls, used * plain.all_to_all.calls) << "P " << P << " groups " << groups;
+    EXPECT_EQ(overlapped.all_to_all.bytes, plain.all_to_all.bytes);
+  }
+  EXPECT_GE(fewest, 2);  // every P of the suite groups the frames
+  EXPECT_THROW(set_dsp_frame_groups(0), Error);
+}
+
 // The exchanges in head groups (each group's all-to-all in flight while the previous group attends):
 // the same output as one exchange each way, the same bytes in `groups` times the calls. An 8-head
 // Wan: two groups at every P up to 4 (each rank holds at least two heads).
