@@ -5,7 +5,8 @@ input shapes, the same threads. Rows: one transformer forward of a CFG batch (di
 vs diffusers eager with SDPA, and torch.compile'd where it works) and one whole guided sampling step
 (ditto: the batched forward, guidance and its UniPC update; diffusers: WanPipeline's way, a
 conditional and an unconditional call, guidance and UniPCMultistepScheduler.step). Repetitions are
-interleaved (ditto, diffusers, ditto, ...); min and median per row, the ratio of medians, and the
+interleaved (ditto, diffusers, ditto, ...); min and median per row, the ratio of medians, the median of
+the per-repetition ratios (paired: what to read on a machine whose speed drifts), and the
 largest difference of the two forward outputs (ditto forward on the saved inputs). Two more rows for the
 stages around the transformer: Wan-VAE 2.1 decode (ditto's bench_decode vs diffusers' AutoencoderKLWan,
 the same random weights saved by diffusers, one latent frame at a time as both decode, untiled) and a
@@ -179,31 +180,37 @@ def main():
     for rep in range(a.reps):
         js = os.path.join(work, f"bench_{rep}.json")
         r = subprocess.run([bench, "--model", model_dir, "--latent", f"{T}x{H}x{W}", "--batch", "2", "--caption-tokens",
-                            str(L), "--warmup", "1", "--iters", str(a.iters), "--no-extras", "--json", js, *dev_args],
+                            str(L), "--warmup", "2", "--iters", str(a.iters), "--no-extras", "--json", js, *dev_args],
                            env=env, capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(f"bench_forward failed:\n{r.stderr}")
         with open(js) as f:
             b = json.load(f)
-        rows["ditto_forward"] += b["rows"][0]["ms"]
-        rows["ditto_step"] += b["rows"][1]["ms"]
-        rows["diffusers_forward"] += timed(lambda: diffusers_forward(model), a.iters, device)
+        rows["ditto_forward"].append(b["rows"][0]["ms"])
+        rows["ditto_step"].append(b["rows"][1]["ms"])
+        rows["diffusers_forward"].append(timed(lambda: diffusers_forward(model), a.iters, device))
         if not a.forward_only:
-            rows["diffusers_step"] += diffusers_steps(model, a.iters + 1)[1:]  # the first step as warm-up
+            rows["diffusers_step"].append(diffusers_steps(model, a.iters + 1)[1:])  # the first step as warm-up
         if compiled is not None:
-            rows["compiled_forward"] += timed(lambda: diffusers_forward(compiled), a.iters, device)
+            rows["compiled_forward"].append(timed(lambda: diffusers_forward(compiled), a.iters, device))
 
     if not a.no_stages:
         rows.update(stage_rows(a, size, work, env, dtype, device))
 
     table = []
-    def row(what, ditto_ms, ref_ms, ref_name):
-        if not ref_ms:
+    def row(what, ditto_reps, ref_reps, ref_name):
+        """Each side's times per repetition (lists); the ratio of medians over all of them, and the
+        median over repetitions of each repetition's ratio (paired: robust to the machine's drift)."""
+        if not ref_reps:
             table.append({"what": what, "reference": ref_name, "note": compile_note})
             return
-        d, f = stats(ditto_ms), stats(ref_ms)
+        d = stats([x for rep in ditto_reps for x in rep])
+        f = stats([x for rep in ref_reps for x in rep])
+        paired = statistics.median(statistics.median(x) / statistics.median(y) for x, y in zip(ditto_reps, ref_reps))
+        d["ms_per_rep"], f["ms_per_rep"] = ditto_reps, ref_reps
         table.append({"what": what, "reference": ref_name, "ditto": d, "diffusers": f,
-                      "ratio_ditto_over_diffusers": d["median_ms"] / f["median_ms"]})
+                      "ratio_ditto_over_diffusers": d["median_ms"] / f["median_ms"],
+                      "ratio_paired_median": paired})
     row("forward (CFG batch 2)", rows["ditto_forward"], rows["diffusers_forward"], "diffusers eager (SDPA)")
     row("forward (CFG batch 2)", rows["ditto_forward"], rows["compiled_forward"], "diffusers torch.compile")
     if not a.forward_only:
@@ -221,15 +228,16 @@ def main():
           f"({tokens} tokens/sample), text {L}, {size['dtype']} on {device}, {a.threads} threads, "
           f"{a.reps} x {a.iters} interleaved; torch.compile: {compile_note}")
     print(f"# forward outputs differ by at most {max_diff:.3g} ({rel_diff:.3g} of the largest output)")
-    print("| what | reference | ditto min / median ms | reference min / median ms | ditto / reference (median) |")
-    print("|---|---|---|---|---|")
+    print("| what | reference | ditto min / median ms | reference min / median ms | ditto / reference (median) "
+          "| paired (median of per-repetition ratios) |")
+    print("|---|---|---|---|---|---|")
     for rw in table:
         if "ditto" not in rw:
-            print(f"| {rw['what']} | {rw['reference']} | - | - | n/a: {rw['note']} |")
+            print(f"| {rw['what']} | {rw['reference']} | - | - | n/a: {rw['note']} | - |")
             continue
         print(f"| {rw['what']} | {rw['reference']} | {rw['ditto']['min_ms']:.1f} / {rw['ditto']['median_ms']:.1f} | "
               f"{rw['diffusers']['min_ms']:.1f} / {rw['diffusers']['median_ms']:.1f} | "
-              f"{rw['ratio_ditto_over_diffusers']:.2f}x |")
+              f"{rw['ratio_ditto_over_diffusers']:.2f}x | {rw['ratio_paired_median']:.2f}x |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"size": a.size, "latent": [T, H, W], "tokens_per_sample": tokens, "text_len": L,
@@ -285,11 +293,11 @@ def stage_rows(a, size, work, env, dtype, device):
     ref_decode()
     ref_encode()
     for _ in range(a.reps):
-        out["ditto_decode"] += ditto(["--vae", vae_dir, "--frames", str(v["frames"]), "--height", str(v["height"]),
-                                      "--width", str(v["width"]), "--untiled", "--ranks", ""], "decode")
-        out["diffusers_decode"] += timed(ref_decode, a.iters, device)
-        out["ditto_encode"] += ditto(["--ranks", "", "--text-encoder", enc_dir, "--tokens", str(u["tokens"])], "encode")
-        out["transformers_encode"] += timed(ref_encode, a.iters, device)
+        out["ditto_decode"].append(ditto(["--vae", vae_dir, "--frames", str(v["frames"]), "--height", str(v["height"]),
+                                          "--width", str(v["width"]), "--untiled", "--ranks", ""], "decode"))
+        out["diffusers_decode"].append(timed(ref_decode, a.iters, device))
+        out["ditto_encode"].append(ditto(["--ranks", "", "--text-encoder", enc_dir, "--tokens", str(u["tokens"])], "encode"))
+        out["transformers_encode"].append(timed(ref_encode, a.iters, device))
     return out
 
 

@@ -95,11 +95,14 @@ at::Tensor DspLayout::run_in(AttentionScope scope, const at::Tensor& x, const Lo
     in[g].pending->wait();
     const at::Tensor frames = in[g].frames.permute({1, 2, 0, 3});  // [B, F_g, S, C], position-major
     in[g] = Exchange{};
-    const at::Tensor o = f(frames).permute({2, 0, 1, 3});  // [S, B, F_g, C]
+    const at::Tensor computed = f(frames);
+    if (computed.sizes() != frames.sizes())
+      fail("DSP: the frame-local computation returned ", computed.sizes(), " for frames ", frames.sizes());
+    const at::Tensor o = computed.permute({2, 0, 1, 3});  // [S, B, F_g, C]
     Exchange& e = back[g];
     for (int j = 0; j < P; ++j) {
       e.send.push_back(o.narrow(0, s_.offsets[j], s_.counts[j]).contiguous());
-      e.recv.push_back(at::empty({s_.counts[r], B, sub[j].counts[g], C}, x.options()));
+      e.recv.push_back(at::empty({s_.counts[r], B, sub[j].counts[g], C}, o.options()));
     }
     e.pending = comm_.all_to_all_start(e.send, e.recv);
   }

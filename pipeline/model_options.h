@@ -25,12 +25,12 @@ struct ModelOptions {
   std::string dtype;   // empty: float32 on CPU, bfloat16 on CUDA
   std::string device;  // empty: cuda when a GPU is visible, else cpu
   int threads = 0;
-  double timeout = 600;
-  double max_memory_gb = 0;
-  std::string attention = "auto";  // --attention: SDPA's kernel (model/layers.h)  // --max-memory: a job needing more per rank is refused (0: what the device has)  // --timeout: seconds before a waiting rank checks its peers (see dist/liveness.h)
-  bool cuda_graphs = false;     // --cuda-graphs (model/cuda_graph.h); process-wide once resolved
-  int ulysses_head_groups = 1;
-  int dsp_frame_groups = 1;     // --dsp-frame-groups (dist/dsp_layout.h); process-wide once resolved  // --ulysses-head-groups (dist/ulysses_layout.h); process-wide once resolved
+  double timeout = 600;       // --timeout: seconds before a waiting rank checks its peers (dist/liveness.h)
+  double max_memory_gb = 0;   // --max-memory: a job needing more per rank is refused (0: what the device has)
+  std::string attention = "auto";  // --attention: SDPA's kernel (model/layers.h)
+  bool cuda_graphs = false;        // --cuda-graphs (model/cuda_graph.h); process-wide once resolved
+  int ulysses_head_groups = 1;     // --ulysses-head-groups (dist/ulysses_layout.h); process-wide once resolved
+  int dsp_frame_groups = 1;        // --dsp-frame-groups (dist/dsp_layout.h); process-wide once resolved  // --ulysses-head-groups (dist/ulysses_layout.h); process-wide once resolved
 };
 
 void add_model_options(po::options_description& desc, ModelOptions& o);

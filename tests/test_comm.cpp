@@ -506,6 +506,9 @@ TEST(Dsp, FrameGroupsOverlapTheSwitchesAndGiveTheSameOutput) {
   const at::Tensor one = m.forward_tokens(tokens, s.offsets[r], cond, &layout);
   const CommCounters plain = world().counters();
   const int64_t fewest = *std::min_element(layout.frames().counts.begin(), layout.frames().counts.end());
+  struct Restore {
+    ~Restore() { set_dsp_frame_groups(1); }  // the later tests' default, whatever happens here
+  } restore;
   for (int groups : {2, 3}) {
     set_dsp_frame_groups(groups);
     world().reset_counters();
