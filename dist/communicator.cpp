@@ -19,6 +19,11 @@ std::unique_ptr<PendingCollective> Communicator::all_to_all_start(const std::vec
   return std::make_unique<Done>();
 }
 
+void GroupCount::set(int groups) {
+  if (groups < 1 || groups > 64) fail(option_, " must be in 1 .. 64, got ", groups);
+  value_ = groups;
+}
+
 Split::Split(int64_t n, int p) {
   if (p <= 0) fail("cannot split ", n, " items over ", p, " ranks");
   int64_t offset = 0;

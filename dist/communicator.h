@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -70,6 +71,18 @@ class Communicator {
 };
 
 // Sizes of near-equal contiguous shards: n items over p ranks, the first n % p ranks one more.
+// A process-wide count of exchange groups (--ulysses-head-groups, --dsp-frame-groups): 1 .. 64.
+class GroupCount {
+ public:
+  explicit GroupCount(const char* option) : option_(option) {}
+  void set(int groups);
+  int get() const { return value_; }
+
+ private:
+  const char* option_;
+  std::atomic<int> value_{1};
+};
+
 struct Split {
   std::vector<int64_t> counts, offsets;
   Split(int64_t n, int p);

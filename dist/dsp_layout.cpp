@@ -4,7 +4,6 @@
 #include "dist/dsp_layout.h"
 
 #include <algorithm>
-#include <atomic>
 
 #include "dist/ulysses_layout.h"
 #include "model/error.h"
@@ -12,15 +11,11 @@
 namespace ditto {
 
 namespace {
-std::atomic<int> g_frame_groups{1};
+GroupCount frame_groups("--dsp-frame-groups");
 }  // namespace
 
-void set_dsp_frame_groups(int groups) {
-  if (groups < 1 || groups > 64) fail("--dsp-frame-groups must be in 1 .. 64, got ", groups);
-  g_frame_groups = groups;
-}
-
-int dsp_frame_groups() { return g_frame_groups; }
+void set_dsp_frame_groups(int groups) { frame_groups.set(groups); }
+int dsp_frame_groups() { return frame_groups.get(); }
 
 DspLayout::DspLayout(Communicator& comm, int64_t grid_t, int64_t grid_s)
     : comm_(comm), t_(grid_t, comm.size()), s_(grid_s, comm.size()) {}

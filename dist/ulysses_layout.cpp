@@ -2,22 +2,17 @@
 #include "dist/ulysses_layout.h"
 
 #include <algorithm>
-#include <atomic>
 
 #include "model/error.h"
 
 namespace ditto {
 
 namespace {
-std::atomic<int> g_head_groups{1};
+GroupCount head_groups("--ulysses-head-groups");
 }  // namespace
 
-void set_ulysses_head_groups(int groups) {
-  if (groups < 1 || groups > 64) fail("--ulysses-head-groups must be in 1 .. 64, got ", groups);
-  g_head_groups = groups;
-}
-
-int ulysses_head_groups() { return g_head_groups; }
+void set_ulysses_head_groups(int groups) { head_groups.set(groups); }
+int ulysses_head_groups() { return head_groups.get(); }
 
 SequenceShardLayout::SequenceShardLayout(Communicator& comm, const TokenGrid& grid)
     : comm_(comm), grid_(grid), tokens_(grid.tokens(), comm.size()) {

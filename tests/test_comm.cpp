@@ -75,6 +75,22 @@ void check_other_collectives(Communicator& c, const at::Device& dev) {
   c.barrier();
 }
 
+
+// Random inputs of stdit3-tiny: a latent [B, 4, T, H, W] (8 H x 8 W pixels, 24 fps), the batch's
+// timesteps, an 8-token caption of 32 channels, every token valid (x drawn first, then the caption).
+ForwardArgs stdit3_args(uint64_t seed, const std::vector<float>& timesteps, int64_t t, int64_t h, int64_t w) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const int64_t B = static_cast<int64_t>(timesteps.size());
+  ForwardArgs a;
+  a.x = at::randn({B, 4, t, h, w}, gen, kF32);
+  a.timestep = at::tensor(timesteps);
+  a.y = at::randn({B, 1, 8, 32}, gen, kF32);
+  a.fps = at::full({1}, 24.0f);
+  a.height = at::full({1}, 8.0f * h);
+  a.width = at::full({1}, 8.0f * w);
+  return a;
+}
+
 }  // namespace
 
 TEST(Comm, MpiAllToAllUnevenCounts) { check_all_to_all(world(), at::kCPU); }
@@ -164,15 +180,8 @@ TEST(SequenceParallel, ForwardMatchesOneRankAndMovesTheAnalyticBytes) {
     STDiT3Config c = builtin_config("stdit3-tiny");
     c.temporal_pos_embed = temporal_pos;
     STDiT3 m = STDiT3::random(c, 3, kF32);
-    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(4);
-    ForwardArgs a;
-    a.x = at::randn({2, 4, 5, 6, 9}, gen, kF32);  // T' = 5, S = 3 x 5 = 15
-    a.timestep = at::tensor({700.0f, 300.0f});
-    a.y = at::randn({2, 1, 8, 32}, gen, kF32);
+    ForwardArgs a = stdit3_args(4, {700.0f, 300.0f}, 5, 6, 9);  // T' = 5, S = 3 x 5 = 15
     a.mask = at::tensor({1, 1, 1, 1, 0, 0, 0, 0}, at::kLong).reshape({1, 8});
-    a.fps = at::full({1}, 24.0f);
-    a.height = at::full({1}, 48.0f);
-    a.width = at::full({1}, 72.0f);
     const Conditioning cond = m.condition(a);
     at::Tensor tokens = layers::patchify(a.x, c.patch_size);
     at::Tensor reference = m.forward_tokens(tokens, 0, cond);  // one rank, whole grid
@@ -197,15 +206,7 @@ TEST(SequenceParallel, EvenSplitMovesTwoPMinusOneOverPOfTheActivation) {
   const int P = world().size();
   const STDiT3Config c = builtin_config("stdit3-tiny");
   STDiT3 m = STDiT3::random(c, 5, kF32);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(6);
-  const int64_t T = 12, H = 2, W = 24;  // T' = 12 and S = 12 divide by 1, 2, 3, 4
-  ForwardArgs a;
-  a.x = at::randn({1, 4, T, H, W}, gen, kF32);
-  a.timestep = at::tensor({500.0f});
-  a.y = at::randn({1, 1, 8, 32}, gen, kF32);
-  a.fps = at::full({1}, 24.0f);
-  a.height = at::full({1}, 16.0f);
-  a.width = at::full({1}, 192.0f);
+  const ForwardArgs a = stdit3_args(6, {500.0f}, 12, 2, 24);  // T' = 12 and S = 12 divide by 1, 2, 3, 4
   const Conditioning cond = m.condition(a);
   DspLayout layout(world(), cond.grid.t, cond.grid.s());
   const Split& s = layout.positions();
@@ -488,14 +489,7 @@ TEST(Dsp, FrameGroupsOverlapTheSwitchesAndGiveTheSameOutput) {
   const int P = world().size(), r = world().rank();
   const STDiT3Config c = builtin_config("stdit3-tiny");
   STDiT3 m = STDiT3::random(c, 5, kF32);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(9);
-  ForwardArgs a;
-  a.x = at::randn({2, 4, 8, 6, 10}, gen, kF32);  // T' = 8, S = 3 x 5 = 15
-  a.timestep = at::tensor({600.0f, 100.0f});
-  a.y = at::randn({2, 1, 8, 32}, gen, kF32);
-  a.fps = at::full({1}, 24.0f);
-  a.height = at::full({1}, 48.0f);
-  a.width = at::full({1}, 80.0f);
+  const ForwardArgs a = stdit3_args(9, {600.0f, 100.0f}, 8, 6, 10);  // T' = 8, S = 3 x 5 = 15
   const Conditioning cond = m.condition(a);
   DspLayout layout(world(), cond.grid.t, cond.grid.s());
   const Split& s = layout.positions();
