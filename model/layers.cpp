@@ -114,21 +114,34 @@ at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tens
 at::Tensor modulated_layer_norm(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps,
                                 at::ScalarType out_dtype) {
 #ifdef DITTO_CUDA
-  const auto kernel_out = out_dtype == at::kBFloat16 ? kernels::OutType::BFloat16
-                          : out_dtype == at::kHalf   ? kernels::OutType::Float16
-                                                     : kernels::OutType::Float32;
-  const bool fits = x.is_cuda() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.is_contiguous() &&
-                    (out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf) &&
-                    x.numel() > 0 && x.size(0) * x.size(1) <= std::numeric_limits<int32_t>::max();
-  auto fits_mod = [&](const at::Tensor& m) {
-    return m.device() == x.device() && m.scalar_type() == at::kFloat && m.dim() == 3 && m.size(0) == x.size(0) &&
-           m.size(1) == 1 && m.size(2) == x.size(2) && m.stride(2) == 1 && (m.size(0) == 1 || m.stride(0) == shift.stride(0));
+  // The fused kernel's cases (fused_kernels.h): float32 x and modulation with any 16/32-bit output, or
+  // x, modulation and output all bfloat16 / all float16; x contiguous; shift / scale one row of C per
+  // sample ([B, 1, .., 1, C], columns contiguous).
+  const auto kind = [](at::ScalarType t) {
+    return t == at::kBFloat16 ? kernels::DType::BFloat16 : t == at::kHalf ? kernels::DType::Float16 : kernels::DType::Float32;
   };
-  if (fits && fits_mod(shift) && fits_mod(scale)) {
+  const auto x_type = x.scalar_type();
+  const bool types = (x_type == at::kFloat && shift.scalar_type() == at::kFloat &&
+                      (out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf)) ||
+                     ((x_type == at::kBFloat16 || x_type == at::kHalf) && shift.scalar_type() == x_type &&
+                      out_dtype == x_type);
+  const int64_t C = x.dim() > 0 ? x.size(-1) : 0, B = x.dim() > 1 ? x.size(0) : 0;
+  const auto one_row_per_sample = [&](const at::Tensor& m) {
+    if (m.device() != x.device() || m.scalar_type() != shift.scalar_type() || m.dim() != x.dim() || m.size(-1) != C ||
+        m.stride(-1) != 1 || (m.size(0) != B && m.size(0) != 1) || (m.size(0) > 1 && m.stride(0) != shift.stride(0)))
+      return false;
+    for (int64_t d = 1; d + 1 < m.dim(); ++d)
+      if (m.size(d) != 1) return false;
+    return true;
+  };
+  if (x.is_cuda() && types && x.dim() >= 2 && x.is_contiguous() && x.numel() > 0 &&
+      x.numel() / C <= std::numeric_limits<int32_t>::max() && one_row_per_sample(shift) && one_row_per_sample(scale) &&
+      shift.size(0) == scale.size(0)) {
     const c10::cuda::CUDAGuard guard(x.device());
     at::Tensor out = at::empty(x.sizes(), x.options().dtype(out_dtype));
-    const int e = kernels::modulated_layer_norm(x.data_ptr<float>(), shift.data_ptr<float>(), scale.data_ptr<float>(),
-                                                out.data_ptr(), kernel_out, x.size(0) * x.size(1), x.size(2), x.size(1),
+    const int64_t rows = x.numel() / C;
+    const int e = kernels::modulated_layer_norm(x.data_ptr(), shift.data_ptr(), scale.data_ptr(), out.data_ptr(),
+                                                kind(x_type), kind(shift.scalar_type()), kind(out_dtype), rows, C, rows / B,
                                                 shift.size(0) > 1 ? shift.stride(0) : 0, static_cast<float>(eps),
                                                 c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
     if (e != 0) fail("the modulated LayerNorm kernel failed to launch: ", cudaGetErrorString(static_cast<cudaError_t>(e)));

@@ -40,9 +40,11 @@ at::Tensor layer_norm(const at::Tensor& x, double eps = 1e-6);
 // t2i_modulate: x * (1 + scale) + shift.
 at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale);
 // adaLN: modulate(LayerNorm without affine over the last dim (x), shift, scale), cast to out_dtype,
-// computed in x's dtype. On CUDA, float32 x [B, L, C] with shift / scale [B, 1, C] (columns
-// contiguous) take one fused kernel (model/fused_kernels.h: x read once, the result written once in
-// out_dtype); other inputs LibTorch's layer_norm, addcmul and cast.
+// computed in x's dtype. On CUDA, a contiguous x [B, ..., C] with shift / scale one row per sample
+// ([B, 1, .., 1, C], columns contiguous), float32 in (any output) or 16-bit throughout, takes one
+// fused kernel (model/fused_kernels.h: x read once, everything in float32, the result rounded once);
+// other inputs LibTorch's layer_norm, addcmul and cast (16-bit: the LayerNorm's output rounded first,
+// as the reference modules).
 at::Tensor modulated_layer_norm(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps,
                                 at::ScalarType out_dtype);
 

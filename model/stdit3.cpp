@@ -308,6 +308,11 @@ Conditioning STDiT3::prepare_conditioning(const ForwardArgs& a) const {
 
 namespace {
 
+// gate * branch, or base + gate * branch in one pass when base is given (the fused step).
+at::Tensor gated(const at::Tensor& gate, const at::Tensor& branch, const at::Tensor& base) {
+  return base.defined() ? at::addcmul(base, branch, gate) : gate * branch;
+}
+
 // adaLN-single parameters of a block: [B, 6, 1, 1, C] (shift/scale/gate for msa, then mlp);
 // [B, 6, T, 1, C] with per-frame terms (config.frame_modulation).
 at::Tensor block_modulation(const at::Tensor& sst, const Conditioning& c) {
@@ -375,7 +380,7 @@ const std::vector<at::Tensor>& STDiT3::modulation(BlockKind kind, int index, con
 }
 
 at::Tensor STDiT3::self_attention_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c,
-                                           AttentionSeam* seam) const {
+                                           AttentionSeam* seam, const at::Tensor& base) const {
   const BlockWeights& bw = block_weights(kind, index);
   const auto& mod = modulation(kind, index, c);
   const AttentionScope scope = kind == BlockKind::Spatial ? AttentionScope::Frame : AttentionScope::Time;
@@ -421,8 +426,8 @@ at::Tensor STDiT3::self_attention_residual(BlockKind kind, int index, const at::
     }
     return o;
   };
-  const at::Tensor h = layers::modulate(layers::layer_norm(x), mod[0], mod[1]);
-  return mod[2] * (seam ? seam->run_in(scope, h, local) : local(h));
+  const at::Tensor h = modulated_input(kind, index, x, c);
+  return gated(mod[2], seam ? seam->run_in(scope, h, local) : local(h), base);
 }
 
 at::Tensor STDiT3::cross_attention_residual(BlockKind kind, int index, const at::Tensor& x,
@@ -438,16 +443,17 @@ at::Tensor STDiT3::cross_attention_residual(BlockKind kind, int index, const at:
   return at::linear(o, bw.cproj_w, bw.cproj_b).view({B, T, S, C});
 }
 
-at::Tensor STDiT3::mlp_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c) const {
+at::Tensor STDiT3::mlp_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c,
+                                const at::Tensor& base) const {
   const BlockWeights& bw = block_weights(kind, index);
   const auto& mod = modulation(kind, index, c);
-  at::Tensor h = layers::modulate(layers::layer_norm(x), mod[3], mod[4]);
-  return mod[5] * layers::mlp(h, bw.fc1_w, bw.fc1_b, bw.fc2_w, bw.fc2_b);
+  const at::Tensor h = layers::modulated_layer_norm(x, mod[3], mod[4], 1e-6, x.scalar_type());
+  return gated(mod[5], layers::mlp(h, bw.fc1_w, bw.fc1_b, bw.fc2_w, bw.fc2_b), base);
 }
 
 at::Tensor STDiT3::modulated_input(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c) const {
   const auto& mod = modulation(kind, index, c);
-  return layers::modulate(layers::layer_norm(x), mod[0], mod[1]);
+  return layers::modulated_layer_norm(x, mod[0], mod[1], 1e-6, x.scalar_type());
 }
 
 at::Tensor STDiT3::block(BlockKind kind, int index, const at::Tensor& x, const Conditioning& c,
@@ -558,6 +564,14 @@ at::Tensor STDiT3::unit_residual(int unit, const at::Tensor& x, const DiTContext
     case 1: return cross_attention_residual(kind, block / 2, x, c);
     default: return mlp_residual(kind, block / 2, x, c);
   }
+}
+
+at::Tensor STDiT3::unit_apply(int unit, const at::Tensor& x, const DiTContext& ctx, AttentionSeam* seam) const {
+  if (!x.is_cuda() || unit % 3 == 1) return x + unit_residual(unit, x, ctx, seam);
+  const auto& c = dynamic_cast<const Conditioning&>(ctx);
+  const int block = unit / 3;
+  const BlockKind kind = block % 2 ? BlockKind::Temporal : BlockKind::Spatial;
+  return unit % 3 == 0 ? self_attention_residual(kind, block / 2, x, c, seam, x) : mlp_residual(kind, block / 2, x, c, x);
 }
 
 at::Tensor STDiT3::head(const at::Tensor& x, const DiTContext& ctx) const {

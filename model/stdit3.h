@@ -84,6 +84,9 @@ class STDiT3 : public DiT {
   double forward_flops(const TokenGrid& grid, int64_t batch, int64_t caption_tokens) const override;
   at::Tensor embed(const at::Tensor& tokens, int64_t begin, const DiTContext& ctx) const override;
   at::Tensor unit_residual(int unit, const at::Tensor& x, const DiTContext& ctx, AttentionSeam* seam) const override;
+  // On a GPU x + the gated branch in one addcmul (one rounding where the reference rounds twice); on the
+  // CPU the reference's x + unit_residual.
+  at::Tensor unit_apply(int unit, const at::Tensor& x, const DiTContext& ctx, AttentionSeam* seam) const override;
   at::Tensor head(const at::Tensor& x, const DiTContext& ctx) const override;
   at::Tensor prediction(const at::Tensor& head_out) const override { return prediction_channels(head_out); }
   at::Tensor probe(ProbeSignal signal, const at::Tensor& x, const DiTContext& ctx) const override;
@@ -110,13 +113,15 @@ class STDiT3 : public DiT {
   // self-attention to the frame layout and back; everything else is local to the shard.
   at::Tensor block(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond,
                    AttentionSeam* seam = nullptr) const;
-  // The gated self-attention residual of a block: gate_msa * attn(modulate(LN(x))).
+  // The gated self-attention residual of a block: gate_msa * attn(modulate(LN(x))); with `base`,
+  // base + that in one pass (the fused step, unit_apply on a GPU).
   at::Tensor self_attention_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond,
-                                     AttentionSeam* seam = nullptr) const;
+                                     AttentionSeam* seam = nullptr, const at::Tensor& base = {}) const;
   // The cross-attention residual, given x after the self-attention residual was added.
   at::Tensor cross_attention_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
-  // The gated MLP residual, given x after the cross-attention residual was added.
-  at::Tensor mlp_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
+  // The gated MLP residual, given x after the cross-attention residual was added (with `base`, as above).
+  at::Tensor mlp_residual(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond,
+                          const at::Tensor& base = {}) const;
   // modulate(LN(x), shift_msa, scale_msa): the self-attention's input (TeaCache's indicator at block 0).
   at::Tensor modulated_input(BlockKind kind, int index, const at::Tensor& x, const Conditioning& cond) const;
   // T2I final layer on x [B, T', S_r, C] -> output tokens [B, T', S_r, pt*ph*pw*Cout] (float32/float64).

@@ -93,7 +93,8 @@ TEST(Gpu, CudaGraphStepsMatchEagerSteps) {
 
 // The fused modulated-LayerNorm kernel (model/fused_kernels.cu) against its float64 definition:
 // rows not a multiple of anything, widths below, at and above the block's 256 threads, shift / scale
-// as the strided slices of a [B, 6, C] adaLN table (as Wan's), one and two samples, every output type.
+// as the strided slices of a [B, 6, C] adaLN table (as Wan's), one and two samples, every output type
+// from float32, and 16-bit throughout on 4-D activations (as STDiT3's).
 TEST(Gpu, FusedModulatedLayerNormMatchesFloat64) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA GPU visible";
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(8);
@@ -111,6 +112,19 @@ TEST(Gpu, FusedModulatedLayerNormMatchesFloat64) {
         ASSERT_EQ(got.scalar_type(), out);
         const double tol = out == at::kFloat ? 2e-6 : out == at::kHalf ? 1e-3 : 8e-3;
         EXPECT_LT(ditto::test::rel_err(got.cpu().to(at::kDouble), want), tol) << "B " << B << " C " << C << " " << out;
+      }
+      // 16-bit throughout, as STDiT3 runs it: x [B, T, S, C] with [B, 1, 1, C] slices of a [B, 6, 1, 1, C]
+      // table; against float64 on the 16-bit inputs (the kernel rounds once, at the end).
+      for (auto t : {at::kBFloat16, at::kHalf}) {
+        const at::Tensor x16 = x.to(t).view({B, 37, 1, C}).expand({B, 37, 2, C}).contiguous();
+        const at::Tensor table16 = table.to(t).view({B, 6, 1, 1, C});
+        const at::Tensor sh16 = table16.select(1, 3), sc16 = table16.select(1, 4);
+        const at::Tensor xd = x16.cpu().to(at::kDouble), m = xd.mean(-1, true), vr = (xd - m).pow(2).mean(-1, true);
+        const at::Tensor want16 = (xd - m) / at::sqrt(vr + 1e-6) * (1 + sc16.cpu().to(at::kDouble)) + sh16.cpu().to(at::kDouble);
+        const at::Tensor got = layers::modulated_layer_norm(x16, sh16, sc16, 1e-6, t);
+        ASSERT_EQ(got.scalar_type(), t);
+        EXPECT_LT(ditto::test::rel_err(got.cpu().to(at::kDouble), want16), t == at::kHalf ? 1e-3 : 8e-3)
+            << "B " << B << " C " << C << " " << t;
       }
     }
   }

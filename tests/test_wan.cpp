@@ -448,4 +448,8 @@ TEST(Wan, TheFusedUnitStepIsTheResidualAdd) {
   EXPECT_LT(rel_err(layers::modulated_layer_norm(h, shift, scale, 1e-6, at::kDouble), want), 1e-14);
   EXPECT_LT(rel_err(layers::modulated_layer_norm(h.to(at::kFloat), shift.to(at::kFloat), scale.to(at::kFloat), 1e-6,
                                                  at::kBFloat16).to(at::kDouble), want), 8e-3);
+  // 16-bit on the CPU: the reference modules' rounding (LayerNorm's output rounded, then modulated).
+  const at::Tensor hb = h.to(at::kBFloat16), sb = shift.to(at::kBFloat16), cb = scale.to(at::kBFloat16);
+  EXPECT_TRUE(at::equal(layers::modulated_layer_norm(hb, sb, cb, 1e-6, at::kBFloat16),
+                        layers::modulate(layers::layer_norm(hb), sb, cb)));
 }
