@@ -2,6 +2,7 @@
 #include "model/layers.h"
 
 #include <ATen/SDPBackend.h>
+#include <ATen/core/grad_mode.h>
 
 #include <mutex>
 #include <optional>
@@ -134,7 +135,9 @@ at::Tensor modulated_layer_norm(const at::Tensor& x, const at::Tensor& shift, co
       if (m.size(d) != 1) return false;
     return true;
   };
-  if (x.is_cuda() && types && x.dim() >= 2 && x.is_contiguous() && x.numel() > 0 &&
+  // The kernel records nothing for autograd: a forward that trains (ditto train) takes LibTorch's ops.
+  const bool grad = at::GradMode::is_enabled() && (x.requires_grad() || shift.requires_grad() || scale.requires_grad());
+  if (x.is_cuda() && !grad && types && x.dim() >= 2 && x.is_contiguous() && x.numel() > 0 &&
       x.numel() / C <= std::numeric_limits<int32_t>::max() && one_row_per_sample(shift) && one_row_per_sample(scale) &&
       shift.size(0) == scale.size(0)) {
     const c10::cuda::CUDAGuard guard(x.device());

@@ -30,7 +30,7 @@ struct ModelOptions {
   std::string attention = "auto";  // --attention: SDPA's kernel (model/layers.h)
   bool cuda_graphs = false;        // --cuda-graphs (model/cuda_graph.h); process-wide once resolved
   int ulysses_head_groups = 1;     // --ulysses-head-groups (dist/ulysses_layout.h); process-wide once resolved
-  int dsp_frame_groups = 1;        // --dsp-frame-groups (dist/dsp_layout.h); process-wide once resolved  // --ulysses-head-groups (dist/ulysses_layout.h); process-wide once resolved
+  int dsp_frame_groups = 1;        // --dsp-frame-groups (dist/dsp_layout.h); process-wide once resolved
 };
 
 void add_model_options(po::options_description& desc, ModelOptions& o);

@@ -16,8 +16,10 @@
 #include <optional>
 
 #include "cache/cache_runner.h"
+#include "dist/dsp_layout.h"
 #include "dist/mpi_communicator.h"
 #include "dist/nccl_communicator.h"
+#include "dist/ulysses_layout.h"
 #include "dist/video_sampler.h"
 #include "model/atomic_file.h"
 #include "model/error.h"
@@ -594,6 +596,7 @@ RenderedVideo render_video(const DiT& model, const std::string& model_dir, const
               {"token_grid", {grid.t, grid.s()}},
               {"world", {{"size", wl.world}, {"dp", wl.dp}, {"cfg", wl.cfg}, {"sp", wl.sp}, {"dp_index", wl.dp_index}}},
               {"sequence_parallel_layout", wl.sp > 1 ? layout : "none"},
+              {"exchange_groups", {{"ulysses_head_groups", ulysses_head_groups()}, {"dsp_frame_groups", dsp_frame_groups()}}},
               {"comm_backend", comms.backend},
               {"attention", {{"requested", layers::attention_backend()}, {"kernels_used", layers::attention_kernels_used()}}},
               {"cuda_graphs", cache.graph_refusal().empty() ? "on" : "off: " + cache.graph_refusal()}};

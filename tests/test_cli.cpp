@@ -220,6 +220,7 @@ TEST(Cli, TheAttentionKernelIsChosenAndReported) {
   EXPECT_EQ(m_auto["run"]["cuda_graphs"], "off: not requested (--cuda-graphs)");
   EXPECT_EQ(m_math["run"]["cuda_graphs"], "off: the run is on the CPU");
   EXPECT_EQ(m_math["cache"]["cuda_graphs"], "off: the run is on the CPU");
+  EXPECT_EQ(m_auto["run"]["exchange_groups"], nlohmann::json({{"ulysses_head_groups", 1}, {"dsp_frame_groups", 1}}));
   const at::Tensor a = load_safetensors(d + "/auto/latent.safetensors").at("z");
   const at::Tensor b = load_safetensors(d + "/math/latent.safetensors").at("z");
   EXPECT_LT(rel_err(b, a), 1e-5);

@@ -47,6 +47,27 @@ TEST(Gpu, CudaForwardMatchesCpu) {
   }
 }
 
+// A forward that trains (ditto train on a GPU): the modulated LayerNorm takes LibTorch's ops, which
+// autograd records; the gradients of x, shift and scale are the CPU's.
+TEST(Gpu, ModulatedLayerNormGradientsOnTheGpuAreTheCpus) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA GPU visible";
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(12);
+  const at::Tensor x = at::randn({2, 9, 64}, g, at::kFloat), table = at::randn({2, 6, 64}, g, at::kFloat) * 0.3;
+  const at::Tensor weight = at::randn({2, 9, 64}, g, at::kFloat);
+  std::vector<at::Tensor> grads[2];
+  for (int on_gpu : {0, 1}) {
+    const at::Device dev = on_gpu ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+    at::Tensor xs = x.to(dev).requires_grad_(), ts = table.to(dev).requires_grad_();
+    const at::Tensor out = layers::modulated_layer_norm(xs, ts.select(1, 0).unsqueeze(1), ts.select(1, 1).unsqueeze(1),
+                                                        1e-6, at::kFloat);
+    (out * weight.to(dev)).sum().backward();
+    grads[on_gpu] = {xs.grad().cpu(), ts.grad().cpu()};
+  }
+  EXPECT_LT(ditto::test::rel_err(grads[1][0], grads[0][0]), 1e-5);
+  EXPECT_LT(ditto::test::rel_err(grads[1][1], grads[0][1]), 1e-5);
+  EXPECT_GT(grads[1][1].abs().sum().item<double>(), 0.0) << "no gradient reached the modulation";
+}
+
 // --cuda-graphs: a video's steps replayed from one graph per expert give the eager steps' latent
 // (the same kernels on the same inputs) for both families and a model of two experts, in float32 and
 // bfloat16, through the plain sampler and the cache runner (policy none: one capture per expert, the
