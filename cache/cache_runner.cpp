@@ -17,7 +17,7 @@ void CacheRunner::begin_video(const std::vector<float>& timesteps, const std::ve
   begin_segment(0);
   costs_.clear();
   if (graphs_) graphs_->reset();
-  graph_refusal_ = "the video ran no step";
+  graph_refusal_ = kNoStepYet;
   units_computed_ = units_total_ = bytes_saved_ = 0;
   flops_computed_ = flops_total_ = 0;
   log_ = nlohmann::json::array();
@@ -105,18 +105,17 @@ at::Tensor CacheRunner::forward(const at::Tensor& tokens, int64_t begin, const D
   if (!experts_.empty() && global_step > 0 && experts_[global_step] != experts_[global_step - 1]) begin_segment(global_step);
   const int step = global_step - segment_begin_;  // the policy counts the current expert's steps
   const int units = model_.unit_count();
-  if (graph_refusal_.empty()) {  // policy "none": every unit, as the one graph of the expert's steps
-    step_log_ = {{"step", global_step + 1}, {"mode", "compute"}, {"units", units}};
-    if (!experts_.empty() && model_.outline().experts > 1) step_log_["expert"] = experts_[global_step] + 1;
-    log_.push_back(step_log_);
-    last_units_ = 0;
-    for (int u = 0; u < units; ++u) count_unit(u, true);
-    return graphs_->forward(tokens, begin, c, experts_.empty() ? 0 : experts_[global_step]);
-  }
-  StepPlan plan = policy_.plan(step);
   step_log_ = {{"step", global_step + 1}};
   if (!experts_.empty() && model_.outline().experts > 1) step_log_["expert"] = experts_[global_step] + 1;
   last_units_ = 0;
+  if (graph_refusal_.empty()) {  // policy "none": every unit, as the one graph of the expert's steps
+    for (int u = 0; u < units; ++u) count_unit(u, true);
+    step_log_["mode"] = "compute";
+    step_log_["units"] = units;
+    log_.push_back(step_log_);
+    return graphs_->forward(tokens, begin, c, experts_.empty() ? 0 : experts_[global_step]);
+  }
+  StepPlan plan = policy_.plan(step);
   // Output reuse decides from the input alone, before anything of the model runs.
   if (plan.mode == StepMode::Probe && policy_.probe() == ProbeKind::Input) {
     coordinate(tokens, step);

@@ -81,7 +81,8 @@ class CacheRunner {
   UnitObserver observer_;
   ReuseHook reuse_hook_;
   std::unique_ptr<ForwardGraphs> graphs_;  // the plain forward's graphs, when graph_refusal_ is ""
-  std::string graph_refusal_ = "the video ran no step";
+  static constexpr const char* kNoStepYet = "the video ran no step";
+  std::string graph_refusal_ = kNoStepYet;
 };
 
 }  // namespace ditto

@@ -11,11 +11,11 @@
 namespace ditto {
 
 namespace {
-GroupCount frame_groups("--dsp-frame-groups");
+GroupCount requested_groups("--dsp-frame-groups");
 }  // namespace
 
-void set_dsp_frame_groups(int groups) { frame_groups.set(groups); }
-int dsp_frame_groups() { return frame_groups.get(); }
+void set_dsp_frame_groups(int groups) { requested_groups.set(groups); }
+int dsp_frame_groups() { return requested_groups.get(); }
 
 DspLayout::DspLayout(Communicator& comm, int64_t grid_t, int64_t grid_s)
     : comm_(comm), t_(grid_t, comm.size()), s_(grid_s, comm.size()) {}
@@ -26,34 +26,55 @@ void DspLayout::check_space_shard(const at::Tensor& x) const {
     fail("DSP: the space-layout shard is ", x.sizes(), ", expected [B, ", t_.offsets.back() + t_.counts.back(), ", ", s_.counts[r], ", C]");
 }
 
-at::Tensor DspLayout::to_frames(const at::Tensor& x) {
+// Space -> frame layout for group g of every rank's frames (each rank j's frames split by sub[j]):
+// by_position [S_r, B, T, C] sends rank j its group; `buffer` receives [S, B, F_g, C], position-major.
+DspLayout::Exchange DspLayout::start_to_frames(const at::Tensor& by_position, const std::vector<Split>& sub, int g) {
   const int P = comm_.size(), r = comm_.rank();
-  check_space_shard(x);
-  const int64_t B = x.size(0), C = x.size(3);
-  const at::Tensor by_position = x.permute({2, 0, 1, 3});  // [S_r, B, T, C]
-  at::Tensor frames = at::empty({s_.offsets.back() + s_.counts.back(), B, t_.counts[r], C}, x.options());
-  std::vector<at::Tensor> send, recv;
+  Exchange e;
+  e.buffer = at::empty({s_.offsets.back() + s_.counts.back(), by_position.size(1), sub[r].counts[g], by_position.size(3)},
+                       by_position.options());
   for (int j = 0; j < P; ++j) {
-    send.push_back(by_position.narrow(2, t_.offsets[j], t_.counts[j]).contiguous());
-    recv.push_back(frames.narrow(0, s_.offsets[j], s_.counts[j]));  // contiguous: the outermost dimension
+    e.send.push_back(by_position.narrow(2, t_.offsets[j] + sub[j].offsets[g], sub[j].counts[g]).contiguous());
+    e.recv.push_back(e.buffer.narrow(0, s_.offsets[j], s_.counts[j]));  // contiguous: the outermost dimension
   }
-  comm_.all_to_all(send, recv);
-  return frames.permute({1, 2, 0, 3});  // [B, T_r, S, C]
+  e.pending = comm_.all_to_all_start(e.send, e.recv);
+  return e;
+}
+
+// Frame -> space layout for group g: by_position [S, B, F_g, C] (no copy when the frames are
+// position-major) sends rank j its positions; recv[j] is [S_r, B, F_jg, C].
+DspLayout::Exchange DspLayout::start_to_space(const at::Tensor& by_position, const std::vector<Split>& sub, int g) {
+  const int P = comm_.size(), r = comm_.rank();
+  Exchange e;
+  for (int j = 0; j < P; ++j) {
+    e.send.push_back(by_position.narrow(0, s_.offsets[j], s_.counts[j]).contiguous());
+    e.recv.push_back(at::empty({s_.counts[r], by_position.size(1), sub[j].counts[g], by_position.size(3)}, by_position.options()));
+  }
+  e.pending = comm_.all_to_all_start(e.send, e.recv);
+  return e;
+}
+
+std::vector<Split> DspLayout::split_frames(int groups) const {
+  std::vector<Split> sub;
+  for (int64_t count : t_.counts) sub.emplace_back(count, groups);
+  return sub;
+}
+
+at::Tensor DspLayout::to_frames(const at::Tensor& x) {
+  check_space_shard(x);
+  Exchange e = start_to_frames(x.permute({2, 0, 1, 3}), split_frames(1), 0);
+  e.pending->wait();
+  return e.buffer.permute({1, 2, 0, 3});  // [B, T_r, S, C]
 }
 
 at::Tensor DspLayout::to_space(const at::Tensor& x) {
-  const int P = comm_.size(), r = comm_.rank();
+  const int r = comm_.rank();
   if (x.dim() != 4 || x.size(1) != t_.counts[r] || x.size(2) != s_.offsets.back() + s_.counts.back())
     fail("to_space: shard is ", x.sizes(), ", expected [B, ", t_.counts[r], ", ", s_.offsets.back() + s_.counts.back(), ", C]");
-  const int64_t B = x.size(0), C = x.size(3);
-  const at::Tensor by_position = x.permute({2, 0, 1, 3});  // [S, B, T_r, C]: no copy when x is position-major
-  std::vector<at::Tensor> send, recv, parts;
-  for (int j = 0; j < P; ++j) {
-    send.push_back(by_position.narrow(0, s_.offsets[j], s_.counts[j]).contiguous());
-    recv.push_back(at::empty({s_.counts[r], B, t_.counts[j], C}, x.options()));
-  }
-  comm_.all_to_all(send, recv);
-  for (const at::Tensor& part : recv) parts.push_back(part.permute({1, 2, 0, 3}));  // [B, T_j, S_r, C]
+  Exchange e = start_to_space(x.permute({2, 0, 1, 3}), split_frames(1), 0);
+  e.pending->wait();
+  std::vector<at::Tensor> parts;
+  for (const at::Tensor& part : e.recv) parts.push_back(part.permute({1, 2, 0, 3}));  // [B, T_j, S_r, C]
   return at::cat(parts, 1);
 }
 
@@ -62,48 +83,24 @@ at::Tensor DspLayout::run_in(AttentionScope scope, const at::Tensor& x, const Lo
   const int groups = scope == AttentionScope::Frame ? static_cast<int>(std::min<int64_t>(dsp_frame_groups(), fewest)) : 1;
   if (groups <= 1) return AttentionSeam::run_in(scope, x, f);
   check_space_shard(x);
-  const int P = comm_.size(), r = comm_.rank();
-  const int64_t B = x.size(0), C = x.size(3), S = s_.offsets.back() + s_.counts.back();
-  // Rank j's frames split again into `groups`; group g of every rank travels in one all-to-all, both
-  // ways position-major on the wire, as to_frames / to_space.
-  std::vector<Split> sub;
-  for (int j = 0; j < P; ++j) sub.emplace_back(t_.counts[j], groups);
+  // Rank j's frames split again into `groups`; group g of every rank travels in one all-to-all each way.
+  const std::vector<Split> sub = split_frames(groups);
   const at::Tensor by_position = x.permute({2, 0, 1, 3});  // [S_r, B, T, C]
-  struct Exchange {
-    std::vector<at::Tensor> send, recv;
-    at::Tensor frames;  // what arrives: [S, B, F_g, C]
-    std::unique_ptr<PendingCollective> pending;
-  };
   std::vector<Exchange> in(groups), back(groups);
-  const auto start_in = [&](int g) {
-    Exchange& e = in[g];
-    e.frames = at::empty({S, B, sub[r].counts[g], C}, x.options());
-    for (int j = 0; j < P; ++j) {
-      e.send.push_back(by_position.narrow(2, t_.offsets[j] + sub[j].offsets[g], sub[j].counts[g]).contiguous());
-      e.recv.push_back(e.frames.narrow(0, s_.offsets[j], s_.counts[j]));
-    }
-    e.pending = comm_.all_to_all_start(e.send, e.recv);
-  };
-  start_in(0);
+  in[0] = start_to_frames(by_position, sub, 0);
   for (int g = 0; g < groups; ++g) {
-    if (g + 1 < groups) start_in(g + 1);  // in flight while group g computes
+    if (g + 1 < groups) in[g + 1] = start_to_frames(by_position, sub, g + 1);  // in flight while group g computes
     in[g].pending->wait();
-    const at::Tensor frames = in[g].frames.permute({1, 2, 0, 3});  // [B, F_g, S, C], position-major
+    const at::Tensor frames = in[g].buffer.permute({1, 2, 0, 3});  // [B, F_g, S, C], position-major
     in[g] = Exchange{};
     const at::Tensor computed = f(frames);
     if (computed.sizes() != frames.sizes())
       fail("DSP: the frame-local computation returned ", computed.sizes(), " for frames ", frames.sizes());
-    const at::Tensor o = computed.permute({2, 0, 1, 3});  // [S, B, F_g, C]
-    Exchange& e = back[g];
-    for (int j = 0; j < P; ++j) {
-      e.send.push_back(o.narrow(0, s_.offsets[j], s_.counts[j]).contiguous());
-      e.recv.push_back(at::empty({s_.counts[r], B, sub[j].counts[g], C}, o.options()));
-    }
-    e.pending = comm_.all_to_all_start(e.send, e.recv);
+    back[g] = start_to_space(computed.permute({2, 0, 1, 3}), sub, g);
   }
   for (Exchange& e : back) e.pending->wait();
   std::vector<at::Tensor> parts;  // in frame order: rank j's frames, group by group
-  for (int j = 0; j < P; ++j)
+  for (size_t j = 0; j < t_.counts.size(); ++j)
     for (int g = 0; g < groups; ++g) parts.push_back(back[g].recv[j].permute({1, 2, 0, 3}));  // [B, F, S_r, C]
   return at::cat(parts, 1);
 }

@@ -39,6 +39,16 @@ class DspLayout : public SequenceParallel {
   const Split& positions() const { return s_; }
 
  private:
+  // One all-to-all in flight (its tensors kept until it completes).
+  struct Exchange {
+    std::vector<at::Tensor> send, recv;
+    at::Tensor buffer;  // start_to_frames: what arrives, [S, B, F_g, C]
+    std::unique_ptr<PendingCollective> pending;
+  };
+  Exchange start_to_frames(const at::Tensor& by_position, const std::vector<Split>& sub, int g);
+  Exchange start_to_space(const at::Tensor& by_position, const std::vector<Split>& sub, int g);
+  // Every rank's frame count split into `groups`.
+  std::vector<Split> split_frames(int groups) const;
   void check_space_shard(const at::Tensor& x) const;
 
   Communicator& comm_;
